@@ -1,0 +1,1 @@
+"""Spatial-SAM: networks, dual-track training and ONNX export."""

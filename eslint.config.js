@@ -3,17 +3,17 @@
 import tseslint from "typescript-eslint";
 
 const noRelativeOut = {
-  group: ["../*", "../**"],
+  regex: "^\\.\\./",
   message: "Import across folders through the #src/#server/#proto aliases, not relative paths.",
 };
 const nodeBuiltins = {
-  group: ["node:*"],
+  regex: "^node:",
   message: "src/ is environment-neutral: no node: imports (put Node code in server/).",
 };
 const onlyFrom = (allowed) =>
   ["#src", "#server", "#proto", "#test", "#layer"]
     .filter((a) => !allowed.includes(a))
-    .map((a) => ({ group: [`${a}/*`], message: `This folder may not import ${a}/* (see STYLE.md).` }));
+    .map((a) => ({ regex: `^${a}/`, message: `This folder may not import ${a}/* (see STYLE.md).` }));
 
 export default tseslint.config(
   { ignores: ["node_modules/**", "proto/gen/**", "models/**", "dist/**", "neuroglancer-layer/dist/**", "**/*.js.map"] },

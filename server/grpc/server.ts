@@ -1,0 +1,87 @@
+// The gRPC inference server: health, models, volumes, and the engine services, on one socket.
+import { Server, ServerCredentials } from "@grpc/grpc-js";
+import { HealthImplementation } from "grpc-health-check";
+import { ModelServiceService } from "#proto/spatial_sam/v1/model.ts";
+import { SdfServiceService } from "#proto/spatial_sam/v1/sdf.ts";
+import { SegmentationServiceService } from "#proto/spatial_sam/v1/segmentation.ts";
+import { VolumeServiceService } from "#proto/spatial_sam/v1/volume.ts";
+import type { Logger } from "#server/log.ts";
+import { modelService, type ModelBackend } from "#server/grpc/model_service.ts";
+import { sdfServiceUnimplemented, segmentationServiceUnimplemented } from "#server/grpc/unimplemented.ts";
+import { VolumeRegistry, volumeService, type VolumeOpener } from "#server/grpc/volume_service.ts";
+
+export interface GrpcServerOptions {
+  host: string;
+  /** 0 picks a free port. */
+  port: number;
+  models: ModelBackend;
+  openVolume: VolumeOpener;
+  log: Logger;
+  /** Largest message accepted or sent, in bytes. */
+  maxMessageBytes?: number;
+  maxOpenVolumes?: number;
+  maxRegionVoxels?: number;
+}
+
+export interface RunningGrpcServer {
+  port: number;
+  address: string;
+  health: HealthImplementation;
+  close(): Promise<void>;
+}
+
+export const DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
+
+const SERVICE_NAMES = [
+  "spatial_sam.v1.ModelService",
+  "spatial_sam.v1.VolumeService",
+  "spatial_sam.v1.SdfService",
+  "spatial_sam.v1.SegmentationService",
+];
+
+export async function startGrpcServer(options: GrpcServerOptions): Promise<RunningGrpcServer> {
+  const maxMessageBytes = options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
+  const server = new Server({
+    "grpc.max_receive_message_length": maxMessageBytes,
+    "grpc.max_send_message_length": maxMessageBytes,
+    "grpc.keepalive_time_ms": 60_000,
+  });
+  const log = options.log;
+  const health = new HealthImplementation({ "": "NOT_SERVING" });
+  health.addToServer(server);
+  const volumes = new VolumeRegistry({
+    open: options.openVolume,
+    maxOpenVolumes: options.maxOpenVolumes ?? 64,
+    maxRegionVoxels: options.maxRegionVoxels ?? 256 * 1024 * 1024,
+  });
+  server.addService(ModelServiceService, modelService(options.models, log));
+  server.addService(VolumeServiceService, volumeService(volumes, log));
+  server.addService(SdfServiceService, sdfServiceUnimplemented(log));
+  server.addService(SegmentationServiceService, segmentationServiceUnimplemented(log));
+
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync(`${options.host}:${options.port}`, ServerCredentials.createInsecure(), (err, p) =>
+      err ? reject(err) : resolve(p),
+    ),
+  );
+  for (const name of ["", ...SERVICE_NAMES]) health.setStatus(name, "SERVING");
+  const address = `${options.host.includes(":") ? `[${options.host}]` : options.host}:${port}`;
+  log.info({ address, maxMessageBytes }, "gRPC server listening");
+
+  return {
+    port,
+    address,
+    health,
+    close: async () => {
+      for (const name of ["", ...SERVICE_NAMES]) health.setStatus(name, "NOT_SERVING");
+      await new Promise<void>((resolve) => {
+        const force = setTimeout(() => server.forceShutdown(), 5_000);
+        server.tryShutdown(() => {
+          clearTimeout(force);
+          resolve();
+        });
+      });
+      await volumes.closeAll();
+    },
+  };
+}

@@ -68,11 +68,20 @@ export interface VolumeSource {
   close(): Promise<void>;
 }
 
+export interface StoreGetOptions extends ReadOptions {
+  range?: [number, number];
+  suffixLength?: number;
+}
+
 /** Byte storage under a root (file system, HTTP, S3). Absence is a value, not an error. */
 export interface Store {
   readonly url: string;
-  /** Resolves undefined when the key does not exist. `range` is [start, end) in bytes. */
-  get(key: string, options?: ReadOptions & { range?: [number, number] }): Promise<Uint8Array | undefined>;
+  /**
+   * Resolves undefined when the key does not exist. `range` is [start, end) in bytes (clipped to
+   * the object's size); `suffixLength` asks for the last N bytes (sharded formats read their index
+   * this way). Give at most one of them.
+   */
+  get(key: string, options?: StoreGetOptions): Promise<Uint8Array | undefined>;
   /** Keys directly under a prefix (for folder-of-slices formats); optional for stores that cannot list. */
   list?(prefix: string, options?: ReadOptions): Promise<string[]>;
   /** Atomic write (temp file then rename); only for writable stores. */

@@ -7,7 +7,8 @@ import { dataCorruption, invalidArgument, throwIfAborted } from "#src/errors.ts"
 import { chunkIndices, chunkRange, copyBox, DEFAULT_MAX_VOXELS, intersectBoxes, product, validateBox } from "#src/geometry.ts";
 import type { Box3, ChunkSource, DecodedChunk, ReadOptions, Vec3, VolumeMetadata, VolumeSource } from "#src/volume/types.ts";
 import { validateMetadata } from "#src/volume/validate.ts";
-import { ChunkCache, defaultChunkCache } from "./chunk_cache.ts";
+import { defaultChunkCache } from "./chunk_cache.ts";
+import type { ChunkCache } from "./chunk_cache.ts";
 
 export interface AssembledSourceOptions {
   cache?: ChunkCache;

@@ -11,7 +11,8 @@ export type ErrorTag =
   | "PermissionDenied" // e.g. a path outside the configured roots
   | "Unauthenticated"
   | "DataCorruption" // stored data that cannot be decoded; `field` names the file or chunk
-  | "Unimplemented";
+  | "Unimplemented"
+  | "Unavailable"; // a transient server-side failure (e.g. an ONNX worker died); retrying may succeed
 
 export class SpatialSamError extends Error {
   readonly _tag: ErrorTag;
@@ -39,6 +40,8 @@ export const dataCorruption = (field: string, message: string, cause?: unknown) 
 export const permissionDenied = (field: string, message: string) =>
   new SpatialSamError("PermissionDenied", message, { field });
 export const unimplemented = (message: string) => new SpatialSamError("Unimplemented", message);
+export const unavailable = (message: string, field?: string) =>
+  new SpatialSamError("Unavailable", message, field === undefined ? {} : { field });
 
 export function isSpatialSamError(e: unknown): e is SpatialSamError {
   return e instanceof SpatialSamError;

@@ -15,6 +15,7 @@ const CODE_OF_TAG: Record<ErrorTag, status> = {
   Unauthenticated: status.UNAUTHENTICATED,
   DataCorruption: status.DATA_LOSS,
   Unimplemented: status.UNIMPLEMENTED,
+  Unavailable: status.UNAVAILABLE,
 };
 
 export function toServiceError(e: unknown, log: Logger, method: string): Partial<ServiceError> & { code: status } {

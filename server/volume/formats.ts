@@ -1,3 +1,4 @@
 // The volume formats this server reads. Each import registers its driver with
 // format_registry.ts; adding a format is one import line here (see README.md).
 
+import "./tiff.ts";

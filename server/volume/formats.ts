@@ -5,3 +5,4 @@ import "./zarr.ts";
 import "./tiff.ts";
 import "./n5.ts";
 import "./png_stack.ts";
+import "./precomputed.ts";

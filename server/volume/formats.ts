@@ -6,3 +6,4 @@ import "./tiff.ts";
 import "./n5.ts";
 import "./png_stack.ts";
 import "./precomputed.ts";
+import "./h5.ts";

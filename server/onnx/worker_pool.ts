@@ -1,0 +1,322 @@
+// A fixed set of ONNX worker threads with a bounded queue per model. Requests go to an idle worker;
+// a full queue rejects at once; aborts, worker deaths and shutdown settle every request exactly once.
+
+import { Worker } from "node:worker_threads";
+import type { Logger } from "pino";
+import { cancelled, dataCorruption, invalidArgument, notFound, resourceExhausted, unavailable, type SpatialSamError } from "#src/errors.ts";
+import type { ExecutionProvider, FromWorker, GraphInfo, Ready, RunRequest, TestFault, WireTensor, WorkerInit } from "./messages.ts";
+
+export interface WorkerPoolOptions {
+  models: { name: string; onnxPath: string }[];
+  workers: number;
+  intraOpThreads: number;
+  executionProvider: ExecutionProvider;
+  /** Requests that may wait per model while every worker is busy; one more is rejected. */
+  maxQueuePerModel: number;
+  logger: Logger;
+  /** Lets `armFaultForTest` make a worker die mid-request. Never set outside tests. */
+  allowTestFaults: boolean;
+}
+
+export interface PoolStats {
+  /** Workers that have loaded every model (idle or busy). */
+  ready: number;
+  busy: number;
+  /** Requests waiting, per model. */
+  queued: Record<string, number>;
+  /** Requests handed to a worker since start. */
+  dispatched: number;
+  /** Workers that died unexpectedly since start (each was replaced). */
+  workerDeaths: number;
+}
+
+interface Job {
+  id: number;
+  model: string;
+  inputs: Record<string, WireTensor>;
+  resolve: (outputs: Record<string, WireTensor>) => void;
+  reject: (e: SpatialSamError) => void;
+  signal: AbortSignal | undefined;
+  onAbort: (() => void) | undefined;
+  settled: boolean;
+  fault?: TestFault;
+}
+
+type SlotState = "starting" | "idle" | "busy" | "dead";
+
+// Replacements that die before they are ready (a broken install, a model that no longer loads) are
+// retried with a growing delay instead of in a tight loop.
+const RESPAWN_BASE_MS = 500;
+const RESPAWN_MAX_MS = 30_000;
+
+export class WorkerPool {
+  private readonly slots = new Set<Slot>();
+  private readonly queues = new Map<string, Job[]>();
+  private nextId = 1;
+  private dispatched = 0;
+  private workerDeaths = 0;
+  private failedStarts = 0;
+  private closing = false;
+  private faultArmed: TestFault | undefined;
+  private respawnTimer: NodeJS.Timeout | undefined;
+  private pendingRespawns = 0;
+
+  private constructor(
+    private readonly options: WorkerPoolOptions,
+    /** The provider every worker uses: the requested one, or cpu after a failed cuda start. */
+    readonly executionProvider: ExecutionProvider,
+    /** What each model's session reports about its graph (from the first worker). */
+    readonly graphs: Record<string, GraphInfo>,
+  ) {
+    for (const m of options.models) this.queues.set(m.name, []);
+  }
+
+  /**
+   * Starts the workers and resolves once every one has loaded every model. The first worker decides
+   * the execution provider (cuda falls back to cpu there, logged once); the others start with it.
+   */
+  static async start(options: WorkerPoolOptions): Promise<WorkerPool> {
+    const first = new Slot(options, options.executionProvider);
+    let ready: Ready;
+    try {
+      ready = await first.ready;
+    } catch (e) {
+      await first.worker.terminate();
+      throw e;
+    }
+    if (ready.fallbackReason !== undefined) {
+      options.logger.warn(
+        { requested: options.executionProvider, using: ready.executionProvider, reason: ready.fallbackReason },
+        `execution provider ${options.executionProvider} failed to load; falling back to ${ready.executionProvider}`,
+      );
+    }
+    const pool = new WorkerPool(options, ready.executionProvider, ready.graphs);
+    pool.adopt(first);
+    first.state = "idle";
+    const others = Array.from({ length: options.workers - 1 }, () => pool.add());
+    try {
+      await Promise.all(others.map((s) => s.ready));
+    } catch (e) {
+      await pool.close();
+      throw e;
+    }
+    options.logger.info(
+      { workers: options.workers, intraOpThreads: options.intraOpThreads, executionProvider: pool.executionProvider, models: options.models.map((m) => m.name) },
+      "ONNX workers ready",
+    );
+    return pool;
+  }
+
+  /**
+   * Runs `model` on `inputs` in the next free worker. The input buffers are transferred (the caller
+   * must not use them afterwards). Rejects ResourceExhausted at once when the model's queue is full,
+   * Cancelled when `signal` aborts (a queued request never runs; a running one's result is dropped),
+   * Unavailable when the worker dies or the pool closes.
+   */
+  run(model: string, inputs: Record<string, WireTensor>, signal?: AbortSignal): Promise<Record<string, WireTensor>> {
+    return new Promise((resolve, reject) => {
+      const queue = this.queues.get(model);
+      if (queue === undefined) return reject(notFound("model", `no model named ${JSON.stringify(model)}`));
+      if (this.closing) return reject(unavailable("the model pool is shutting down"));
+      if (signal?.aborted) return reject(cancelled());
+      const idle = this.idleSlot();
+      if (idle === undefined && queue.length >= this.options.maxQueuePerModel) {
+        return reject(
+          resourceExhausted(`model ${model} already has ${queue.length} requests waiting for a worker; try again later`, "model"),
+        );
+      }
+      const job: Job = { id: this.nextId++, model, inputs, resolve, reject, signal, onAbort: undefined, settled: false };
+      if (this.faultArmed !== undefined) {
+        job.fault = this.faultArmed;
+        this.faultArmed = undefined;
+      }
+      if (signal !== undefined) {
+        job.onAbort = () => this.abort(job);
+        signal.addEventListener("abort", job.onAbort, { once: true });
+      }
+      if (idle !== undefined) this.dispatch(idle, job);
+      else queue.push(job);
+    });
+  }
+
+  /** Makes the worker that takes the next request die before it replies (exit(1) or an uncaught throw). */
+  armFaultForTest(fault: TestFault): void {
+    if (!this.options.allowTestFaults) throw new Error("armFaultForTest needs a pool created with allowTestFaults");
+    this.faultArmed = fault;
+  }
+
+  stats(): PoolStats {
+    let ready = 0;
+    let busy = 0;
+    for (const s of this.slots) {
+      if (s.state === "idle" || s.state === "busy") ready++;
+      if (s.state === "busy") busy++;
+    }
+    const queued: Record<string, number> = {};
+    for (const [model, q] of this.queues) queued[model] = q.length;
+    return { ready, busy, queued, dispatched: this.dispatched, workerDeaths: this.workerDeaths };
+  }
+
+  /** Fails every waiting and running request with Unavailable and stops the workers. */
+  async close(): Promise<void> {
+    this.closing = true;
+    clearTimeout(this.respawnTimer);
+    const shutdown = () => unavailable("the model pool is shutting down");
+    for (const q of this.queues.values()) for (const job of q.splice(0)) this.settle(job, shutdown());
+    const slots = [...this.slots];
+    for (const s of slots) if (s.job !== undefined) this.settle(s.job, shutdown());
+    // A worker inside session.run stops when the run returns; terminate() resolves then.
+    await Promise.all(slots.map((s) => s.worker.terminate()));
+  }
+
+  private idleSlot(): Slot | undefined {
+    for (const s of this.slots) if (s.state === "idle") return s;
+    return undefined;
+  }
+
+  private add(): Slot {
+    const slot = new Slot(this.options, this.executionProvider);
+    this.adopt(slot);
+    return slot;
+  }
+
+  /** Wires a spawned worker's events into the pool. */
+  private adopt(slot: Slot): void {
+    this.slots.add(slot);
+    slot.ready.then(
+      () => {
+        if (slot.state !== "starting") return;
+        slot.state = "idle";
+        this.failedStarts = 0;
+        this.pump();
+      },
+      () => undefined, // reported by the exit handler (or by start() for the first workers)
+    );
+    slot.worker.on("message", (m: FromWorker) => {
+      if (m.type !== "ok" && m.type !== "error") return;
+      const job = slot.job;
+      if (job === undefined || job.id !== m.id) return;
+      slot.job = undefined;
+      slot.state = "idle";
+      if (m.type === "ok") this.settle(job, undefined, m.outputs);
+      // Inputs passed the manifest checks, so this is most often a dynamic size the graph cannot take.
+      else this.settle(job, invalidArgument("inputs", `onnxruntime rejected the inputs of model ${job.model}: ${m.message}`));
+      this.pump();
+    });
+    slot.worker.on("exit", (code) => this.onExit(slot, code));
+  }
+
+  private onExit(slot: Slot, code: number): void {
+    const wasReady = slot.state === "idle" || slot.state === "busy";
+    slot.state = "dead";
+    this.slots.delete(slot);
+    if (this.closing) return;
+    this.workerDeaths++;
+    const reason = slot.error?.message ?? `exit code ${code}`;
+    const job = slot.job;
+    slot.job = undefined;
+    this.options.logger.error(
+      { model: job?.model, requestId: job?.id, exitCode: code, err: slot.error },
+      `ONNX worker died (${reason}); replacing it`,
+    );
+    if (job !== undefined) {
+      this.settle(job, unavailable(`the ONNX worker running model ${job.model} died (${reason}); the request may be retried`, "model"));
+    }
+    if (!wasReady) this.failedStarts++;
+    this.pendingRespawns++;
+    const delay = this.failedStarts === 0 ? 0 : Math.min(RESPAWN_MAX_MS, RESPAWN_BASE_MS * 2 ** (this.failedStarts - 1));
+    clearTimeout(this.respawnTimer);
+    this.respawnTimer = setTimeout(() => this.respawn(), delay);
+  }
+
+  private respawn(): void {
+    if (this.closing) return;
+    for (; this.pendingRespawns > 0; this.pendingRespawns--) this.add();
+  }
+
+  /** Hands waiting requests to idle workers, oldest request first across models. */
+  private pump(): void {
+    for (let slot = this.idleSlot(); slot !== undefined; slot = this.idleSlot()) {
+      let oldest: Job[] | undefined;
+      for (const q of this.queues.values()) if (q.length > 0 && (oldest === undefined || q[0]!.id < oldest[0]!.id)) oldest = q;
+      if (oldest === undefined) return;
+      this.dispatch(slot, oldest.shift()!);
+    }
+  }
+
+  private dispatch(slot: Slot, job: Job): void {
+    slot.state = "busy";
+    slot.job = job;
+    this.dispatched++;
+    const request: RunRequest = { type: "run", id: job.id, model: job.model, inputs: job.inputs };
+    if (job.fault !== undefined) request.fault = job.fault;
+    slot.worker.postMessage(request, Object.values(job.inputs).map((t) => t.data));
+  }
+
+  /** A queued request is dropped; a running one is answered now and its result discarded later. */
+  private abort(job: Job): void {
+    const queue = this.queues.get(job.model)!;
+    const at = queue.indexOf(job);
+    if (at >= 0) queue.splice(at, 1);
+    this.settle(job, cancelled());
+  }
+
+  private settle(job: Job, error: SpatialSamError | undefined, outputs?: Record<string, WireTensor>): void {
+    if (job.settled) return;
+    job.settled = true;
+    if (job.onAbort !== undefined) job.signal?.removeEventListener("abort", job.onAbort);
+    if (error !== undefined) job.reject(error);
+    else job.resolve(outputs!);
+  }
+}
+
+/** One worker thread and what the pool knows about it. */
+class Slot {
+  readonly worker: Worker;
+  state: SlotState = "starting";
+  job: Job | undefined;
+  /** Why the worker failed, from its 'error' event, reported with the exit that follows. */
+  error: Error | undefined;
+  /** Resolves when the worker has loaded every model; rejects if it cannot. */
+  readonly ready: Promise<Ready>;
+
+  constructor(options: WorkerPoolOptions, provider: ExecutionProvider) {
+    const init: WorkerInit = {
+      models: options.models,
+      executionProvider: provider,
+      intraOpThreads: options.intraOpThreads,
+      allowTestFaults: options.allowTestFaults,
+    };
+    // A JS entry that registers tsx in the worker, then imports onnx_worker.ts (see that file for why).
+    // execArgv is empty: the parent's flags (e.g. --eval, --input-type) can be invalid for a worker.
+    const worker = new Worker(new URL("./onnx_worker_boot.mjs", import.meta.url), { workerData: init, execArgv: [] });
+    this.worker = worker;
+    worker.on("error", (e) => {
+      this.error = e;
+    });
+    this.ready = new Promise<Ready>((resolve, reject) => {
+      const onMessage = (m: FromWorker) => {
+        if (m.type === "ready") {
+          done();
+          resolve(m);
+        } else if (m.type === "load_failed") {
+          done();
+          const onnxPath = options.models.find((x) => x.name === m.model)?.onnxPath;
+          const message = `onnxruntime cannot load model ${JSON.stringify(m.model)}: ${m.message}`;
+          reject(onnxPath === undefined ? unavailable(message) : dataCorruption(onnxPath, message));
+          void worker.terminate();
+        }
+      };
+      const onExit = (code: number) => {
+        done();
+        reject(unavailable(`an ONNX worker exited while loading its models (${this.error?.message ?? `exit code ${code}`})`));
+      };
+      const done = () => {
+        worker.off("message", onMessage);
+        worker.off("exit", onExit);
+      };
+      worker.on("message", onMessage);
+      worker.on("exit", onExit);
+    });
+  }
+}

@@ -1,0 +1,210 @@
+"""`python -m spatialsam`: train-unet, export-unet, eval and adapt (dual-track) subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def parse_box(text: str | None) -> tuple[slice, slice, slice]:
+    """"z0:z1,y0:y1,x0:x1" (empty bounds allowed, e.g. "0:32,:,:") -> slices; None -> everything."""
+    if not text:
+        return (slice(None),) * 3  # type: ignore[return-value]
+    parts = text.split(",")
+    if len(parts) != 3:
+        raise ValueError(f"box: expected 'z0:z1,y0:y1,x0:x1', got {text!r}")
+    out = []
+    for p in parts:
+        a, sep, b = p.partition(":")
+        if not sep:
+            raise ValueError(f"box: expected start:stop per axis, got {p!r}")
+        try:
+            out.append(slice(int(a) if a else None, int(b) if b else None))
+        except ValueError as e:
+            raise ValueError(f"box: not an integer range {p!r}") from e
+    return tuple(out)  # type: ignore[return-value]
+
+
+def _load(split: str, data_root: str | None, box: str | None):
+    from .data import load_lucchi
+
+    v = load_lucchi(split, data_root)
+    return v.crop(*parse_box(box))
+
+
+def _write_json(path: Path, doc: dict) -> None:
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def cmd_train_unet(a: argparse.Namespace) -> int:
+    from .config import load_train_config
+    from .data import budget_slices
+    from .train_unet import ValData, make_train_data, train_unet
+
+    cfg = load_train_config(a.config, seed=a.seed, threads=a.threads, max_steps=a.max_steps, max_time_s=a.max_time)
+    vol = _load(a.split, a.data_root, a.box)
+    slices = None if a.budget in ("1", "1/1") else budget_slices(vol.image.shape[0], a.budget)
+    data = make_train_data(vol.image, vol.mask, vol.voxel_size_nm, slices, cfg.truncation_nm)
+    val = None
+    if a.val_split:
+        v = _load(a.val_split, a.data_root, a.val_box)
+        val = ValData(v.image, v.mask)
+    t0 = time.time()
+    out = Path(a.out)
+    summary = train_unet(data, cfg, out, val=val, progress=not a.no_progress)
+    summary.update(
+        annotated_slices=slices if slices is not None else "all",
+        budget=a.budget,
+        data=f"lucchi_pp/{a.split}" + (f"[{a.box}]" if a.box else ""),
+        validation=f"lucchi_pp/{a.val_split}[{a.val_box or ':,:,:'}]" if a.val_split else None,
+        voxel_size_nm=list(vol.voxel_size_nm),
+        command="python -m spatialsam " + " ".join(shlex.quote(x) for x in sys.argv[1:]),
+        wall_s_this_run=round(time.time() - t0, 1),
+    )
+    _write_json(out / "summary.json", summary)
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_export_unet(a: argparse.Namespace) -> int:
+    from .export_unet import export_unet, onnx_parity
+    from .train_unet import load_unet
+
+    run = Path(a.run)
+    model = load_unet(run / "best.pt")
+    summary = json.loads((run / "summary.json").read_text())
+    cfg = json.loads((run / "config.json").read_text())
+    training = {
+        "data": summary["data"],
+        "budget": summary["budget"],
+        "annotated_slices": summary["annotated_slices"],
+        "seed": cfg["seed"],
+        "command": summary["command"],
+        "time_s": summary["time_s"],
+        "steps": summary["step"],
+        "best_step": summary["best_step"],
+        "stopped": summary["stopped"],
+        "validation": summary.get("validation"),
+        "sdf": {"truncation_nm": cfg["truncation_nm"], "transform": "sdf = clip(d_nm / T, -1, 1), d > 0 inside; inverse d_nm = T * sdf"},
+        "metrics": {"val_fg_iou": summary.get("best_val_iou")},
+    }
+    if a.eval_split:
+        from .metrics import evaluate
+        from .train_unet import predict
+
+        v = _load(a.eval_split, a.data_root, a.eval_box)
+        s, _ = predict(model, v.image, summary["mean"], summary["std"])
+        m = evaluate(s > 0, v.mask)
+        training["metrics"].update({f"{a.eval_split}_{k}": v_ for k, v_ in m.items()})
+        training["metrics"]["evaluated_on"] = f"lucchi_pp/{a.eval_split}[{a.eval_box or ':,:,:'}]"
+    doc = export_unet(
+        model,
+        a.out,
+        a.name,
+        summary["mean"],
+        summary["std"],
+        tuple(summary["voxel_size_nm"]),
+        tuple(cfg["crop_zyx"]),
+        training,
+    )
+    mult = model.cfg.size_multiple()
+    rng = np.random.default_rng(0)
+    err = onnx_parity(model, Path(a.out) / "model.onnx", rng.normal(size=(1, 1, *(2 * m for m in mult))).astype(np.float32))
+    print(json.dumps({"out": str(a.out), "sha256": doc["sha256"], "parity_max_abs": err, "metrics": training["metrics"]}))
+    return 0 if err < 1e-4 else 1
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from .metrics import evaluate
+    from .train_unet import load_unet, predict
+
+    run = Path(a.run)
+    model = load_unet(run / "best.pt")
+    summary = json.loads((run / "summary.json").read_text())
+    v = _load(a.split, a.data_root, a.box)
+    s, _ = predict(model, v.image, summary["mean"], summary["std"])
+    print(json.dumps(evaluate(s > 0, v.mask)))
+    return 0
+
+
+def cmd_adapt(a: argparse.Namespace) -> int:
+    from .data import budget_slices
+    from .dualtrack import DualTrackConfig, run_dualtrack
+
+    vol = _load(a.split, a.data_root, a.box)
+    slices = [int(s) for s in a.slices.split(",")] if a.slices else budget_slices(vol.image.shape[0], a.budget)
+    cfg = DualTrackConfig(rounds=a.rounds, seed=a.seed, threads=a.threads, unet_steps=a.unet_steps, mask_steps=a.mask_steps)
+    labels = np.zeros(vol.mask.shape, bool)
+    labels[slices] = vol.mask[slices]  # only the annotated slices are ever read
+    result = run_dualtrack(vol.image, labels, slices, vol.voxel_size_nm, cfg, Path(a.out), progress=not a.no_progress)
+    print(json.dumps({k: v for k, v in result.items() if k != "pseudo"}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m spatialsam", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def data_args(q: argparse.ArgumentParser, split: str = "train") -> None:
+        q.add_argument("--data-root", help="folder holding lucchi_pp/ (default: $SPATIALSAM_DATA or <repo>/../shared/data)")
+        q.add_argument("--split", default=split, choices=["train", "test"], help=f"Lucchi++ split (default {split})")
+        q.add_argument("--box", help="sub-volume z0:z1,y0:y1,x0:x1 (default: whole volume)")
+        q.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+
+    t = sub.add_parser("train-unet", help="train the 3D or 2D U-Net on Lucchi++ (full or sparse labels)")
+    data_args(t)
+    t.add_argument("--config", default="unet3d_lucchi", help="built-in config name or YAML path (default unet3d_lucchi)")
+    t.add_argument("--budget", default="1", help='annotated fraction of slices, e.g. "1/64" (default 1 = all labels)')
+    t.add_argument("--out", required=True, help="run folder: checkpoint.pt, best.pt, log.jsonl, summary.json; resumes if present")
+    t.add_argument("--val-split", choices=["train", "test"], help="held-out split for early stopping")
+    t.add_argument("--val-box", help="sub-volume of the validation split")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--threads", type=int, help="torch.set_num_threads")
+    t.add_argument("--max-steps", type=int)
+    t.add_argument("--max-time", type=float, help="training time budget in seconds")
+    t.set_defaults(func=cmd_train_unet)
+
+    e = sub.add_parser("export-unet", help="export a trained 3D U-Net run to ONNX + model.json")
+    e.add_argument("--run", required=True, help="run folder written by train-unet")
+    e.add_argument("--out", required=True, help="model folder, e.g. models/sdf_unet3d_lucchi")
+    e.add_argument("--name", required=True, help="manifest name")
+    e.add_argument("--data-root")
+    e.add_argument("--eval-split", choices=["train", "test"], help="also evaluate on this split and record the metrics")
+    e.add_argument("--eval-box", help="sub-volume of the evaluation split")
+    e.set_defaults(func=cmd_export_unet)
+
+    v = sub.add_parser("eval", help="evaluate a trained U-Net run on a Lucchi++ split (JSON metrics)")
+    data_args(v, "test")
+    v.add_argument("--run", required=True, help="run folder written by train-unet")
+    v.set_defaults(func=cmd_eval)
+
+    d = sub.add_parser("adapt", help="dual-track training from sparse slice annotations")
+    data_args(d)
+    d.add_argument("--budget", default="1/64", help="annotated fraction of slices (default 1/64)")
+    d.add_argument("--slices", help="explicit annotated z-indices, comma separated (overrides --budget)")
+    d.add_argument("--out", required=True, help="run folder; resumes from its last finished round")
+    d.add_argument("--rounds", type=int, default=3)
+    d.add_argument("--unet-steps", type=int, default=300, help="SDF-track steps per round")
+    d.add_argument("--mask-steps", type=int, default=300, help="mask-track steps per round")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--threads", type=int, default=1)
+    d.set_defaults(func=cmd_adapt)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

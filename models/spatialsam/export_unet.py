@@ -1,0 +1,130 @@
+"""Export the 3D U-Net to ONNX with its model.json manifest (the format src/manifest.ts parses).
+
+Graph: input ``image`` float32 [1, 1, Z, Y, X] (axes NCZYX), intensities normalised as
+``(raw_uint8 / 255 - mean) / std`` with the manifest's ``normalization``; outputs ``sdf``
+(float32 [1, 1, Z, Y, X], tanh, normalised SDF: nm = T * sdf, T = training.sdf.truncation_nm)
+and ``fg_logit`` (float32 [1, 1, Z, Y, X]). Z, Y, X are dynamic but must each be a multiple of
+the pooling factor (``UNetConfig.size_multiple()``, recorded in ``training.size_multiple_zyx``).
+The server reads blocks with ``context_zyx`` voxels of halo per side (zero-filled outside the
+volume, i.e. the mean intensity after normalisation) and keeps the centre.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .unet3d import UNet, context_zyx
+
+OPSET = 17
+VERSION = "1.0.0"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def export_onnx(model: UNet, path: Path) -> None:
+    """Write the ONNX graph atomically. Uses the TorchScript exporter with ``dynamic_axes``: it
+    handles dynamic spatial sizes of a pure conv net directly, without torch.export's symbolic
+    multiples-of-8 constraints."""
+    if model.cfg.spatial_dims != 3:
+        raise ValueError("model: export_unet exports 3D U-Nets only")
+    model = model.eval()
+    mult = model.cfg.size_multiple()
+    example = torch.zeros((1, 1, *(2 * m for m in mult)))
+    axes = {2: "z", 3: "y", 4: "x"}
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    with warnings.catch_warnings():
+        # The TorchScript exporter announces its deprecation; parity is tested in test_export_unet.py.
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        torch.onnx.export(
+            model,
+            (example,),
+            str(tmp),
+            input_names=["image"],
+            output_names=["sdf", "fg_logit"],
+            opset_version=OPSET,
+            dynamo=False,
+            dynamic_axes={"image": axes, "sdf": axes, "fg_logit": axes},
+        )
+    os.replace(tmp, path)
+
+
+def manifest(
+    model: UNet,
+    name: str,
+    sha256: str,
+    mean: float,
+    std: float,
+    voxel_size_nm: tuple[float, float, float],
+    patch_shape_zyx: tuple[int, int, int],
+    training: dict,
+) -> dict:
+    """The model.json document. Dynamic dimensions are -1; spatial sizes must be multiples of
+    ``training.size_multiple_zyx``."""
+    spec = {"dtype": "float32", "shape": [1, 1, -1, -1, -1], "axes": "NCZYX"}
+    return {
+        "name": name,
+        "version": VERSION,
+        "kind": "sdf_unet3d",
+        "onnx": "model.onnx",
+        "sha256": sha256,
+        "inputs": [{"name": "image", **spec}],
+        "outputs": [{"name": "sdf", **spec}, {"name": "fg_logit", **spec}],
+        "normalization": {"mean": mean, "std": std},
+        "context_zyx": list(context_zyx(model.cfg)),
+        "patch_shape_zyx": list(patch_shape_zyx),
+        "voxel_size_nm": list(voxel_size_nm),
+        "training": {
+            "size_multiple_zyx": list(model.cfg.size_multiple()),
+            "normalization_note": "image = (raw_uint8 / 255 - mean) / std; zero outside the volume",
+            "unet": model.cfg.to_dict(),
+            **training,
+        },
+    }
+
+
+def export_unet(
+    model: UNet,
+    out_dir: Path | str,
+    name: str,
+    mean: float,
+    std: float,
+    voxel_size_nm: tuple[float, float, float],
+    patch_shape_zyx: tuple[int, int, int],
+    training: dict,
+) -> dict:
+    """Write ``out_dir/model.onnx`` and ``out_dir/model.json``; return the manifest."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    onnx_path = out / "model.onnx"
+    export_onnx(model, onnx_path)
+    doc = manifest(model, name, sha256_file(onnx_path), mean, std, voxel_size_nm, patch_shape_zyx, training)
+    tmp = out / f"model.json.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    os.replace(tmp, out / "model.json")
+    return doc
+
+
+def onnx_parity(model: UNet, onnx_path: Path, image: np.ndarray) -> float:
+    """Max |PyTorch - onnxruntime| over both outputs for one input float32 [1, 1, Z, Y, X]."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    got = sess.run(["sdf", "fg_logit"], {"image": image.astype(np.float32)})
+    with torch.no_grad():
+        want = model.eval()(torch.from_numpy(image.astype(np.float32)))
+    return float(max(np.abs(g - w.numpy()).max() for g, w in zip(got, want)))

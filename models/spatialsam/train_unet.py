@@ -1,0 +1,319 @@
+"""Train the 3D (or 2D) U-Net on a volume with a per-voxel weight map: deterministic for a seed,
+atomic checkpoints every N steps, resumable after a kill, JSON-lines log, early stopping on a
+held-out volume.
+
+State on disk (``out_dir``): ``checkpoint.pt`` (latest: model, optimizer, RNG states, step,
+early-stopping state), ``best.pt`` (model weights with the best validation fg-IoU), ``log.jsonl``
+(one JSON object per logged step / validation), ``config.json`` (the TrainConfig).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .data import annotation_weights, check_volume, sample_crop_origins
+from .losses import unet_loss
+from .metrics import foreground_iou
+from .sdf import sdf_target, sdf_target_per_slice
+from .unet2d import build_unet2d, predict_slices
+from .unet3d import UNet, UNetConfig, build_unet3d, check_input_shape, predict_volume
+
+
+@dataclass
+class TrainConfig:
+    """Training as data. Budget: at most ``max_steps`` optimizer steps and ``max_time_s`` seconds;
+    with validation data, stop earlier once fg-IoU has not improved for ``patience`` validations."""
+
+    model: str = "unet3d"  # "unet3d" or "unet2d"
+    unet: dict = field(default_factory=dict)  # UNetConfig fields; {} = defaults of the model kind
+    crop_zyx: tuple[int, int, int] = (16, 96, 96)  # z ignored for unet2d (one slice per sample)
+    batch_size: int = 2
+    lr: float = 2e-3
+    weight_decay: float = 1e-5
+    max_steps: int = 2000
+    max_time_s: float | None = None
+    checkpoint_every: int = 50
+    val_every: int = 100
+    patience: int = 5
+    log_every: int = 10
+    seed: int = 0
+    threads: int = 1
+    sdf_weight: float = 1.0
+    sign_weight: float = 1.0
+    augment: bool = True
+    truncation_nm: float = 100.0  # SDF truncation T (sdf.py); recorded in the manifest
+
+    def __post_init__(self) -> None:
+        if self.model not in ("unet3d", "unet2d"):
+            raise ValueError(f"model: must be 'unet3d' or 'unet2d', got {self.model!r}")
+        self.crop_zyx = tuple(int(c) for c in self.crop_zyx)  # type: ignore[assignment]
+        for name in ("batch_size", "max_steps", "checkpoint_every", "val_every", "patience", "threads"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class TrainData:
+    """image: uint8 [Z, Y, X]; target_sdf: float32 [Z, Y, X] normalised SDF (sign = mask);
+    weight: float32 [Z, Y, X] >= 0 (0 = unlabelled). Intensities are normalised as
+    (image / 255 - mean) / std with mean/std of this image unless given."""
+
+    image: np.ndarray
+    target_sdf: np.ndarray
+    weight: np.ndarray
+    mean: float | None = None
+    std: float | None = None
+
+    def __post_init__(self) -> None:
+        check_volume(self.image, "image")
+        check_volume(self.target_sdf, "target_sdf")
+        check_volume(self.weight, "weight")
+        for name in ("target_sdf", "weight"):
+            if getattr(self, name).shape != self.image.shape:
+                raise ValueError(f"{name}: shape {getattr(self, name).shape} does not match image shape {self.image.shape}")
+        if self.weight.min() < 0:
+            raise ValueError("weight: negative values")
+        if not self.weight.any():
+            raise ValueError("weight: all zero (empty annotations), nothing to train on")
+        if self.mean is None or self.std is None:
+            scaled = self.image.astype(np.float32)[:: max(1, self.image.shape[0] // 16)] / 255.0
+            self.mean, self.std = float(scaled.mean()), float(max(scaled.std(), 1e-3))
+
+
+@dataclass
+class ValData:
+    """Held-out volume: image uint8 [Z, Y, X], mask bool [Z, Y, X]."""
+
+    image: np.ndarray
+    mask: np.ndarray
+
+    def __post_init__(self) -> None:
+        check_volume(self.image, "val image")
+        if self.mask.shape != self.image.shape:
+            raise ValueError(f"val mask: shape {self.mask.shape} does not match val image shape {self.image.shape}")
+
+
+def make_train_data(
+    image: np.ndarray,
+    mask: np.ndarray,
+    voxel_size_nm: tuple[float, float, float],
+    annotated_slices: list[int] | None = None,
+    truncation_nm: float = 100.0,
+) -> TrainData:
+    """Targets for full (``annotated_slices=None``: 3D SDF, weight 1 everywhere) or sparse
+    supervision (2D SDF on each annotated slice, weight 1 there and 0 elsewhere: a 3D distance
+    would treat the unannotated neighbours as background)."""
+    check_volume(image, "image")
+    if mask.shape != image.shape:
+        raise ValueError(f"mask: shape {mask.shape} does not match image shape {image.shape}")
+    if annotated_slices is None:
+        return TrainData(image, sdf_target(mask, voxel_size_nm, truncation_nm), np.ones(image.shape, np.float32))
+    weight = annotation_weights(image.shape, annotated_slices)
+    target = np.zeros(image.shape, np.float32)
+    sl = sorted(annotated_slices)
+    target[sl] = sdf_target_per_slice(mask[sl], voxel_size_nm, truncation_nm)
+    return TrainData(image, target, weight)
+
+
+def normalise_image(image: np.ndarray, mean: float, std: float) -> torch.Tensor:
+    """uint8 [Z, Y, X] -> float32 tensor (image / 255 - mean) / std."""
+    return torch.from_numpy((image.astype(np.float32) / 255.0 - mean) / std)
+
+
+def build_model(cfg: TrainConfig) -> UNet:
+    return build_unet3d(cfg.unet) if cfg.model == "unet3d" else build_unet2d(cfg.unet or None)
+
+
+@torch.no_grad()
+def predict(model: UNet, image: np.ndarray, mean: float, std: float) -> tuple[np.ndarray, np.ndarray]:
+    """Whole-volume prediction with either kind of U-Net: (sdf, fg_logit), float32 [Z, Y, X]."""
+    x = normalise_image(image, mean, std)
+    if model.cfg.spatial_dims == 3:
+        s, f = predict_volume(model, x)
+    else:
+        s, f = predict_slices(model, x)
+    return s.numpy(), f.numpy()
+
+
+def _atomic_save(obj: object, path: Path) -> None:
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Same random flips (z, y, x) and y/x transpose for every array stacked on axis 0."""
+    for axis in (1, 2, 3):
+        if rng.random() < 0.5:
+            x = np.flip(x, axis)
+    if x.shape[2] == x.shape[3] and rng.random() < 0.5:
+        x = x.transpose(0, 1, 3, 2)
+    return np.ascontiguousarray(x)
+
+
+def _batch(data: TrainData, cfg: TrainConfig, rng: np.random.Generator, slice_w: np.ndarray) -> tuple[torch.Tensor, ...]:
+    crop = (1, *cfg.crop_zyx[1:]) if cfg.model == "unet2d" else cfg.crop_zyx
+    origins = sample_crop_origins(data.image.shape, crop, cfg.batch_size, rng, slice_w)
+    xs, ts, ws = [], [], []
+    for z, y, x in origins:
+        sl = (slice(z, z + crop[0]), slice(y, y + crop[1]), slice(x, x + crop[2]))
+        stack = np.stack([
+            (data.image[sl].astype(np.float32) / 255.0 - data.mean) / data.std,
+            data.target_sdf[sl],
+            data.weight[sl],
+        ])
+        if cfg.augment:
+            stack = _augment(stack, rng)
+        xs.append(stack[0])
+        ts.append(stack[1])
+        ws.append(stack[2])
+    img, tgt, w = (torch.from_numpy(np.stack(a))[:, None] for a in (xs, ts, ws))
+    if cfg.model == "unet2d":
+        img, tgt, w = (t[:, :, 0] for t in (img, tgt, w))
+    return img, tgt, w
+
+
+def train_unet(
+    data: TrainData,
+    cfg: TrainConfig,
+    out_dir: Path | str,
+    val: ValData | None = None,
+    progress: bool = True,
+    _kill_at_step: int | None = None,
+    on_validation: Callable[[int, float], None] | None = None,
+) -> dict:
+    """Train (or resume, if ``out_dir/checkpoint.pt`` exists) and return a summary dict:
+    {"step", "best_val_iou", "best_step", "stopped", "time_s", "mean", "std"}.
+
+    ``_kill_at_step`` simulates a kill for tests: the loop returns right after that step without
+    writing anything more, exactly like a process killed between checkpoints.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)  # before building: the initial weights depend on it
+    model = build_model(cfg)
+    spatial = cfg.crop_zyx if cfg.model == "unet3d" else cfg.crop_zyx[1:]
+    check_input_shape(model.cfg, spatial)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ckpt_path, best_path, log_path = out / "checkpoint.pt", out / "best.pt", out / "log.jsonl"
+    slice_w = data.weight.sum(axis=(1, 2)) > 0
+
+    state = {"step": 0, "best_val_iou": -1.0, "best_step": -1, "bad_vals": 0, "time_s": 0.0}
+    rng = np.random.default_rng(cfg.seed)
+    if ckpt_path.exists():
+        ck = torch.load(ckpt_path, weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        torch.set_rng_state(ck["torch_rng"])
+        rng.bit_generator.state = ck["numpy_rng"]
+        state = ck["state"]
+        # Drop log lines written after the checkpoint: those steps will be redone.
+        if log_path.exists():
+            keep = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= state["step"]]
+            _atomic_write_text(log_path, "".join(ln + "\n" for ln in keep))
+    else:
+        _atomic_write_text(out / "config.json", json.dumps(asdict(cfg), indent=1))
+        if log_path.exists():
+            log_path.unlink()
+
+    def save_checkpoint() -> None:
+        _atomic_save(
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "numpy_rng": rng.bit_generator.state,
+                "state": state,
+                "train_config": asdict(cfg),
+                "unet_config": model.cfg.to_dict(),
+                "norm": {"mean": data.mean, "std": data.std},
+            },
+            ckpt_path,
+        )
+
+    def log(rec: dict) -> None:
+        with open(log_path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+    t_start = time.monotonic() - state["time_s"]
+    stopped = "max_steps"
+    bar = tqdm(total=cfg.max_steps, initial=state["step"], disable=not progress, desc=f"train {cfg.model}", unit="step")
+    while state["step"] < cfg.max_steps:
+        model.train()
+        img, tgt, w = _batch(data, cfg, rng, slice_w)
+        if float(w.sum()) == 0:
+            # A crop can miss every labelled voxel after all (weights inside a slice); skip it.
+            loss_parts = None
+        else:
+            sdf, fg = model(img)
+            loss, loss_parts = unet_loss(sdf, fg, tgt, w, cfg.sdf_weight, cfg.sign_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        state["step"] += 1
+        state["time_s"] = time.monotonic() - t_start
+        step = state["step"]
+        bar.update(1)
+        if loss_parts is not None and (step % cfg.log_every == 0 or step == 1):
+            log({"step": step, "time_s": round(state["time_s"], 2), "loss_sdf": loss_parts["sdf"], "loss_sign": loss_parts["sign"]})
+            bar.set_postfix(sdf=f"{loss_parts['sdf']:.3f}", sign=f"{loss_parts['sign']:.3f}")
+        done = False
+        if cfg.max_time_s is not None and state["time_s"] >= cfg.max_time_s:
+            stopped, done = "max_time", True
+        # Validate on schedule, and once more at the end so best.pt always exists.
+        if val is not None and (step % cfg.val_every == 0 or done or step == cfg.max_steps):
+            s, _ = predict(model, val.image, data.mean, data.std)  # type: ignore[arg-type]
+            iou = foreground_iou(s > 0, val.mask)
+            log({"step": step, "time_s": round(state["time_s"], 2), "val_fg_iou": iou})
+            if on_validation is not None:
+                on_validation(step, iou)
+            if iou > state["best_val_iou"]:
+                state.update(best_val_iou=iou, best_step=step, bad_vals=0)
+                _atomic_save({"model": model.state_dict(), "unet_config": model.cfg.to_dict(), "step": step}, best_path)
+            else:
+                state["bad_vals"] += 1
+                if state["bad_vals"] >= cfg.patience:
+                    stopped, done = "early_stopping", True
+        if _kill_at_step is not None and step == _kill_at_step:
+            bar.close()
+            return {"step": step, "stopped": "killed"}
+        if step % cfg.checkpoint_every == 0 or done or step == cfg.max_steps:
+            save_checkpoint()
+        if done:
+            break
+    bar.close()
+    if val is None:
+        _atomic_save({"model": model.state_dict(), "unet_config": model.cfg.to_dict(), "step": state["step"]}, best_path)
+    return {
+        "step": state["step"],
+        "best_val_iou": state["best_val_iou"] if val is not None else None,
+        "best_step": state["best_step"] if val is not None else state["step"],
+        "stopped": stopped,
+        "time_s": round(state["time_s"], 1),
+        "mean": data.mean,
+        "std": data.std,
+    }
+
+
+def load_unet(path: Path | str) -> UNet:
+    """Rebuild a U-Net from ``best.pt`` or ``checkpoint.pt`` (weights + its UNetConfig), in eval mode."""
+    ck = torch.load(Path(path), weights_only=False)
+    model = UNet(UNetConfig(**ck["unet_config"]))
+    model.load_state_dict(ck["model"])
+    return model.eval()

@@ -1,0 +1,80 @@
+"""Data loading, budgets, crop sampling and the synthetic demo volume."""
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from spatialsam.data import (
+    Volume,
+    annotation_weights,
+    budget_slices,
+    default_data_root,
+    load_lucchi,
+    make_demo_volume,
+    parse_budget,
+    sample_crop_origins,
+)
+
+
+def test_budget_slices_are_named_and_even():
+    assert budget_slices(165, "1/64") == [27, 82, 137]
+    assert budget_slices(165, "1/16") == [8, 24, 41, 57, 74, 90, 107, 123, 140, 156]
+    quarter = budget_slices(165, Fraction(1, 4))
+    assert len(quarter) == 41 and quarter == sorted(set(quarter))
+    assert budget_slices(165, 1) == list(range(165))
+    assert budget_slices(10, "1/64") == [5]
+
+
+def test_budget_bad_values():
+    for b in ["0", "2", "x", "1/0"]:
+        with pytest.raises(ValueError, match="budget"):
+            parse_budget(b)
+
+
+def test_annotation_weights_and_bad_slices():
+    w = annotation_weights((6, 3, 4), [1, 4])
+    assert w.dtype == np.float32 and w.shape == (6, 3, 4)
+    assert np.array_equal(w.sum(axis=(1, 2)), [0, 12, 0, 0, 12, 0])
+    with pytest.raises(ValueError, match="annotated_slices: empty"):
+        annotation_weights((6, 3, 4), [])
+    with pytest.raises(ValueError, match="annotated_slices"):
+        annotation_weights((6, 3, 4), [6])
+
+
+def test_crop_origins_seeded_and_on_labelled_slices():
+    sw = np.zeros(40)
+    sw[[5, 30]] = 1
+    a = sample_crop_origins((40, 64, 64), (8, 32, 32), 50, np.random.default_rng(3), sw)
+    b = sample_crop_origins((40, 64, 64), (8, 32, 32), 50, np.random.default_rng(3), sw)
+    assert np.array_equal(a, b)
+    for z, y, x in a:
+        assert 0 <= z <= 32 and 0 <= y <= 32 and 0 <= x <= 32
+        assert (z <= 5 < z + 8) or (z <= 30 < z + 8)
+    with pytest.raises(ValueError, match="crop_zyx"):
+        sample_crop_origins((4, 64, 64), (8, 32, 32), 1, np.random.default_rng(0))
+
+
+def test_demo_volume_deterministic_and_plausible():
+    img, lab = make_demo_volume((16, 64, 64), seed=2)
+    img2, lab2 = make_demo_volume((16, 64, 64), seed=2)
+    assert img.dtype == np.uint8 and lab.dtype == np.uint32 and img.shape == lab.shape == (16, 64, 64)
+    assert np.array_equal(img, img2) and np.array_equal(lab, lab2)
+    assert lab.max() >= 1
+    # Mitochondria are darker than cytoplasm, as in Lucchi++.
+    assert img[lab > 0].mean() < img[lab == 0].mean() - 20
+
+
+def test_volume_rejects_mismatched_mask():
+    with pytest.raises(ValueError, match="mask"):
+        Volume(np.zeros((2, 3, 4), np.uint8), np.zeros((2, 3, 5), bool), (5, 5, 5))
+    with pytest.raises(ValueError, match="image"):
+        Volume(np.full((2, 3, 4), np.nan), np.zeros((2, 3, 4), bool), (5, 5, 5))
+
+
+@pytest.mark.skipif(not (default_data_root() / "lucchi_pp").exists(), reason="../shared/data not present")
+def test_load_lucchi_test_split():
+    v = load_lucchi("test")
+    assert v.image.shape == (165, 768, 1024) and v.image.dtype == np.uint8
+    assert v.mask.dtype == bool and 0.05 < v.mask.mean() < 0.09
+    assert v.voxel_size_nm == (5.0, 5.0, 5.0)

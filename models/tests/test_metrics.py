@@ -1,0 +1,59 @@
+"""Metrics on analytic cases."""
+
+import numpy as np
+import pytest
+
+from spatialsam.metrics import dice, evaluate, flicker, foreground_iou, instance_ap
+
+
+def _cubes(shape, boxes):
+    m = np.zeros(shape, bool)
+    for b in boxes:
+        m[b] = True
+    return m
+
+
+def test_iou_and_dice_analytic():
+    gt = _cubes((4, 10, 10), [np.s_[:, 0:4, 0:4]])  # 64 voxels
+    pred = _cubes((4, 10, 10), [np.s_[:, 0:4, 2:6]])  # overlap 32, union 96
+    assert foreground_iou(pred, gt) == pytest.approx(32 / 96)
+    assert dice(pred, gt) == pytest.approx(64 / 128)
+    assert foreground_iou(np.zeros((2, 2, 2)), np.zeros((2, 2, 2))) == 1.0
+    with pytest.raises(ValueError, match="pred"):
+        foreground_iou(np.zeros((2, 2, 2)), np.zeros((2, 2, 3)))
+
+
+def test_instance_ap_counts_matches_fp_fn():
+    shape = (6, 40, 40)
+    gt = _cubes(shape, [np.s_[:, 0:10, 0:10], np.s_[:, 20:30, 0:10], np.s_[:, 0:10, 20:30]])
+    pred = _cubes(
+        shape,
+        [
+            np.s_[:, 0:10, 0:10],  # perfect: IoU 1
+            np.s_[:, 20:30, 0:7],  # IoU 0.7: a match at 0.5 only
+            np.s_[:, 32:38, 32:38],  # false positive
+        ],
+    )  # third GT object missed
+    ap = instance_ap(pred, gt)
+    assert ap["n_gt"] == 3 and ap["n_pred"] == 3
+    assert ap["ap50"] == pytest.approx(2 / 4)  # TP 2, FP 1, FN 1
+    assert ap["ap75"] == pytest.approx(1 / 5)  # TP 1, FP 2, FN 2
+
+
+def test_flicker_counts_gaps_between_covered_slices():
+    shape = (10, 20, 20)
+    gt = _cubes(shape, [np.s_[0:10, 5:15, 5:15]])
+    pred = gt.copy()
+    pred[3] = False  # one gap
+    pred[6, 5:15, 5:12] = False  # 30% covered: a gap
+    pred[9] = False  # trailing loss: not between covered slices
+    fl = flicker(pred, gt)
+    assert fl == {"flicker_slices": 2, "flicker_objects": 1, "matched": 1}
+    assert flicker(gt, gt)["flicker_slices"] == 0
+
+
+def test_evaluate_perfect():
+    gt = _cubes((5, 12, 12), [np.s_[1:4, 2:6, 2:6], np.s_[1:4, 8:11, 8:11]])
+    m = evaluate(gt, gt)
+    assert m["fg_iou"] == 1 and m["dice"] == 1 and m["ap50"] == 1 and m["ap75"] == 1
+    assert m["flicker_slices"] == 0 and m["matched"] == 2

@@ -1,0 +1,99 @@
+"""SDF targets against analytic shapes and scipy's EDT."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from spatialsam.sdf import (
+    denormalise_sdf,
+    normalise_sdf,
+    sdf_target,
+    sdf_target_per_slice,
+    signed_distance_nm,
+)
+
+
+def _sphere(shape, centre, radius_nm, voxel):
+    grids = np.meshgrid(*[np.arange(n) * v for n, v in zip(shape, voxel)], indexing="ij")
+    r = np.sqrt(sum((g - c) ** 2 for g, c in zip(grids, centre)))
+    return r < radius_nm, r
+
+
+@pytest.mark.parametrize("voxel", [(5.0, 5.0, 5.0), (20.0, 5.0, 5.0)])
+def test_sphere_sdf_matches_r_minus_distance(voxel):
+    shape = (24, 48, 48) if voxel[0] > 5 else (48, 48, 48)
+    centre = tuple((n // 2) * v + 0.3 * v for n, v in zip(shape, voxel))
+    radius = 80.0
+    mask, r = _sphere(shape, centre, radius, voxel)
+    d = signed_distance_nm(mask, voxel)
+    assert d.dtype == np.float32 and d.shape == mask.shape
+    diag = float(np.sqrt(sum(v * v for v in voxel)))
+    err = np.abs(d - (radius - r))
+    assert err.max() <= diag, err.max()
+    # Away from the coarse z-axis discretisation the error is well under one voxel.
+    assert np.median(err) < min(voxel)
+
+
+def test_sign_reproduces_mask_exactly():
+    rng = np.random.default_rng(0)
+    mask = ndimage.binary_opening(rng.random((20, 30, 40)) > 0.6)
+    for voxel in [(5, 5, 5), (40, 5.9, 5.9)]:
+        d = signed_distance_nm(mask, voxel)
+        assert np.array_equal(d > 0, mask)
+        assert np.all(d != 0)
+        s = sdf_target(mask, voxel, truncation_nm=30)
+        assert np.array_equal(s > 0, mask)
+        assert s.min() >= -1 and s.max() <= 1
+
+
+def test_matches_scipy_edt_directly():
+    rng = np.random.default_rng(1)
+    mask = rng.random((10, 12, 14)) > 0.5
+    voxel = (30.0, 4.0, 4.0)
+    d = signed_distance_nm(mask, voxel)
+    h = 2.0
+    inside = ndimage.distance_transform_edt(mask, sampling=voxel) - h
+    outside = -(ndimage.distance_transform_edt(~mask, sampling=voxel) - h)
+    np.testing.assert_allclose(d[mask], inside[mask], rtol=1e-6)
+    np.testing.assert_allclose(d[~mask], outside[~mask], rtol=1e-6)
+
+
+def test_anisotropic_distance_along_z_uses_z_spacing():
+    mask = np.zeros((9, 5, 5), bool)
+    mask[:4] = True  # boundary between z=3 and z=4
+    d = signed_distance_nm(mask, (40.0, 5.0, 5.0))
+    # z=0 is 4 voxels of 40 nm from background z=4: 160 nm - 2.5 nm.
+    assert d[0, 2, 2] == pytest.approx(160 - 2.5)
+    # z=8 is 5 voxels from foreground z=3.
+    assert d[8, 2, 2] == pytest.approx(-(200 - 2.5))
+
+
+def test_normalisation_and_inverse():
+    d = np.array([-500.0, -50.0, 0.0, 25.0, 100.0, 1e9], np.float32)
+    s = normalise_sdf(d, 100.0)
+    np.testing.assert_allclose(s, [-1, -0.5, 0, 0.25, 1, 1])
+    np.testing.assert_allclose(denormalise_sdf(s[1:4], 100.0), d[1:4])
+
+
+def test_empty_and_full_masks():
+    assert np.all(sdf_target(np.zeros((3, 4, 4), bool), (5, 5, 5)) == -1)
+    assert np.all(sdf_target(np.ones((3, 4, 4), bool), (5, 5, 5)) == 1)
+
+
+def test_per_slice_ignores_z():
+    mask = np.zeros((3, 20, 20), bool)
+    mask[1, 5:15, 5:15] = True
+    s = sdf_target_per_slice(mask, (5, 5, 5), 50)
+    np.testing.assert_allclose(s[1], sdf_target(mask[1], (5, 5), 50))
+    assert np.all(s[0] == -1)
+
+
+def test_bad_inputs_name_the_argument():
+    with pytest.raises(ValueError, match="voxel_size_nm"):
+        signed_distance_nm(np.ones((2, 2, 2)), (5, 5))
+    with pytest.raises(ValueError, match="voxel_size_nm"):
+        signed_distance_nm(np.ones((2, 2, 2)), (5, 0, 5))
+    with pytest.raises(ValueError, match="truncation_nm"):
+        normalise_sdf(np.zeros(3), float("nan"))
+    with pytest.raises(ValueError, match="mask"):
+        signed_distance_nm(np.zeros((0, 2)), (5, 5))

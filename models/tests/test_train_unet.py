@@ -1,0 +1,81 @@
+"""U-Net training: the loss goes down, resume after a kill equals an uninterrupted run, bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from spatialsam.data import make_demo_volume
+from spatialsam.train_unet import TrainConfig, TrainData, ValData, load_unet, make_train_data, train_unet
+
+TINY = {"channels": [4, 8], "pool": [[2, 2, 2]]}
+
+
+@pytest.fixture(scope="module")
+def demo():
+    img, lab = make_demo_volume((16, 48, 48), seed=0)
+    return img, lab > 0
+
+
+def _cfg(**kw):
+    base = dict(unet=TINY, crop_zyx=(8, 32, 32), batch_size=1, lr=5e-3, log_every=1, checkpoint_every=3, threads=1, seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_tiny_training_lowers_the_loss(demo, tmp_path):
+    img, mask = demo
+    data = make_train_data(img, mask, (5, 5, 5))
+    out = train_unet(data, _cfg(max_steps=40, val_every=20), tmp_path, val=ValData(img, mask), progress=False)
+    log = [json.loads(ln) for ln in (tmp_path / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss_sdf"] + r["loss_sign"] for r in log if "loss_sdf" in r]
+    assert np.mean(losses[-8:]) < 0.8 * np.mean(losses[:8])
+    assert out["stopped"] == "max_steps" and out["best_step"] in (20, 40)
+    assert [r["step"] for r in log if "val_fg_iou" in r] == [20, 40]
+    model = load_unet(tmp_path / "best.pt")
+    assert model.cfg.channels == (4, 8)
+
+
+def test_resume_after_kill_matches_uninterrupted_run(demo, tmp_path):
+    img, mask = demo
+    slices = [4, 11]
+    data = make_train_data(img, mask, (5, 5, 5), slices)
+    cfg = _cfg(max_steps=8)
+    train_unet(data, cfg, tmp_path / "a", progress=False)
+    killed = train_unet(data, cfg, tmp_path / "b", progress=False, _kill_at_step=5)
+    assert killed["stopped"] == "killed"
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["state"]["step"] == 3
+    train_unet(data, cfg, tmp_path / "b", progress=False)
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    assert a["state"]["step"] == b["state"]["step"] == 8
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0)
+    log_a = [json.loads(x) for x in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    log_b = [json.loads(x) for x in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log_a] == [r["step"] for r in log_b]
+    assert [r["loss_sdf"] for r in log_a] == [r["loss_sdf"] for r in log_b]
+
+
+def test_sparse_targets_only_on_annotated_slices(demo):
+    img, mask = demo
+    d = make_train_data(img, mask, (5, 5, 5), [3])
+    assert np.array_equal(np.flatnonzero(d.weight.sum(axis=(1, 2))), [3])
+    assert np.array_equal(d.target_sdf[3] > 0, mask[3])
+
+
+def test_bad_inputs(demo, tmp_path):
+    img, mask = demo
+    with pytest.raises(ValueError, match="annotated_slices: empty"):
+        make_train_data(img, mask, (5, 5, 5), [])
+    with pytest.raises(ValueError, match="mask"):
+        make_train_data(img, mask[:-1], (5, 5, 5))
+    with pytest.raises(ValueError, match="target_sdf: contains NaN"):
+        TrainData(img, np.full(img.shape, np.nan, np.float32), np.ones(img.shape, np.float32))
+    with pytest.raises(ValueError, match="weight: all zero"):
+        TrainData(img, np.zeros(img.shape, np.float32), np.zeros(img.shape, np.float32))
+    with pytest.raises(ValueError, match="image"):
+        train_unet(make_train_data(img, mask, (5, 5, 5)), _cfg(crop_zyx=(7, 32, 32)), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="model"):
+        TrainConfig(model="unet4d")

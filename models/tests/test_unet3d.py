@@ -1,0 +1,65 @@
+"""3D U-Net: shapes, dtypes, output ranges, receptive field and seamless blockwise inference."""
+
+import pytest
+import torch
+
+from spatialsam.unet3d import UNetConfig, build_unet3d, check_input_shape, context_zyx, predict_volume, receptive_field
+
+TINY = UNetConfig(channels=(2, 4, 8), pool=((1, 2, 2), (2, 2, 2)))
+
+
+def test_shapes_dtypes_and_ranges():
+    torch.manual_seed(0)
+    m = build_unet3d(TINY).eval()
+    x = torch.randn(2, 1, 4, 16, 24)
+    sdf, fg = m(x)
+    assert sdf.shape == fg.shape == (2, 1, 4, 16, 24)
+    assert sdf.dtype == fg.dtype == torch.float32
+    assert sdf.abs().max() < 1
+
+
+def test_anisotropic_size_multiple_and_bad_shapes():
+    assert TINY.size_multiple() == (2, 4, 4)
+    check_input_shape(TINY, (4, 8, 12))
+    with pytest.raises(ValueError, match="image"):
+        check_input_shape(TINY, (3, 8, 12))
+    with pytest.raises(ValueError, match="pool"):
+        UNetConfig(channels=(2, 4), pool=())
+    with pytest.raises(ValueError, match="norm"):
+        UNetConfig(norm="group")
+
+
+def test_receptive_field_matches_gradient_support():
+    torch.manual_seed(0)
+    cfg = UNetConfig(channels=(2, 4, 8), pool=((1, 2, 2), (2, 2, 2)), norm="none")
+    m = build_unet3d(cfg).eval()
+    with torch.no_grad():
+        for p in m.parameters():  # positive weights: no accidental cancellation in the gradient
+            p.copy_(p.abs() + 0.01)
+    x = torch.randn(1, 1, 40, 64, 64, requires_grad=True)
+    _, fg = m(x)
+    fg[0, 0, 20, 32, 32].backward()
+    nz = x.grad[0, 0].abs() > 0
+    extent = [int(nz.any(dim=tuple(d for d in range(3) if d != a)).sum()) for a in range(3)]
+    rf = receptive_field(cfg)
+    assert all(e <= r for e, r in zip(extent, rf)), (extent, rf)
+    assert all(e >= r - 4 for e, r in zip(extent, rf)), (extent, rf)
+    assert all(c * 2 >= r for c, r in zip(context_zyx(cfg), rf))
+
+
+def test_blockwise_prediction_is_seamless():
+    torch.manual_seed(1)
+    m = build_unet3d(UNetConfig(channels=(2, 4), pool=((1, 2, 2),), convs_per_block=1)).eval()
+    with torch.no_grad():  # non-trivial batch-norm statistics
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm3d):
+                mod.running_mean.uniform_(-0.5, 0.5)
+                mod.running_var.uniform_(0.5, 2)
+    img = torch.randn(6, 14, 16)
+    a_sdf, a_fg = predict_volume(m, img, block_zyx=(4, 8, 8))  # 2 x 2 x 2 blocks, last ones partial
+    b_sdf, b_fg = predict_volume(m, img, block_zyx=(6, 14, 16))
+    assert a_sdf.shape == img.shape
+    torch.testing.assert_close(a_sdf, b_sdf, atol=1e-5, rtol=0)
+    torch.testing.assert_close(a_fg, b_fg, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="image: contains NaN"):
+        predict_volume(m, torch.full((4, 8, 8), float("nan")))

@@ -236,6 +236,71 @@ export function encodeCompressedSegmentation(data: LabelArray, shapeZyx: Vec3, b
 }
 
 /**
+ * Copies one block's values to `out` (C-order zyx, `wordsPerValue` words per voxel, the block's
+ * first voxel at element `outStart`) and returns the largest lookup-table index it used.
+ * Specialised per index width and value size: this loop is the decoder's whole cost.
+ */
+function decodeBlock(
+  words: Uint32Array,
+  valuesStart: number,
+  tableStart: number,
+  bits: number,
+  wordsPerValue: 1 | 2,
+  out: Uint32Array,
+  bx: number,
+  by: number,
+  ex: number,
+  ey: number,
+  ez: number,
+  outStart: number,
+  sy: number,
+  sx: number,
+): number {
+  if (bits === 0) {
+    const lo = words[tableStart]!;
+    const hi = wordsPerValue === 2 ? words[tableStart + 1]! : 0;
+    for (let z = 0; z < ez; z++) {
+      for (let y = 0; y < ey; y++) {
+        const o = outStart + (z * sy + y) * sx;
+        if (wordsPerValue === 1) {
+          out.fill(lo, o, o + ex);
+        } else {
+          for (let x = 0, d = 2 * o; x < ex; x++, d += 2) {
+            out[d] = lo;
+            out[d + 1] = hi;
+          }
+        }
+      }
+    }
+    return 0;
+  }
+  const mask = bits === 32 ? 0xffffffff : (1 << bits) - 1;
+  let maxIndex = 0;
+  for (let z = 0; z < ez; z++) {
+    for (let y = 0; y < ey; y++) {
+      let bitOffset = (z * by + y) * bx * bits;
+      const o = outStart + (z * sy + y) * sx;
+      if (wordsPerValue === 1) {
+        for (let x = 0; x < ex; x++, bitOffset += bits) {
+          const idx = ((words[valuesStart + (bitOffset >>> 5)]! >>> (bitOffset & 31)) & mask) >>> 0;
+          if (idx > maxIndex) maxIndex = idx;
+          out[o + x] = words[tableStart + idx]!;
+        }
+      } else {
+        for (let x = 0, d = 2 * o; x < ex; x++, bitOffset += bits, d += 2) {
+          const idx = ((words[valuesStart + (bitOffset >>> 5)]! >>> (bitOffset & 31)) & mask) >>> 0;
+          if (idx > maxIndex) maxIndex = idx;
+          const src = tableStart + 2 * idx;
+          out[d] = words[src]!;
+          out[d + 1] = words[src + 1]!;
+        }
+      }
+    }
+  }
+  return maxIndex;
+}
+
+/**
  * Decodes one-channel precomputed compressed_segmentation bytes into a C-order zyx array of
  * `shapeZyx`. Every offset is bounds-checked; corrupt input throws DataCorruption naming `field`
  * (the chunk key or file).
@@ -292,32 +357,11 @@ export function decodeCompressedSegmentation(
         if (tableStart + wordsPerValue > total) {
           throw dataCorruption(field, `block ${block} lookup table offset ${tableStart - base} is out of range`);
         }
-        // The table's length is not stored: check against the largest index actually used.
-        const mask = bits === 32 ? 0 : 2 ** bits - 1;
-        let maxIndex = 0;
-        for (let z = 0; z < ez; z++) {
-          for (let y = 0; y < ey; y++) {
-            const rowBlock = (z * by + y) * bx;
-            const rowOut = ((z0 + z) * sy + (y0 + y)) * sx + x0;
-            for (let x = 0; x < ex; x++) {
-              let idx = 0;
-              if (bits > 0) {
-                const bitOffset = (rowBlock + x) * bits;
-                const word = words[valuesStart + (bitOffset >>> 5)]!;
-                idx = bits === 32 ? word : (word >>> (bitOffset & 31)) & mask;
-              }
-              if (idx > maxIndex) {
-                maxIndex = idx;
-                if (tableStart + (idx + 1) * wordsPerValue > total) {
-                  throw dataCorruption(field, `block ${block} lookup table offset ${tableStart - base} (index ${idx}) is out of range`);
-                }
-              }
-              const src = tableStart + idx * wordsPerValue;
-              const dst = (rowOut + x) * wordsPerValue;
-              outWords[dst] = words[src]!;
-              if (wordsPerValue === 2) outWords[dst + 1] = words[src + 1]!;
-            }
-          }
+        // The table's length is not stored: check against the largest index actually used. Reads
+        // past the end yield undefined (stored as 0) until the check below throws.
+        const maxIndex = decodeBlock(words, valuesStart, tableStart, bits, wordsPerValue, outWords, bx, by, ex, ey, ez, ((z0 * sy + y0) * sx + x0), sy, sx);
+        if (tableStart + (maxIndex + 1) * wordsPerValue > total) {
+          throw dataCorruption(field, `block ${block} lookup table offset ${tableStart - base} (index ${maxIndex}) is out of range`);
         }
       }
     }

@@ -8,6 +8,7 @@ import { DATA_TYPES, isDataType, viewBytes } from "#src/dtype.ts";
 import type { DataType, TypedArray } from "#src/dtype.ts";
 import { dataCorruption, invalidArgument, isSpatialSamError, notFound, throwIfAborted } from "#src/errors.ts";
 import type { ChunkSource, DecodedChunk, ReadOptions, ScaleLevel, Store, Vec3, VolumeMetadata } from "#src/volume/types.ts";
+import { checkedBlosc } from "./blosc.ts";
 import { registerFormat } from "./format_registry.ts";
 import type { FormatContext } from "./format_registry.ts";
 import { UNIT_TO_NM } from "./zarr.ts";
@@ -64,8 +65,7 @@ async function decompressor(compression: unknown, field: string): Promise<Decomp
     case "gzip":
       return c?.useZlib === true ? async (b) => new Uint8Array(await inflateAsync(b)) : async (b) => new Uint8Array(await gunzipAsync(b));
     case "blosc": {
-      const Blosc = (await import("numcodecs/blosc")).default;
-      const codec = Blosc.fromConfig({ id: "blosc" });
+      const codec = await checkedBlosc();
       return async (b) => codec.decode(b);
     }
     case "zstd": {

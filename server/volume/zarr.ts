@@ -8,6 +8,7 @@ import { DATA_TYPES, isDataType } from "#src/dtype.ts";
 import type { DataType, TypedArray } from "#src/dtype.ts";
 import { dataCorruption, invalidArgument, isSpatialSamError, notFound } from "#src/errors.ts";
 import type { ChunkSource, DecodedChunk, ReadOptions, ScaleLevel, Store, Vec3, VolumeMetadata } from "#src/volume/types.ts";
+import "./blosc.ts";
 import { registerFormat } from "./format_registry.ts";
 import type { FormatContext } from "./format_registry.ts";
 
@@ -44,10 +45,16 @@ function zarritaStore(store: Store): AsyncReadable {
     },
     async getRange(key: AbsolutePath, range: RangeQuery, opts?: { signal?: AbortSignal }) {
       const signal = opts?.signal === undefined ? {} : { signal: opts.signal };
+      // Ranges come from shard indexes: a corrupt index yields nonsense ranges, and a truncated
+      // shard yields short reads. Plain Errors here become DataCorruption naming the chunk.
+      const want = "suffixLength" in range ? range.suffixLength : range.length;
+      if ("offset" in range && (!Number.isSafeInteger(range.offset) || range.offset < 0)) throw new Error(`invalid byte range offset ${range.offset} in ${key}`);
+      if (!Number.isSafeInteger(want) || want < 0) throw new Error(`invalid byte range length ${want} in ${key}`);
       const bytes =
         "suffixLength" in range
           ? await store.get(key.slice(1), { ...signal, suffixLength: range.suffixLength })
           : await store.get(key.slice(1), { ...signal, range: [range.offset, range.offset + range.length] });
+      if (bytes !== undefined && bytes.length !== want) throw new Error(`${key} is truncated: read ${bytes.length} of ${want} bytes`);
       return mark(bytes, opts);
     },
   };

@@ -1,9 +1,12 @@
 // Conversions between wire messages and domain types, validating as they go: every error names
 // the request field it is about.
 import { DataType as WireDataType, type Box3 as WireBox3, type Tensor as WireTensor } from "#proto/spatial_sam/v1/common.ts";
-import { asBytes, DATA_TYPES, viewBytes, type DataType, type TypedArray } from "#src/dtype.ts";
+import { asBytes, DATA_TYPES, viewBytes, type DataType } from "#src/dtype.ts";
 import { invalidArgument } from "#src/errors.ts";
 import type { Box3, Vec3 } from "#src/volume/types.ts";
+import type { TensorData } from "#server/onnx/model_registry.ts";
+
+export type { TensorData };
 
 const WIRE_OF: Record<DataType, WireDataType> = {
   uint8: WireDataType.DATA_TYPE_UINT8,
@@ -29,13 +32,6 @@ export function fromWireDataType(w: WireDataType, field: string): DataType {
   const d = DOMAIN_OF.get(w);
   if (d === undefined) throw invalidArgument(field, `unknown or unspecified data type ${String(w)}`);
   return d;
-}
-
-/** A dense tensor in the domain: C-order `data` of shape `dims`. */
-export interface TensorData {
-  dtype: DataType;
-  dims: number[];
-  data: TypedArray;
 }
 
 /** Largest element count accepted in one wire tensor (the message size limit bounds it further). */

@@ -1,0 +1,74 @@
+// Options shared by the commands that start the server (serve, demo), each settable by a
+// SPATIAL_SAM_* environment variable, and the start-up they lead to.
+import { InvalidArgumentError, Option, type Command } from "commander";
+import { createLogger } from "#server/log.ts";
+import { serve } from "#server/serve.ts";
+
+function intIn(min: number, max: number) {
+  return (value: string): number => {
+    const n = Number(value);
+    if (!Number.isInteger(n) || n < min || n > max) throw new InvalidArgumentError(`expected an integer in [${min}, ${max}]`);
+    return n;
+  };
+}
+
+export const list = (value: string): string[] => value.split(",").map((s) => s.trim()).filter(Boolean);
+
+export function serverOptions(cmd: Command): Command {
+  return cmd
+    .addOption(new Option("--host <address>", "bind address for gRPC and HTTP").default("127.0.0.1").env("SPATIAL_SAM_HOST"))
+    .addOption(new Option("--port <n>", "gRPC port (0 = any free port)").default(50051).argParser(intIn(0, 65535)).env("SPATIAL_SAM_PORT"))
+    .addOption(
+      new Option("--http-port <n>", "HTTP port (0 = any free port, -1 = off)").default(8080).argParser(intIn(-1, 65535)).env("SPATIAL_SAM_HTTP_PORT"),
+    )
+    .addOption(new Option("--models <dir>", "folder of <name>/model.json models").default("models").env("SPATIAL_SAM_MODELS"))
+    .addOption(new Option("--roots <dirs>", "comma-separated folders file:// URLs may read").default(["."]).argParser(list).env("SPATIAL_SAM_ROOTS"))
+    .addOption(new Option("--workers <n>", "ONNX worker threads").default(1).argParser(intIn(1, 256)).env("SPATIAL_SAM_WORKERS"))
+    .addOption(new Option("--threads <n>", "intra-op threads per ONNX session").default(2).argParser(intIn(1, 256)).env("SPATIAL_SAM_THREADS"))
+    .addOption(
+      new Option("--execution-provider <ep>", "cpu, or cuda (falls back to cpu if it does not load)")
+        .choices(["cpu", "cuda"])
+        .default("cpu")
+        .env("SPATIAL_SAM_EXECUTION_PROVIDER"),
+    )
+    .addOption(new Option("--max-queue <n>", "queued requests per model before RESOURCE_EXHAUSTED").default(32).argParser(intIn(1, 100000)).env("SPATIAL_SAM_MAX_QUEUE"))
+    .addOption(new Option("--log-level <level>", "trace, debug, info, warn, error").default("info").env("SPATIAL_SAM_LOG_LEVEL"));
+}
+
+export interface ServerCliOptions {
+  host: string;
+  port: number;
+  httpPort: number;
+  models: string;
+  roots: string[];
+  workers: number;
+  threads: number;
+  executionProvider: "cpu" | "cuda";
+  maxQueue: number;
+  logLevel: string;
+}
+
+export async function startFromCli(o: ServerCliOptions, extraRoots: string[] = []) {
+  const log = createLogger({ level: o.logLevel });
+  const running = await serve({
+    host: o.host,
+    port: o.port,
+    httpPort: o.httpPort,
+    modelsDir: o.models,
+    roots: [...o.roots, ...extraRoots],
+    workers: o.workers,
+    intraOpThreads: o.threads,
+    executionProvider: o.executionProvider,
+    maxQueuePerModel: o.maxQueue,
+    log,
+  });
+  const stop = async (signal: string) => {
+    log.info({ signal }, "shutting down");
+    await running.close();
+    process.exit(0);
+  };
+  process.once("SIGINT", () => void stop("SIGINT"));
+  process.once("SIGTERM", () => void stop("SIGTERM"));
+  return running;
+}
+

@@ -1,0 +1,94 @@
+// Starts the whole server: ONNX model registry (worker pool), gRPC services and the HTTP side.
+import { createServer, type Server as HttpServer } from "node:http";
+import { resolve } from "node:path";
+import express from "express";
+import type { Logger } from "#server/log.ts";
+import { startGrpcServer, type RunningGrpcServer } from "#server/grpc/server.ts";
+import { registryBackend } from "#server/grpc/model_backend.ts";
+import { ModelRegistry } from "#server/onnx/model_registry.ts";
+import { openVolume } from "#server/volume/open_volume.ts";
+
+export interface ServeOptions {
+  host: string;
+  port: number;
+  /** 0 picks a free port; -1 disables the HTTP side. */
+  httpPort: number;
+  modelsDir: string;
+  /** Folders that file:// volume URLs may read from. */
+  roots: string[];
+  workers: number;
+  intraOpThreads: number;
+  executionProvider: "cpu" | "cuda";
+  maxQueuePerModel: number;
+  maxMessageBytes?: number;
+  log: Logger;
+  /** Lets tests make an ONNX worker die mid-request (registry.armFaultForTest). Never set by the CLI. */
+  allowTestFaults?: boolean;
+}
+
+export interface RunningServer {
+  grpc: RunningGrpcServer;
+  httpPort: number | undefined;
+  registry: ModelRegistry;
+  close(): Promise<void>;
+}
+
+export async function serve(options: ServeOptions): Promise<RunningServer> {
+  const { log } = options;
+  const roots = options.roots.map((r) => resolve(r));
+  const registry = await ModelRegistry.load(resolve(options.modelsDir), {
+    workers: options.workers,
+    intraOpThreads: options.intraOpThreads,
+    executionProvider: options.executionProvider,
+    maxQueuePerModel: options.maxQueuePerModel,
+    logger: log,
+    allowTestFaults: options.allowTestFaults ?? false,
+  });
+  let grpc: RunningGrpcServer | undefined;
+  let http: HttpServer | undefined;
+  try {
+    grpc = await startGrpcServer({
+      host: options.host,
+      port: options.port,
+      models: registryBackend(registry),
+      openVolume: (url, { signal: _signal }) => openVolume(url, { roots }),
+      log,
+      ...(options.maxMessageBytes === undefined ? {} : { maxMessageBytes: options.maxMessageBytes }),
+    });
+    let httpPort: number | undefined;
+    if (options.httpPort >= 0) {
+      const app = express();
+      app.disable("x-powered-by");
+      app.get("/healthz", (_req, res) => {
+        res.json({ status: "SERVING", grpc: grpc!.address });
+      });
+      app.get("/api/models", (_req, res) => {
+        res.json(registryBackend(registry).describe().map((m) => ({ ...m, manifestJson: undefined })));
+      });
+      http = createServer(app);
+      httpPort = await new Promise<number>((res, rej) => {
+        http!.once("error", rej);
+        http!.listen(options.httpPort, options.host, () => {
+          const a = http!.address();
+          res(typeof a === "object" && a !== null ? a.port : options.httpPort);
+        });
+      });
+      log.info({ host: options.host, port: httpPort }, "HTTP listening");
+    }
+    const running = grpc;
+    return {
+      grpc: running,
+      httpPort,
+      registry,
+      close: async () => {
+        await new Promise<void>((res) => (http ? http.close(() => res()) : res()));
+        await running.close();
+        await registry.close();
+      },
+    };
+  } catch (e) {
+    await grpc?.close();
+    await registry.close();
+    throw e;
+  }
+}

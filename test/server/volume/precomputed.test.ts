@@ -14,6 +14,7 @@ import { ChunkCache } from "#server/volume/chunk_cache.ts";
 import { openVolume } from "#server/volume/open_volume.ts";
 import { PrecomputedChunkSource } from "#server/volume/precomputed.ts";
 import { FileStore } from "#server/volume/stores.ts";
+import { startObjectServer } from "#test/helpers/object_server.ts";
 import { readArray, readJson, runGenerator, tempDir } from "./precomputed_helpers.ts";
 
 interface FixtureCase {
@@ -120,6 +121,30 @@ describe("tensorstore-written volumes", () => {
     expect(vol.metadata.format).toBe("precomputed");
     expect(vol.metadata.kind).toBe("segmentation");
     expect(sameBytes(await readLevel(vol, 0), readArray(path.join(root, "seg_u32_cseg_b8.s0.bin"), "uint32"))).toBe(true);
+  });
+
+  it("reads sharded volumes over HTTP and S3 with range requests only", async () => {
+    const server = await startObjectServer(root, { bucket: "vols" });
+    try {
+      const want = readArray(path.join(root, "seg_u64_sharded_murmur_gzip.s0.bin"), "uint64");
+      for (const url of [`precomputed://${server.httpBase}/seg_u64_sharded_murmur_gzip`, "precomputed://s3://vols/seg_u64_sharded_murmur_gzip"]) {
+        server.requests.length = 0;
+        const vol = await openVolume(url, { roots: [], s3Endpoint: server.s3Endpoint, cache: new ChunkCache({ maxBytes: 1 << 24 }) });
+        expect(sameBytes(await readLevel(vol, 0), want), url).toBe(true);
+        const shardReads = server.requests.filter((r) => r.path.endsWith(".shard"));
+        expect(shardReads.length).toBeGreaterThan(2);
+        expect(shardReads.every((r) => r.range !== undefined), url).toBe(true);
+      }
+    } finally {
+      await server.close();
+    }
+  });
+
+  it("stops at an aborted signal with Cancelled", async () => {
+    const store = await FileStore.open(path.join(root, "image_u8_raw"), [root]);
+    const source = await PrecomputedChunkSource.open(store);
+    const e = await source.readChunk(0, [0, 0, 0], { signal: AbortSignal.abort() }).catch((err: unknown) => err);
+    expect((e as SpatialSamError)._tag).toBe("Cancelled");
   });
 
   it("reads a missing chunk as fill value 0", async () => {

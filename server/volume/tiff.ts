@@ -6,7 +6,9 @@
 // `maxChunkBytes`. Voxel size: `?voxel_size_nm=z,y,x` in the URL, else the file's calibration
 // (tiff_calibration.ts), else DEFAULT_VOXEL_SIZE_NM (1 nm).
 
-import { GeoTIFF } from "geotiff";
+import { inflate } from "node:zlib";
+import { promisify } from "node:util";
+import { addDecoder, BaseDecoder, GeoTIFF, getDecoder } from "geotiff";
 import type { GeoTIFFImage } from "geotiff";
 import { DATA_TYPES } from "#src/dtype.ts";
 import type { DataType, TypedArray } from "#src/dtype.ts";
@@ -27,17 +29,33 @@ export interface TiffOpenOptions {
   signal?: AbortSignal;
 }
 
+const inflateAsync = promisify(inflate);
+
+/**
+ * Deflate strips through Node's zlib (native, on the libuv pool so strips inflate in parallel)
+ * instead of geotiff's JavaScript inflate: about 4x faster here. geotiff's decoder table is
+ * process-wide, so this applies to every geotiff user in the process, which is only this driver.
+ */
+class NodeDeflateDecoder extends BaseDecoder {
+  override async decodeBlock(buffer: ArrayBufferLike): Promise<ArrayBuffer> {
+    const out = await inflateAsync(new Uint8Array(buffer));
+    return out.buffer.slice(out.byteOffset, out.byteOffset + out.byteLength) as ArrayBuffer;
+  }
+}
+addDecoder([8, 32946], async () => NodeDeflateDecoder);
+
 /** The file names a TIFF folder is made of. */
 const TIFF_NAME = /\.tiff?$/i;
 
 /**
  * geotiff's byte-source interface over a Store key. Small reads (IFDs, strip-offset arrays) go
- * through a little LRU of 64 KiB blocks, so walking a few thousand IFDs costs a few dozen reads;
+ * through a little LRU of 8 KiB blocks (directories written together share blocks; scattered ones
+ * cost one block each);
  * strip reads go straight to the store.
  */
 class StoreByteSource {
-  static readonly BLOCK = 64 * 1024;
-  static readonly MAX_BLOCKS = 32;
+  static readonly BLOCK = 8 * 1024;
+  static readonly MAX_BLOCKS = 64;
   readonly #blocks = new Map<number, Promise<Uint8Array>>();
 
   constructor(
@@ -170,20 +188,59 @@ async function calibrationOf(image: GeoTIFFImage): Promise<Vec3 | undefined> {
   });
 }
 
+/** The decoder geotiff uses for a page (compression, predictor), created once per page read. */
+async function decoderFor(image: GeoTIFFImage): Promise<BaseDecoder> {
+  const fd = image.getFileDirectory();
+  const compression = Number(fd.getValue("Compression") ?? 1);
+  return getDecoder(compression, {
+    tileWidth: image.getWidth(),
+    tileHeight: Number(await fd.loadValue("RowsPerStrip")) || image.getHeight(),
+    planarConfiguration: image.planarConfiguration,
+    bitsPerSample: image.getBitsPerSample(0),
+    predictor: Number(await fd.loadValue("Predictor")) || 1,
+  });
+}
+
+/**
+ * Rows [y0, y1) of a page. Little-endian striped pages (what microscopes and tifffile write) are
+ * decoded strip by strip and copied as bytes; tiled and big-endian pages go through geotiff's
+ * general (per-pixel) readRasters.
+ */
 async function readBand(image: GeoTIFFImage, layout: PageLayout, y0: number, y1: number, file: string, signal?: AbortSignal): Promise<DecodedChunk> {
-  let raster: unknown;
+  const Ctor = DATA_TYPES[layout.dtype].array;
+  const n = (y1 - y0) * layout.width;
+  const shapeZyx: Vec3 = [1, y1 - y0, layout.width];
   try {
-    raster = await image.readRasters({ window: [0, y0, layout.width, y1], samples: [0], interleave: true, ...(signal === undefined ? {} : { signal }) });
+    if (!image.isTiled && image.littleEndian) {
+      const decoder = await decoderFor(image);
+      const rps = layout.rowBlock;
+      const rowBytes = layout.width * DATA_TYPES[layout.dtype].bytes;
+      const out = new Uint8Array(n * DATA_TYPES[layout.dtype].bytes);
+      const strips: Promise<void>[] = [];
+      for (let s = Math.floor(y0 / rps); s * rps < y1; s++) {
+        strips.push(
+          image.getTileOrStrip(0, s, 0, decoder, signal).then(({ data }) => {
+            const from = Math.max(y0, s * rps);
+            const to = Math.min(y1, (s + 1) * rps, layout.height);
+            const bytes = new Uint8Array(data, (from - s * rps) * rowBytes);
+            if (bytes.length < (to - from) * rowBytes) throw dataCorruption(file, `strip ${s} decodes to ${data.byteLength} bytes, too few for its rows`);
+            out.set(bytes.subarray(0, (to - from) * rowBytes), (from - y0) * rowBytes);
+          }),
+        );
+      }
+      await Promise.all(strips);
+      throwIfAborted(signal);
+      return { data: new Ctor(out.buffer, 0, n), shapeZyx };
+    }
+    const raster: unknown = await image.readRasters({ window: [0, y0, layout.width, y1], samples: [0], interleave: true, ...(signal === undefined ? {} : { signal }) });
+    throwIfAborted(signal);
+    if (!(raster instanceof Ctor) || (raster as TypedArray).length !== n) {
+      throw dataCorruption(file, `decoded rows ${y0}..${y1} are not ${n} ${layout.dtype} values`);
+    }
+    return { data: raster as TypedArray, shapeZyx };
   } catch (e) {
     throw decodeFailure(e, file, `rows ${y0}..${y1}`);
   }
-  throwIfAborted(signal);
-  const Ctor = DATA_TYPES[layout.dtype].array;
-  const n = (y1 - y0) * layout.width;
-  if (!(raster instanceof Ctor) || (raster as TypedArray).length !== n) {
-    throw dataCorruption(file, `decoded rows ${y0}..${y1} are not ${n} ${layout.dtype} values`);
-  }
-  return { data: raster as TypedArray, shapeZyx: [1, y1 - y0, layout.width] };
 }
 
 function checkChunkIndex(scale: number, idx: Vec3, grid: Vec3): void {

@@ -41,6 +41,8 @@ describe("multi-page TIFF", () => {
     cases.push([`${t}_raw`, t, [40, 4, 5]], [`${t}_deflate`, t, [40, 4, 5]], [`${t}_lzw`, t, [1, 1, 1]]);
   }
   cases.push(["u16_tiled_deflate", "u16", [40, 4, 5]], ["i16_raw", "i16", [1, 1, 1]], ["u32_raw", "u32", [1, 1, 1]], ["u8_ome.ome", "u8", [30, 6, 7]]);
+  // No calibration in these files: the 1 nm default.
+  cases.push(["u16_deflate_pred", "u16", [1, 1, 1]], ["f32_bigendian", "f32", [1, 1, 1]]);
   const dtypes: Record<string, string> = { u8: "uint8", u16: "uint16", f32: "float32", i16: "int16", u32: "uint32" };
 
   it.each(cases)("%s reads exactly, with its calibration", async (name, t, voxel) => {

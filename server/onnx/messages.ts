@@ -33,7 +33,16 @@ export interface RunRequest {
   fault?: TestFault;
 }
 
-export type ToWorker = RunRequest;
+/**
+ * Release the sessions and exit once the current run (if any) is over. Terminating a worker from
+ * outside while onnxruntime is inside session.run aborts the whole process (the native callback
+ * throws into a dying environment), so the pool never does that to a busy worker.
+ */
+export interface CloseRequest {
+  type: "close";
+}
+
+export type ToWorker = RunRequest | CloseRequest;
 
 // ---- worker -> main thread
 

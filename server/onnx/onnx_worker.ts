@@ -101,10 +101,27 @@ async function run(sessions: Map<string, InferenceSession>, req: RunRequest): Pr
   post({ type: "ok", id: req.id, outputs }, transfer);
 }
 
+let sessions: Map<string, InferenceSession> | undefined;
+let closeRequested = false;
+
+async function shutdown(): Promise<void> {
+  if (sessions !== undefined) await Promise.all([...sessions.values()].map((s) => s.release()));
+  process.exit(0);
+}
+
+// Listening from the start, so a close that arrives while the sessions load is not lost.
+port.on("message", (message: ToWorker) => {
+  if (message.type === "close") {
+    closeRequested = true;
+    if (sessions !== undefined) void shutdown();
+  } else if (sessions !== undefined) {
+    void run(sessions, message);
+  }
+});
+
 async function start(): Promise<void> {
   let provider = init.executionProvider;
   let fallbackReason: string | undefined;
-  let sessions: Map<string, InferenceSession>;
   try {
     try {
       sessions = await createSessions(provider);
@@ -117,13 +134,12 @@ async function start(): Promise<void> {
   } catch (e) {
     const model = e instanceof ModelLoadError ? e.model : "";
     post({ type: "load_failed", model, message: e instanceof Error ? e.message : String(e) });
+    if (closeRequested) process.exit(0);
     return;
   }
+  if (closeRequested) return shutdown();
   const graphs: Record<string, GraphInfo> = {};
   for (const [name, s] of sessions) graphs[name] = { inputs: s.inputMetadata.map(valueInfo), outputs: s.outputMetadata.map(valueInfo) };
-  port.on("message", (message: ToWorker) => {
-    if (message.type === "run") void run(sessions, message);
-  });
   post({ type: "ready", executionProvider: provider, ...(fallbackReason === undefined ? {} : { fallbackReason }), graphs });
 }
 

@@ -4,7 +4,7 @@
 import { Worker } from "node:worker_threads";
 import type { Logger } from "pino";
 import { cancelled, dataCorruption, invalidArgument, notFound, resourceExhausted, unavailable, type SpatialSamError } from "#src/errors.ts";
-import type { ExecutionProvider, FromWorker, GraphInfo, Ready, RunRequest, TestFault, WireTensor, WorkerInit } from "./messages.ts";
+import type { CloseRequest, ExecutionProvider, FromWorker, GraphInfo, Ready, RunRequest, TestFault, WireTensor, WorkerInit } from "./messages.ts";
 
 export interface WorkerPoolOptions {
   models: { name: string; onnxPath: string }[];
@@ -165,8 +165,8 @@ export class WorkerPool {
     for (const q of this.queues.values()) for (const job of q.splice(0)) this.settle(job, shutdown());
     const slots = [...this.slots];
     for (const s of slots) if (s.job !== undefined) this.settle(s.job, shutdown());
-    // A worker inside session.run stops when the run returns; terminate() resolves then.
-    await Promise.all(slots.map((s) => s.worker.terminate()));
+    // Each worker exits by itself after its current run: terminate() during a run would abort the process.
+    await Promise.all(slots.map((s) => s.stop()));
   }
 
   private idleSlot(): Slot | undefined {
@@ -272,6 +272,8 @@ export class WorkerPool {
 
 /** One worker thread and what the pool knows about it. */
 class Slot {
+  private readonly exited: Promise<void>;
+
   readonly worker: Worker;
   state: SlotState = "starting";
   job: Job | undefined;
@@ -294,6 +296,7 @@ class Slot {
     worker.on("error", (e) => {
       this.error = e;
     });
+    this.exited = new Promise((resolve) => worker.once("exit", () => resolve()));
     this.ready = new Promise<Ready>((resolve, reject) => {
       const onMessage = (m: FromWorker) => {
         if (m.type === "ready") {
@@ -318,5 +321,11 @@ class Slot {
       worker.on("message", onMessage);
       worker.on("exit", onExit);
     });
+  }
+
+  /** Asks the worker to release its sessions and exit after its current run; resolves on exit. */
+  stop(): Promise<void> {
+    if (this.state !== "dead") this.worker.postMessage({ type: "close" } satisfies CloseRequest);
+    return this.exited;
   }
 }

@@ -91,6 +91,10 @@ describe("ModelRegistry on the fixture models", () => {
     expect(e.field).toBe("model");
   });
 
+  it("refuses to arm a test fault unless created with allowTestFaults", () => {
+    expect(() => registry.armFaultForTest("exit")).toThrow(/allowTestFaults/);
+  });
+
   it("works when spawned from a plain `node --import tsx` process, not only under vitest", async () => {
     const script = `
       import { pino } from "pino";

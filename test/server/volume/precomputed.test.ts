@@ -2,9 +2,9 @@
 // models/spatialsam/fixtures/volumes_precomputed.py): every encoding, sharding with both hashes and
 // gzip, voxel offsets, edge chunks and two scales; plus bad input on disk.
 
-import { cpSync, readdirSync, readFileSync, truncateSync, writeFileSync } from "node:fs";
+import { cpSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSync } from "node:fs";
 import * as path from "node:path";
-import { beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { asBytes } from "#src/dtype.ts";
 import type { DataType, TypedArray } from "#src/dtype.ts";
 import { SpatialSamError } from "#src/errors.ts";
@@ -31,6 +31,7 @@ beforeAll(() => {
   runGenerator("volumes", root);
   cases = readJson<FixtureCase[]>(path.join(root, "manifest.json"));
 });
+afterAll(() => rmSync(root, { recursive: true, force: true }));
 
 async function open(dir: string): Promise<VolumeSource> {
   const store = await FileStore.open(dir, [root]);
@@ -150,7 +151,6 @@ describe("tensorstore-written volumes", () => {
   it("reads a missing chunk as fill value 0", async () => {
     const dir = path.join(root, "missing_chunk");
     cpSync(path.join(root, "image_u16_raw"), dir, { recursive: true });
-    const { rmSync } = await import("node:fs");
     rmSync(path.join(dir, "4_4_40", "0-8_0-8_0-7"));
     const got = (await readLevel(await open(dir), 0)) as Uint16Array;
     const want = readArray(path.join(root, "image_u16_raw.s0.bin"), "uint16") as Uint16Array;

@@ -5,7 +5,7 @@
 import * as fs from "node:fs";
 import { readdirSync, readFileSync, statSync } from "node:fs";
 import * as path from "node:path";
-import { beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { allocate, asBytes } from "#src/dtype.ts";
 import type { DataType, TypedArray } from "#src/dtype.ts";
 import { SpatialSamError } from "#src/errors.ts";
@@ -24,6 +24,7 @@ let root: string;
 beforeAll(() => {
   root = tempDir("precomputed-write");
 });
+afterAll(() => fs.rmSync(root, { recursive: true, force: true }));
 
 const levelZyx = (s: PrecomputedScale): Vec3 => [s.sizeXyz[2], s.sizeXyz[1], s.sizeXyz[0]];
 const sameBytes = (a: TypedArray, b: TypedArray) => Buffer.from(asBytes(a)).equals(Buffer.from(asBytes(b)));

@@ -1,9 +1,9 @@
 // compressed_segmentation: round trips on random and structured labels, the bit-width rule,
 // uint64 ids above 2^53, corrupt input, and agreement with the compressed-segmentation package.
 
-import { readFileSync, writeFileSync } from "node:fs";
+import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import * as path from "node:path";
-import { beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { decodeCompressedSegmentation, encodeCompressedSegmentation, encodedBitsFor } from "#src/codecs/compressed_segmentation.ts";
 import type { LabelArray } from "#src/codecs/compressed_segmentation.ts";
 import { asBytes } from "#src/dtype.ts";
@@ -146,6 +146,7 @@ describe("against the compressed-segmentation package", () => {
     runGenerator("cseg", dir);
     cases = readJson<CsegCase[]>(path.join(dir, "manifest.json"));
   });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
   it("decodes the package's encodings exactly", () => {
     expect(cases.length).toBeGreaterThanOrEqual(6);

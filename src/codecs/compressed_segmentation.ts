@@ -315,8 +315,8 @@ export function decodeCompressedSegmentation(
   const wordsPerValue = dtype === "uint64" ? 2 : 1;
   const [sz, sy, sx] = shapeZyx;
   const numVoxels = sx * sy * sz;
-  const outWords = new Uint32Array(numVoxels * wordsPerValue);
   checkShape(shapeZyx, blockSizeXyz, numVoxels);
+  const outWords = new Uint32Array(numVoxels * wordsPerValue);
   if (bytes.byteLength % 4 !== 0) throw dataCorruption(field, `compressed_segmentation length ${bytes.byteLength} is not a multiple of 4`);
   const words =
     bytes.byteOffset % 4 === 0

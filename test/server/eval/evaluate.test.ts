@@ -107,7 +107,7 @@ describe("evaluate", () => {
 
     it("floating-point labels are refused, naming the side", async () => {
       const { gt, pred } = volumes(c());
-      const floats = memoryVolume(Float32Array.from(c().pred), c().shape, "float32");
+      const floats = memoryVolume(Float32Array.from(c().pred as Uint8Array), c().shape, "float32");
       const e = await rejection(evaluate(floats, gt));
       expect(e._tag).toBe("InvalidArgument");
       expect(e.message).toMatch(/^pred: labels must be integers, got float32/);

@@ -1,9 +1,8 @@
 // The `spatial-sam` command line: serve, info, demo (and eval, segment, sdf, adapt as their issues land).
+// Commands import their heavy modules (ONNX Runtime, format drivers) when they run, so --help is quick.
 import { Command, Option } from "commander";
 import { list, serverOptions, startFromCli, type ServerCliOptions } from "#server/cli_options.ts";
-import { openVolume } from "#server/volume/open_volume.ts";
 import { isSpatialSamError } from "#src/errors.ts";
-import { runDemo } from "#server/demo.ts";
 
 export function buildProgram(): Command {
   const program = new Command("spatial-sam")
@@ -25,6 +24,7 @@ export function buildProgram(): Command {
     .addOption(new Option("--roots <dirs>", "comma-separated folders file:// URLs may read").default(["/"]).argParser(list).env("SPATIAL_SAM_ROOTS"))
     .option("--json", "print JSON instead of a table")
     .action(async (url: string, o: { roots: string[]; json?: boolean }) => {
+      const { openVolume } = await import("#server/volume/open_volume.ts");
       const v = await openVolume(url, { roots: o.roots });
       try {
         const m = v.metadata;
@@ -50,6 +50,7 @@ export function buildProgram(): Command {
       .description("generate the demo volume (synthetic FIB-SEM with mitochondria) and serve it")
       .option("--demo-dir <dir>", "where the demo volume is written", ".cache/demo"),
   ).action(async (o: ServerCliOptions & { demoDir: string }) => {
+    const { runDemo } = await import("#server/demo.ts");
     await runDemo(o);
   });
 

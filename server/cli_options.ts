@@ -2,7 +2,6 @@
 // SPATIAL_SAM_* environment variable, and the start-up they lead to.
 import { InvalidArgumentError, Option, type Command } from "commander";
 import { createLogger } from "#server/log.ts";
-import { serve } from "#server/serve.ts";
 
 function intIn(min: number, max: number) {
   return (value: string): number => {
@@ -50,6 +49,7 @@ export interface ServerCliOptions {
 
 export async function startFromCli(o: ServerCliOptions, extraRoots: string[] = []) {
   const log = createLogger({ level: o.logLevel });
+  const { serve } = await import("#server/serve.ts");
   const running = await serve({
     host: o.host,
     port: o.port,

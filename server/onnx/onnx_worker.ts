@@ -109,13 +109,20 @@ async function shutdown(): Promise<void> {
   process.exit(0);
 }
 
-// Listening from the start, so a close that arrives while the sessions load is not lost.
+let running = false;
+
+// Listening from the start, so a close that arrives while the sessions load is not lost. Sessions
+// are released only between runs, never under one.
 port.on("message", (message: ToWorker) => {
   if (message.type === "close") {
     closeRequested = true;
-    if (sessions !== undefined) void shutdown();
+    if (sessions !== undefined && !running) void shutdown();
   } else if (sessions !== undefined) {
-    void run(sessions, message);
+    running = true;
+    void run(sessions, message).finally(() => {
+      running = false;
+      if (closeRequested) void shutdown();
+    });
   }
 });
 

@@ -31,7 +31,10 @@ class PromiseCache<V> {
     if (p === undefined) {
       p = load();
       this.#map.set(key, p);
-      p.catch(() => this.#map.delete(key));
+      const loading = p;
+      loading.catch(() => {
+        if (this.#map.get(key) === loading) this.#map.delete(key);
+      });
       if (this.#map.size > MAX_CACHED_INDICES) this.#map.delete(this.#map.keys().next().value!);
     }
     return p;

@@ -133,7 +133,9 @@ describe("tensorstore-written volumes", () => {
         const vol = await openVolume(url, { roots: [], s3Endpoint: server.s3Endpoint, cache: new ChunkCache({ maxBytes: 1 << 24 }) });
         expect(sameBytes(await readLevel(vol, 0), want), url).toBe(true);
         const shardReads = server.requests.filter((r) => r.path.endsWith(".shard"));
+        // Indices are read once each: at most 90 chunks + 2 shard indices + 2 * 8 minishard indices.
         expect(shardReads.length).toBeGreaterThan(2);
+        expect(shardReads.length).toBeLessThanOrEqual(90 + 2 + 16);
         expect(shardReads.every((r) => r.range !== undefined), url).toBe(true);
       }
     } finally {

@@ -5,6 +5,8 @@
 // meta.json when the folder follows the ../shared/data layout (<dataset>/<split>/{image,label}/ with
 // <dataset>/meta.json), else DEFAULT_VOXEL_SIZE_NM (1 nm). A `label` folder opens as a segmentation.
 
+import { promisify } from "node:util";
+import { inflate } from "node:zlib";
 import { PNG } from "pngjs";
 import type { DataType, TypedArray } from "#src/dtype.ts";
 import { dataCorruption, invalidArgument, isSpatialSamError, notFound, SpatialSamError, throwIfAborted } from "#src/errors.ts";
@@ -14,6 +16,7 @@ import type { FormatContext } from "./format_registry.ts";
 import { baseName, decodeFailure, DEFAULT_VOXEL_SIZE_NM, listSliceKeys, voxelSizeFromQuery, withoutQuery } from "./stack_common.ts";
 import { openStore } from "./stores.ts";
 
+const inflateAsync = promisify(inflate);
 const PNG_SIGNATURE = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
 /** Signature (8) + IHDR length, type and 13 data bytes: all a header check needs. */
 const HEADER_BYTES = 8 + 8 + 13;
@@ -47,8 +50,8 @@ function dtypeOf(h: PngHeader, file: string): DataType {
   return h.bitDepth === 8 ? "uint8" : "uint16";
 }
 
-/** Decodes a grayscale PNG to its samples (pngjs expands to RGBA; we keep the first channel). */
-function decodeGray(bytes: Uint8Array, h: PngHeader, file: string): TypedArray {
+/** Decodes with pngjs, which expands to RGBA; we keep the first channel. Used for interlaced PNGs. */
+function decodeWithPngjs(bytes: Uint8Array, h: PngHeader, file: string): TypedArray {
   let rgba: Uint8Array | Uint16Array;
   try {
     rgba = PNG.sync.read(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength), { skipRescale: true }).data as unknown as Uint8Array | Uint16Array;
@@ -62,6 +65,96 @@ function decodeGray(bytes: Uint8Array, h: PngHeader, file: string): TypedArray {
   }
   for (let i = 0; i < n; i++) out[i] = rgba[4 * i]!;
   return out;
+}
+
+/** The concatenated IDAT payload of a PNG (chunks walked from the IHDR on). */
+function idatOf(bytes: Uint8Array, file: string): Uint8Array {
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const parts: Uint8Array[] = [];
+  let total = 0;
+  for (let p = 8; p + 8 <= bytes.length; ) {
+    const len = dv.getUint32(p);
+    const type = String.fromCharCode(bytes[p + 4]!, bytes[p + 5]!, bytes[p + 6]!, bytes[p + 7]!);
+    if (p + 12 + len > bytes.length) throw dataCorruption(file, `PNG chunk ${type} runs past the end of the file`);
+    if (type === "IDAT") {
+      parts.push(bytes.subarray(p + 8, p + 8 + len));
+      total += len;
+    }
+    if (type === "IEND") break;
+    p += 12 + len;
+  }
+  if (parts.length === 1) return parts[0]!;
+  const out = new Uint8Array(total);
+  let o = 0;
+  for (const part of parts) {
+    out.set(part, o);
+    o += part.length;
+  }
+  return out;
+}
+
+/**
+ * Reverses the PNG row filters of a non-interlaced grayscale image in place and returns its
+ * samples (16-bit samples are big-endian in the file).
+ */
+function unfilter(raw: Uint8Array, h: PngHeader, file: string): TypedArray {
+  const bpp = h.bitDepth / 8;
+  const stride = h.width * bpp;
+  if (raw.length < h.height * (stride + 1)) throw dataCorruption(file, `PNG image data holds ${raw.length} bytes, ${h.height * (stride + 1)} expected`);
+  const out = new Uint8Array(h.height * stride);
+  for (let y = 0; y < h.height; y++) {
+    const filter = raw[y * (stride + 1)]!;
+    const src = raw.subarray(y * (stride + 1) + 1, (y + 1) * (stride + 1));
+    const row = out.subarray(y * stride, (y + 1) * stride);
+    const prev = y > 0 ? out.subarray((y - 1) * stride, y * stride) : undefined;
+    switch (filter) {
+      case 0:
+        row.set(src);
+        break;
+      case 1:
+        for (let i = 0; i < stride; i++) row[i] = src[i]! + (i >= bpp ? row[i - bpp]! : 0);
+        break;
+      case 2:
+        for (let i = 0; i < stride; i++) row[i] = src[i]! + (prev ? prev[i]! : 0);
+        break;
+      case 3:
+        for (let i = 0; i < stride; i++) row[i] = src[i]! + (((i >= bpp ? row[i - bpp]! : 0) + (prev ? prev[i]! : 0)) >> 1);
+        break;
+      case 4:
+        for (let i = 0; i < stride; i++) {
+          const a = i >= bpp ? row[i - bpp]! : 0;
+          const b = prev ? prev[i]! : 0;
+          const c = i >= bpp && prev ? prev[i - bpp]! : 0;
+          const p = a + b - c;
+          const pa = Math.abs(p - a);
+          const pb = Math.abs(p - b);
+          const pc = Math.abs(p - c);
+          row[i] = src[i]! + (pa <= pb && pa <= pc ? a : pb <= pc ? b : c);
+        }
+        break;
+      default:
+        throw dataCorruption(file, `unknown PNG filter type ${filter} in row ${y}`);
+    }
+  }
+  if (bpp === 1) return out;
+  const samples = new Uint16Array(h.width * h.height);
+  for (let i = 0; i < samples.length; i++) samples[i] = (out[2 * i]! << 8) | out[2 * i + 1]!;
+  return samples;
+}
+
+/**
+ * Decodes a grayscale PNG to its samples: Node's zlib (on the libuv pool, so slices inflate in
+ * parallel) and our own unfiltering, about 4x faster than pngjs; interlaced files go through pngjs.
+ */
+async function decodeGray(bytes: Uint8Array, h: PngHeader, file: string): Promise<TypedArray> {
+  if (bytes[28] !== 0) return decodeWithPngjs(bytes, h, file); // IHDR interlace method (Adam7)
+  let raw: Uint8Array;
+  try {
+    raw = await inflateAsync(idatOf(bytes, file));
+  } catch (e) {
+    throw decodeFailure(e, file, "the PNG image data");
+  }
+  return unfilter(raw, h, file);
 }
 
 /** The dataset folder two levels above an image/label folder URL, or undefined when not that layout. */
@@ -158,7 +251,7 @@ export async function openPngFolder(store: Store, prefix: string, folder: string
           `slice is ${h.width} x ${h.height} ${h.bitDepth}-bit (colour type ${h.colorType}) but ${baseName(keys[0]!)} is ${first.width} x ${first.height} ${first.bitDepth}-bit (colour type ${first.colorType})`,
         );
       }
-      return { data: decodeGray(bytes, h, file), shapeZyx: [1, h.height, h.width] };
+      return { data: await decodeGray(bytes, h, file), shapeZyx: [1, h.height, h.width] };
     },
   };
 }

@@ -162,9 +162,11 @@ export async function writeTiffStack(
       const bytes = asBytes(slice);
       const offsets: number[] = [];
       const counts: number[] = [];
-      for (let y = 0; y < height; y += rowsPerStrip) {
-        const raw = bytes.subarray(y * rowBytes, Math.min(height, y + rowsPerStrip) * rowBytes);
-        const strip = compression === "deflate" ? new Uint8Array(await deflateAsync(raw)) : raw;
+      const raws: Uint8Array[] = [];
+      for (let y = 0; y < height; y += rowsPerStrip) raws.push(bytes.subarray(y * rowBytes, Math.min(height, y + rowsPerStrip) * rowBytes));
+      // A slice's strips deflate in parallel on the libuv pool.
+      const strips = compression === "deflate" ? (await Promise.all(raws.map((r) => deflateAsync(r)))).map((b) => new Uint8Array(b)) : raws;
+      for (const strip of strips) {
         offsets.push(pos);
         counts.push(strip.length);
         await write(strip);

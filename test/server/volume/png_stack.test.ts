@@ -50,6 +50,15 @@ describe("PNG slice folders", () => {
     expectSameArray(await vol.read(box, 0), crop(expected.data, SHAPE, box.offsetZyx, box.shapeZyx));
   });
 
+  it.each([
+    ["png8_interlaced", "uint8"],
+    ["png16_interlaced", "uint16"],
+  ])("%s (Adam7) reads exactly as %s", async (name, dtype) => {
+    const vol = await open(name);
+    expect(vol.metadata.dtype).toBe(dtype);
+    expectSameArray(await vol.read({ offsetZyx: [0, 0, 0], shapeZyx: [3, 33, 47] }, 0), readNpy(path.join(dir, `${name}.npy`)).data);
+  });
+
   it("takes the voxel size from the dataset's meta.json, or from the URL", async () => {
     const expected = readNpy(path.join(dir, "pngds.npy"));
     const vol = await open("pngds/train/image");

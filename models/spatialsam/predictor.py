@@ -1,0 +1,509 @@
+"""Reference predictor: SAM2's video-predictor lifecycle over the z axis of an EM volume, with SDF
+memory, plus automatic mode (seeds from the SDF) and volume-wide propagation from annotated slices.
+
+It calls only the three propagator methods that are exported as ONNX graphs (encode_image,
+encode_memory, decode) and the bank rules of memory.select_memory, so the TypeScript server can
+reproduce it step for step. Every loop rule it applies is also written into propagator.json.
+
+Lifecycle: state = init_state(image, sdf); add_prompts(state, z, obj_id, ...) -> {obj_id: mask};
+for z, masks in propagate(state, direction=...): ...; remove_object; reset_state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from spatialsam.image_encoder import ImageFeatures
+from spatialsam.mask_decoder import DecoderOutput
+from spatialsam.memory import MemoryEntry, pack_banks, select_memory
+from spatialsam.prompt_encoder import LABEL_BOX_BR, LABEL_BOX_TL, LABEL_PAD
+from spatialsam.propagator import Propagator
+
+DIRECTIONS = ("forward", "backward", "both")
+MASK_PROMPT_LOGIT = 10.0  # |logit| of a user-given mask (input and output), as SAM2's mask inputs
+
+
+@dataclass
+class SliceOutput:
+    """The model's output for one object on one slice (padded slice size Hp, Wp).
+
+    low_res_logits [1, Hp/4, Wp/4] float32; object_score: presence logit; iou: predicted IoU;
+    obj_ptr [D] float32; memory [Dm, Hp/16, Wp/16] float32 (encoded lazily, then cached).
+    full_logits [1, Hp, Wp] is set only for mask-only prompts (the given mask is the output).
+    """
+
+    low_res_logits: torch.Tensor
+    object_score: float
+    iou: float
+    obj_ptr: torch.Tensor
+    memory: torch.Tensor | None = None
+    full_logits: torch.Tensor | None = None
+
+
+@dataclass
+class SlicePrompts:
+    """Prompts on one slice: clicks [N, 2] float32 (x, y) pixels with labels [N] (1 pos, 0 neg),
+    box [4] float32 (x0, y0, x1, y1) or None, mask bool [Y, X] or None."""
+
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float32))
+    box: np.ndarray | None = None
+    mask: np.ndarray | None = None
+
+
+@dataclass
+class ObjectTrack:
+    """One user object: its prompts and outputs per z. Prompted (cond) and propagated outputs are kept
+    apart, as in SAM2: prompted slices are always in the memory bank."""
+
+    obj_id: int
+    prompts: dict[int, SlicePrompts] = field(default_factory=dict)
+    cond: dict[int, SliceOutput] = field(default_factory=dict)
+    noncond: dict[int, SliceOutput] = field(default_factory=dict)
+
+    def output(self, z: int) -> SliceOutput | None:
+        return self.cond.get(z) or self.noncond.get(z)
+
+
+@dataclass
+class PredictorState:
+    """A session over one volume (or crop). image uint8 [Z, Y, X]; sdf float32 [Z, Y, X] normalised
+    (sdf.py, positive inside). Slices are padded bottom/right to (Hp, Wp), multiples of the stride.
+    `objects` keeps insertion order: an object's batch index is its position; its id is the user's."""
+
+    image: np.ndarray
+    sdf: np.ndarray
+    padded_hw: tuple[int, int]
+    features: dict[int, ImageFeatures] = field(default_factory=dict)
+    objects: dict[int, ObjectTrack] = field(default_factory=dict)
+
+    @property
+    def shape_zyx(self) -> tuple[int, int, int]:
+        z, y, x = self.image.shape
+        return z, y, x
+
+    def obj_index(self, obj_id: int) -> int:
+        """Batch index of a user object id."""
+        return list(self.objects).index(obj_id)
+
+
+def _check_finite_array(a: object, name: str, shape_tail: tuple[int, ...], ndim: int) -> np.ndarray:
+    arr = np.asarray(a, dtype=np.float64)
+    if arr.ndim != ndim or (shape_tail and arr.shape[-len(shape_tail):] != shape_tail):
+        raise ValueError(f"{name}: expected shape {('N',) * (ndim - len(shape_tail)) + shape_tail}, got {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name}: contains NaN or infinite values")
+    return arr
+
+
+class Predictor:
+    """Reference predictor around a Propagator (eval mode, no gradients)."""
+
+    def __init__(self, model: Propagator, feature_cache_slices: int | None = None) -> None:
+        self.model = model.eval()
+        self.cfg = model.cfg
+        self.feature_cache_slices = feature_cache_slices
+
+    # ---- session ---------------------------------------------------------------------------------
+    def init_state(self, image: np.ndarray, sdf: np.ndarray) -> PredictorState:
+        """image uint8 [Z, Y, X], sdf float32 [Z, Y, X] (normalised, positive inside)."""
+        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.dtype != np.uint8 or image.size == 0:
+            raise ValueError(f"image: expected a non-empty uint8 [Z, Y, X] array, got {getattr(image, 'shape', image)!r}")
+        if not isinstance(sdf, np.ndarray) or sdf.shape != image.shape:
+            raise ValueError(f"sdf: expected shape {image.shape} like image, got {getattr(sdf, 'shape', sdf)!r}")
+        sdf = sdf.astype(np.float32, copy=False)
+        if not np.isfinite(sdf).all():
+            raise ValueError("sdf: contains NaN or infinite values")
+        s = self.model.stride
+        _, y, x = image.shape
+        if min(y, x) < 2 * s:
+            raise ValueError(f"image: slices must be at least {2 * s} x {2 * s}, got {y} x {x}")
+        hp, wp = -(-y // s) * s, -(-x // s) * s
+        return PredictorState(image=image, sdf=sdf, padded_hw=(hp, wp))
+
+    def reset_state(self, state: PredictorState) -> None:
+        """Drop every object, prompt and output; keep the cached image features."""
+        state.objects.clear()
+
+    def remove_object(self, state: PredictorState, obj_id: int) -> list[int]:
+        """Forget one object; returns the remaining object ids (their batch indices shift down)."""
+        if obj_id not in state.objects:
+            raise ValueError(f"obj_id: unknown object {obj_id} (known: {list(state.objects)})")
+        del state.objects[obj_id]
+        return list(state.objects)
+
+    # ---- inputs, padded -------------------------------------------------------------------------
+    def _pad(self, a: np.ndarray, hw: tuple[int, int], value: float) -> torch.Tensor:
+        y, x = a.shape
+        out = np.full(hw, value, np.float32)
+        out[:y, :x] = a
+        return torch.from_numpy(out)[None, None]
+
+    def features(self, state: PredictorState, z: int) -> ImageFeatures:
+        """Image embedding of slice z (cached per slice). Padding is 0 after normalisation."""
+        f = state.features.get(z)
+        if f is None:
+            img = self.model.normalize(torch.from_numpy(state.image[z].astype(np.float32)))
+            with torch.no_grad():
+                f = self.model.encode_image(self._pad(img.numpy(), state.padded_hw, 0.0))
+            if self.feature_cache_slices is not None and len(state.features) >= self.feature_cache_slices:
+                state.features.pop(next(iter(state.features)))
+            state.features[z] = f
+        return f
+
+    def sdf_slice(self, state: PredictorState, z: int) -> torch.Tensor:
+        """[1, 1, Hp, Wp]; padding is -1 (background)."""
+        return self._pad(state.sdf[z], state.padded_hw, -1.0)
+
+    def _full_logits(self, out: SliceOutput) -> torch.Tensor:
+        if out.full_logits is not None:
+            return out.full_logits
+        d = DecoderOutput(out.low_res_logits[None], torch.tensor([[out.iou]]),
+                          torch.tensor([[out.object_score]]), out.obj_ptr[None])
+        return self.model.mask_logits(d)[0]
+
+    def mask_logits(self, state: PredictorState, obj_id: int, z: int) -> np.ndarray | None:
+        """float32 [Y, X] logits of an object on z, or None if it has no output there."""
+        out = state.objects[obj_id].output(z)
+        if out is None:
+            return None
+        _, y, x = state.shape_zyx
+        return self._full_logits(out)[0, :y, :x].numpy()
+
+    def _mask(self, state: PredictorState, obj_id: int, z: int) -> np.ndarray:
+        lg = self.mask_logits(state, obj_id, z)
+        return lg > self.cfg.mask_threshold if lg is not None else np.zeros(state.shape_zyx[1:], bool)
+
+    def _entry(self, state: PredictorState, z: int, out: SliceOutput, is_cond: bool) -> MemoryEntry:
+        """Memory entry of an output; the memory encoder sees the binarised full-resolution mask."""
+        if out.memory is None:
+            m = (self._full_logits(out) > self.cfg.mask_threshold).float()[None]
+            with torch.no_grad():
+                out.memory = self.model.encode_memory(self.features(state, z).feat, self.sdf_slice(state, z), m)[0]
+        return MemoryEntry(z=z, is_cond=is_cond, tokens=out.memory, obj_ptr=out.obj_ptr)
+
+    def _bank(self, state: PredictorState, track: ObjectTrack, z: int, direction: int, with_recent: bool
+              ) -> tuple[list[MemoryEntry], list[MemoryEntry]]:
+        cond = {zz: self._entry(state, zz, o, True) for zz, o in track.cond.items() if zz != z}
+        noncond: dict[int, MemoryEntry] = {}
+        if with_recent:
+            want = {z - direction * i for i in range(1, max(self.cfg.num_recent, self.cfg.max_ptrs - 1) + 1)}
+            noncond = {zz: self._entry(state, zz, o, False) for zz, o in track.noncond.items() if zz in want}
+        return select_memory(cond, noncond, z, direction, self.cfg.num_recent, self.cfg.max_cond, self.cfg.max_ptrs)
+
+    def _decode(self, state: PredictorState, z: int, banks: list[tuple[list[MemoryEntry], list[MemoryEntry]]],
+                coords: torch.Tensor, labels: torch.Tensor, mask_input: torch.Tensor, has_mask: torch.Tensor
+                ) -> list[SliceOutput]:
+        b = len(banks)
+        f = self.features(state, z)
+        hp, wp = state.padded_hw
+        s = self.model.stride
+        packed = pack_banks(banks, z, (self.cfg.mem_dim, hp // s, wp // s), self.cfg.dim)
+        with torch.no_grad():
+            o = self.model.decode(f.expand(b), self.sdf_slice(state, z).expand(b, -1, -1, -1), packed,
+                                  coords, labels, mask_input, has_mask)
+        return [SliceOutput(o.low_res_logits[i], float(o.object_score[i, 0]), float(o.iou[i, 0]), o.obj_ptr[i])
+                for i in range(b)]
+
+    # ---- prompts ----------------------------------------------------------------------------------
+    def _check_z(self, state: PredictorState, z: object, name: str = "z") -> int:
+        if isinstance(z, bool) or not isinstance(z, (int, np.integer)) or not 0 <= int(z) < state.shape_zyx[0]:
+            raise ValueError(f"{name}: expected an integer slice index in [0, {state.shape_zyx[0]}), got {z!r}")
+        return int(z)
+
+    def add_prompts(
+        self,
+        state: PredictorState,
+        z: int,
+        obj_id: int,
+        points: Sequence[Sequence[float]] | np.ndarray | None = None,
+        labels: Sequence[int] | np.ndarray | None = None,
+        box: Sequence[float] | np.ndarray | None = None,
+        mask: np.ndarray | None = None,
+        clear_old: bool = False,
+    ) -> dict[int, np.ndarray]:
+        """Add clicks (points [N, 2] (x, y) pixels, labels [N] 1 positive / 0 negative), a box
+        (x0, y0, x1, y1) pixels or a mask (bool [Y, X]) for `obj_id` on slice z, and segment that slice.
+
+        Clicks accumulate on the slice unless clear_old; a new box or mask replaces the old one. The
+        slice becomes a prompted (cond) slice: always in the object's memory. Memory for this step: the
+        object's other prompted slices only. Returns {obj_id: bool [Y, X]} for every object with an
+        output on z.
+        """
+        z = self._check_z(state, z)
+        if isinstance(obj_id, bool) or not isinstance(obj_id, (int, np.integer)):
+            raise ValueError(f"obj_id: expected an integer, got {obj_id!r}")
+        obj_id = int(obj_id)
+        _, y, x = state.shape_zyx
+        pts = np.zeros((0, 2)) if points is None else _check_finite_array(points, "points", (2,), 2)
+        if pts.size and ((pts[:, 0] < 0) | (pts[:, 0] > x - 1) | (pts[:, 1] < 0) | (pts[:, 1] > y - 1)).any():
+            raise ValueError(f"points: coordinates must lie in the slice, x in [0, {x - 1}], y in [0, {y - 1}]")
+        lab = np.zeros((0,)) if labels is None else _check_finite_array(labels, "labels", (), 1)
+        if lab.shape[0] != pts.shape[0]:
+            raise ValueError(f"labels: expected {pts.shape[0]} labels (one per point), got {lab.shape[0]}")
+        if lab.size and not np.isin(lab, (0, 1)).all():
+            raise ValueError("labels: expected 1 (positive) or 0 (negative)")
+        bx = None
+        if box is not None:
+            bx = _check_finite_array(box, "box", (4,), 1)
+            if not (0 <= bx[0] < bx[2] <= x - 1 + 1e-6 and 0 <= bx[1] < bx[3] <= y - 1 + 1e-6):
+                raise ValueError(f"box: expected x0 < x1, y0 < y1 inside the slice, got {bx.tolist()}")
+        mk = None
+        if mask is not None:
+            mk = np.asarray(mask)
+            if mk.shape != (y, x):
+                raise ValueError(f"mask: expected shape {(y, x)}, got {mk.shape}")
+            mk = mk.astype(bool)
+        if pts.shape[0] == 0 and bx is None and mk is None:
+            raise ValueError("points: empty prompt (give points, a box or a mask)")
+
+        track = state.objects.setdefault(obj_id, ObjectTrack(obj_id))
+        p = track.prompts.get(z)
+        if p is None or clear_old:
+            p = SlicePrompts()
+        p.points = np.concatenate([p.points, pts.astype(np.float32)])
+        p.labels = np.concatenate([p.labels, lab.astype(np.float32)])
+        if bx is not None:
+            p.box = bx.astype(np.float32)
+        if mk is not None:
+            p.mask = mk
+        track.prompts[z] = p
+
+        coords, plabels = self.prompt_tensors(p)
+        mask_input, has_mask = self.mask_prompt(state, p.mask)
+        out = self._decode(state, z, [self._bank(state, track, z, 1, with_recent=False)],
+                           coords, plabels, mask_input, has_mask)[0]
+        if p.mask is not None and p.points.shape[0] == 0 and p.box is None:
+            full = self._pad(p.mask.astype(np.float32), state.padded_hw, 0.0)[0]
+            out.full_logits = (full * 2 - 1) * MASK_PROMPT_LOGIT
+            out.object_score = MASK_PROMPT_LOGIT if p.mask.any() else -MASK_PROMPT_LOGIT
+        track.noncond.pop(z, None)
+        track.cond[z] = out
+        return {oid: self._mask(state, oid, z) for oid, t in state.objects.items() if t.output(z) is not None}
+
+    @staticmethod
+    def prompt_tensors(p: SlicePrompts) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decoder point inputs [1, K, 2] and [1, K]: box corners (labels 2, 3) first, then clicks in
+        order, then one padding point (0, 0, label -1) when there is no box (SAM's rule)."""
+        coords = [p.points]
+        labels = [p.labels]
+        if p.box is not None:
+            coords.insert(0, p.box.reshape(2, 2))
+            labels.insert(0, np.array([LABEL_BOX_TL, LABEL_BOX_BR], np.float32))
+        else:
+            coords.append(np.zeros((1, 2), np.float32))
+            labels.append(np.array([LABEL_PAD], np.float32))
+        return (torch.from_numpy(np.concatenate(coords).astype(np.float32))[None],
+                torch.from_numpy(np.concatenate(labels).astype(np.float32))[None])
+
+    def mask_prompt(self, state: PredictorState, mask: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Dense prompt [1, 1, Hp/4, Wp/4] logits and has_mask [1]: 4x4 average of the 0/1 mask,
+        mapped to 2 * MASK_PROMPT_LOGIT * avg - MASK_PROMPT_LOGIT; zeros and 0 without a mask."""
+        hp, wp = state.padded_hw
+        if mask is None:
+            return torch.zeros(1, 1, hp // 4, wp // 4), torch.zeros(1)
+        m = self._pad(mask.astype(np.float32), state.padded_hw, 0.0)
+        avg = torch.nn.functional.avg_pool2d(m, 4)
+        return avg * (2 * MASK_PROMPT_LOGIT) - MASK_PROMPT_LOGIT, torch.ones(1)
+
+    # ---- propagation ------------------------------------------------------------------------------
+    def propagate(
+        self,
+        state: PredictorState,
+        start_z: int | None = None,
+        direction: str = "forward",
+        max_slices: int | None = None,
+    ) -> Iterator[tuple[int, dict[int, np.ndarray]]]:
+        """Yield (z, {obj_id: bool [Y, X]}) slice by slice from start_z (included) in `direction`.
+
+        start_z defaults to the lowest prompted slice ("forward", "both") or the highest ("backward");
+        "both" runs forward, then backward from start_z (start_z is yielded once per run). max_slices
+        counts slices per run, start included. Prompted slices keep their prompted output; every other
+        slice is recomputed for all prompted objects at once (one batch) with the bank of
+        memory.select_memory, and replaces earlier outputs on that slice.
+        """
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction: expected one of {DIRECTIONS}, got {direction!r}")
+        tracks = [t for t in state.objects.values() if t.cond]
+        if not tracks:
+            raise ValueError("state: no object has prompts; call add_prompts first")
+        if max_slices is not None and (not isinstance(max_slices, int) or max_slices < 1):
+            raise ValueError(f"max_slices: expected a positive integer, got {max_slices!r}")
+        conds = [zz for t in tracks for zz in t.cond]
+        if start_z is None:
+            start_z = max(conds) if direction == "backward" else min(conds)
+        start_z = self._check_z(state, start_z, "start_z")
+        runs = [1, -1] if direction == "both" else [1 if direction == "forward" else -1]
+        nz = state.shape_zyx[0]
+        for d in runs:
+            stop = nz if d == 1 else -1
+            zs = list(range(start_z, stop, d))[: max_slices or None]
+            for z in zs:
+                yield z, self._step(state, tracks, z, d)
+
+    def _step(self, state: PredictorState, tracks: list[ObjectTrack], z: int, d: int) -> dict[int, np.ndarray]:
+        todo = [t for t in tracks if z not in t.cond]
+        if todo:
+            b = len(todo)
+            hp, wp = state.padded_hw
+            coords = torch.zeros(b, 1, 2)
+            labels = torch.full((b, 1), float(LABEL_PAD))
+            outs = self._decode(state, z, [self._bank(state, t, z, d, with_recent=True) for t in todo],
+                                coords, labels, torch.zeros(b, 1, hp // 4, wp // 4), torch.zeros(b))
+            for t, o in zip(todo, outs, strict=True):
+                t.noncond[z] = o
+        return {t.obj_id: self._mask(state, t.obj_id, z) for t in tracks}
+
+
+# ---- automatic mode and volume-wide propagation ---------------------------------------------------
+def _crop_window(center: tuple[float, float], extent: tuple[int, int], shape_yx: tuple[int, int], size: int,
+                 stride: int) -> tuple[slice, slice]:
+    """A window of at least `size` (and at least the extent + size/2) around center, clipped."""
+    out = []
+    for c, e, n in zip(center, extent, shape_yx, strict=True):
+        w = min(n, max(size, -(-(e + size // 2) // stride) * stride))
+        lo = int(round(c - w / 2))
+        lo = max(0, min(lo, n - w))
+        out.append(slice(lo, lo + w))
+    return out[0], out[1]
+
+
+def _propagate_object(pred: Predictor, image: np.ndarray, sdf: np.ndarray, z0: int, window: tuple[slice, slice],
+                      prompt: dict[str, object], patience: int) -> dict[int, np.ndarray]:
+    """Propagate one object from slice z0 both ways inside window, stopping a direction after
+    `patience` consecutive slices without the object. Returns {z: float32 logits [wy, wx]}."""
+    st = pred.init_state(np.ascontiguousarray(image[:, window[0], window[1]]),
+                         np.ascontiguousarray(sdf[:, window[0], window[1]]))
+    pred.add_prompts(st, z0, 1, **prompt)  # type: ignore[arg-type]
+    logits: dict[int, np.ndarray] = {}
+    for direction in ("forward", "backward"):
+        misses = 0
+        for z, masks in pred.propagate(st, start_z=z0, direction=direction):
+            lg = pred.mask_logits(st, 1, z)
+            assert lg is not None
+            logits[z] = lg
+            misses = 0 if masks[1].any() else misses + 1
+            if misses >= patience:
+                break
+        # Evict old memory: a crop session lives only for this object.
+        st.features.clear()
+    return logits
+
+
+def propagate_volume(
+    model: Propagator,
+    image: np.ndarray,
+    sdf: np.ndarray,
+    annotated_slices: Sequence[int],
+    labels: np.ndarray,
+    *,
+    crop: int = 128,
+    patience: int = 3,
+) -> np.ndarray:
+    """Propagate every object found on the annotated slices through the volume, both directions.
+
+    image uint8 [Z, Y, X]; sdf float32 [Z, Y, X]; labels [Z, Y, X] (bool/0-1 or instance ids; only
+    the annotated slices are read; each 2D connected component there is one object, prompted by its
+    mask). Each object runs in its own crop window (at least `crop` px, covering its cross-section)
+    and stops a direction after `patience` slices without it. Returns foreground probabilities
+    float32 [Z, Y, X]: the maximum over objects of sigmoid(logits); annotated slices keep their labels.
+    """
+    if not isinstance(image, np.ndarray) or image.ndim != 3:
+        raise ValueError(f"image: expected uint8 [Z, Y, X], got {getattr(image, 'shape', image)!r}")
+    if sdf.shape != image.shape:
+        raise ValueError(f"sdf: shape {sdf.shape} does not match image shape {image.shape}")
+    if labels.shape != image.shape:
+        raise ValueError(f"labels: shape {labels.shape} does not match image shape {image.shape}")
+    zs = sorted({int(z) for z in annotated_slices})
+    if not zs:
+        raise ValueError("annotated_slices: empty")
+    if zs[0] < 0 or zs[-1] >= image.shape[0]:
+        raise ValueError(f"annotated_slices: indices must lie in [0, {image.shape[0]})")
+    pred = Predictor(model)
+    prob = np.zeros(image.shape, np.float32)
+    for z0 in zs:
+        comps, n = ndimage.label(labels[z0] > 0)
+        for i, sl in enumerate(ndimage.find_objects(comps), start=1):
+            obj = comps == i
+            cy, cx = (sl[0].start + sl[0].stop) / 2, (sl[1].start + sl[1].stop) / 2
+            win = _crop_window((cy, cx), (sl[0].stop - sl[0].start, sl[1].stop - sl[1].start),
+                               image.shape[1:], crop, model.stride)
+            for z, lg in _propagate_object(pred, image, sdf, z0, win, {"mask": obj[win]}, patience).items():
+                p = 1.0 / (1.0 + np.exp(-lg.astype(np.float64)))
+                region = prob[z, win[0], win[1]]
+                np.maximum(region, p.astype(np.float32), out=region)
+    for z0 in zs:
+        prob[z0] = (labels[z0] > 0).astype(np.float32)
+    return prob
+
+
+def sdf_seeds(sdf: np.ndarray, min_voxels: int = 64) -> list[tuple[int, float, float, np.ndarray]]:
+    """Seeds for automatic mode: one per 3D connected component of sdf > 0 with >= min_voxels voxels.
+
+    Each seed is (z, x, y, box): the slice where the component's cross-section is largest, the
+    deepest point there (argmax of the SDF inside the cross-section, first in C order on ties) and the
+    cross-section's bounding box (x0, y0, x1, y1). Components are ordered by label (C order of first voxel).
+    """
+    comps, _ = ndimage.label(sdf > 0)
+    seeds = []
+    for i, sl in enumerate(ndimage.find_objects(comps), start=1):
+        sub = comps[sl] == i
+        if sub.sum() < min_voxels:
+            continue
+        areas = sub.sum(axis=(1, 2))
+        zl = int(np.argmax(areas))
+        z = sl[0].start + zl
+        cross = np.zeros(sdf.shape[1:], bool)
+        cross[sl[1], sl[2]] = sub[zl]
+        vals = np.where(cross, sdf[z], -np.inf)
+        y, x = np.unravel_index(int(np.argmax(vals)), vals.shape)
+        ys, xs = np.nonzero(cross)
+        box = np.array([xs.min(), ys.min(), xs.max(), ys.max()], np.float32)
+        seeds.append((z, float(x), float(y), box))
+    return seeds
+
+
+def segment_volume(
+    model: Propagator,
+    image: np.ndarray,
+    sdf: np.ndarray,
+    *,
+    min_voxels: int = 64,
+    crop: int = 128,
+    patience: int = 3,
+) -> np.ndarray:
+    """Automatic mode: uint64 [Z, Y, X] instances (0 background, ids 1.. in seed order).
+
+    Seeds from the SDF (sdf_seeds), each prompted with its deepest point and cross-section box and
+    propagated both ways in its own crop window; every voxel goes to the object with the highest
+    logit among those > 0 (ties: the earlier seed).
+    """
+    pred = Predictor(model)
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image: expected uint8 [Z, Y, X], got {getattr(image, 'shape', image)!r}")
+    if not isinstance(sdf, np.ndarray) or sdf.shape != image.shape:
+        raise ValueError(f"sdf: expected shape {image.shape} like image, got {getattr(sdf, 'shape', sdf)!r}")
+    if not np.isfinite(sdf).all():
+        raise ValueError("sdf: contains NaN or infinite values")
+    best = np.full(image.shape, np.float32(0.0))
+    out = np.zeros(image.shape, np.uint64)
+    for k, (z, x, y, box) in enumerate(sdf_seeds(sdf, min_voxels), start=1):
+        ext = (int(box[3] - box[1]) + 1, int(box[2] - box[0]) + 1)
+        win = _crop_window((y, x), ext, image.shape[1:], crop, model.stride)
+        oy, ox = win[0].start, win[1].start
+        prompt = {"points": [[x - ox, y - oy]], "labels": [1],
+                  "box": [box[0] - ox, box[1] - oy, box[2] - ox, box[3] - oy]}
+        if box[2] <= box[0] or box[3] <= box[1]:
+            del prompt["box"]
+        for zz, lg in _propagate_object(pred, image, sdf, z, win, prompt, patience).items():
+            b = best[zz, win[0], win[1]]
+            o = out[zz, win[0], win[1]]
+            take = lg > b
+            b[take] = lg[take]
+            o[take] = k
+    return out

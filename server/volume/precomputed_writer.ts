@@ -93,26 +93,30 @@ export class PrecomputedWriter {
     }
     const grid = gridShapeXyz(scale);
     const chunkZyx: Vec3 = [scale.chunkSizeXyz[2], scale.chunkSizeXyz[1], scale.chunkSizeXyz[0]];
-    const shards = new Map<number, Map<bigint, Uint8Array>>();
+    // Group grid cells by shard first, then encode and write one shard at a time, so only one
+    // shard's encoded chunks are held in memory.
+    const shards = new Map<number, { id: bigint; gridXyz: Vec3 }[]>();
     for (let gz = 0; gz < grid[2]; gz++) {
-      throwIfAborted(options.signal);
       for (let gy = 0; gy < grid[1]; gy++) {
         for (let gx = 0; gx < grid[0]; gx++) {
-          const shape = chunkShapeZyx(scale, [gx, gy, gz]);
-          const chunk = allocate(this.info.dataType, shape[0] * shape[1] * shape[2]);
-          copyBox(data, levelZyx, [gz * chunkZyx[0], gy * chunkZyx[1], gx * chunkZyx[2]], chunk, shape, [0, 0, 0], shape);
           const id = compressedMortonCode([gx, gy, gz], grid);
           const { shard } = shardLocation(spec, id);
-          let chunks = shards.get(shard);
-          if (chunks === undefined) shards.set(shard, (chunks = new Map()));
-          if (isAllZero(chunk)) continue;
-          chunks.set(id, encodePrecomputedChunk(chunk, this.info, scale, shape));
+          let cells = shards.get(shard);
+          if (cells === undefined) shards.set(shard, (cells = []));
+          cells.push({ id, gridXyz: [gx, gy, gz] });
         }
       }
     }
     const dir = scaleDir(scale);
-    for (const [shard, chunks] of shards) {
-      throwIfAborted(options.signal);
+    for (const [shard, cells] of shards) {
+      const chunks = new Map<bigint, Uint8Array>();
+      for (const { id, gridXyz } of cells) {
+        throwIfAborted(options.signal);
+        const shape = chunkShapeZyx(scale, gridXyz);
+        const chunk = allocate(this.info.dataType, shape[0] * shape[1] * shape[2]);
+        copyBox(data, levelZyx, [gridXyz[2] * chunkZyx[0], gridXyz[1] * chunkZyx[1], gridXyz[0] * chunkZyx[2]], chunk, shape, [0, 0, 0], shape);
+        if (!isAllZero(chunk)) chunks.set(id, encodePrecomputedChunk(chunk, this.info, scale, shape));
+      }
       await this.#store.put(`${dir}/${shardFileName(spec, shard)}`, encodeShardFile(spec, chunks));
     }
   }

@@ -57,6 +57,7 @@ export class WorkerPool {
   private workerDeaths = 0;
   private failedStarts = 0;
   private closing = false;
+  private started = false;
   private faultArmed: TestFault | undefined;
   private respawnTimer: NodeJS.Timeout | undefined;
   private pendingRespawns = 0;
@@ -100,6 +101,7 @@ export class WorkerPool {
       await pool.close();
       throw e;
     }
+    pool.started = true;
     options.logger.info(
       { workers: options.workers, intraOpThreads: options.intraOpThreads, executionProvider: pool.executionProvider, models: options.models.map((m) => m.name) },
       "ONNX workers ready",
@@ -190,7 +192,10 @@ export class WorkerPool {
         this.failedStarts = 0;
         this.pump();
       },
-      () => undefined, // reported by the exit handler (or by start() for the first workers)
+      (e: unknown) => {
+        // During start() the error is thrown to the caller instead; the exit that follows is counted by onExit.
+        if (this.started && !this.closing) this.options.logger.error({ err: e }, "a replacement ONNX worker could not load its models");
+      },
     );
     slot.worker.on("message", (m: FromWorker) => {
       if (m.type !== "ok" && m.type !== "error") return;

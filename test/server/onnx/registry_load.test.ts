@@ -1,6 +1,6 @@
 // ModelRegistry.load refuses to start on anything that does not match: each case copies a fixture
 // model into a temp folder, breaks one thing, and checks the error names the file and field.
-import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { createHash } from "node:crypto";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -21,6 +21,18 @@ beforeEach(() => {
 afterEach(() => {
   rmSync(dir, { recursive: true, force: true });
 });
+
+/** A pino logger whose JSON lines land in `lines`. */
+function capture(lines: Record<string, unknown>[]) {
+  return pino(
+    new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        lines.push(JSON.parse(chunk.toString()));
+        done();
+      },
+    }),
+  );
+}
 
 /** Copies the tiny fixture model into `dir/<folder>`, letting `edit` change its manifest JSON. */
 // The edits build manifests that no type would allow.
@@ -137,13 +149,7 @@ describe("ModelRegistry.load", () => {
   it("falls back from cuda to cpu when cuda cannot load, and logs it as a structured warning", async () => {
     tinyCopy();
     const lines: Record<string, unknown>[] = [];
-    const sink = new Writable({
-      write(chunk: Buffer, _encoding, done) {
-        lines.push(JSON.parse(chunk.toString()));
-        done();
-      },
-    });
-    const registry = await ModelRegistry.load(dir, { logger: pino(sink), intraOpThreads: 1, executionProvider: "cuda" });
+    const registry = await ModelRegistry.load(dir, { logger: capture(lines), intraOpThreads: 1, executionProvider: "cuda" });
     try {
       expect(registry.list().map((m) => m.executionProvider)).toEqual(["cpu"]);
       const out = await registry.run("tiny_conv3d", { image: { dtype: "float32", dims: [1, 1, 2, 3, 4], data: new Float32Array(24) } });
@@ -156,5 +162,28 @@ describe("ModelRegistry.load", () => {
     expect(fallback[0]).toMatchObject({ level: 40, requested: "cuda", using: "cpu" });
     expect(String(fallback[0]!.reason)).toMatch(/cuda/i);
     expect(String(fallback[0]!.msg)).toMatch(/falling back to cpu/);
+  });
+
+  it("keeps retrying a replacement worker that cannot load, and serves again once it can", async () => {
+    const { onnxPath } = tinyCopy();
+    const lines: Record<string, unknown>[] = [];
+    const registry = await ModelRegistry.load(dir, { logger: capture(lines), intraOpThreads: 1, allowTestFaults: true });
+    try {
+      renameSync(onnxPath, `${onnxPath}.moved`);
+      registry.armFaultForTest("exit");
+      const input = { image: { dtype: "float32" as const, dims: [1, 1, 2, 2, 2], data: new Float32Array(8) } };
+      const doomed = registry.run("tiny_conv3d", input).catch((e: SpatialSamError) => e._tag);
+      const waiting = registry.run("tiny_conv3d", input);
+      expect(await doomed).toBe("Unavailable");
+      // The replacement cannot open the file: it is logged, and retried after a delay.
+      while (!lines.some((l) => l.msg === "a replacement ONNX worker could not load its models")) await new Promise((r) => setTimeout(r, 20));
+      expect(registry.stats().ready).toBe(0);
+      renameSync(`${onnxPath}.moved`, onnxPath);
+      expect((await waiting).out!.dims).toEqual([1, 2, 2, 2, 2]);
+      expect(registry.stats().ready).toBe(1);
+      expect(registry.stats().workerDeaths).toBeGreaterThanOrEqual(2);
+    } finally {
+      await registry.close();
+    }
   });
 });

@@ -5,6 +5,7 @@ import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { SpatialSamError } from "#src/errors.ts";
 import { ModelRegistry, type RegistryOptions, type TensorData } from "#server/onnx/model_registry.ts";
+import { WorkerPool } from "#server/onnx/worker_pool.ts";
 import { readNpy } from "#test/helpers/npy.ts";
 
 const MODELS = fileURLToPath(new URL("../../fixtures/models", import.meta.url));
@@ -177,5 +178,33 @@ describe("worker pool lifecycle", () => {
     await registry.close();
     for (const e of await Promise.all(failures)) expect(e._tag).toBe("Unavailable");
     expect((await failure(registry.run("tiny_conv3d", tiny())))._tag).toBe("Unavailable");
+  });
+});
+
+describe("WorkerPool without the registry's input checks", () => {
+  it("turns an onnxruntime run error into InvalidArgument on `inputs`, and the worker keeps serving", async () => {
+    const pool = await WorkerPool.start({
+      models: [{ name: "tiny", onnxPath: `${MODELS}/tiny_conv3d/model.onnx` }],
+      workers: 1,
+      intraOpThreads: 1,
+      executionProvider: "cpu",
+      maxQueuePerModel: 4,
+      logger: pino({ level: "silent" }),
+      allowTestFaults: false,
+    });
+    try {
+      // Two channels where the graph's first conv takes one: only onnxruntime can reject this here.
+      const bad = { image: { dtype: "float32" as const, dims: [1, 2, 4, 4, 4], data: new Float32Array(128).buffer } };
+      const e = await failure(pool.run("tiny", bad));
+      expect(e._tag).toBe("InvalidArgument");
+      expect(e.field).toBe("inputs");
+      expect(e.message).toMatch(/onnxruntime rejected the inputs of model tiny: .+/);
+      const good = { image: { dtype: "float32" as const, dims: goldenIn.shape, data: goldenIn.data.slice().buffer as ArrayBuffer } };
+      const out = await pool.run("tiny", good);
+      expect(out.out!.dims).toEqual([1, 2, 16, 32, 32]);
+      expect(pool.stats()).toMatchObject({ ready: 1, workerDeaths: 0, dispatched: 2 });
+    } finally {
+      await pool.close();
+    }
   });
 });

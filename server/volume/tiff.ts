@@ -213,7 +213,8 @@ async function readBand(image: GeoTIFFImage, layout: PageLayout, y0: number, y1:
   try {
     if (!image.isTiled && image.littleEndian) {
       const decoder = await decoderFor(image);
-      const rps = layout.rowBlock;
+      // This page's own strip height: pages of one file (or slices of a folder) may differ in it.
+      const rps = Math.min(layout.height, Number(image.getFileDirectory().getValue("RowsPerStrip") ?? layout.height) || layout.height);
       const rowBytes = layout.width * DATA_TYPES[layout.dtype].bytes;
       const out = new Uint8Array(n * DATA_TYPES[layout.dtype].bytes);
       const strips: Promise<void>[] = [];
@@ -332,7 +333,11 @@ export async function openTiffFile(store: Store, key: string, file: string, opti
   };
 }
 
-/** Opens a folder of TIFF slices under `prefix` (one page per file; a file's further pages are ignored). */
+/**
+ * Opens a folder of TIFF slices under `prefix` (one page per file; a file's further pages are
+ * ignored). Large slices are split into row bands like pages of a multi-page file; the row block is
+ * the first slice's.
+ */
 export async function openTiffFolder(store: Store, prefix: string, folder: string, options: TiffOpenOptions = {}): Promise<ChunkSource> {
   const { signal } = options;
   const keys = await listSliceKeys(store, prefix, TIFF_NAME, "TIFF", folder, signal);
@@ -358,8 +363,9 @@ export async function openTiffFolder(store: Store, prefix: string, folder: strin
     await first.tiff.close();
   }
   const layout = first.layout;
-  const metadata = metadataOf(layout, keys.length, layout.height, options.voxelSizeNm ?? calibration ?? DEFAULT_VOXEL_SIZE_NM);
-  const grid: Vec3 = [keys.length, 1, 1];
+  const rows = chunkRows(layout, options.maxChunkBytes ?? DEFAULT_MAX_CHUNK_BYTES);
+  const metadata = metadataOf(layout, keys.length, rows, options.voxelSizeNm ?? calibration ?? DEFAULT_VOXEL_SIZE_NM);
+  const grid: Vec3 = [keys.length, Math.ceil(layout.height / rows), 1];
   return {
     metadata,
     cacheKey: `tiff-folder:${folder}`,
@@ -375,7 +381,8 @@ export async function openTiffFolder(store: Store, prefix: string, folder: strin
             `slice is ${l.width} x ${l.height} ${l.dtype} but ${baseName(keys[0]!)} is ${layout.width} x ${layout.height} ${layout.dtype}`,
           );
         }
-        return await readBand(page.image, layout, 0, layout.height, file, opts.signal);
+        const y0 = idx[1] * rows;
+        return await readBand(page.image, layout, y0, Math.min(layout.height, y0 + rows), file, opts.signal);
       } finally {
         await page.tiff.close();
       }

@@ -11,6 +11,7 @@ import type { Vec3 } from "#src/volume/types.ts";
 import { ChunkCache } from "#server/volume/chunk_cache.ts";
 import { openVolume } from "#server/volume/open_volume.ts";
 import { readNpy } from "#test/helpers/npy.ts";
+import { startObjectServer } from "#test/helpers/object_server.ts";
 import { crop, expectSameArray, makeStackFixtures, PYTHON, REPO_ROOT } from "#test/helpers/volumes_stacks.ts";
 
 let dir: string;
@@ -68,6 +69,19 @@ describe("PNG slice folders", () => {
     // meta.json outside the allowed roots is not read: the default applies.
     const confined = await open("pngds/train/image", "", [path.join(dir, "pngds/train")]);
     expect(confined.metadata.scales[0]!.voxelSizeNm).toEqual([1, 1, 1]);
+  });
+});
+
+describe("remote PNG folders", () => {
+  it("reads a shared-layout folder from S3, meta.json included", async () => {
+    const server = await startObjectServer(dir, { bucket: "emdata" });
+    try {
+      const vol = await openVolume("png://s3://emdata/pngds/train/image", { roots: [], s3Endpoint: server.s3Endpoint, cache: cache() });
+      expect(vol.metadata.scales[0]!.voxelSizeNm).toEqual([30, 6, 6]);
+      expectSameArray(await vol.read({ offsetZyx: [0, 0, 0], shapeZyx: SHAPE }, 0), readNpy(path.join(dir, "pngds.npy")).data);
+    } finally {
+      await server.close();
+    }
   });
 });
 

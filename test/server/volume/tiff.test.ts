@@ -10,6 +10,7 @@ import { openVolume } from "#server/volume/open_volume.ts";
 import { FileStore } from "#server/volume/stores.ts";
 import { openTiffFile } from "#server/volume/tiff.ts";
 import { readNpy } from "#test/helpers/npy.ts";
+import { startObjectServer } from "#test/helpers/object_server.ts";
 import { crop, expectSameArray, makeStackFixtures } from "#test/helpers/volumes_stacks.ts";
 
 let dir: string;
@@ -78,6 +79,16 @@ describe("multi-page TIFF", () => {
     expectSameArray(await vol.read(box, 0), crop(expected.data, SHAPE, box.offsetZyx, box.shapeZyx));
   });
 
+  it("reads pages whose strip heights and compressions differ, in bands of page 0's strips", async () => {
+    const expected = readNpy(path.join(dir, "tiff", "u8_mixed_strips.npy"));
+    const store = await FileStore.open(path.join(dir, "tiff", "u8_mixed_strips.tif"), [dir]);
+    // Page 0 has 1 row per strip: a 5-row budget makes bands of 5 rows.
+    const src = await openTiffFile(store, "", "u8_mixed_strips.tif", { maxChunkBytes: 5 * 47 });
+    expect(src.metadata.scales[0]!.chunkShapeZyx).toEqual([1, 5, 47]);
+    const vol = new AssembledVolumeSource(src, { cache: new ChunkCache({ maxBytes: 2 ** 20 }) });
+    expectSameArray(await vol.read({ offsetZyx: [0, 0, 0], shapeZyx: SHAPE }, 0), expected.data);
+  });
+
   it("reads one slice of a large file without reading the file", async () => {
     const shape: Vec3 = [6, 256, 512];
     const expected = readNpy(path.join(dir, "tiff", "u16_big.npy"));
@@ -101,6 +112,34 @@ describe("multi-page TIFF", () => {
   it("cancels a read whose signal has fired", async () => {
     const vol = await open("tiff/u16_raw.tif");
     await expectError(vol.read({ offsetZyx: [0, 0, 0], shapeZyx: SHAPE }, 0, { signal: AbortSignal.abort() }), "Cancelled", /.*/);
+  });
+});
+
+describe("remote TIFFs", () => {
+  it("reads one slice over HTTP with range requests only", async () => {
+    const server = await startObjectServer(dir);
+    try {
+      const shape: Vec3 = [6, 256, 512];
+      const expected = readNpy(path.join(dir, "tiff", "u16_big.npy"));
+      const vol = await openVolume(`tiff://${server.httpBase}/tiff/u16_big.tif`, { roots: [], cache: new ChunkCache({ maxBytes: 2 ** 24 }) });
+      expect(vol.metadata.scales[0]!.shapeZyx).toEqual(shape);
+      const box = { offsetZyx: [2, 100, 0] as Vec3, shapeZyx: [1, 50, 512] as Vec3 };
+      expectSameArray(await vol.read(box, 0), crop(expected.data, shape, box.offsetZyx, box.shapeZyx));
+      expect(server.requests.length).toBeGreaterThan(0);
+      expect(server.requests.every((r) => r.range !== undefined)).toBe(true);
+    } finally {
+      await server.close();
+    }
+  });
+
+  it("reads a folder of slices from S3 (listed with ListObjectsV2)", async () => {
+    const server = await startObjectServer(dir, { bucket: "emdata" });
+    try {
+      const vol = await openVolume(`tiff://s3://emdata/tiff_slices`, { roots: [], s3Endpoint: server.s3Endpoint, cache: new ChunkCache({ maxBytes: 2 ** 24 }) });
+      expectSameArray(await vol.read({ offsetZyx: [0, 0, 0], shapeZyx: SHAPE }, 0), readNpy(path.join(dir, "tiff_slices.npy")).data);
+    } finally {
+      await server.close();
+    }
   });
 });
 

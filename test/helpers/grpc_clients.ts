@@ -1,5 +1,5 @@
 // Promise wrappers over the generated grpc-js clients, for tests.
-import { credentials, Metadata, type ServiceError } from "@grpc/grpc-js";
+import { credentials, Metadata, type ClientReadableStream, type ServiceError } from "@grpc/grpc-js";
 import { ModelServiceClient } from "#proto/spatial_sam/v1/model.ts";
 import { SdfServiceClient } from "#proto/spatial_sam/v1/sdf.ts";
 import { SegmentationServiceClient } from "#proto/spatial_sam/v1/segmentation.ts";
@@ -54,11 +54,11 @@ export async function grpcError(p: Promise<unknown>): Promise<ServiceError> {
 }
 
 /** Collects a server stream into an array (rejects with the stream's error). */
-export function collect<T>(stream: NodeJS.ReadableStream & { on(e: string, f: (x: never) => void): unknown }): Promise<T[]> {
+export function collect<T>(stream: ClientReadableStream<T>): Promise<T[]> {
   return new Promise((resolve, reject) => {
     const out: T[] = [];
-    stream.on("data", (m: never) => out.push(m as T));
-    stream.on("error", (e: never) => reject(e));
+    stream.on("data", (m: T) => out.push(m));
+    stream.on("error", (e: ServiceError) => reject(e));
     stream.on("end", () => resolve(out));
   });
 }

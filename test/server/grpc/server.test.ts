@@ -211,6 +211,7 @@ describe("errors map to status codes", () => {
     const e = await grpcError(
       call<StartSessionRequest, StartSessionResponse>(clients.segmentation, clients.segmentation.startSession, {
         volumeId: "v",
+        box: undefined,
         scale: 0,
         model: "",
         sdfModel: "",
@@ -218,7 +219,7 @@ describe("errors map to status codes", () => {
     );
     expect(e.code).toBe(status.UNIMPLEMENTED);
     expect(e.details).toContain("StartSession");
-    const s = await grpcError(collect(clients.sdf.computeSdf({ volumeId: "v", scale: 0, model: "m" })));
+    const s = await grpcError(collect(clients.sdf.computeSdf({ volumeId: "v", box: undefined, scale: 0, model: "m" })));
     expect(s.code).toBe(status.UNIMPLEMENTED);
   });
 });

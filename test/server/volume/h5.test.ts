@@ -40,6 +40,8 @@ describe("HDF5 datasets", () => {
     ["/labels/u64", "labels_u64", "uint64", [4, 16, 16], [1, 1, 1], "segmentation"],
     ["/f32", "f32", "float32", [7, 33, 47], [1, 1, 1], "image"],
     ["/i8", "i8", "int8", [7, 33, 47], [1, 1, 1], "image"],
+    ["/u16_bigendian", "u16_bigendian", "uint16", [7, 11, 47], [1, 1, 1], "image"],
+    ["/czyx", "czyx", "uint8", [4, 33, 47], [1, 1, 1], "image"],
   ];
   it.each(cases)("%s reads exactly", async (ds, npy, dtype, chunk, voxel, kind) => {
     const expected = readNpy(path.join(dir, "h5", `${npy}.npy`));
@@ -75,6 +77,11 @@ describe("bad HDF5 input", () => {
     await expectError(open("h5/volumes.h5", "/raw/nope/deeper"), "NotFound", /#\/raw\/nope\/deeper$/);
     await expectError(open("h5/volumes.h5", "/raw"), "InvalidArgument", /#\/raw$/, /group.*u16_contig, u8_gzip/);
     await expectError(open("h5/volumes.h5"), "InvalidArgument", /^url$/, /dataset after "#"/);
+  });
+
+  it("datasets that are not 2-D/3-D numbers are refused naming them", async () => {
+    await expectError(open("h5/volumes.h5", "/name"), "Unimplemented", /#\/name$/, /string/);
+    await expectError(open("h5/volumes.h5", "/line"), "InvalidArgument", /#\/line$/, /1 dimensions/);
   });
 
   it("corrupt, truncated and non-HDF5 files are DataCorruption naming the file", async () => {

@@ -2,19 +2,14 @@
 // a multiscale group of s0, s1, ... datasets with Janelia/Neuroglancer attributes (scales or
 // downsamplingFactors, pixelResolution or resolution). N5 lists axes x-first; we reverse to zyx.
 
-import { promisify } from "node:util";
-import { gunzip, inflate } from "node:zlib";
 import { DATA_TYPES, isDataType, viewBytes } from "#src/dtype.ts";
 import type { DataType, TypedArray } from "#src/dtype.ts";
 import { dataCorruption, invalidArgument, isSpatialSamError, notFound, throwIfAborted } from "#src/errors.ts";
 import type { ChunkSource, DecodedChunk, ReadOptions, ScaleLevel, Store, Vec3, VolumeMetadata } from "#src/volume/types.ts";
-import { checkedBlosc } from "./blosc.ts";
+import { checkedBlosc, gunzipBytes, inflateBytes } from "./codecs.ts";
 import { registerFormat } from "./format_registry.ts";
 import type { FormatContext } from "./format_registry.ts";
 import { UNIT_TO_NM } from "./zarr.ts";
-
-const gunzipAsync = promisify(gunzip);
-const inflateAsync = promisify(inflate);
 
 type Decompress = (bytes: Uint8Array) => Promise<Uint8Array>;
 
@@ -63,7 +58,7 @@ async function decompressor(compression: unknown, field: string): Promise<Decomp
     case "raw":
       return async (b) => b;
     case "gzip":
-      return c?.useZlib === true ? async (b) => new Uint8Array(await inflateAsync(b)) : async (b) => new Uint8Array(await gunzipAsync(b));
+      return c?.useZlib === true ? inflateBytes : gunzipBytes;
     case "blosc": {
       const codec = await checkedBlosc();
       return async (b) => codec.decode(b);

@@ -8,7 +8,7 @@ import { DATA_TYPES, isDataType } from "#src/dtype.ts";
 import type { DataType, TypedArray } from "#src/dtype.ts";
 import { dataCorruption, invalidArgument, isSpatialSamError, notFound } from "#src/errors.ts";
 import type { ChunkSource, DecodedChunk, ReadOptions, ScaleLevel, Store, Vec3, VolumeMetadata } from "#src/volume/types.ts";
-import "./blosc.ts";
+import "./codecs.ts";
 import { registerFormat } from "./format_registry.ts";
 import type { FormatContext } from "./format_registry.ts";
 

@@ -89,6 +89,30 @@ describe("copyBox", () => {
       expect(a).toEqual(b);
     }
   });
+  it.each([
+    ["uint8 (byte words)", (n: number) => Uint8Array.from({ length: n }, (_, i) => (i * 7) % 256)],
+    ["uint16 (offset views)", (n: number) => new Uint16Array(n + 3).map((_, i) => i * 3).subarray(3)],
+    ["float32", (n: number) => Float32Array.from({ length: n }, (_, i) => i / 3)],
+    // 0xFFF4... is a signalling-NaN bit pattern as a double: it must survive bit for bit.
+    ["uint64 NaN-like ids", (n: number) => BigUint64Array.from({ length: n }, (_, i) => 0xfff4_0000_0000_0000n + BigInt(i) * 0x1_0000_0001n)],
+  ])("matches element-wise copying for %s, short and long runs", (_, make) => {
+    for (let t = 0; t < 100; t++) {
+      const long = t % 2 === 0;
+      const ss = [1 + (t % 3), 1 + ((t * 5) % 7), long ? 300 + (t % 5) : 1 + ((t * 3) % 9)] as Vec3;
+      const ds = [2 + (t % 2), 2 + ((t * 3) % 6), ss[2] + (t % 4)] as Vec3;
+      const n = [0, 1, 2].map((d) => 1 + Math.floor(Math.random() * Math.min(ss[d]!, ds[d]!))) as Vec3;
+      const s0 = [0, 1, 2].map((d) => Math.floor(Math.random() * (ss[d]! - n[d]! + 1))) as Vec3;
+      const d0 = [0, 1, 2].map((d) => Math.floor(Math.random() * (ds[d]! - n[d]! + 1))) as Vec3;
+      const src = make(ss[0] * ss[1] * ss[2]);
+      const a = make(ds[0] * ds[1] * ds[2]);
+      const b = a.slice() as typeof a;
+      copyBox(src, ss, s0, a, ds, d0, n);
+      for (let z = 0; z < n[0]; z++)
+        for (let y = 0; y < n[1]; y++)
+          for (let x = 0; x < n[2]; x++) b[((d0[0] + z) * ds[1] + d0[1] + y) * ds[2] + d0[2] + x] = src[((s0[0] + z) * ss[1] + s0[1] + y) * ss[2] + s0[2] + x]!;
+      expect(a).toEqual(b);
+    }
+  });
   it("copies uint64 values above 2^53 exactly", () => {
     const src = BigUint64Array.from([2n ** 64n - 1n, 2n ** 53n + 1n, 3n, 4n]);
     const dst = new BigUint64Array(8);

@@ -6,6 +6,7 @@ import type { Command } from "commander";
 import { InvalidArgumentError, Option } from "commander";
 import { isSpatialSamError, SpatialSamError } from "#src/errors.ts";
 import type { Vec3, VolumeSource } from "#src/volume/types.ts";
+import { ChunkCache } from "#server/volume/chunk_cache.ts";
 import { openVolume } from "#server/volume/open_volume.ts";
 import { evaluate } from "./evaluate.ts";
 import type { EvalResult } from "./evaluate.ts";
@@ -37,6 +38,7 @@ interface EvalCommandOptions {
   connectivity: 6 | 26;
   block?: Vec3;
   root: string[];
+  cacheMib: number;
   gtInstances: "auto" | "connected-components" | "labels";
   predInstances: "auto" | "connected-components" | "labels";
 }
@@ -45,6 +47,12 @@ function parseConnectivity(value: string): 6 | 26 {
   if (value === "6") return 6;
   if (value === "26") return 26;
   throw new InvalidArgumentError("expected 6 or 26");
+}
+
+function parseCacheMib(value: string): number {
+  const n = Number(value);
+  if (!Number.isFinite(n) || n < 0) throw new InvalidArgumentError("expected a number of MiB >= 0");
+  return n;
 }
 
 function parseBlock(value: string): Vec3 {
@@ -56,9 +64,9 @@ function parseBlock(value: string): Vec3 {
 }
 
 /** Opens a volume, naming the argument in any error ("pred: NotFound ..."). */
-async function openNamed(name: string, url: string, roots: string[]): Promise<VolumeSource> {
+async function openNamed(name: string, url: string, roots: string[], cache: ChunkCache): Promise<VolumeSource> {
   try {
-    return await openVolume(url, { roots });
+    return await openVolume(url, { roots, cache });
   } catch (e) {
     if (isSpatialSamError(e)) throw new SpatialSamError(e._tag, e.message, { field: name, cause: e });
     throw e;
@@ -97,12 +105,15 @@ export async function runEval(opts: EvalCommandOptions, io: EvalCommandIo): Prom
     clearOnComplete: true,
   });
   let barStarted = false;
+  // The sweep reads every chunk once when blocks hold whole chunks, so a small private cache
+  // suffices; the process-wide default (512 MiB) would only keep the volume in memory.
+  const cache = new ChunkCache({ maxBytes: opts.cacheMib * 2 ** 20 });
   try {
-    const pred = await openNamed("pred", opts.pred, opts.root);
+    const pred = await openNamed("pred", opts.pred, opts.root, cache);
     sources.push(pred);
-    const gt = await openNamed("gt", opts.gt, opts.root);
+    const gt = await openNamed("gt", opts.gt, opts.root, cache);
     sources.push(gt);
-    const mask = opts.mask === undefined ? undefined : await openNamed("mask", opts.mask, opts.root);
+    const mask = opts.mask === undefined ? undefined : await openNamed("mask", opts.mask, opts.root, cache);
     if (mask !== undefined) sources.push(mask);
     const result = await evaluate(pred, gt, {
       ...(mask === undefined ? {} : { mask }),
@@ -149,6 +160,7 @@ export function registerEvalCommand(program: Command, io: EvalCommandIo = defaul
     .option("--json", "print the full result as JSON instead of a summary")
     .option("--connectivity <n>", "connected-component neighbourhood: 6 or 26", parseConnectivity, 6)
     .option("--block <z,y,x>", "block read and scored at a time (voxels)", parseBlock)
+    .option("--cache-mib <n>", "decoded-chunk cache for this run", parseCacheMib, 64)
     .addOption(new Option("--gt-instances <how>", "instances of the ground truth").choices(instances).default("auto"))
     .addOption(new Option("--pred-instances <how>", "instances of the prediction").choices(instances).default("auto"))
     // The CLI runs with the invoking user's own file permissions; roots confine the server, not

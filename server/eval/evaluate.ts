@@ -19,7 +19,7 @@ export interface EvalProgress {
 export interface EvaluateOptions extends EvaluatorOptions {
   /** Voxels where the mask is 0 are not scored. Same shape as gt. */
   mask?: VolumeSource;
-  /** Block read and scored at a time; default 32x256x256 rounded up to whole chunks, clipped to the volume. */
+  /** Block read and scored at a time; default about 4 Mi voxels in whole gt chunks (see defaultBlockShape). */
   blockShapeZyx?: Vec3;
   /** Scale level to evaluate (default 0, full resolution). */
   scale?: number;
@@ -57,9 +57,15 @@ function sameVoxelSize(a: Vec3, b: Vec3): boolean {
   return a.every((v, i) => Math.abs(v - b[i]!) <= 1e-6 * Math.max(Math.abs(v), Math.abs(b[i]!)));
 }
 
+/**
+ * About 4 Mi voxels per block: 256x256 in y and x rounded up to whole chunks, then as many
+ * slices as fit, rounded up to whole chunks, so no chunk is read by two blocks.
+ */
 function defaultBlockShape(shape: Vec3, chunk: Vec3): Vec3 {
-  const want: Vec3 = [32, 256, 256];
-  return want.map((w, i) => Math.min(shape[i]!, Math.ceil(w / chunk[i]!) * chunk[i]!)) as Vec3;
+  const fit = (want: number, i: number) => Math.min(shape[i]!, Math.max(1, Math.ceil(want / chunk[i]!)) * chunk[i]!);
+  const by = fit(256, 1);
+  const bx = fit(256, 2);
+  return [fit(Math.max(1, Math.floor(2 ** 22 / (by * bx))), 0), by, bx];
 }
 
 export async function evaluate(pred: VolumeSource, gt: VolumeSource, options: EvaluateOptions = {}): Promise<EvalResult> {

@@ -2,11 +2,11 @@
 // openVolume: the JSON it prints equals the Python references, --out writes the report, and bad
 // input (missing file, float labels, shape mismatch) fails with a message naming the argument.
 
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { Writable } from "node:stream";
 import { Command } from "commander";
-import { beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { registerEvalCommand } from "#server/eval/eval_command.ts";
 import type { EvalResult } from "#server/eval/evaluate.ts";
 import { generateGolden, loadGolden } from "#test/src/metrics/golden.ts";
@@ -18,6 +18,7 @@ beforeAll(() => {
   dir = generateGolden();
   golden = loadGolden(dir).find((c) => c.name === "sizes_random")!;
 });
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 function sink(): Writable & { text: string } {
   const s = new Writable({

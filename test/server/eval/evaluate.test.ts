@@ -2,10 +2,10 @@
 // progress is reported, bad inputs fail with errors naming the argument, and the report files
 // are written completely.
 
-import { mkdtempSync, readdirSync, readFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { SpatialSamError } from "#src/errors.ts";
 import { OBJECT_CSV_COLUMNS } from "#src/metrics/object_table.ts";
 import type { Vec3 } from "#src/volume/types.ts";
@@ -17,9 +17,12 @@ import type { GoldenCase } from "#test/src/metrics/golden.ts";
 import { memoryVolume } from "./memory_volume.ts";
 
 let cases: GoldenCase[] = [];
+const temps: string[] = [];
 beforeAll(() => {
-  cases = loadGolden(generateGolden());
+  temps.push(generateGolden());
+  cases = loadGolden(temps[0]!);
 });
+afterAll(() => temps.forEach((d) => rmSync(d, { recursive: true, force: true })));
 const get = (name: string) => cases.find((c) => c.name === name)!;
 const volumes = (c: GoldenCase) => ({
   gt: memoryVolume(c.gt, c.shape, c.gtDtype),
@@ -68,7 +71,7 @@ describe("evaluate", () => {
     const c = get("identical");
     const { gt, pred } = volumes(c);
     const r = await evaluate(pred, gt);
-    expect(r.blockShapeZyx).toEqual([24, 40, 48]);
+    expect(r.blockShapeZyx).toEqual([24, 40, 48]); // 4 Mi voxels would be more than the volume
     expect(r.semantic.iou).toBe(1);
   });
 
@@ -133,7 +136,9 @@ describe("writeEvalReport", () => {
     const c = get("flicker_instances");
     const { gt, pred } = volumes(c);
     const r = await evaluate(pred, gt, { blockShapeZyx: [5, 7, 9] });
-    const out = join(mkdtempSync(join(tmpdir(), "eval-report-")), "nested", "out");
+    const tmp = mkdtempSync(join(tmpdir(), "eval-report-"));
+    temps.push(tmp);
+    const out = join(tmp, "nested", "out");
     const files = await writeEvalReport(r, out);
     expect(readdirSync(out).sort()).toEqual(["metrics.json", "per_object.csv"]);
     const json = JSON.parse(readFileSync(files.metricsJson, "utf8"));

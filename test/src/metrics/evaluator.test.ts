@@ -2,7 +2,8 @@
 // a COCO-style AP in Python) on the golden cases, for several block shapes: the results must not
 // depend on how the volume is cut.
 
-import { beforeAll, describe, expect, it } from "vitest";
+import { rmSync } from "node:fs";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BlockwiseEvaluator } from "#src/metrics/evaluator.ts";
 import type { EvaluationMetrics } from "#src/metrics/evaluator.ts";
 import { AREA_LABELS } from "#src/metrics/instance_ap.ts";
@@ -11,9 +12,12 @@ import { cutBox, generateGolden, loadGolden } from "./golden.ts";
 import type { GoldenCase } from "./golden.ts";
 
 let cases: GoldenCase[] = [];
+let dir = "";
 beforeAll(() => {
-  cases = loadGolden(generateGolden());
+  dir = generateGolden();
+  cases = loadGolden(dir);
 });
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 function run(c: GoldenCase, block: Vec3): EvaluationMetrics {
   const bs = block.map((b, i) => Math.min(b, c.shape[i]!)) as Vec3;

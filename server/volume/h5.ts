@@ -14,7 +14,7 @@ import h5wasm from "h5wasm/node";
 import type { Dataset } from "h5wasm/node";
 import { DATA_TYPES } from "#src/dtype.ts";
 import type { DataType, TypedArray } from "#src/dtype.ts";
-import { dataCorruption, invalidArgument, notFound, SpatialSamError, throwIfAborted } from "#src/errors.ts";
+import { dataCorruption, invalidArgument, notFound, permissionDenied, SpatialSamError, throwIfAborted } from "#src/errors.ts";
 import type { ChunkSource, DecodedChunk, ReadOptions, Store, Vec3 } from "#src/volume/types.ts";
 import { registerFormat } from "./format_registry.ts";
 import type { FormatContext } from "./format_registry.ts";
@@ -126,7 +126,9 @@ export async function openH5File(filePath: string, datasetPath: string, file: st
     const st = await fs.stat(filePath);
     if (!st.isFile()) throw invalidArgument(file, "not a file");
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === "ENOENT" || (e as NodeJS.ErrnoException).code === "ENOTDIR") throw notFound(file, "file not found");
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === "ENOENT" || code === "ENOTDIR") throw notFound(file, "file not found");
+    if (code === "EACCES" || code === "EPERM") throw permissionDenied(file, "the file cannot be read (file system permissions)");
     throw e;
   }
   let h5file: InstanceType<typeof h5wasm.File>;
@@ -211,8 +213,14 @@ export async function openH5(store: Store, ctx: Pick<FormatContext, "storeUrl" |
   if (!(store instanceof FileStore)) {
     throw new SpatialSamError("Unimplemented", "HDF5 volumes are read from local files (file://) only", { field: file });
   }
+  let dataset: string;
+  try {
+    dataset = decodeURIComponent(ctx.fragment);
+  } catch (e) {
+    throw invalidArgument("url", `the dataset path after "#" is not valid percent-encoding: ${ctx.fragment}`, e);
+  }
   const filePath = await store.resolve("");
-  return openH5File(filePath, decodeURIComponent(ctx.fragment), file, { ...options, voxelSizeNm: voxelSizeFromQuery(ctx.storeUrl) });
+  return openH5File(filePath, dataset, file, { ...options, voxelSizeNm: voxelSizeFromQuery(ctx.storeUrl) });
 }
 
 registerFormat("h5", (store, ctx) => openH5(store, ctx));

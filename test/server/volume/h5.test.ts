@@ -77,6 +77,7 @@ describe("bad HDF5 input", () => {
     await expectError(open("h5/volumes.h5", "/raw/nope/deeper"), "NotFound", /#\/raw\/nope\/deeper$/);
     await expectError(open("h5/volumes.h5", "/raw"), "InvalidArgument", /#\/raw$/, /group.*u16_contig, u8_gzip/);
     await expectError(open("h5/volumes.h5"), "InvalidArgument", /^url$/, /dataset after "#"/);
+    await expectError(open("h5/volumes.h5", "/raw%ZZ"), "InvalidArgument", /^url$/, /percent-encoding/);
   });
 
   it("datasets that are not 2-D/3-D numbers are refused naming them", async () => {

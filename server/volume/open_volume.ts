@@ -39,8 +39,13 @@ export async function openVolume(url: string, options: OpenVolumeOptions): Promi
   const store = await openStore(storeUrl, options);
   const ctx: FormatContext = { url, scheme, storeUrl, fragment, roots: options.roots, s3Endpoint: options.s3Endpoint };
   const source = await opener(store, ctx);
-  return new AssembledVolumeSource(source, {
-    ...(options.cache === undefined ? {} : { cache: options.cache }),
-    ...(options.maxVoxels === undefined ? {} : { maxVoxels: options.maxVoxels }),
-  });
+  try {
+    return new AssembledVolumeSource(source, {
+      ...(options.cache === undefined ? {} : { cache: options.cache }),
+      ...(options.maxVoxels === undefined ? {} : { maxVoxels: options.maxVoxels }),
+    });
+  } catch (e) {
+    await source.close?.();
+    throw e;
+  }
 }

@@ -17,7 +17,7 @@ export interface EvalCommandIo {
   stdout: NodeJS.WritableStream;
   stderr: NodeJS.WritableStream & { isTTY?: boolean };
   /** Reports a failure (default: message on stderr and exit code 1). */
-  fail(message: string): void;
+  fail(message: string, error: unknown): void;
 }
 
 const defaultIo: EvalCommandIo = {
@@ -170,7 +170,7 @@ export function registerEvalCommand(program: Command, io: EvalCommandIo = defaul
       try {
         await runEval(opts, io);
       } catch (e) {
-        io.fail(isSpatialSamError(e) ? e.message : e instanceof Error ? e.message : String(e));
+        io.fail(isSpatialSamError(e) ? e.message : e instanceof Error ? e.message : String(e), e);
       }
     });
 }

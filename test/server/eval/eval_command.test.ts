@@ -35,10 +35,18 @@ async function cli(...args: string[]) {
   const stdout = sink();
   const stderr = sink();
   const failures: string[] = [];
+  const errors: unknown[] = [];
   const program = new Command().exitOverride();
-  registerEvalCommand(program, { stdout, stderr, fail: (m) => failures.push(m) });
+  registerEvalCommand(program, {
+    stdout,
+    stderr,
+    fail: (m, e) => {
+      failures.push(m);
+      errors.push(e);
+    },
+  });
   await program.parseAsync(["eval", ...args], { from: "user" });
-  return { stdout: stdout.text, stderr: stderr.text, failures };
+  return { stdout: stdout.text, stderr: stderr.text, failures, errors };
 }
 
 const zarr = (name: string) => `zarr://${join(dir, "zarr", name)}`;
@@ -73,11 +81,13 @@ describe("spatial-sam eval", () => {
     expect(r.failures.length).toBe(1);
     expect(r.failures[0]).toMatch(/^pred: /);
     expect(r.failures[0]).toContain("nothing_here.zarr");
+    expect(r.errors[0]).toMatchObject({ _tag: "NotFound", field: "pred" });
   });
 
   it("refuses float labels and shape mismatches, naming pred", async () => {
     const f = await cli("--pred", zarr("pred_float.zarr"), "--gt", zarr("gt.zarr"));
     expect(f.failures).toEqual([expect.stringMatching(/^pred: labels must be integers, got float32/)]);
+    expect(f.errors[0]).toMatchObject({ _tag: "InvalidArgument", field: "pred" });
     const s = await cli("--pred", zarr("pred_cropped.zarr"), "--gt", zarr("gt.zarr"));
     expect(s.failures).toEqual(["pred: shape 40x64x72 does not match gt shape 40x64x80"]);
   });

@@ -148,6 +148,45 @@ describe("analytic cases", () => {
     expect(typeof m.objects[0]!.gtId).toBe("string");
   });
 
+  it("an all-background ground truth has no AP, and every predicted voxel is a false positive", () => {
+    const shape: Vec3 = [2, 3, 4];
+    const pred = new Uint8Array(24);
+    pred.fill(1, 5, 9);
+    const box = { offsetZyx: [0, 0, 0] as Vec3, shapeZyx: shape };
+    const ev = new BlockwiseEvaluator(shape, shape);
+    ev.addBlock(box, new Uint8Array(24), pred);
+    const m = ev.finish();
+    expect(m.instances.gt.count).toBe(0);
+    expect(m.instances.pred.count).toBe(2); // x 1..3 of row 1 and x 0 of row 2 do not touch (6-conn)
+    expect(m.semantic).toMatchObject({ tp: 0, fp: 4, fn: 0, tn: 20, iou: 0, precision: 0, recall: null });
+    expect(m.instance.ap.all.ap).toBeNull();
+    expect(m.consistency.oneComponentShare).toBeNull();
+    expect(m.connectomics.adaptedRand).toBeNull();
+    expect(m.falsePositives.length).toBe(2);
+  });
+
+  it("ranks predictions by given scores: a confident false positive halves the precision", () => {
+    // gt: objects 1 and 2; pred 5 equals gt 1, pred 9 is a false positive, gt 2 is missed.
+    const shape: Vec3 = [1, 4, 8];
+    const gt = new Uint8Array(32);
+    const pred = new Uint8Array(32);
+    gt.fill(1, 0, 3);
+    gt.fill(2, 16, 19);
+    pred.fill(5, 0, 3);
+    pred.fill(9, 28, 32);
+    const ap = (scores: Map<bigint, number>) => {
+      const ev = new BlockwiseEvaluator(shape, [1, 2, 8], { predScores: scores });
+      ev.addBlock({ offsetZyx: [0, 0, 0], shapeZyx: [1, 2, 8] }, gt.subarray(0, 16), pred.subarray(0, 16));
+      ev.addBlock({ offsetZyx: [0, 2, 0], shapeZyx: [1, 2, 8] }, gt.subarray(16), pred.subarray(16));
+      return ev.finish().instance;
+    };
+    // Recall reaches 0.5: 51 of the 101 recall points count, at precision 1 or 0.5.
+    const good = ap(new Map([[5n, 0.9], [9n, 0.1]]));
+    expect(good.scores).toBe("given");
+    expect(good.ap.all.ap).toBeCloseTo(51 / 101, 12);
+    expect(ap(new Map([[5n, 0.1], [9n, 0.9]])).ap.all.ap).toBeCloseTo(25.5 / 101, 12);
+  });
+
   it("rejects floating-point labels naming the side", () => {
     const ev = new BlockwiseEvaluator([1, 1, 2], [1, 1, 2]);
     const box = { offsetZyx: [0, 0, 0] as Vec3, shapeZyx: [1, 1, 2] as Vec3 };

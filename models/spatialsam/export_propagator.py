@@ -112,7 +112,7 @@ def example_inputs(model: Propagator, hw: tuple[int, int], n_mem: int = 2, n_ptr
         "ptr_dz": torch.arange(n_ptr, dtype=torch.float32) - 1.0,
         "ptr_valid": torch.tensor([1.0] * (n_ptr - 1) + [0.0]),
         "point_coords": torch.rand(1, n_pts, 2, generator=g) * torch.tensor([w, h]),
-        "point_labels": torch.tensor([[1.0, 0.0] + [-1.0] * (n_pts - 2)])[:, :n_pts],
+        "point_labels": torch.tensor([[1.0, 0.0, 2.0, 3.0] + [-1.0] * max(0, n_pts - 4)])[:, :n_pts],
         "mask_input": torch.randn(1, 1, h // 4, w // 4, generator=g),
         "has_mask_input": torch.ones(1),
     })
@@ -197,10 +197,10 @@ def export_propagator(
             "kind": kind,
             "onnx": "model.onnx",
             "sha256": _sha256(onnx_path),
-            "opset": OPSET,
             "inputs": _io_entries(specs[kind]["inputs"]),
             "outputs": _io_entries(specs[kind]["outputs"]),
-            "normalization": {"mean": cfg.norm_mean, "std": cfg.norm_std},
+            # Only the image encoder reads raw intensities; the other graphs take features, SDF and masks.
+            "normalization": {"mean": cfg.norm_mean, "std": cfg.norm_std} if kind == "image_encoder" else None,
             "context_zyx": [0, 0, 0],
             "voxel_size_nm": voxel_size_nm or [5.0, 5.0, 5.0],
             "training": training or {},
@@ -211,6 +211,7 @@ def export_propagator(
         "name": f"propagator_{cfg.name}",
         "version": version,
         "manifest_version": MANIFEST_VERSION,
+        "opset": OPSET,
         "memory": cfg.memory,
         "graphs": {k: f"{k}/model.json" for k in manifests},
         "dim": cfg.dim,
@@ -225,11 +226,20 @@ def export_propagator(
             "mask_prompt_to_input": "avg_pool 4x4 of the 0/1 mask, then logits = 20 * avg - 10",
             "mask_only_prompt_output": "the given mask (logits +10/-10); decoder still supplies obj_ptr",
             "empty_bank": "one padding entry/pointer (zeros, valid 0); the graphs never see N = 0 or P = 0",
+            "point_order": "box corners (labels 2, 3) first, then clicks in order (1 pos, 0 neg), then one "
+                           "padding point (0, 0) with label -1 when there is no box; propagated slices: only "
+                           "the padding point",
+            "add_prompts_memory": "the object's other prompted slices only (no recent entries), direction +1",
+            "propagate_order": "start_z default: lowest prompted slice (forward, both) or highest (backward); "
+                               "both = forward run then backward run from start_z; prompted slices keep "
+                               "their prompted output",
             "bank_rule": "memory.select_memory: cond entries closest in |dz| (max_cond), then z - dir*i, "
                          "i = 1..num_recent; pointers: cond, then z - dir*i, i = 1..max_ptrs-1",
         },
-        "image": {"stride": model.stride, "multiple_of": model.stride, "min_hw": [32, 32],
-                  "pad": "zero-pad (after normalisation) bottom/right to a multiple; crop outputs back"},
+        "image": {"stride": model.stride, "multiple_of": model.stride, "min_hw": [2 * model.stride] * 2,
+                  "pad": "bottom/right to a multiple of multiple_of: image 0 after normalisation, sdf -1, "
+                         "mask 0; crop outputs back"},
+        "sdf": "sdf.py's normalised SDF: clip(d_nm / T, -1, 1), positive inside (the 3D U-Net's tanh head)",
         "normalization": {"mean": cfg.norm_mean, "std": cfg.norm_std},
         "voxel_size_nm": voxel_size_nm or [5.0, 5.0, 5.0],
         "training": training or {},
@@ -239,12 +249,12 @@ def export_propagator(
 
 
 def check_parity(model: Propagator, out_dir: str | Path, hw: tuple[int, int] = (80, 48), seed: int = 1,
-                 n_mem: int = 3) -> dict[str, float]:
+                 n_mem: int = 3, n_ptr: int = 5, n_pts: int = 3) -> dict[str, float]:
     """Max |PyTorch - onnxruntime| over every output of every graph, on inputs of another size than
     the export example (so dynamic axes are exercised)."""
     import onnxruntime as ort
 
-    inputs = example_inputs(model.eval(), hw, n_mem=n_mem, seed=seed)
+    inputs = example_inputs(model.eval(), hw, n_mem=n_mem, n_ptr=n_ptr, n_pts=n_pts, seed=seed)
     diffs: dict[str, float] = {}
     for kind, ins in inputs.items():
         sess = ort.InferenceSession(str(Path(out_dir) / kind / "model.onnx"), providers=["CPUExecutionProvider"])

@@ -55,6 +55,7 @@ class Attention(nn.Module):
         super().__init__()
         kv_dim = kv_dim or dim
         self.heads = heads
+        self.scale = 1.0 / math.sqrt(dim // heads)
         self.q = nn.Linear(dim, dim)
         self.k = nn.Linear(kv_dim, dim)
         self.v = nn.Linear(kv_dim, dim)
@@ -68,7 +69,7 @@ class Attention(nn.Module):
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None
     ) -> torch.Tensor:
         qh, kh, vh = self._split(self.q(q)), self._split(self.k(k)), self._split(self.v(v))
-        logits = qh @ kh.transpose(-1, -2) * (1.0 / math.sqrt(qh.shape[-1]))
+        logits = qh @ kh.transpose(-1, -2) * self.scale
         if bias is not None:
             logits = logits + bias[:, None, None, :]
         out = torch.softmax(logits, dim=-1) @ vh
@@ -192,7 +193,7 @@ class MemoryAttention(nn.Module):
         m_pos = (mem_pos + zpos).flatten(1, 2)
         m_bias = ((1.0 - bank.mem_valid) * MASKED).unsqueeze(2) + torch.zeros_like(m[..., 0])
         m = m.flatten(1, 2)
-        p = bank.ptrs.unflatten(-1, (-1, self.mem_dim))  # [B, P, D/Dm, Dm]
+        p = torch.stack(bank.ptrs.split(self.mem_dim, dim=-1), dim=2)  # [B, P, D/Dm, Dm], no baked sizes
         p_pos = (self.z_enc(bank.ptr_dz).unsqueeze(2) + torch.zeros_like(p)).flatten(1, 2)
         p_bias = ((1.0 - bank.ptr_valid) * MASKED).unsqueeze(2) + torch.zeros_like(p[..., 0])
         p = p.flatten(1, 2)

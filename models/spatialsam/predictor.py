@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from scipy import ndimage
+from scipy.special import expit
 
 from spatialsam.image_encoder import ImageFeatures
 from spatialsam.mask_decoder import DecoderOutput
@@ -434,7 +435,7 @@ def propagate_volume(
             win = _crop_window((cy, cx), (sl[0].stop - sl[0].start, sl[1].stop - sl[1].start),
                                image.shape[1:], crop, model.stride)
             for z, lg in _propagate_object(pred, image, sdf, z0, win, {"mask": obj[win]}, patience).items():
-                p = 1.0 / (1.0 + np.exp(-lg.astype(np.float64)))
+                p = expit(lg)
                 region = prob[z, win[0], win[1]]
                 np.maximum(region, p.astype(np.float32), out=region)
     for z0 in zs:

@@ -308,7 +308,7 @@ def run_batch(model: Propagator, batch: Batch, tcfg: TrainConfig, rng: np.random
             m_tok = model.encode_memory(fz[j].feat, batch.sdf[:, j], mm)
             entries.append((j, m_tok, out.obj_ptr))
     loss = loss / t
-    totals["loss"] = float(loss)
+    totals["loss"] = float(loss.detach())
     return loss, totals
 
 

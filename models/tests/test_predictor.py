@@ -1,0 +1,177 @@
+"""Reference predictor lifecycle (add prompts, propagate forward/backward/both, remove, reset),
+automatic mode, volume-wide propagation and bad inputs."""
+
+import numpy as np
+import pytest
+import torch
+
+from spatialsam.predictor import Predictor, propagate_volume, sdf_seeds, segment_volume
+from spatialsam.propagator import build_propagator
+
+torch.set_num_threads(1)
+Z, Y, X = 10, 48, 64
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_propagator("tiny").eval()
+
+
+@pytest.fixture()
+def vol():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (Z, Y, X), dtype=np.uint8)
+    zz, yy, xx = np.meshgrid(np.arange(Z), np.arange(Y), np.arange(X), indexing="ij")
+    d = 10 - np.sqrt((yy - 24.0) ** 2 + (xx - 20.0) ** 2)  # a tube along z, radius 10 px
+    sdf = np.clip(d / 20, -1, 1).astype(np.float32)
+    return image, sdf
+
+
+def test_add_prompts_returns_masks_of_every_object_on_the_slice(model, vol):
+    pred = Predictor(model)
+    st = pred.init_state(*vol)
+    assert st.padded_hw == (48, 64)
+    out = pred.add_prompts(st, 3, 11, points=[[20, 24]], labels=[1])
+    assert set(out) == {11} and out[11].shape == (Y, X) and out[11].dtype == bool
+    out = pred.add_prompts(st, 3, 4, box=[30, 5, 60, 40])
+    assert set(out) == {11, 4}
+    assert st.obj_index(11) == 0 and st.obj_index(4) == 1
+    # clicks accumulate; clear_old starts the slice's prompts over
+    pred.add_prompts(st, 3, 11, points=[[5, 5]], labels=[0])
+    assert st.objects[11].prompts[3].points.shape == (2, 2)
+    pred.add_prompts(st, 3, 11, points=[[22, 22]], labels=[1], clear_old=True)
+    assert st.objects[11].prompts[3].points.tolist() == [[22.0, 22.0]]
+
+
+def test_mask_prompt_alone_is_the_output(model, vol):
+    pred = Predictor(model)
+    st = pred.init_state(*vol)
+    m = np.zeros((Y, X), bool)
+    m[10:30, 5:25] = True
+    out = pred.add_prompts(st, 5, 1, mask=m)
+    assert np.array_equal(out[1], m)
+
+
+def test_propagate_directions_and_max_slices(model, vol):
+    pred = Predictor(model)
+    st = pred.init_state(*vol)
+    pred.add_prompts(st, 4, 1, points=[[20, 24]], labels=[1])
+    pred.add_prompts(st, 6, 2, points=[[40, 10]], labels=[1])
+    fwd = list(pred.propagate(st, direction="forward"))
+    assert [z for z, _ in fwd] == list(range(4, Z))  # default start: lowest prompted slice
+    assert all(set(m) == {1, 2} for _, m in fwd)
+    bwd = [z for z, _ in pred.propagate(st, direction="backward")]
+    assert bwd == list(range(6, -1, -1))  # default start: highest prompted slice
+    both = [z for z, _ in pred.propagate(st, start_z=5, direction="both", max_slices=3)]
+    assert both == [5, 6, 7, 5, 4, 3]
+    # prompted slices keep their prompted output, never overwritten by propagation
+    t = st.objects[1]
+    assert 4 in t.cond and 4 not in t.noncond and set(t.noncond) == set(range(Z)) - {4}
+
+
+def test_propagation_is_deterministic_and_batch_independent(model, vol):
+    """Objects are batched per slice; each object's masks equal a session holding it alone."""
+    def run(ids):
+        pred = Predictor(model)
+        st = pred.init_state(*vol)
+        if 1 in ids:
+            pred.add_prompts(st, 2, 1, points=[[20, 24]], labels=[1])
+        if 2 in ids:
+            pred.add_prompts(st, 7, 2, box=[30, 5, 60, 40])
+        res = {}
+        for z, _ in pred.propagate(st, start_z=0, direction="forward"):
+            for oid in ids:
+                res[(oid, z)] = pred.mask_logits(st, oid, z)
+        return res
+
+    both, alone = run([1, 2]), run([1])
+    for z in range(Z):
+        np.testing.assert_allclose(both[(1, z)], alone[(1, z)], atol=1e-4)
+
+
+def test_remove_object_and_reset(model, vol):
+    pred = Predictor(model)
+    st = pred.init_state(*vol)
+    pred.add_prompts(st, 4, 1, points=[[20, 24]], labels=[1])
+    pred.add_prompts(st, 4, 2, points=[[40, 10]], labels=[1])
+    list(pred.propagate(st, max_slices=2))
+    assert pred.remove_object(st, 1) == [2]
+    assert st.obj_index(2) == 0
+    assert all(set(m) == {2} for _, m in pred.propagate(st, max_slices=2))
+    with pytest.raises(ValueError, match="obj_id"):
+        pred.remove_object(st, 1)
+    n_feat = len(st.features)
+    pred.reset_state(st)
+    assert not st.objects and len(st.features) == n_feat
+    with pytest.raises(ValueError, match="state"):
+        next(pred.propagate(st))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"points": [[70, 5]], "labels": [1]}, "points"),  # x outside the slice
+        ({"points": [[5, -1]], "labels": [1]}, "points"),
+        ({"points": [[np.nan, 5]], "labels": [1]}, "points"),
+        ({"points": [[5, 5]], "labels": [1, 0]}, "labels"),
+        ({"points": [[5, 5]], "labels": [2]}, "labels"),
+        ({}, "points"),  # empty prompt
+        ({"box": [10, 10, 5, 20]}, "box"),
+        ({"box": [0, 0, np.inf, 5]}, "box"),
+        ({"mask": np.ones((5, 5), bool)}, "mask"),
+    ],
+)
+def test_bad_prompts_name_the_argument(model, vol, kwargs, field):
+    pred = Predictor(model)
+    st = pred.init_state(*vol)
+    with pytest.raises(ValueError, match=f"^{field}"):
+        pred.add_prompts(st, 1, 1, **kwargs)
+    assert not st.objects  # a rejected prompt leaves no trace
+
+
+def test_bad_session_inputs(model, vol):
+    image, sdf = vol
+    pred = Predictor(model)
+    with pytest.raises(ValueError, match="^sdf"):
+        pred.init_state(image, sdf[:, :-1])
+    with pytest.raises(ValueError, match="^sdf"):
+        bad = sdf.copy()
+        bad[0, 0, 0] = np.nan
+        pred.init_state(image, bad)
+    with pytest.raises(ValueError, match="^image"):
+        pred.init_state(image.astype(np.float32), sdf)
+    st = pred.init_state(image, sdf)
+    with pytest.raises(ValueError, match="^z"):
+        pred.add_prompts(st, Z, 1, points=[[1, 1]], labels=[1])
+    with pytest.raises(ValueError, match="^obj_id"):
+        pred.add_prompts(st, 0, "a", points=[[1, 1]], labels=[1])
+    pred.add_prompts(st, 0, 1, points=[[1, 1]], labels=[1])
+    with pytest.raises(ValueError, match="^direction"):
+        next(pred.propagate(st, direction="sideways"))
+    with pytest.raises(ValueError, match="^start_z"):
+        next(pred.propagate(st, start_z=-1))
+
+
+def test_sdf_seeds_pick_the_deepest_point(vol):
+    _, sdf = vol
+    seeds = sdf_seeds(sdf)
+    assert len(seeds) == 1
+    z, x, y, box = seeds[0]
+    assert (x, y) == (20.0, 24.0)
+    assert box.tolist() == [11.0, 15.0, 29.0, 33.0]
+
+
+def test_segment_volume_and_propagate_volume(model, vol):
+    image, sdf = vol
+    inst = segment_volume(model, image, sdf, crop=32)
+    assert inst.dtype == np.uint64 and inst.shape == image.shape
+    assert set(np.unique(inst)) <= {0, 1}
+    labels = (sdf > 0).astype(np.uint8)
+    prob = propagate_volume(model, image, sdf, [3], labels, crop=32)
+    assert prob.dtype == np.float32 and prob.shape == image.shape
+    assert ((prob >= 0) & (prob <= 1)).all()
+    assert np.array_equal(prob[3], labels[3].astype(np.float32))
+    with pytest.raises(ValueError, match="^labels"):
+        propagate_volume(model, image, sdf, [3], labels[:, :-1])
+    with pytest.raises(ValueError, match="^annotated_slices"):
+        propagate_volume(model, image, sdf, [], labels)

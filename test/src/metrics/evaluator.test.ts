@@ -39,7 +39,7 @@ const BLOCKS: Vec3[] = [
   [1, 13, 1000], // single slices, y split
   [8, 1, 3], // single rows
 ];
-const NAMES = ["identical", "shifted", "split", "merged", "missing_fp_masked", "flicker_instances", "diagonal_26", "diagonal_6", "sizes_random", "uint64_ids"];
+const NAMES = ["identical", "shifted", "split", "merged", "missing_fp_masked", "flicker_instances", "diagonal_26", "diagonal_6", "sizes_random", "uint64_ids", "noise_6", "noise_26"];
 
 describe.each(NAMES)("golden case %s", (name) => {
   const get = () => cases.find((c) => c.name === name)!;

@@ -20,7 +20,7 @@ import { deflate } from "node:zlib";
 import { asBytes, DATA_TYPES } from "#src/dtype.ts";
 import type { DataType, TypedArray } from "#src/dtype.ts";
 import { invalidArgument, throwIfAborted } from "#src/errors.ts";
-import type { Vec3 } from "#src/volume/types.ts";
+import type { Vec3, VolumeSource } from "#src/volume/types.ts";
 
 const deflateAsync = promisify(deflate);
 
@@ -225,4 +225,22 @@ export async function writeTiff(filePath: string, data: TypedArray, dtype: DataT
     throw invalidArgument("data", `has ${data.length} values, shape [${shapeZyx.join(", ")}] needs ${shapeZyx[0] * plane}`);
   }
   await writeTiffStack(filePath, dtype, shapeZyx, (z) => data.subarray(z * plane, (z + 1) * plane), options);
+}
+
+/**
+ * Exports level `scale` of a volume as a multi-page TIFF, reading one slice at a time (memory: one
+ * slice), with the level's voxel size as calibration unless `options.voxelSizeNm` overrides it.
+ */
+export async function writeVolumeTiff(volume: VolumeSource, scale: number, filePath: string, options: TiffWriteOptions = {}): Promise<void> {
+  const level = volume.metadata.scales[scale];
+  if (level === undefined) throw invalidArgument("scale", `expected an integer in [0, ${volume.metadata.scales.length - 1}], got ${scale}`);
+  const [depth, height, width] = level.shapeZyx;
+  const [oz, oy, ox] = level.offsetZyx;
+  await writeTiffStack(
+    filePath,
+    volume.metadata.dtype,
+    [depth, height, width],
+    (z) => volume.read({ offsetZyx: [oz + z, oy, ox], shapeZyx: [1, height, width] }, scale, options.signal === undefined ? {} : { signal: options.signal }),
+    { ...options, voxelSizeNm: options.voxelSizeNm ?? level.voxelSizeNm },
+  );
 }

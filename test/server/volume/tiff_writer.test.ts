@@ -12,7 +12,7 @@ import { SpatialSamError } from "#src/errors.ts";
 import type { Vec3 } from "#src/volume/types.ts";
 import { ChunkCache } from "#server/volume/chunk_cache.ts";
 import { openVolume } from "#server/volume/open_volume.ts";
-import { toRational, writeTiff, writeTiffStack } from "#server/volume/tiff_writer.ts";
+import { toRational, writeTiff, writeTiffStack, writeVolumeTiff } from "#server/volume/tiff_writer.ts";
 import { readNpy } from "#test/helpers/npy.ts";
 import { expectSameArray, PYTHON } from "#test/helpers/volumes_stacks.ts";
 
@@ -100,6 +100,26 @@ describe("writeTiff", () => {
     const meta = tifffileRead(file);
     expect(meta).toMatchObject({ shape, dtype: "uint16", imagej: false, pages: 3 });
     expectSameArray(readNpy(`${file}.npy`).data, data);
+  });
+
+  it("exports a volume slice by slice with its voxel size (a PNG folder made a TIFF)", async () => {
+    const pngDir = path.join(dir, "pngds", "train", "image");
+    const make = `
+import sys, json, numpy as np
+from pathlib import Path
+from PIL import Image
+d = Path(sys.argv[1]); d.mkdir(parents=True)
+a = np.random.default_rng(5).integers(0, 256, size=(4, 21, 19), dtype=np.uint8)
+for z in range(4): Image.fromarray(a[z]).save(d / f"{z:04d}.png")
+(d.parent.parent / "meta.json").write_text(json.dumps({"voxel_size_nm_zyx": [30, 6, 6]}))
+np.save(sys.argv[2], a)
+`;
+    execFileSync(PYTHON, ["-c", make, pngDir, path.join(dir, "pngds.npy")]);
+    const vol = await openVolume(`png://file://${pngDir}`, { roots: [dir], cache: new ChunkCache({ maxBytes: 2 ** 20 }) });
+    const file = path.join(dir, "from_png.tif");
+    await writeVolumeTiff(vol, 0, file, { compression: "deflate" });
+    expect(tifffileRead(file)).toMatchObject({ shape: [4, 21, 19], dtype: "uint8", imagej: true, spacing: 30, unit: "nm" });
+    expectSameArray(readNpy(`${file}.npy`).data, readNpy(path.join(dir, "pngds.npy")).data);
   });
 
   it("replaces an existing file atomically and leaves nothing behind when a slice fails", async () => {

@@ -182,6 +182,7 @@ describe("bad TIFF input", () => {
   it("an unsupported sample format is Unimplemented naming the file and the format", async () => {
     await expectError(open("bad/complex.tif"), "Unimplemented", /complex\.tif \(page 0\)$/, /SampleFormat 6 \(complex float\)/);
     await expectError(open("bad/rgb.tif"), "Unimplemented", /rgb\.tif \(page 0\)$/, /SamplesPerPixel is 3/);
+    await expectError(open("bad/u64.tif"), "Unimplemented", /u64\.tif \(page 0\)$/, /SampleFormat 1 \(unsigned\) with 64 bits/);
   });
 
   it("a missing file is NotFound and a path outside the roots is PermissionDenied", async () => {

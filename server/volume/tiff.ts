@@ -33,7 +33,8 @@ const inflateAsync = promisify(inflate);
 
 /**
  * Deflate strips through Node's zlib (native, on the libuv pool so strips inflate in parallel)
- * instead of geotiff's JavaScript inflate: about 4x faster here. geotiff's decoder table is
+ * instead of geotiff's JavaScript inflate (pako): 1.2-3x faster on one thread here, and strips of
+ * a band inflate at once. geotiff's decoder table is
  * process-wide, so this applies to every geotiff user in the process, which is only this driver.
  */
 class NodeDeflateDecoder extends BaseDecoder {

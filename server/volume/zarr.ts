@@ -307,7 +307,10 @@ export async function openZarr(store: Store, ctx: FormatContext): Promise<ChunkS
   if (top.kind === "array") {
     const array = await openArray(store, root, "", top);
     const ndim = array.shape.length;
-    const axes = parseAxes(array.dimensionNames?.every((n) => typeof n === "string" && n !== "") ? array.dimensionNames : undefined, ndim, `${top.file}: dimension_names`);
+    // Dimension names are used when they name z, y and x; otherwise the last three axes are z, y, x.
+    const names = array.dimensionNames;
+    const named = names !== undefined && ["z", "y", "x"].every((a) => names.some((n) => typeof n === "string" && n.toLowerCase() === a));
+    const axes = parseAxes(named ? names : undefined, ndim, `${top.file}: dimension_names`);
     levels.push(levelFromArray(array, "", axes, `${top.file}: dimension_names`, { scale: new Array<number>(ndim).fill(1), translation: new Array<number>(ndim).fill(0) }, 0));
   } else {
     const ome = (top.attrs.ome ?? top.attrs) as Record<string, unknown>;

@@ -1,7 +1,7 @@
 // Reads the golden Zarr v2/v3, OME-NGFF and N5 fixtures written by zarr-python and tensorstore and
 // compares metadata and every voxel (whole levels and unaligned crops) with the generator's arrays.
 
-import { existsSync } from "node:fs";
+import { cpSync, existsSync, readFileSync, writeFileSync } from "node:fs";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ChunkCache } from "#server/volume/chunk_cache.ts";
@@ -89,4 +89,23 @@ it("opens one level of a multiscale group as a plain array", async () => {
   const s = vol.metadata.scales[0]!;
   expect(s.offsetZyx).toEqual([0, 0, 0]);
   expectSameArray(await vol.read({ offsetZyx: [0, 0, 0], shapeZyx: s.shapeZyx }, 0), fx.expected(c, 1));
+});
+
+it("reads a plain v3 array by its z/y/x dimension names, or as the last three axes when names are unrelated", async () => {
+  const c = fx.cases.get("zarr3_gzip_u16")!;
+  for (const [i, names] of [["z", "y", "x"], ["t0", "t1", "t2"]].entries()) {
+    const d = path.join(fx.dir, `named-${i}.zarr`);
+    cpSync(path.join(fx.dir, c.url), d, { recursive: true });
+    const meta = JSON.parse(readFileSync(path.join(d, "zarr.json"), "utf8")) as Record<string, unknown>;
+    meta.dimension_names = names;
+    writeFileSync(path.join(d, "zarr.json"), JSON.stringify(meta));
+    const vol = await openVolume(`zarr://${d}`, { roots: [fx.dir], cache: new ChunkCache({ maxBytes: 1 << 24 }) });
+    expectSameArray(await vol.read({ offsetZyx: [0, 0, 0], shapeZyx: [19, 30, 37] }, 0), fx.expected(c, 0));
+  }
+  const d = path.join(fx.dir, "named-xyz.zarr");
+  cpSync(path.join(fx.dir, c.url), d, { recursive: true });
+  const meta = JSON.parse(readFileSync(path.join(d, "zarr.json"), "utf8")) as Record<string, unknown>;
+  meta.dimension_names = ["x", "y", "z"];
+  writeFileSync(path.join(d, "zarr.json"), JSON.stringify(meta));
+  await expect(openVolume(`zarr://${d}`, { roots: [fx.dir] })).rejects.toMatchObject({ _tag: "InvalidArgument", message: expect.stringMatching(/z, y, x order/) });
 });

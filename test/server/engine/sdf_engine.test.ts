@@ -1,0 +1,135 @@
+// Blockwise SDF against a whole-volume run of the same model: with a context that covers the
+// model's receptive field, stitching blocks must give exactly the whole-volume result; blocks are
+// cached, shared between concurrent requests, and cancellable.
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { makeDemoVolume } from "#src/demo_volume.ts";
+import type { Vec3, VolumeSource } from "#src/volume/types.ts";
+import { silentLogger } from "#server/log.ts";
+import { SdfEngine } from "#server/engine/sdf_engine.ts";
+import { ModelRegistry } from "#server/onnx/model_registry.ts";
+import { openVolume } from "#server/volume/open_volume.ts";
+import { PrecomputedWriter } from "#server/volume/precomputed_writer.ts";
+import { FileStore } from "#server/volume/stores.ts";
+
+const root = join(import.meta.dirname, "..", "..", "..");
+const SHAPE: Vec3 = [20, 45, 70]; // not a multiple of the block shape on any axis
+const BLOCK: Vec3 = [8, 16, 32];
+
+let dir: string;
+let registry: ModelRegistry;
+let volume: VolumeSource;
+let image: Uint8Array;
+let whole: Float32Array;
+
+async function freshEngine(cacheName: string) {
+  return new SdfEngine({ registry, cacheDir: join(dir, cacheName), log: silentLogger(), concurrency: 1, defaultBlockShapeZyx: BLOCK });
+}
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), "sdf-engine-"));
+  image = makeDemoVolume(SHAPE, 3, 6).image;
+  const store = await FileStore.open(join(dir, "image"), [dir]);
+  const writer = await PrecomputedWriter.create(store, {
+    type: "image",
+    dataType: "uint8",
+    numChannels: 1,
+    scales: [{ key: "s0", sizeXyz: [SHAPE[2], SHAPE[1], SHAPE[0]], resolutionXyz: [5, 5, 5], voxelOffsetXyz: [0, 0, 0], chunkSizeXyz: [SHAPE[2], SHAPE[1], SHAPE[0]], encoding: "raw" }],
+  });
+  await writer.writeChunk(0, [0, 0, 0], image);
+  volume = await openVolume(`precomputed://file://${join(dir, "image")}`, { roots: [dir] });
+  registry = await ModelRegistry.load(join(root, "test", "fixtures", "models"), { logger: silentLogger(), workers: 1, intraOpThreads: 1, maxQueuePerModel: 64 });
+  // Reference: the model on the whole volume at once (its own zero padding at the borders).
+  const input = Float32Array.from(image, (v) => v / 255);
+  const out = await registry.run("tiny_conv3d", { image: { dtype: "float32", dims: [1, 1, ...SHAPE], data: input } });
+  whole = (out.out!.data as Float32Array).slice(0, SHAPE[0] * SHAPE[1] * SHAPE[2]);
+});
+
+afterAll(async () => {
+  await volume?.close();
+  await registry?.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+const fullBox = { offsetZyx: [0, 0, 0] as Vec3, shapeZyx: SHAPE };
+
+describe("SdfEngine", () => {
+  it("stitches blocks into exactly the whole-volume result, readable as a precomputed volume", async () => {
+    const engine = await freshEngine("cache-a");
+    const seen: number[] = [];
+    const result = await engine.compute({ volume, volumeKey: "v", box: fullBox, scale: 0, model: "tiny_conv3d", onProgress: (p) => seen.push(p.blocksDone) });
+    expect(result.blocksTotal).toBe(3 * 3 * 3);
+    expect(result.blocksCached).toBe(0);
+    expect(seen.at(-1)).toBe(27);
+    const sdf = await openVolume(result.resultUrl, { roots: [dir] });
+    try {
+      expect(sdf.metadata.dtype).toBe("float32");
+      expect(sdf.metadata.scales[0]!.shapeZyx).toEqual(SHAPE);
+      expect(sdf.metadata.scales[0]!.voxelSizeNm).toEqual([5, 5, 5]);
+      const got = (await sdf.read(fullBox, 0)) as Float32Array;
+      let maxDiff = 0;
+      for (let i = 0; i < whole.length; i++) maxDiff = Math.max(maxDiff, Math.abs(got[i]! - whole[i]!));
+      expect(maxDiff).toBeLessThan(1e-5);
+    } finally {
+      await sdf.close();
+    }
+  });
+
+  it("computes each block once: a repeated request is all cache hits and runs no model", async () => {
+    const engine = await freshEngine("cache-b");
+    await engine.compute({ volume, volumeKey: "v", box: fullBox, scale: 0, model: "tiny_conv3d" });
+    const before = registry.stats().dispatched;
+    // A new engine on the same cache folder (a restarted server) finds the blocks on disk.
+    const again = await (await freshEngine("cache-b")).compute({ volume, volumeKey: "v", box: fullBox, scale: 0, model: "tiny_conv3d" });
+    expect(again.blocksCached).toBe(27);
+    expect(registry.stats().dispatched).toBe(before);
+  });
+
+  it("shares blocks between concurrent overlapping requests and computes only the blocks a box needs", async () => {
+    const engine = await freshEngine("cache-c");
+    const before = registry.stats().dispatched;
+    const a = { offsetZyx: [0, 0, 0] as Vec3, shapeZyx: [8, 32, 64] as Vec3 }; // blocks z0, y0-1, x0-1: 4
+    const b = { offsetZyx: [4, 16, 32] as Vec3, shapeZyx: [4, 16, 32] as Vec3 }; // block (0,1,1), also in a
+    const [ra, rb] = await Promise.all([
+      engine.compute({ volume, volumeKey: "v", box: a, scale: 0, model: "tiny_conv3d" }),
+      engine.compute({ volume, volumeKey: "v", box: b, scale: 0, model: "tiny_conv3d" }),
+    ]);
+    expect(ra.blocksTotal).toBe(4);
+    expect(rb.blocksTotal).toBe(1);
+    expect(registry.stats().dispatched - before).toBe(4);
+  });
+
+  it("stops when cancelled, and a later request completes the work", async () => {
+    const engine = await freshEngine("cache-d");
+    const controller = new AbortController();
+    let done = 0;
+    const p = engine.compute({
+      volume,
+      volumeKey: "v",
+      box: fullBox,
+      scale: 0,
+      model: "tiny_conv3d",
+      signal: controller.signal,
+      onProgress: (pr) => {
+        done = pr.blocksDone;
+        if (pr.blocksDone >= 2) controller.abort();
+      },
+    });
+    await expect(p).rejects.toMatchObject({ _tag: "Cancelled" });
+    expect(done).toBeLessThan(27);
+    const rest = await engine.compute({ volume, volumeKey: "v", box: fullBox, scale: 0, model: "tiny_conv3d" });
+    expect(rest.blocksCached).toBeGreaterThanOrEqual(2);
+    expect(rest.blocksDone).toBe(27);
+  });
+
+  it("rejects unknown models, scales and boxes outside the volume, naming the field", async () => {
+    const engine = await freshEngine("cache-e");
+    await expect(engine.compute({ volume, volumeKey: "v", box: fullBox, scale: 0, model: "nope" })).rejects.toMatchObject({ _tag: "NotFound", field: "model" });
+    await expect(engine.compute({ volume, volumeKey: "v", box: fullBox, scale: 3, model: "tiny_conv3d" })).rejects.toMatchObject({ _tag: "InvalidArgument", field: "scale" });
+    await expect(
+      engine.compute({ volume, volumeKey: "v", box: { offsetZyx: [0, 0, 0], shapeZyx: [21, 45, 70] }, scale: 0, model: "tiny_conv3d" }),
+    ).rejects.toMatchObject({ _tag: "InvalidArgument", field: "box.shape" });
+  });
+});

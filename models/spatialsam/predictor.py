@@ -443,6 +443,52 @@ def propagate_volume(
     return prob
 
 
+def evaluate_tracking(
+    model: Propagator,
+    image: np.ndarray,
+    sdf: np.ndarray,
+    labels: np.ndarray,
+    *,
+    n_objects: int = 20,
+    min_slices: int = 5,
+    crop: int = 128,
+    patience: int = 3,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Interactive-use score: for up to n_objects 3D components of labels (>= min_slices slices, drawn
+    with `seed`), one click at the deepest point of the largest cross-section plus its bounding box,
+    propagate both ways; returns the mean 3D IoU with the component, the mean per-slice IoU over the
+    component's slices, and the number of objects. labels: bool/0-1 [Z, Y, X]."""
+    comps, _ = ndimage.label(labels > 0)
+    sls = ndimage.find_objects(comps)
+    cands = [i for i, sl in enumerate(sls, start=1) if sl[0].stop - sl[0].start >= min_slices]
+    rng = np.random.default_rng(seed)
+    pick = sorted(rng.choice(cands, size=min(n_objects, len(cands)), replace=False).tolist()) if cands else []
+    pred = Predictor(model)
+    ious, slice_ious = [], []
+    for i in pick:
+        gt = comps == i
+        areas = gt.sum(axis=(1, 2))
+        z0 = int(np.argmax(areas))
+        d = ndimage.distance_transform_edt(gt[z0])
+        y, x = np.unravel_index(int(np.argmax(d)), d.shape)
+        ys, xs = np.nonzero(gt[z0])
+        win = _crop_window((float(y), float(x)), (int(np.ptp(ys)) + 1, int(np.ptp(xs)) + 1), image.shape[1:], crop,
+                           model.stride)
+        oy, ox = win[0].start, win[1].start
+        prompt: dict[str, object] = {"points": [[x - ox, y - oy]], "labels": [1]}
+        if np.ptp(xs) > 0 and np.ptp(ys) > 0:
+            prompt["box"] = [xs.min() - ox, ys.min() - oy, xs.max() - ox, ys.max() - oy]
+        p = np.zeros(gt.shape, bool)
+        for z, lg in _propagate_object(pred, image, sdf, z0, win, prompt, patience).items():
+            p[z, win[0], win[1]] = lg > model.cfg.mask_threshold
+        ious.append((p & gt).sum() / (p | gt).sum())
+        zs = np.nonzero(areas)[0]
+        slice_ious.append(float(np.mean([(p[z] & gt[z]).sum() / (p[z] | gt[z]).sum() for z in zs])))
+    return {"objects": len(pick), "mean_iou_3d": float(np.mean(ious)) if ious else float("nan"),
+            "mean_slice_iou": float(np.mean(slice_ious)) if slice_ious else float("nan")}
+
+
 def sdf_seeds(sdf: np.ndarray, min_voxels: int = 64) -> list[tuple[int, float, float, np.ndarray]]:
     """Seeds for automatic mode: one per 3D connected component of sdf > 0 with >= min_voxels voxels.
 

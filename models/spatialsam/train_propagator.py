@@ -437,8 +437,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ckpt-dir", required=True)
     ap.add_argument("--export", default=None, help="export folder for the three graphs after training")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--finalize", action="store_true",
+                    help="no training: evaluate the checkpoint on Lucchi++ test and export it with metadata")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.finalize:
+        finalize(Path(args.ckpt_dir) / CHECKPOINT_NAME, args.export, args.data, args.seed)
+        return
     overrides = {"memory": args.memory} if args.memory else {}
     pcfg = load_propagator_config(args.config, seed=args.seed, **overrides)
     vol = load_lucchi("train", args.data)
@@ -466,6 +471,39 @@ def main(argv: list[str] | None = None) -> None:
     if args.export:
         export_propagator(model, args.export, training=meta, voxel_size_nm=list(vol.voxel_size_nm))
         print(json.dumps(check_parity(model, args.export)))
+
+
+def finalize(ckpt: Path, export_dir: str | None, data: str | None, seed: int) -> dict[str, Any]:
+    """Evaluate a checkpoint on Lucchi++ test (interactive tracking, GT SDF and a zero SDF as the
+    memory input) and export it with its training metadata."""
+    from spatialsam.data import load_lucchi
+    from spatialsam.export_propagator import check_parity, export_propagator
+    from spatialsam.predictor import evaluate_tracking
+    from spatialsam.sdf import sdf_target
+
+    model, meta = load_checkpoint(ckpt)
+    ck = torch.load(ckpt, map_location="cpu", weights_only=False)
+    hist = ck["history"]
+    meta["steps"] = ck["step"]
+    meta["final_train_loss_mean_last50"] = float(np.mean([h["loss"] for h in hist[-50:]]))
+    test = load_lucchi("test", data)
+    t0 = time.time()
+    gt_sdf = sdf_target(test.mask, test.voxel_size_nm)
+    metrics = {
+        "protocol": "Lucchi++ test: 20 random 3D GT components spanning >= 5 slices, one click at the deepest "
+                    "point of the largest cross-section + its bounding box, propagate both ways in a 128 px "
+                    "window; IoU of the 3D object and mean per-slice IoU",
+        "gt_sdf_memory": evaluate_tracking(model, test.image, gt_sdf, test.mask, seed=seed),
+        "zero_sdf_memory": evaluate_tracking(model, test.image, np.zeros_like(gt_sdf), test.mask, seed=seed),
+    }
+    metrics["eval_seconds"] = round(time.time() - t0, 1)
+    meta["validation"] = metrics
+    print(json.dumps(metrics, indent=2))
+    if export_dir:
+        vs = list(test.voxel_size_nm)
+        export_propagator(model, export_dir, training=meta, voxel_size_nm=vs)
+        print(json.dumps(check_parity(model, export_dir)))
+    return meta
 
 
 if __name__ == "__main__":

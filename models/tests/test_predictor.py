@@ -175,3 +175,12 @@ def test_segment_volume_and_propagate_volume(model, vol):
         propagate_volume(model, image, sdf, [3], labels[:, :-1])
     with pytest.raises(ValueError, match="^annotated_slices"):
         propagate_volume(model, image, sdf, [], labels)
+
+
+def test_evaluate_tracking_scores_a_perfect_and_an_empty_tracker(model, vol):
+    from spatialsam.predictor import evaluate_tracking
+
+    image, sdf = vol
+    res = evaluate_tracking(model, image, sdf, sdf > 0, crop=32, min_slices=3)
+    assert res["objects"] == 1 and 0.0 <= res["mean_iou_3d"] <= 1.0 and 0.0 <= res["mean_slice_iou"] <= 1.0
+    assert evaluate_tracking(model, image, sdf, np.zeros_like(sdf, bool))["objects"] == 0

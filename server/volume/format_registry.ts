@@ -9,7 +9,10 @@ export interface FormatContext {
   url: string;
   /** The scheme without "://", e.g. "zarr". */
   scheme: string;
-  /** The store URL after the scheme, without the fragment, e.g. "file:///data/a.h5". */
+  /**
+   * The store URL after the scheme, without the fragment, e.g. "file:///data/a.h5". It keeps any
+   * `?query` (volume options for the driver); the store itself was opened without it.
+   */
   storeUrl: string;
   /** The part after "#", if any (an HDF5 dataset path, say); undefined when absent. */
   fragment: string | undefined;

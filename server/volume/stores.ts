@@ -350,9 +350,15 @@ export interface OpenStoreOptions {
   s3Endpoint?: string;
 }
 
-/** Opens the store for `url`: file:// or a path, http(s)://, or s3://bucket/prefix. */
+/**
+ * Opens the store for `url`: file:// or a path, http(s)://, or s3://bucket/prefix. A `?query` on
+ * the URL is a volume option for the format driver (e.g. `?voxel_size_nm=`), not part of the
+ * store's location, so it is dropped here.
+ */
 export async function openStore(url: string, options: OpenStoreOptions): Promise<Store> {
   if (typeof url !== "string" || url === "") throw invalidArgument("url", "expected a non-empty URL");
+  const q = url.indexOf("?");
+  if (q >= 0) url = url.slice(0, q);
   if (url.startsWith("http://") || url.startsWith("https://")) return new HttpStore(url);
   if (url.startsWith("s3://")) return new S3Store(url, options.s3Endpoint === undefined ? {} : { endpoint: options.s3Endpoint });
   if (url.startsWith("file://") || !/^[a-z][a-z0-9+.-]*:\/\//i.test(url)) return FileStore.open(url, options.roots);

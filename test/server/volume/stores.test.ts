@@ -121,7 +121,7 @@ describe("S3Store", () => {
     expect(await s.list("sub")).toEqual(["sub/b.bin"]);
   });
 
-  it("takes the endpoint from SPATIAL_SAM_S3_ENDPOINT and refuses malformed URLs", async () => {
+  it("takes the endpoint from SPATIAL_SAM_S3_ENDPOINT, drops a ?query (a driver option) and refuses malformed URLs", async () => {
     process.env.SPATIAL_SAM_S3_ENDPOINT = server.s3Endpoint;
     try {
       const s = await openStore("s3://public-bucket/vol/sub", { roots: [] });
@@ -129,6 +129,10 @@ describe("S3Store", () => {
     } finally {
       delete process.env.SPATIAL_SAM_S3_ENDPOINT;
     }
+    const withQuery = await openStore(`${server.httpBase}/vol?voxel_size_nm=1,2,3`, { roots: [] });
+    expect(await withQuery.get("a.bin", { range: [0, 2] })).toEqual(bytes.subarray(0, 2));
+    const fileWithQuery = await openStore(`${root}/vol?voxel_size_nm=1,2,3`, { roots: [root] });
+    expect(await fileWithQuery.get("a.bin", { range: [0, 2] })).toEqual(bytes.subarray(0, 2));
     expect(() => new S3Store("s3://")).toThrow(expect.objectContaining({ _tag: "InvalidArgument", field: "url" }));
     await expect(openStore("ftp://host/x", { roots: [] })).rejects.toMatchObject({ _tag: "InvalidArgument", field: "url" });
   });

@@ -2,6 +2,7 @@
 // SPATIAL_SAM_* environment variable, and the start-up they lead to.
 import { InvalidArgumentError, Option, type Command } from "commander";
 import { createLogger } from "#server/log.ts";
+import type { ServeOptions } from "#server/serve.ts";
 
 function intIn(min: number, max: number) {
   return (value: string): number => {
@@ -22,6 +23,7 @@ export function serverOptions(cmd: Command): Command {
     )
     .addOption(new Option("--models <dir>", "folder of <name>/model.json models").default("models").env("SPATIAL_SAM_MODELS"))
     .addOption(new Option("--roots <dirs>", "comma-separated folders file:// URLs may read").default(["."]).argParser(list).env("SPATIAL_SAM_ROOTS"))
+    .addOption(new Option("--cache-dir <dir>", "where computed results (SDF blocks) are kept").default(".cache/results").env("SPATIAL_SAM_CACHE_DIR"))
     .addOption(new Option("--workers <n>", "ONNX worker threads").default(1).argParser(intIn(1, 256)).env("SPATIAL_SAM_WORKERS"))
     .addOption(new Option("--threads <n>", "intra-op threads per ONNX session").default(2).argParser(intIn(1, 256)).env("SPATIAL_SAM_THREADS"))
     .addOption(
@@ -40,6 +42,7 @@ export interface ServerCliOptions {
   httpPort: number;
   models: string;
   roots: string[];
+  cacheDir: string;
   workers: number;
   threads: number;
   executionProvider: "cpu" | "cuda";
@@ -47,7 +50,7 @@ export interface ServerCliOptions {
   logLevel: string;
 }
 
-export async function startFromCli(o: ServerCliOptions, extraRoots: string[] = []) {
+export async function startFromCli(o: ServerCliOptions, extraRoots: string[] = [], bridge?: ServeOptions["bridge"]) {
   const log = createLogger({ level: o.logLevel });
   const { serve } = await import("#server/serve.ts");
   const running = await serve({
@@ -56,11 +59,13 @@ export async function startFromCli(o: ServerCliOptions, extraRoots: string[] = [
     httpPort: o.httpPort,
     modelsDir: o.models,
     roots: [...o.roots, ...extraRoots],
+    cacheDir: o.cacheDir,
     workers: o.workers,
     intraOpThreads: o.threads,
     executionProvider: o.executionProvider,
     maxQueuePerModel: o.maxQueue,
     log,
+    ...(bridge === undefined ? {} : { bridge }),
   });
   const stop = async (signal: string) => {
     log.info({ signal }, "shutting down");

@@ -1,12 +1,15 @@
 // Starts the whole server: ONNX model registry (worker pool), gRPC services and the HTTP side.
 import { createServer, type Server as HttpServer } from "node:http";
-import { resolve } from "node:path";
+import { mkdir } from "node:fs/promises";
+import { join, resolve } from "node:path";
 import express from "express";
 import type { Logger } from "#server/log.ts";
 import { startGrpcServer, type RunningGrpcServer } from "#server/grpc/server.ts";
+import { createBridge, type Bridge, type BridgeOptions } from "#server/bridge/bridge.ts";
 import { registryBackend } from "#server/grpc/model_backend.ts";
 import { ModelRegistry } from "#server/onnx/model_registry.ts";
 import { openVolume } from "#server/volume/open_volume.ts";
+import { SdfEngine } from "#server/engine/sdf_engine.ts";
 
 export interface ServeOptions {
   host: string;
@@ -16,12 +19,16 @@ export interface ServeOptions {
   modelsDir: string;
   /** Folders that file:// volume URLs may read from. */
   roots: string[];
+  /** Where computed results (SDF blocks) are cached; readable through file:// URLs too. */
+  cacheDir: string;
   workers: number;
   intraOpThreads: number;
   executionProvider: "cpu" | "cuda";
   maxQueuePerModel: number;
   maxMessageBytes?: number;
   log: Logger;
+  /** The HTTP bridge's start-up volumes, CORS origins, limits (roots and log are the server's). */
+  bridge?: Omit<BridgeOptions, "roots" | "log">;
   /** Lets tests make an ONNX worker die mid-request (registry.armFaultForTest). Never set by the CLI. */
   allowTestFaults?: boolean;
 }
@@ -30,12 +37,16 @@ export interface RunningServer {
   grpc: RunningGrpcServer;
   httpPort: number | undefined;
   registry: ModelRegistry;
+  /** The HTTP bridge (viewer, volumes as precomputed); undefined when the HTTP side is off. */
+  bridge: Bridge | undefined;
   close(): Promise<void>;
 }
 
 export async function serve(options: ServeOptions): Promise<RunningServer> {
   const { log } = options;
-  const roots = options.roots.map((r) => resolve(r));
+  const cacheDir = resolve(options.cacheDir);
+  await mkdir(cacheDir, { recursive: true });
+  const roots = [...options.roots.map((r) => resolve(r)), cacheDir];
   const registry = await ModelRegistry.load(resolve(options.modelsDir), {
     workers: options.workers,
     intraOpThreads: options.intraOpThreads,
@@ -46,11 +57,13 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
   });
   let grpc: RunningGrpcServer | undefined;
   let http: HttpServer | undefined;
+  let bridge: Bridge | undefined;
   try {
     grpc = await startGrpcServer({
       host: options.host,
       port: options.port,
       models: registryBackend(registry),
+      sdf: new SdfEngine({ registry, cacheDir: join(cacheDir, "sdf"), log, concurrency: options.workers }),
       openVolume: (url, { signal: _signal }) => openVolume(url, { roots }),
       log,
       ...(options.maxMessageBytes === undefined ? {} : { maxMessageBytes: options.maxMessageBytes }),
@@ -65,6 +78,8 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
       app.get("/api/models", (_req, res) => {
         res.json(registryBackend(registry).describe().map((m) => ({ ...m, manifestJson: undefined })));
       });
+      bridge = await createBridge({ ...options.bridge, roots, log });
+      app.use(bridge.router);
       http = createServer(app);
       httpPort = await new Promise<number>((res, rej) => {
         http!.once("error", rej);
@@ -80,13 +95,16 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
       grpc: running,
       httpPort,
       registry,
+      bridge,
       close: async () => {
         await new Promise<void>((res) => (http ? http.close(() => res()) : res()));
+        await bridge?.close();
         await running.close();
         await registry.close();
       },
     };
   } catch (e) {
+    await bridge?.close();
     await grpc?.close();
     await registry.close();
     throw e;

@@ -8,6 +8,8 @@ import { VolumeServiceService } from "#proto/spatial_sam/v1/volume.ts";
 import type { Logger } from "#server/log.ts";
 import { modelService, type ModelBackend } from "#server/grpc/model_service.ts";
 import { sdfServiceUnimplemented, segmentationServiceUnimplemented } from "#server/grpc/unimplemented.ts";
+import { sdfService } from "#server/grpc/sdf_service.ts";
+import type { SdfEngine } from "#server/engine/sdf_engine.ts";
 import { VolumeRegistry, volumeService, type VolumeOpener } from "#server/grpc/volume_service.ts";
 
 export interface GrpcServerOptions {
@@ -16,6 +18,8 @@ export interface GrpcServerOptions {
   port: number;
   models: ModelBackend;
   openVolume: VolumeOpener;
+  /** The blockwise SDF engine; without one, ComputeSdf answers UNIMPLEMENTED. */
+  sdf?: SdfEngine;
   log: Logger;
   /** Largest message accepted or sent, in bytes. */
   maxMessageBytes?: number;
@@ -56,7 +60,7 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
   });
   server.addService(ModelServiceService, modelService(options.models, log));
   server.addService(VolumeServiceService, volumeService(volumes, log));
-  server.addService(SdfServiceService, sdfServiceUnimplemented(log));
+  server.addService(SdfServiceService, options.sdf ? sdfService(volumes, options.sdf, log) : sdfServiceUnimplemented(log));
   server.addService(SegmentationServiceService, segmentationServiceUnimplemented(log));
 
   const port = await new Promise<number>((resolve, reject) =>

@@ -9,6 +9,10 @@ import { DataType as WireDataType } from "#proto/spatial_sam/v1/common.ts";
 import type { ListModelsResponse, RunModelRequest, RunModelResponse } from "#proto/spatial_sam/v1/model.ts";
 import type { StartSessionRequest, StartSessionResponse } from "#proto/spatial_sam/v1/segmentation.ts";
 import type { OpenVolumeRequest, OpenVolumeResponse } from "#proto/spatial_sam/v1/volume.ts";
+import type { ComputeSdfResponse } from "#proto/spatial_sam/v1/sdf.ts";
+import { makeDemoVolume } from "#src/demo_volume.ts";
+import { PrecomputedWriter } from "#server/volume/precomputed_writer.ts";
+import { FileStore } from "#server/volume/stores.ts";
 import { checkHealth } from "#server/grpc/health_client.ts";
 import { silentLogger } from "#server/log.ts";
 import { serve, type RunningServer } from "#server/serve.ts";
@@ -43,6 +47,7 @@ beforeAll(async () => {
     httpPort: -1,
     modelsDir: fixtures,
     roots: [dataDir],
+    cacheDir: join(dataDir, "cache"),
     workers: 1,
     intraOpThreads: 1,
     executionProvider: "cpu",
@@ -219,7 +224,39 @@ describe("errors map to status codes", () => {
     );
     expect(e.code).toBe(status.UNIMPLEMENTED);
     expect(e.details).toContain("StartSession");
-    const s = await grpcError(collect(clients.sdf.computeSdf({ volumeId: "v", box: undefined, scale: 0, model: "m" })));
-    expect(s.code).toBe(status.UNIMPLEMENTED);
+  });
+});
+
+describe("ComputeSdf", () => {
+  it("streams progress and ends with where the SDF lives; the result opens as a volume", async () => {
+    const shape: [number, number, number] = [12, 40, 40];
+    const store = await FileStore.open(join(dataDir, "em"), [dataDir]);
+    const writer = await PrecomputedWriter.create(store, {
+      type: "image",
+      dataType: "uint8",
+      numChannels: 1,
+      scales: [{ key: "s0", sizeXyz: [40, 40, 12], resolutionXyz: [8, 8, 8], voxelOffsetXyz: [0, 0, 0], chunkSizeXyz: [40, 40, 12], encoding: "raw" }],
+    });
+    await writer.writeChunk(0, [0, 0, 0], makeDemoVolume(shape, 5, 3).image);
+    const opened = await call<OpenVolumeRequest, OpenVolumeResponse>(clients.volumes, clients.volumes.openVolume, {
+      url: `precomputed://file://${join(dataDir, "em")}`,
+    });
+    const box = { offset: { z: 0, y: 0, x: 0 }, shape: { z: 12, y: 40, x: 40 } };
+    const progress = await collect<ComputeSdfResponse>(clients.sdf.computeSdf({ volumeId: opened.volume!.volumeId, box, scale: 0, model: "tiny_conv3d" }));
+    const last = progress.at(-1)!;
+    expect(last.done).toBe(true);
+    expect(last.blocksDone).toBe(last.blocksTotal);
+    expect(last.resultUrl).toMatch(/^precomputed:\/\/file:\/\//);
+    const sdf = await call<OpenVolumeRequest, OpenVolumeResponse>(clients.volumes, clients.volumes.openVolume, { url: last.resultUrl });
+    expect(sdf.volume!.dtype).toBe(WireDataType.DATA_TYPE_FLOAT32);
+    expect(sdf.volume!.scales[0]!.shape).toEqual(box.shape);
+    // A second request finds every block cached.
+    const again = await collect<ComputeSdfResponse>(clients.sdf.computeSdf({ volumeId: opened.volume!.volumeId, box, scale: 0, model: "tiny_conv3d" }));
+    expect(again.at(-1)!.blocksCached).toBe(last.blocksTotal);
+  });
+
+  it("NOT_FOUND for an unknown volume", async () => {
+    const e = await grpcError(collect(clients.sdf.computeSdf({ volumeId: "nope", box: undefined, scale: 0, model: "tiny_conv3d" })));
+    expect(e.code).toBe(status.NOT_FOUND);
   });
 });

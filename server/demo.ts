@@ -47,6 +47,14 @@ async function writeLayer(dir: string, type: "image" | "segmentation", data: Typ
       }
 }
 
+/** The demo's two layers as the bridge serves them (ids `demo-image`, `demo-labels`) and shows them by default. */
+export function demoBridgeVolumes(layers: { image: string; labels: string }) {
+  return [
+    { id: "demo-image", name: "image", url: `precomputed://file://${layers.image}` },
+    { id: "demo-labels", name: "mitochondria", url: `precomputed://file://${layers.labels}` },
+  ];
+}
+
 /** Writes the demo volume into `demoDir` unless a complete one is there; returns the layer folders. */
 export async function ensureDemoVolume(demoDir: string): Promise<{ image: string; labels: string }> {
   const root = resolve(demoDir);
@@ -72,13 +80,24 @@ export async function ensureDemoVolume(demoDir: string): Promise<{ image: string
 
 export async function runDemo(o: ServerCliOptions & { demoDir: string }): Promise<void> {
   const layers = await ensureDemoVolume(o.demoDir);
-  const running = await startFromCli(o, [resolve(o.demoDir)]);
+  if (o.httpPort >= 0) {
+    const { ensureViewerBuilt } = await import("#server/bridge/viewer_build.ts");
+    const viewer = await ensureViewerBuilt();
+    if (viewer.built) process.stderr.write(`viewer bundle built in ${(viewer.ms / 1000).toFixed(1)} s (neuroglancer-layer/dist)\n`);
+  }
+  const running = await startFromCli(o, [resolve(o.demoDir)], { volumes: demoBridgeVolumes(layers) });
   process.stdout.write(
     [
       "Spatial-SAM demo",
       `  image   precomputed://file://${layers.image}`,
       `  labels  precomputed://file://${layers.labels}`,
       `  gRPC    ${running.grpc.address}`,
+      ...(running.httpPort === undefined
+        ? []
+        : [
+            `  viewer  http://${o.host}:${running.httpPort}/`,
+            `  stock Neuroglancer: precomputed://http://${o.host}:${running.httpPort}/volumes/demo-image and .../volumes/demo-labels`,
+          ]),
       running.httpPort === undefined ? "" : `  HTTP    http://${o.host}:${running.httpPort}/healthz`,
       "Stop with Ctrl+C.",
       "",

@@ -1,0 +1,106 @@
+// The volumes the bridge serves, by id: each is opened once through openVolume (so the server's
+// root allowlist applies) and kept open with the precomputed info it is exposed as.
+
+import { createHash } from "node:crypto";
+import { VOLUME_ID_PATTERN } from "#src/bridge_api.ts";
+import { failedPrecondition, invalidArgument, notFound, resourceExhausted } from "#src/errors.ts";
+import type { PrecomputedInfo } from "#src/volume/precomputed_info.ts";
+import type { VolumeSource } from "#src/volume/types.ts";
+import { openVolume } from "#server/volume/open_volume.ts";
+import { exposedInfo } from "./precomputed_view.ts";
+
+export interface VolumeSpec {
+  url: string;
+  /** Default: derived from the URL, so registering the same URL twice gives the same id. */
+  id?: string;
+  /** Layer name in the default viewer state; default the id. */
+  name?: string;
+  /** Data that changes while served (live results) is sent with `Cache-Control: no-store`. */
+  mutable?: boolean;
+}
+
+export interface RegisteredVolume {
+  id: string;
+  url: string;
+  name: string;
+  mutable: boolean;
+  source: VolumeSource;
+  info: PrecomputedInfo;
+}
+
+export interface VolumeRegistryOptions {
+  roots: readonly string[];
+  /** Most volumes held open at once (default 256). */
+  maxVolumes?: number;
+}
+
+export class VolumeRegistry {
+  readonly #volumes = new Map<string, RegisteredVolume>();
+  readonly #pending = new Map<string, Promise<RegisteredVolume>>();
+  readonly #roots: readonly string[];
+  readonly #maxVolumes: number;
+
+  constructor(options: VolumeRegistryOptions) {
+    this.#roots = options.roots;
+    this.#maxVolumes = options.maxVolumes ?? 256;
+  }
+
+  static idFor(url: string): string {
+    return `v${createHash("sha256").update(url).digest("hex").slice(0, 12)}`;
+  }
+
+  /** Opens and registers `spec.url`; returns the existing entry when that id already names that URL. */
+  async register(spec: VolumeSpec): Promise<RegisteredVolume> {
+    if (typeof spec.url !== "string" || spec.url === "") throw invalidArgument("url", "expected a volume URL");
+    if (spec.id !== undefined && (typeof spec.id !== "string" || !VOLUME_ID_PATTERN.test(spec.id))) {
+      throw invalidArgument("id", `expected ${VOLUME_ID_PATTERN.source}, got ${JSON.stringify(spec.id)}`);
+    }
+    if (spec.name !== undefined && (typeof spec.name !== "string" || spec.name.length === 0 || spec.name.length > 200)) {
+      throw invalidArgument("name", "expected a non-empty string of at most 200 characters");
+    }
+    const id = spec.id ?? VolumeRegistry.idFor(spec.url);
+    const existing = this.#volumes.get(id) ?? (await this.#pending.get(id)?.catch(() => undefined));
+    if (existing !== undefined) {
+      if (existing.url !== spec.url) throw failedPrecondition(`id ${id} is already registered for another URL`, "id");
+      return existing;
+    }
+    if (this.#volumes.size + this.#pending.size >= this.#maxVolumes) {
+      throw resourceExhausted(`at most ${this.#maxVolumes} volumes can be registered`, "url");
+    }
+    const opening = (async () => {
+      const source = await openVolume(spec.url, { roots: this.#roots });
+      try {
+        const info = exposedInfo(source.metadata);
+        return { id, url: spec.url, name: spec.name ?? id, mutable: spec.mutable ?? false, source, info };
+      } catch (e) {
+        await source.close();
+        throw e;
+      }
+    })();
+    this.#pending.set(id, opening);
+    try {
+      const volume = await opening;
+      this.#volumes.set(id, volume);
+      return volume;
+    } finally {
+      this.#pending.delete(id);
+    }
+  }
+
+  /** NotFound naming `id` when no volume has that id. */
+  get(id: string): RegisteredVolume {
+    const v = this.#volumes.get(id);
+    if (v === undefined) throw notFound("id", `no volume ${JSON.stringify(id.slice(0, 100))} is registered`);
+    return v;
+  }
+
+  list(): RegisteredVolume[] {
+    return [...this.#volumes.values()];
+  }
+
+  async close(): Promise<void> {
+    const all = [...this.#volumes.values()];
+    this.#volumes.clear();
+    await Promise.all(all.map((v) => v.source.close()));
+  }
+}

@@ -1,0 +1,14 @@
+// The HTTP paths the bridge (server/bridge) serves and the viewer (neuroglancer-layer) requests,
+// kept in one place so both sides agree on volume ids and URLs.
+
+/** Volume ids the bridge hands out and accepts at registration (one URL path segment). */
+export const VOLUME_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
+
+/** Path (relative to the bridge's root) of a volume re-exposed as Neuroglancer precomputed. */
+export const volumePath = (id: string): string => `volumes/${id}`;
+
+/** Path of the default Neuroglancer state (JSON) for the bridge's start-up volumes. */
+export const VIEWER_STATE_PATH = "api/viewer/state";
+
+/** Path where volumes are registered (POST {url}) and listed (GET). */
+export const VOLUMES_API_PATH = "api/volumes";

@@ -6,6 +6,8 @@ import { SdfServiceService } from "#proto/spatial_sam/v1/sdf.ts";
 import { SegmentationServiceService } from "#proto/spatial_sam/v1/segmentation.ts";
 import { VolumeServiceService } from "#proto/spatial_sam/v1/volume.ts";
 import type { Logger } from "#server/log.ts";
+import type { ServerMetrics } from "#server/metrics.ts";
+import { authInterceptor, metricsInterceptor } from "#server/grpc/interceptors.ts";
 import { modelService, type ModelBackend } from "#server/grpc/model_service.ts";
 import { sdfServiceUnimplemented, segmentationServiceUnimplemented } from "#server/grpc/unimplemented.ts";
 import { sdfService } from "#server/grpc/sdf_service.ts";
@@ -25,6 +27,11 @@ export interface GrpcServerOptions {
   maxMessageBytes?: number;
   maxOpenVolumes?: number;
   maxRegionVoxels?: number;
+  /** sha256 hashes of the accepted bearer tokens; when set, every call but health needs one. */
+  tokenHashes?: Buffer[];
+  /** PEM certificate chain and private key: serve TLS instead of plaintext. */
+  tls?: { certChain: Buffer; privateKey: Buffer };
+  metrics?: ServerMetrics;
 }
 
 export interface RunningGrpcServer {
@@ -45,12 +52,17 @@ const SERVICE_NAMES = [
 
 export async function startGrpcServer(options: GrpcServerOptions): Promise<RunningGrpcServer> {
   const maxMessageBytes = options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
+  const log = options.log;
+  const interceptors = [
+    ...(options.metrics ? [metricsInterceptor(options.metrics)] : []),
+    ...(options.tokenHashes ? [authInterceptor(options.tokenHashes, log)] : []),
+  ];
   const server = new Server({
     "grpc.max_receive_message_length": maxMessageBytes,
     "grpc.max_send_message_length": maxMessageBytes,
     "grpc.keepalive_time_ms": 60_000,
+    interceptors,
   });
-  const log = options.log;
   const health = new HealthImplementation({ "": "NOT_SERVING" });
   health.addToServer(server);
   const volumes = new VolumeRegistry({
@@ -64,13 +76,16 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
   server.addService(SegmentationServiceService, segmentationServiceUnimplemented(log));
 
   const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(`${options.host}:${options.port}`, ServerCredentials.createInsecure(), (err, p) =>
+    server.bindAsync(
+      `${options.host}:${options.port}`,
+      options.tls ? ServerCredentials.createSsl(null, [{ cert_chain: options.tls.certChain, private_key: options.tls.privateKey }], false) : ServerCredentials.createInsecure(),
+      (err, p) =>
       err ? reject(err) : resolve(p),
     ),
   );
   for (const name of ["", ...SERVICE_NAMES]) health.setStatus(name, "SERVING");
   const address = `${options.host.includes(":") ? `[${options.host}]` : options.host}:${port}`;
-  log.info({ address, maxMessageBytes }, "gRPC server listening");
+  log.info({ address, maxMessageBytes, tls: options.tls !== undefined, auth: options.tokenHashes !== undefined }, "gRPC server listening");
 
   return {
     port,

@@ -112,11 +112,11 @@ def export_unet(
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = out / "model.onnx"
     export_onnx(model, onnx_path)
-    doc = manifest(model, name, sha256_file(onnx_path), mean, std, voxel_size_nm, patch_shape_zyx, training)
+    text = json.dumps(manifest(model, name, sha256_file(onnx_path), mean, std, voxel_size_nm, patch_shape_zyx, training), indent=2)
     tmp = out / f"model.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.write_text(text + "\n")
     os.replace(tmp, out / "model.json")
-    return doc
+    return json.loads(text)
 
 
 def onnx_parity(model: UNet, onnx_path: Path, image: np.ndarray) -> float:

@@ -196,10 +196,13 @@ def train_unet(
     progress: bool = True,
     _kill_at_step: int | None = None,
     on_validation: Callable[[int, float], None] | None = None,
+    init_weights: dict | None = None,
 ) -> dict:
     """Train (or resume, if ``out_dir/checkpoint.pt`` exists) and return a summary dict:
     {"step", "best_val_iou", "best_step", "stopped", "time_s", "mean", "std"}.
 
+    ``init_weights`` (a model state_dict) starts a fresh run from those weights (the dual-track
+    loop continues the previous round's U-Net); a run being resumed ignores it.
     ``_kill_at_step`` simulates a kill for tests: the loop returns right after that step without
     writing anything more, exactly like a process killed between checkpoints.
     """
@@ -212,7 +215,8 @@ def train_unet(
     check_input_shape(model.cfg, spatial)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ckpt_path, best_path, log_path = out / "checkpoint.pt", out / "best.pt", out / "log.jsonl"
-    slice_w = data.weight.sum(axis=(1, 2)) > 0
+    # Crops are drawn where the weight is: annotated slices (weight 1) more than pseudo-labels.
+    slice_w = data.weight.sum(axis=(1, 2), dtype=np.float64)
 
     state = {"step": 0, "best_val_iou": -1.0, "best_step": -1, "bad_vals": 0, "time_s": 0.0}
     rng = np.random.default_rng(cfg.seed)
@@ -228,6 +232,8 @@ def train_unet(
             keep = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= state["step"]]
             _atomic_write_text(log_path, "".join(ln + "\n" for ln in keep))
     else:
+        if init_weights is not None:
+            model.load_state_dict(init_weights)
         _atomic_write_text(out / "config.json", json.dumps(asdict(cfg), indent=1))
         if log_path.exists():
             log_path.unlink()

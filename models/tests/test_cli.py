@@ -1,0 +1,37 @@
+"""`python -m spatialsam`: help for every subcommand, argument parsing, errors as exit code 2."""
+
+import subprocess
+import sys
+
+import pytest
+
+from spatialsam.cli import build_parser, main, parse_box
+
+
+def test_help_in_a_real_process():
+    r = subprocess.run([sys.executable, "-m", "spatialsam", "adapt", "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "usage: python -m spatialsam adapt" in r.stdout
+
+
+@pytest.mark.parametrize("sub", ["train-unet", "export-unet", "eval", "adapt"])
+def test_help_of_every_subcommand(sub, capsys):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args([sub, "--help"])
+    assert e.value.code == 0
+    assert "usage: python -m spatialsam " + sub in capsys.readouterr().out
+
+
+def test_parse_box():
+    assert parse_box("0:32,:,10:20") == (slice(0, 32), slice(None), slice(10, 20))
+    assert parse_box(None) == (slice(None),) * 3
+    for bad in ("0:32,:", "a:b,:,:", "5,:,:"):
+        with pytest.raises(ValueError, match="box"):
+            parse_box(bad)
+
+
+def test_bad_arguments_give_a_clear_error(tmp_path, capsys):
+    assert main(["train-unet", "--config", "no_such_config", "--out", str(tmp_path)]) == 2
+    assert "config" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["adapt"])  # --out is required

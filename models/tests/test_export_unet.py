@@ -1,0 +1,73 @@
+"""ONNX export of the 3D U-Net: PyTorch vs onnxruntime parity on dynamic shapes, and the manifest."""
+
+import hashlib
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from spatialsam.export_unet import export_unet, onnx_parity
+from spatialsam.unet3d import UNetConfig, build_unet3d, context_zyx
+
+# The keys src/manifest.ts accepts (it rejects unknown ones).
+MANIFEST_KEYS = {"name", "version", "kind", "onnx", "sha256", "inputs", "outputs", "normalization",
+                 "context_zyx", "patch_shape_zyx", "voxel_size_nm", "training"}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = UNetConfig(channels=(4, 8, 16), pool=((1, 2, 2), (2, 2, 2)))
+    model = build_unet3d(cfg)
+    with torch.no_grad():  # non-trivial batch-norm statistics, as after training
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm3d):
+                m.running_mean.uniform_(-0.3, 0.3)
+                m.running_var.uniform_(0.5, 2.0)
+    out = tmp_path_factory.mktemp("sdf_unet3d_test")
+    doc = export_unet(model.eval(), out, "sdf_unet3d_test", 0.55, 0.12, (5.0, 5.0, 5.0), (16, 64, 64),
+                      {"data": "none (test)", "budget": "none", "seed": 0, "command": "pytest", "time_s": 0, "metrics": {}})
+    return model, out, doc
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 4, 8, 8), (1, 1, 6, 20, 12)])
+def test_parity_on_dynamic_shapes(exported, shape):
+    model, out, _ = exported
+    x = np.random.default_rng(1).normal(size=shape).astype(np.float32)
+    assert onnx_parity(model, out / "model.onnx", x) < 1e-4
+
+
+def test_graph_names_opset_and_dynamic_axes(exported):
+    _, out, _ = exported
+    g = onnx.load(out / "model.onnx")
+    assert max(o.version for o in g.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    assert [i.name for i in g.graph.input] == ["image"]
+    assert [o.name for o in g.graph.output] == ["sdf", "fg_logit"]
+    dims = g.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims[:2]] == [1, 1] and all(d.dim_param for d in dims[2:])
+    assert g.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+def test_manifest_fields(exported):
+    model, out, doc = exported
+    on_disk = json.loads((out / "model.json").read_text())
+    assert on_disk == doc
+    assert set(doc) == MANIFEST_KEYS
+    assert doc["kind"] == "sdf_unet3d" and doc["onnx"] == "model.onnx"
+    assert doc["sha256"] == hashlib.sha256((out / "model.onnx").read_bytes()).hexdigest()
+    assert doc["inputs"] == [{"name": "image", "dtype": "float32", "shape": [1, 1, -1, -1, -1], "axes": "NCZYX"}]
+    assert [o["name"] for o in doc["outputs"]] == ["sdf", "fg_logit"]
+    assert doc["context_zyx"] == list(context_zyx(model.cfg))
+    assert doc["normalization"] == {"mean": 0.55, "std": 0.12}
+    assert doc["training"]["size_multiple_zyx"] == [2, 4, 4]
+    for key in ("data", "budget", "seed", "command", "time_s", "metrics"):
+        assert key in doc["training"]
+
+
+def test_rejects_2d_model(tmp_path):
+    from spatialsam.unet2d import build_unet2d
+
+    with pytest.raises(ValueError, match="model"):
+        export_unet(build_unet2d(), tmp_path, "x", 0, 1, (5, 5, 5), (1, 64, 64), {})

@@ -118,6 +118,11 @@ export interface StartSessionRequest {
   model: string;
   /** The 3D U-Net whose SDF is the memory; empty picks the server's default. */
   sdfModel: string;
+  /**
+   * An open volume holding a precomputed SDF (float32, normalised, positive inside) on the same
+   * grid as volume_id's level `scale`; when set it is the memory and sdf_model is not used.
+   */
+  sdfVolumeId: string;
 }
 
 export interface StartSessionResponse {
@@ -224,7 +229,7 @@ export interface SegmentVolumeResponse {
 }
 
 function createBaseStartSessionRequest(): StartSessionRequest {
-  return { volumeId: "", box: undefined, scale: 0, model: "", sdfModel: "" };
+  return { volumeId: "", box: undefined, scale: 0, model: "", sdfModel: "", sdfVolumeId: "" };
 }
 
 export const StartSessionRequest: MessageFns<StartSessionRequest> = {
@@ -243,6 +248,9 @@ export const StartSessionRequest: MessageFns<StartSessionRequest> = {
     }
     if (message.sdfModel !== "") {
       writer.uint32(42).string(message.sdfModel);
+    }
+    if (message.sdfVolumeId !== "") {
+      writer.uint32(50).string(message.sdfVolumeId);
     }
     return writer;
   },
@@ -300,6 +308,14 @@ export const StartSessionRequest: MessageFns<StartSessionRequest> = {
             message.sdfModel = reader.string();
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.sdfVolumeId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -327,6 +343,11 @@ export const StartSessionRequest: MessageFns<StartSessionRequest> = {
         : isSet(object.sdf_model)
         ? globalThis.String(object.sdf_model)
         : "",
+      sdfVolumeId: isSet(object.sdfVolumeId)
+        ? globalThis.String(object.sdfVolumeId)
+        : isSet(object.sdf_volume_id)
+        ? globalThis.String(object.sdf_volume_id)
+        : "",
     };
   },
 
@@ -347,6 +368,9 @@ export const StartSessionRequest: MessageFns<StartSessionRequest> = {
     if (message.sdfModel !== "") {
       obj.sdfModel = message.sdfModel;
     }
+    if (message.sdfVolumeId !== "") {
+      obj.sdfVolumeId = message.sdfVolumeId;
+    }
     return obj;
   },
 
@@ -360,6 +384,7 @@ export const StartSessionRequest: MessageFns<StartSessionRequest> = {
     message.scale = object.scale ?? 0;
     message.model = object.model ?? "";
     message.sdfModel = object.sdfModel ?? "";
+    message.sdfVolumeId = object.sdfVolumeId ?? "";
     return message;
   },
 };

@@ -1,8 +1,9 @@
-// The `spatial-sam` command line: serve, info, demo (and eval, segment, sdf, adapt as their issues land).
+// The `spatial-sam` command line: serve, info, demo, eval (segment, sdf and adapt as their issues land).
 // Commands import their heavy modules (ONNX Runtime, format drivers) when they run, so --help is quick.
 import { Command, Option } from "commander";
 import { list, serverOptions, startFromCli, type ServerCliOptions } from "#server/cli_options.ts";
 import { isSpatialSamError } from "#src/errors.ts";
+import { registerEvalCommand } from "#server/eval/eval_command.ts";
 
 export function buildProgram(): Command {
   const program = new Command("spatial-sam")
@@ -53,6 +54,8 @@ export function buildProgram(): Command {
     const { runDemo } = await import("#server/demo.ts");
     await runDemo(o);
   });
+
+  registerEvalCommand(program);
 
   return program;
 }

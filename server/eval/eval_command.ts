@@ -7,7 +7,6 @@ import { InvalidArgumentError, Option } from "commander";
 import { isSpatialSamError, SpatialSamError } from "#src/errors.ts";
 import type { Vec3, VolumeSource } from "#src/volume/types.ts";
 import { ChunkCache } from "#server/volume/chunk_cache.ts";
-import { openVolume } from "#server/volume/open_volume.ts";
 import { evaluate } from "./evaluate.ts";
 import type { EvalResult } from "./evaluate.ts";
 import { writeEvalReport } from "./report.ts";
@@ -66,6 +65,8 @@ function parseBlock(value: string): Vec3 {
 /** Opens a volume, naming the argument in any error ("pred: NotFound ..."). */
 async function openNamed(name: string, url: string, roots: string[], cache: ChunkCache): Promise<VolumeSource> {
   try {
+    // Imported here, not at the top: the format drivers are heavy and `--help` should not wait for them.
+    const { openVolume } = await import("#server/volume/open_volume.ts");
     return await openVolume(url, { roots, cache });
   } catch (e) {
     if (isSpatialSamError(e)) throw new SpatialSamError(e._tag, e.message, { field: name, cause: e });

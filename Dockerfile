@@ -1,5 +1,6 @@
 # Spatial-SAM inference server: gRPC (models, volumes, SDF, segmentation) plus the HTTP bridge.
 # Configuration is through SPATIAL_SAM_* environment variables (see `spatial-sam serve --help`).
+# It binds 0.0.0.0, so it needs bearer tokens: mount a token file at /run/secrets/spatial_sam_tokens.
 
 # ---- build: install exact dependencies from the lock file, check types, prune dev dependencies
 FROM node:20-bookworm AS build
@@ -22,7 +23,8 @@ ENV NODE_ENV=production \
     SPATIAL_SAM_HTTP_PORT=8080 \
     SPATIAL_SAM_MODELS=/app/models \
     SPATIAL_SAM_ROOTS=/data \
-    SPATIAL_SAM_EXECUTION_PROVIDER=cpu
+    SPATIAL_SAM_EXECUTION_PROVIDER=cpu \
+    SPATIAL_SAM_TOKEN_FILE=/run/secrets/spatial_sam_tokens
 COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/package.json ./package.json
 COPY --from=build /app/proto/gen ./proto/gen

@@ -33,6 +33,9 @@ export function serverOptions(cmd: Command): Command {
         .env("SPATIAL_SAM_EXECUTION_PROVIDER"),
     )
     .addOption(new Option("--max-queue <n>", "queued requests per model before RESOURCE_EXHAUSTED").default(32).argParser(intIn(1, 100000)).env("SPATIAL_SAM_MAX_QUEUE"))
+    .addOption(new Option("--token-file <path>", "bearer tokens, one per line (required when --host is not loopback)").env("SPATIAL_SAM_TOKEN_FILE"))
+    .addOption(new Option("--tls-cert <pem>", "certificate chain: serve gRPC over TLS").env("SPATIAL_SAM_TLS_CERT"))
+    .addOption(new Option("--tls-key <pem>", "private key for --tls-cert").env("SPATIAL_SAM_TLS_KEY"))
     .addOption(new Option("--log-level <level>", "trace, debug, info, warn, error").default("info").env("SPATIAL_SAM_LOG_LEVEL"));
 }
 
@@ -48,6 +51,9 @@ export interface ServerCliOptions {
   executionProvider: "cpu" | "cuda";
   maxQueue: number;
   logLevel: string;
+  tokenFile?: string;
+  tlsCert?: string;
+  tlsKey?: string;
 }
 
 export async function startFromCli(o: ServerCliOptions, extraRoots: string[] = [], bridge?: ServeOptions["bridge"]) {
@@ -65,6 +71,9 @@ export async function startFromCli(o: ServerCliOptions, extraRoots: string[] = [
     executionProvider: o.executionProvider,
     maxQueuePerModel: o.maxQueue,
     log,
+    ...(o.tokenFile === undefined ? {} : { tokenFile: o.tokenFile }),
+    ...(o.tlsCert === undefined ? {} : { tlsCert: o.tlsCert }),
+    ...(o.tlsKey === undefined ? {} : { tlsKey: o.tlsKey }),
     ...(bridge === undefined ? {} : { bridge }),
   });
   const stop = async (signal: string) => {

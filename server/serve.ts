@@ -10,6 +10,9 @@ import { registryBackend } from "#server/grpc/model_backend.ts";
 import { ModelRegistry } from "#server/onnx/model_registry.ts";
 import { openVolume } from "#server/volume/open_volume.ts";
 import { SdfEngine } from "#server/engine/sdf_engine.ts";
+import { createMetrics } from "#server/metrics.ts";
+import { checkExposure, httpAuth, loadTls, loadTokenFile } from "#server/security.ts";
+import { defaultChunkCache } from "#server/volume/chunk_cache.ts";
 
 export interface ServeOptions {
   host: string;
@@ -29,6 +32,11 @@ export interface ServeOptions {
   log: Logger;
   /** The HTTP bridge's start-up volumes, CORS origins, limits (roots and log are the server's). */
   bridge?: Omit<BridgeOptions, "roots" | "log">;
+  /** A file of bearer tokens; required when `host` is not a loopback address. */
+  tokenFile?: string;
+  /** PEM files: serve gRPC over TLS. */
+  tlsCert?: string;
+  tlsKey?: string;
   /** Lets tests make an ONNX worker die mid-request (registry.armFaultForTest). Never set by the CLI. */
   allowTestFaults?: boolean;
 }
@@ -44,6 +52,9 @@ export interface RunningServer {
 
 export async function serve(options: ServeOptions): Promise<RunningServer> {
   const { log } = options;
+  const tokenHashes = options.tokenFile === undefined ? undefined : await loadTokenFile(options.tokenFile, log);
+  checkExposure(options.host, tokenHashes);
+  const tls = await loadTls(options.tlsCert, options.tlsKey);
   const cacheDir = resolve(options.cacheDir);
   await mkdir(cacheDir, { recursive: true });
   const roots = [...options.roots.map((r) => resolve(r)), cacheDir];
@@ -55,6 +66,7 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
     logger: log,
     allowTestFaults: options.allowTestFaults ?? false,
   });
+  const metrics = createMetrics({ models: registry, chunkCache: defaultChunkCache() });
   let grpc: RunningGrpcServer | undefined;
   let http: HttpServer | undefined;
   let bridge: Bridge | undefined;
@@ -66,6 +78,9 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
       sdf: new SdfEngine({ registry, cacheDir: join(cacheDir, "sdf"), log, concurrency: options.workers }),
       openVolume: (url, { signal: _signal }) => openVolume(url, { roots }),
       log,
+      metrics,
+      ...(tokenHashes === undefined ? {} : { tokenHashes }),
+      ...(tls === undefined ? {} : { tls }),
       ...(options.maxMessageBytes === undefined ? {} : { maxMessageBytes: options.maxMessageBytes }),
     });
     let httpPort: number | undefined;
@@ -74,6 +89,10 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
       app.disable("x-powered-by");
       app.get("/healthz", (_req, res) => {
         res.json({ status: "SERVING", grpc: grpc!.address });
+      });
+      if (tokenHashes !== undefined) app.use(httpAuth(tokenHashes, ["/healthz"]));
+      app.get("/metrics", async (_req, res) => {
+        res.set("Content-Type", metrics.registry.contentType).send(await metrics.registry.metrics());
       });
       app.get("/api/models", (_req, res) => {
         res.json(registryBackend(registry).describe().map((m) => ({ ...m, manifestJson: undefined })));

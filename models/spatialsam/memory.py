@@ -24,7 +24,6 @@ import torch
 from torch import nn
 
 from spatialsam.image_encoder import ConvBlock, norm2d
-from spatialsam.prompt_encoder import PositionEmbeddingRandom
 
 MASKED = -1.0e4  # attention-logit bias of an invalid (padding) key; exp() underflows to exactly 0
 

@@ -374,6 +374,21 @@ def _crop_window(center: tuple[float, float], extent: tuple[int, int], shape_yx:
     return out[0], out[1]
 
 
+def _seed_prompt(box: np.ndarray, x: float, y: float, shape_yx: tuple[int, int], crop: int, stride: int
+                 ) -> tuple[tuple[slice, slice], dict[str, object]]:
+    """Crop window centred on the box (x0, y0, x1, y1) and the prompt in window coordinates: the click
+    (x, y) and the box clipped to the window (dropped when it is degenerate)."""
+    ext = (int(box[3] - box[1]) + 1, int(box[2] - box[0]) + 1)
+    win = _crop_window(((box[1] + box[3]) / 2, (box[0] + box[2]) / 2), ext, shape_yx, crop, stride)
+    oy, ox = win[0].start, win[1].start
+    wy, wx = win[0].stop - oy - 1, win[1].stop - ox - 1
+    b = np.clip(box - np.array([ox, oy, ox, oy], np.float32), 0, [wx, wy, wx, wy])
+    prompt: dict[str, object] = {"points": [[min(max(x - ox, 0), wx), min(max(y - oy, 0), wy)]], "labels": [1]}
+    if b[2] > b[0] and b[3] > b[1]:
+        prompt["box"] = b.tolist()
+    return win, prompt
+
+
 def _propagate_object(pred: Predictor, image: np.ndarray, sdf: np.ndarray, z0: int, window: tuple[slice, slice],
                       prompt: dict[str, object], patience: int) -> dict[int, np.ndarray]:
     """Propagate one object from slice z0 both ways inside window, stopping a direction after
@@ -473,12 +488,8 @@ def evaluate_tracking(
         d = ndimage.distance_transform_edt(gt[z0])
         y, x = np.unravel_index(int(np.argmax(d)), d.shape)
         ys, xs = np.nonzero(gt[z0])
-        win = _crop_window((float(y), float(x)), (int(np.ptp(ys)) + 1, int(np.ptp(xs)) + 1), image.shape[1:], crop,
-                           model.stride)
-        oy, ox = win[0].start, win[1].start
-        prompt: dict[str, object] = {"points": [[x - ox, y - oy]], "labels": [1]}
-        if np.ptp(xs) > 0 and np.ptp(ys) > 0:
-            prompt["box"] = [xs.min() - ox, ys.min() - oy, xs.max() - ox, ys.max() - oy]
+        box = np.array([xs.min(), ys.min(), xs.max(), ys.max()], np.float32)
+        win, prompt = _seed_prompt(box, float(x), float(y), image.shape[1:], crop, model.stride)
         p = np.zeros(gt.shape, bool)
         for z, lg in _propagate_object(pred, image, sdf, z0, win, prompt, patience).items():
             p[z, win[0], win[1]] = lg > model.cfg.mask_threshold
@@ -540,13 +551,7 @@ def segment_volume(
     best = np.full(image.shape, np.float32(0.0))
     out = np.zeros(image.shape, np.uint64)
     for k, (z, x, y, box) in enumerate(sdf_seeds(sdf, min_voxels), start=1):
-        ext = (int(box[3] - box[1]) + 1, int(box[2] - box[0]) + 1)
-        win = _crop_window((y, x), ext, image.shape[1:], crop, model.stride)
-        oy, ox = win[0].start, win[1].start
-        prompt = {"points": [[x - ox, y - oy]], "labels": [1],
-                  "box": [box[0] - ox, box[1] - oy, box[2] - ox, box[3] - oy]}
-        if box[2] <= box[0] or box[3] <= box[1]:
-            del prompt["box"]
+        win, prompt = _seed_prompt(box, x, y, image.shape[1:], crop, model.stride)
         for zz, lg in _propagate_object(pred, image, sdf, z, win, prompt, patience).items():
             b = best[zz, win[0], win[1]]
             o = out[zz, win[0], win[1]]

@@ -57,24 +57,26 @@ def check_volume(a: np.ndarray, name: str, ndim: int = 3) -> np.ndarray:
     return a
 
 
-def load_stack(directory: Path) -> np.ndarray:
-    """Stack the ``*.png`` slices of ``directory`` (sorted by name = z ascending) as uint8 [Z, Y, X]."""
-    files = sorted(Path(directory).glob("*.png"))
+def load_stack(directory: Path, z: slice = slice(None)) -> np.ndarray:
+    """Stack the ``*.png`` slices of ``directory`` (sorted by name = z ascending; only the slices
+    ``z`` selects are decoded) as uint8 [Z, Y, X]."""
+    files = sorted(Path(directory).glob("*.png"))[z]
     if not files:
-        raise FileNotFoundError(f"{directory}: no PNG slices found")
+        raise FileNotFoundError(f"{directory}: no PNG slices found (z = {z})")
     return np.stack([np.asarray(Image.open(f).convert("L")) for f in files])
 
 
-def load_lucchi(split: str, root: Path | str | None = None) -> Volume:
-    """Load Lucchi++ ``split`` ("train" or "test") from ``<root>/lucchi_pp``; voxel size from meta.json."""
+def load_lucchi(split: str, root: Path | str | None = None, z: slice = slice(None)) -> Volume:
+    """Load Lucchi++ ``split`` ("train" or "test") from ``<root>/lucchi_pp`` (slices ``z`` only);
+    voxel size from meta.json."""
     if split not in ("train", "test"):
         raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
     base = Path(root) if root is not None else default_data_root()
     d = base / "lucchi_pp"
     meta = json.loads((d / "meta.json").read_text())
     vs = tuple(float(v) for v in meta["voxel_size_nm_zyx"])
-    image = load_stack(d / split / "image")
-    mask = load_stack(d / split / "label") > 0
+    image = load_stack(d / split / "image", z)
+    mask = load_stack(d / split / "label", z) > 0
     return Volume(image, mask, vs)  # type: ignore[arg-type]
 
 

@@ -133,12 +133,23 @@ def build_model(cfg: TrainConfig) -> UNet:
     return build_unet3d(cfg.unet) if cfg.model == "unet3d" else build_unet2d(cfg.unet or None)
 
 
+FAST_HALO_ZYX = (16, 32, 32)
+FAST_BLOCK_ZYX = (64, 384, 512)
+
+
 @torch.no_grad()
-def predict(model: UNet, image: np.ndarray, mean: float, std: float) -> tuple[np.ndarray, np.ndarray]:
-    """Whole-volume prediction with either kind of U-Net: (sdf, fg_logit), float32 [Z, Y, X]."""
+def predict(model: UNet, image: np.ndarray, mean: float, std: float, fast: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Whole-volume prediction with either kind of U-Net: (sdf, fg_logit), float32 [Z, Y, X].
+    ``fast`` (3D only): large blocks with the reduced halo FAST_HALO_ZYX instead of the full
+    context (see unet3d.predict_volume); used for validation and evaluation on this CPU."""
     x = normalise_image(image, mean, std)
     if model.cfg.spatial_dims == 3:
-        s, f = predict_volume(model, x)
+        if fast:
+            mult = model.cfg.size_multiple()
+            halo = tuple(-(-h // m) * m for h, m in zip(FAST_HALO_ZYX, mult))
+            s, f = predict_volume(model, x, FAST_BLOCK_ZYX, halo)
+        else:
+            s, f = predict_volume(model, x)
     else:
         s, f = predict_slices(model, x)
     return s.numpy(), f.numpy()

@@ -18,7 +18,7 @@ function run(args: string[]) {
 }
 
 describe("spatial-sam --help", () => {
-  it.each([[], ["serve"], ["info"], ["demo"]])("prints help for %j", (...cmd) => {
+  it.each([[], ["serve"], ["info"], ["demo"], ["eval"], ["sdf"]])("prints help for %j", (...cmd) => {
     const r = run([...cmd, "--help"]);
     expect(r.status).toBe(0);
     expect(r.stdout).toContain("Usage: spatial-sam");
@@ -106,6 +106,18 @@ describe("spatial-sam demo (the README's main job)", () => {
     expect(m.dtype).toBe("uint8");
     expect(m.scales[0]!.shapeZyx).toEqual(DEMO_SHAPE_ZYX);
     expect(m.scales[0]!.voxelSizeNm).toEqual([8, 8, 8]);
+  });
+
+  it("sdf computes a volume's SDF blockwise and prints where it lives; a rerun reuses it", () => {
+    const url = /image\s+(\S+)/.exec(out)![1]!;
+    const args = ["sdf", url, "--model", "tiny_conv3d", "--models", join(root, "test", "fixtures", "models"), "--cache-dir", join(demoDir, "results"), "--roots", demoDir, "--box", "0,0,0:32,64,64"];
+    const first = run(args);
+    expect(first.status, first.stderr).toBe(0);
+    const resultUrl = first.stdout.trim();
+    expect(resultUrl).toMatch(/^precomputed:\/\/file:\/\//);
+    expect(run(args).stdout.trim()).toBe(resultUrl);
+    const info = run(["info", resultUrl, "--roots", demoDir, "--json"]);
+    expect(JSON.parse(info.stdout).dtype).toBe("float32");
   });
 
   it("info refuses a path outside its roots with a clear message", () => {

@@ -295,23 +295,29 @@ def run_batch(model: Propagator, batch: Batch, tcfg: TrainConfig, rng: np.random
         out = model.decode(fz[j], batch.sdf[:, j], bank, coords, labels, mi, hm)
         logits = model.upsample(out.low_res_logits)
         gt, w = batch.gt[:, j], batch.weights[:, j]
+        # Slice weight: mean voxel weight of the crop. 0 = unlabelled slice (sparse annotations): no
+        # mask, IoU or presence target there, and memory comes from the prediction, not from "GT".
+        sw = w.flatten(1).mean(1)
+        labelled = (sw > 0).float()
         present = (gt.flatten(1).sum(1) > 0).float()
-        focal, dice = mask_losses(logits, gt, w, present)
+        focal, dice = mask_losses(logits, gt, w, present * labelled)
         pred = (logits > 0).float()
         inter = (pred * gt).flatten(1).sum(1)
         union = ((pred + gt) > 0).float().flatten(1).sum(1)
         iou_t = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
-        l_iou = (((out.iou[:, 0] - iou_t) ** 2) * present).sum() / present.sum().clamp_min(1.0)
-        l_pres = torch.nn.functional.binary_cross_entropy_with_logits(out.object_score[:, 0], present)
+        iw = present * sw
+        l_iou = (((out.iou[:, 0] - iou_t) ** 2) * iw).sum() / iw.sum().clamp_min(1e-6)
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(out.object_score[:, 0], present, reduction="none")
+        l_pres = (bce * sw).sum() / sw.sum().clamp_min(1e-6)
         loss = loss + tcfg.w_focal * focal + tcfg.w_dice * dice + tcfg.w_iou * l_iou + tcfg.w_presence * l_pres
         for k, v in (("focal", focal), ("dice", dice), ("iou", l_iou), ("presence", l_pres)):
             totals[k] += float(v.detach()) / t
         if j < t - 1:
+            absent = (out.object_score[:, 0] <= 0).reshape(-1, 1, 1, 1)
+            mm = ((logits > cfg.mask_threshold) & ~absent).float().detach()
             if rng.random() < tcfg.teacher_forcing:
-                mm = _corrupt(rng, gt) if tcfg.corrupt_mask else gt
-            else:
-                absent = (out.object_score[:, 0] <= 0).reshape(-1, 1, 1, 1)
-                mm = ((logits > cfg.mask_threshold) & ~absent).float().detach()
+                teach = _corrupt(rng, gt) if tcfg.corrupt_mask else gt
+                mm = torch.where(labelled.reshape(-1, 1, 1, 1) > 0, teach, mm)
             m_tok = model.encode_memory(fz[j].feat, batch.sdf[:, j], mm)
             entries.append((j, m_tok, out.obj_ptr))
     loss = loss / t

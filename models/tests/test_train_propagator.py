@@ -112,3 +112,21 @@ def test_bad_inputs_name_the_argument(volume):
         train_mask_track(model, image, sdf, np.zeros_like(labels), None, tcfg)
     with pytest.raises(ValueError, match="^image"):
         train_mask_track(model, image.astype(np.float32), sdf, labels, None, tcfg)
+
+
+def test_unlabelled_slices_give_no_targets(volume):
+    """Sparse annotations (weight 0 off the annotated slice): the absent "GT" there must not teach
+    the presence head that the object vanished."""
+    image, sdf, labels = volume
+    tcfg = TrainConfig(batch_size=2, crop=32, run_length=3, w_focal=0, w_dice=0, w_iou=0)
+    model = build_propagator("tiny")
+    w = np.zeros(image.shape, np.float32)
+    sparse = np.zeros_like(labels)
+    z = int(np.argmax((labels > 0).sum(axis=(1, 2))))
+    w[z], sparse[z] = 1.0, labels[z]
+    batch = sample_batch(np.random.default_rng(2), image, sdf, find_objects(sparse), w, tcfg, model)
+    assert batch.weights[:, 1:].sum() == 0
+    with torch.no_grad():
+        batch.weights[:, 0] = 0  # no labelled slice at all -> no presence loss
+        _, parts = run_batch(model, batch, tcfg, np.random.default_rng(0))
+    assert parts["presence"] == 0.0 and parts["loss"] == 0.0

@@ -70,7 +70,7 @@ def graph_specs(model: Propagator) -> dict[str, dict[str, list[tuple[str, list[A
     dec_in += [
         ("mem_tokens", ["N", dm, "h16", "w16"], "NCYX"), ("mem_dz", ["N"], "N"), ("mem_cond", ["N"], "N"),
         ("mem_valid", ["N"], "N"), ("obj_ptrs", ["P", d], "PC"), ("ptr_dz", ["P"], "P"),
-        ("ptr_valid", ["P"], "P"), ("point_coords", [1, "K", 2], "BKX"), ("point_labels", [1, "K"], "BK"),
+        ("ptr_valid", ["P"], "P"), ("point_coords", [1, "K", 2], "BKC"), ("point_labels", [1, "K"], "BK"),
         ("mask_input", [1, 1, "h4", "w4"], "BCYX"), ("has_mask_input", [1], "B"),
     ]
     return {

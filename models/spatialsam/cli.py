@@ -60,19 +60,45 @@ def cmd_train_unet(a: argparse.Namespace) -> int:
         val = ValData(v.image, v.mask)
     t0 = time.time()
     out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    # Provenance first, so a run stopped by a kill can still be exported (export-unet).
+    run = {
+        "annotated_slices": slices if slices is not None else "all",
+        "budget": a.budget,
+        "data": f"lucchi_pp/{a.split}" + (f"[{a.box}]" if a.box else ""),
+        "validation": f"lucchi_pp/{a.val_split}[{a.val_box or ':,:,:'}]" if a.val_split else None,
+        "voxel_size_nm": list(vol.voxel_size_nm),
+        "command": "python -m spatialsam " + " ".join(shlex.quote(x) for x in sys.argv[1:]),
+    }
+    _write_json(out / "run.json", run)
     summary = train_unet(data, cfg, out, val=val, progress=not a.no_progress)
-    summary.update(
-        annotated_slices=slices if slices is not None else "all",
-        budget=a.budget,
-        data=f"lucchi_pp/{a.split}" + (f"[{a.box}]" if a.box else ""),
-        validation=f"lucchi_pp/{a.val_split}[{a.val_box or ':,:,:'}]" if a.val_split else None,
-        voxel_size_nm=list(vol.voxel_size_nm),
-        command="python -m spatialsam " + " ".join(shlex.quote(x) for x in sys.argv[1:]),
-        wall_s_this_run=round(time.time() - t0, 1),
-    )
+    summary.update(run, wall_s_this_run=round(time.time() - t0, 1))
     _write_json(out / "summary.json", summary)
     print(json.dumps(summary))
     return 0
+
+
+def run_summary(run: Path) -> dict:
+    """summary.json of a finished train-unet run; for a run that was killed, the same fields from
+    run.json (provenance) and checkpoint.pt (step, early-stopping state, normalisation)."""
+    if (run / "summary.json").exists():
+        return json.loads((run / "summary.json").read_text())
+    import torch
+
+    if not (run / "run.json").exists() or not (run / "checkpoint.pt").exists():
+        raise FileNotFoundError(f"{run}: neither summary.json nor run.json + checkpoint.pt")
+    ck = torch.load(run / "checkpoint.pt", weights_only=False)
+    st = ck["state"]
+    return {
+        **json.loads((run / "run.json").read_text()),
+        "step": st["step"],
+        "best_val_iou": st["best_val_iou"] if st["best_step"] >= 0 else None,
+        "best_step": st["best_step"],
+        "stopped": "killed (exported from the last checkpoint)",
+        "time_s": round(st["time_s"], 1),
+        "mean": ck["norm"]["mean"],
+        "std": ck["norm"]["std"],
+    }
 
 
 def cmd_export_unet(a: argparse.Namespace) -> int:
@@ -81,7 +107,7 @@ def cmd_export_unet(a: argparse.Namespace) -> int:
 
     run = Path(a.run)
     model = load_unet(run / "best.pt")
-    summary = json.loads((run / "summary.json").read_text())
+    summary = run_summary(run)
     cfg = json.loads((run / "config.json").read_text())
     training = {
         "data": summary["data"],
@@ -129,7 +155,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
     run = Path(a.run)
     model = load_unet(run / "best.pt")
-    summary = json.loads((run / "summary.json").read_text())
+    summary = run_summary(run)
     v = _load(a.split, a.data_root, a.box)
     s, _ = predict(model, v.image, summary["mean"], summary["std"])
     print(json.dumps(evaluate(s > 0, v.mask)))

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -268,6 +270,12 @@ def train_unet(
         with open(log_path, "a") as f:
             f.write(json.dumps(rec) + "\n")
 
+    # SIGTERM ends the run cleanly after the current step (checkpoint, validation, summary), so a
+    # background run can be stopped at a deadline; SIGKILL still just resumes from the checkpoint.
+    term = {"requested": False}
+    old_handler = None
+    if threading.current_thread() is threading.main_thread():
+        old_handler = signal.signal(signal.SIGTERM, lambda *_: term.update(requested=True))
     t_start = time.monotonic() - state["time_s"]
     stopped = "max_steps"
     bar = tqdm(total=cfg.max_steps, initial=state["step"], disable=not progress, desc=f"train {cfg.model}", unit="step")
@@ -293,6 +301,8 @@ def train_unet(
         done = False
         if cfg.max_time_s is not None and state["time_s"] >= cfg.max_time_s:
             stopped, done = "max_time", True
+        if term["requested"]:
+            stopped, done = "sigterm", True
         # Validate on schedule, and once more at the end so best.pt always exists.
         if val is not None and (step % cfg.val_every == 0 or done or step == cfg.max_steps):
             s, _ = predict(model, val.image, data.mean, data.std)  # type: ignore[arg-type]
@@ -309,12 +319,16 @@ def train_unet(
                     stopped, done = "early_stopping", True
         if _kill_at_step is not None and step == _kill_at_step:
             bar.close()
+            if old_handler is not None:
+                signal.signal(signal.SIGTERM, old_handler)
             return {"step": step, "stopped": "killed"}
         if step % cfg.checkpoint_every == 0 or done or step == cfg.max_steps:
             save_checkpoint()
         if done:
             break
     bar.close()
+    if old_handler is not None:
+        signal.signal(signal.SIGTERM, old_handler)
     if val is None:
         _atomic_save({"model": model.state_dict(), "unet_config": model.cfg.to_dict(), "step": state["step"]}, best_path)
     return {

@@ -79,3 +79,18 @@ def test_bad_inputs(demo, tmp_path):
         train_unet(make_train_data(img, mask, (5, 5, 5)), _cfg(crop_zyx=(7, 32, 32)), tmp_path, progress=False)
     with pytest.raises(ValueError, match="model"):
         TrainConfig(model="unet4d")
+
+
+def test_sigterm_stops_cleanly_with_a_checkpoint(demo, tmp_path):
+    import os
+    import signal
+
+    img, mask = demo
+    data = make_train_data(img, mask, (5, 5, 5))
+    # The validation callback plays the deadline: SIGTERM arrives during step 2's validation, the
+    # run ends after the next step with a final validation and a checkpoint.
+    out = train_unet(data, _cfg(max_steps=50, val_every=2), tmp_path, val=ValData(img, mask), progress=False,
+                     on_validation=lambda step, iou: os.kill(os.getpid(), signal.SIGTERM))
+    assert out["stopped"] == "sigterm" and out["step"] == 3
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["state"]["step"] == 3
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

@@ -10,6 +10,7 @@ import { registryBackend } from "#server/grpc/model_backend.ts";
 import { ModelRegistry } from "#server/onnx/model_registry.ts";
 import { openVolume } from "#server/volume/open_volume.ts";
 import { SdfEngine } from "#server/engine/sdf_engine.ts";
+import { startPropagation, type PropagationServeOptions } from "#server/engine/propagation/wiring.ts";
 import { createMetrics } from "#server/metrics.ts";
 import { checkExposure, httpAuth, loadTls, loadTokenFile } from "#server/security.ts";
 import { defaultChunkCache } from "#server/volume/chunk_cache.ts";
@@ -37,6 +38,8 @@ export interface ServeOptions {
   /** PEM files: serve gRPC over TLS. */
   tlsCert?: string;
   tlsKey?: string;
+  /** Interactive propagation (SegmentationService); without it those RPCs answer UNIMPLEMENTED. */
+  propagation?: PropagationServeOptions;
   /** Lets tests make an ONNX worker die mid-request (registry.armFaultForTest). Never set by the CLI. */
   allowTestFaults?: boolean;
 }
@@ -58,24 +61,29 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
   const cacheDir = resolve(options.cacheDir);
   await mkdir(cacheDir, { recursive: true });
   const roots = [...options.roots.map((r) => resolve(r)), cacheDir];
-  const registry = await ModelRegistry.load(resolve(options.modelsDir), {
+  const registryOptions = {
     workers: options.workers,
     intraOpThreads: options.intraOpThreads,
     executionProvider: options.executionProvider,
     maxQueuePerModel: options.maxQueuePerModel,
     logger: log,
     allowTestFaults: options.allowTestFaults ?? false,
-  });
+  };
+  const registry = await ModelRegistry.load(resolve(options.modelsDir), registryOptions);
+  const sdf = new SdfEngine({ registry, cacheDir: join(cacheDir, "sdf"), log, concurrency: options.workers });
+  let propagation: Awaited<ReturnType<typeof startPropagation>> | undefined;
   const metrics = createMetrics({ models: registry, chunkCache: defaultChunkCache() });
   let grpc: RunningGrpcServer | undefined;
   let http: HttpServer | undefined;
   let bridge: Bridge | undefined;
   try {
+    if (options.propagation) propagation = await startPropagation(options.propagation, { registryOptions, registry, sdf, roots, log });
     grpc = await startGrpcServer({
       host: options.host,
       port: options.port,
       models: registryBackend(registry),
-      sdf: new SdfEngine({ registry, cacheDir: join(cacheDir, "sdf"), log, concurrency: options.workers }),
+      sdf,
+      ...(propagation ? { propagation } : {}),
       openVolume: (url, { signal: _signal }) => openVolume(url, { roots }),
       log,
       metrics,
@@ -119,12 +127,14 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
         await new Promise<void>((res) => (http ? http.close(() => res()) : res()));
         await bridge?.close();
         await running.close();
+        await propagation?.shutdown();
         await registry.close();
       },
     };
   } catch (e) {
     await bridge?.close();
     await grpc?.close();
+    await propagation?.shutdown();
     await registry.close();
     throw e;
   }

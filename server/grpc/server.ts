@@ -11,6 +11,8 @@ import { authInterceptor, metricsInterceptor } from "#server/grpc/interceptors.t
 import { modelService, type ModelBackend } from "#server/grpc/model_service.ts";
 import { sdfServiceUnimplemented, segmentationServiceUnimplemented } from "#server/grpc/unimplemented.ts";
 import { sdfService } from "#server/grpc/sdf_service.ts";
+import { segmentationService } from "#server/grpc/segmentation_service.ts";
+import type { PropagationEngine } from "#server/engine/propagation/engine.ts";
 import type { SdfEngine } from "#server/engine/sdf_engine.ts";
 import { VolumeRegistry, volumeService, type VolumeOpener } from "#server/grpc/volume_service.ts";
 
@@ -22,6 +24,8 @@ export interface GrpcServerOptions {
   openVolume: VolumeOpener;
   /** The blockwise SDF engine; without one, ComputeSdf answers UNIMPLEMENTED. */
   sdf?: SdfEngine;
+  /** Interactive propagation sessions; without it, SegmentationService answers UNIMPLEMENTED. */
+  propagation?: PropagationEngine;
   log: Logger;
   /** Largest message accepted or sent, in bytes. */
   maxMessageBytes?: number;
@@ -73,7 +77,10 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
   server.addService(ModelServiceService, modelService(options.models, log));
   server.addService(VolumeServiceService, volumeService(volumes, log));
   server.addService(SdfServiceService, options.sdf ? sdfService(volumes, options.sdf, log) : sdfServiceUnimplemented(log));
-  server.addService(SegmentationServiceService, segmentationServiceUnimplemented(log));
+  server.addService(
+    SegmentationServiceService,
+    options.propagation ? segmentationService({ volumes, engine: options.propagation, log }) : segmentationServiceUnimplemented(log),
+  );
 
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync(

@@ -220,6 +220,7 @@ describe("errors map to status codes", () => {
         scale: 0,
         model: "",
         sdfModel: "",
+        sdfVolumeId: "",
       }),
     );
     expect(e.code).toBe(status.UNIMPLEMENTED);

@@ -1,9 +1,10 @@
-// The `spatial-sam` command line: serve, info, demo, eval, sdf (segment and adapt as their issues land).
+// The `spatial-sam` command line: serve, info, demo, eval, report, sdf (segment and adapt as their issues land).
 // Commands import their heavy modules (ONNX Runtime, format drivers) when they run, so --help is quick.
 import { Command, Option } from "commander";
 import { list, serverOptions, startFromCli, type ServerCliOptions } from "#server/cli_options.ts";
 import { isSpatialSamError } from "#src/errors.ts";
 import { registerEvalCommand } from "#server/eval/eval_command.ts";
+import { registerReportCommand } from "#server/eval/report_command.ts";
 import { registerSdfCommand } from "#server/engine/sdf_command.ts";
 
 export function buildProgram(): Command {
@@ -57,6 +58,7 @@ export function buildProgram(): Command {
   });
 
   registerEvalCommand(program);
+  registerReportCommand(program);
   registerSdfCommand(program);
 
   return program;

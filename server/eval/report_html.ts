@@ -121,7 +121,11 @@ function overlaySection(d: ReportData): string {
  &mdash; ${d.urls.image === undefined ? "over black (no <code>--image</code> given)" : `blended at ${OVERLAY_ALPHA} over the EM image`}${d.urls.mask === undefined ? "" : "; voxels outside the mask are not coloured"}.</p>`;
   const figures = d.overlays.map((o) => {
     const iou = sliceIou(d.slices, o.z);
-    return `<figure data-z="${o.z}"><img src="data:image/png;base64,${o.png.toString("base64")}" width="${o.width}" height="${o.height}" alt="overlay of slice z=${o.z}">
+    // Small slices are shown enlarged by a whole factor (crisp voxels), large ones fit the page.
+    const zoom = o.width >= 256 ? Math.min(1, 560 / o.width) : Math.min(Math.floor(256 / o.width), Math.max(1, Math.floor(560 / o.width)));
+    const w = Math.round(o.width * zoom);
+    const h = Math.round(o.height * zoom);
+    return `<figure data-z="${o.z}"><img src="data:image/png;base64,${o.png.toString("base64")}" width="${w}" height="${h}" alt="overlay of slice z=${o.z}">
 <figcaption>z = ${o.z} &middot; IoU ${fmt(iou, 3)} &middot; ${esc(o.why)}</figcaption></figure>`;
   });
   return `${legend}<div class="overlays">${figures.join("\n")}</div>`;
@@ -148,12 +152,22 @@ td.note, p.note { color: #666; font-size: 0.9em; }
 .missing { color: #8a6d3b; background: #fcf8e3; padding: 6px 10px; }
 .plots { display: flex; flex-wrap: wrap; gap: 12px; }
 .overlays { display: flex; flex-wrap: wrap; gap: 12px; }
-figure { margin: 0; } figure img { max-width: 560px; height: auto; image-rendering: pixelated; border: 1px solid #ccc; }
+figure { margin: 0; } figure img { max-width: 100%; height: auto; image-rendering: pixelated; border: 1px solid #ccc; }
 figcaption { font-size: 0.9em; color: #444; }
 .swatch { display: inline-block; width: 12px; height: 12px; margin: 0 4px 0 10px; border: 1px solid #555; vertical-align: middle; }
 pre { background: #f6f6f6; padding: 8px; overflow-x: auto; white-space: pre-wrap; word-break: break-all; }
 dl { display: grid; grid-template-columns: max-content 1fr; gap: 2px 12px; } dt { color: #666; } dd { margin: 0; }
 `;
+
+/** About six whole-slice ticks at a round step (1, 2, 5, 10, 20, 50, ...). */
+function sliceTicks(Z: number): { value: number; label: string }[] {
+  const raw = Math.max(1, (Z - 1) / 6);
+  const p = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 5, 10].map((m) => m * p).find((s) => s >= raw)!;
+  const ticks = [];
+  for (let z = 0; z < Z; z += step) ticks.push({ value: z, label: String(z) });
+  return ticks;
+}
 
 export function renderReportHtml(d: ReportData): string {
   const r = d.result;
@@ -163,6 +177,7 @@ export function renderReportHtml(d: ReportData): string {
     xLabel: "z (slice)",
     yLabel: "IoU",
     series: [{ name: "IoU", points: Array.from({ length: Z }, (_, z): [number, number | null] => [z, sliceIou(d.slices, z)]) }],
+    xTicks: sliceTicks(Z),
     dots: Z <= 64,
   });
   const objectIous = r.objects.map((o) => o.iou);

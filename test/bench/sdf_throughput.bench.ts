@@ -1,0 +1,144 @@
+// Benchmark (not a test): SDF throughput of the ONNX path in Node against PyTorch eager running the
+// same weights on the same blocks with the same number of threads (issue 5, goal ONNX >= 1.5x).
+// The default U-Net config (unet3d_lucchi) is exported with seeded random weights (throughput does
+// not depend on them) by models/bench/sdf_torch_throughput.py, which also runs the PyTorch side in
+// its own process. Blocks are the engine's: read box = the manifest's patch_shape_zyx, write box =
+// patch minus 2 x context_zyx. Mvox/s counts output voxels of write boxes; GFLOP/s counts the
+// network's convolutions per read box (see count_flops in the Python script).
+//
+//   nice node --import tsx test/bench/sdf_throughput.bench.ts
+//   nice node --import tsx test/bench/sdf_throughput.bench.ts --threads 1,2 --reps 3 --volume-reps 2 --patch 128,160,160
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { performance } from "node:perf_hooks";
+import type { Vec3 } from "#src/volume/types.ts";
+import { SdfEngine } from "#server/engine/sdf_engine.ts";
+import { silentLogger } from "#server/log.ts";
+import { ModelRegistry } from "#server/onnx/model_registry.ts";
+import { openVolume } from "#server/volume/open_volume.ts";
+import { exportUnet, gitCommit, machine, median, peakGflops, PYTHON, ROOT, TORCH_SCRIPT, writeImageVolume } from "./sdf_bench_helpers.ts";
+
+function arg(name: string, fallback: string): string {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 ? process.argv[i + 1]! : fallback;
+}
+const THREADS = arg("threads", "1,2").split(",").map(Number);
+const REPS = Number(arg("reps", "3"));
+const VOLUME_REPS = Number(arg("volume-reps", "2"));
+const PATCH = arg("patch", "128,160,160").split(",").map(Number) as Vec3;
+const CONFIG = arg("config", "unet3d_lucchi");
+/** The generated volume, in write blocks (z, y, x): small, since one block is billions of FLOPs. */
+const BLOCKS: Vec3 = arg("blocks", "1,1,2").split(",").map(Number) as Vec3;
+
+interface Row {
+  path: string;
+  threads: number;
+  blockS: number;
+  volumeS?: number;
+}
+
+interface TorchResult {
+  threads: number;
+  torch: string;
+  block_median_s: number;
+  volume_median_s: number;
+}
+
+async function main() {
+  const dir = mkdtempSync(join(tmpdir(), "sdf-throughput-"));
+  try {
+    const unet = exportUnet(dir, PATCH, { config: CONFIG });
+    const write = unet.write_shape_zyx;
+    const shape = write.map((w, d) => w * BLOCKS[d]!) as Vec3;
+    const blockCount = BLOCKS[0] * BLOCKS[1] * BLOCKS[2];
+    // The volume as a precomputed volume for the engine and as one raw file for PyTorch.
+    const raw = new Uint8Array(shape[0] * shape[1] * shape[2]);
+    await writeImageVolume(join(dir, "image"), shape, write, (index, data) => {
+      for (let z = 0; z < write[0]; z++)
+        for (let y = 0; y < write[1]; y++) {
+          const at = ((index[0] * write[0] + z) * shape[1] + index[1] * write[1] + y) * shape[2] + index[2] * write[2];
+          raw.set(data.subarray((z * write[1] + y) * write[2], (z * write[1] + y + 1) * write[2]), at);
+        }
+    });
+    writeFileSync(join(dir, "volume.u8"), raw);
+    const blockInput = new Float32Array(readFileSync(join(dir, "block_input.f32")).buffer.slice(0));
+    const volume = await openVolume(`precomputed://file://${join(dir, "image")}`, { roots: [dir] });
+    const rows: Row[] = [];
+    let torchVersion = "?";
+    for (const threads of THREADS) {
+      const registry = await ModelRegistry.load(join(dir, "models"), { logger: silentLogger(), workers: 1, intraOpThreads: threads });
+      try {
+        const feeds = { image: { dtype: "float32" as const, dims: [1, 1, ...PATCH], data: blockInput } };
+        await registry.run(unet.name, feeds); // warm-up: session allocations, kernel selection
+        const blockS: number[] = [];
+        for (let r = 0; r < REPS; r++) {
+          const t = performance.now();
+          await registry.run(unet.name, { image: { ...feeds.image, data: blockInput.slice() } });
+          blockS.push((performance.now() - t) / 1000);
+        }
+        rows.push({ path: "ONNX registry.run (1 block)", threads, blockS: median(blockS) });
+        const volumeS: number[] = [];
+        for (let r = 0; r < VOLUME_REPS; r++) {
+          // A fresh cache folder each time, so every block is computed (and read, and written).
+          const engine = new SdfEngine({ registry, cacheDir: join(dir, `cache-${threads}-${r}`), log: silentLogger(), concurrency: 1 });
+          const t = performance.now();
+          const res = await engine.compute({ volume, volumeKey: "bench", box: { offsetZyx: [0, 0, 0], shapeZyx: shape }, scale: 0, model: unet.name });
+          volumeS.push((performance.now() - t) / 1000);
+          if (res.blocksDone !== blockCount) throw new Error(`engine computed ${res.blocksDone} blocks, expected ${blockCount}`);
+        }
+        rows.push({ path: "ONNX SdfEngine (volume)", threads, blockS: median(volumeS) / blockCount, volumeS: median(volumeS) });
+      } finally {
+        await registry.close();
+      }
+      const py = spawnSync(
+        PYTHON,
+        [TORCH_SCRIPT, "bench", "--dir", dir, "--threads", String(threads), "--volume", join(dir, "volume.u8"), "--shape", ...shape.map(String), "--reps", String(REPS), "--volume-reps", String(VOLUME_REPS)],
+        { cwd: ROOT, encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] },
+      );
+      if (py.status !== 0) throw new Error(`PyTorch side failed (exit ${py.status})`);
+      const t = JSON.parse(py.stdout.trim().split("\n").at(-1)!) as TorchResult;
+      torchVersion = t.torch;
+      rows.push({ path: "PyTorch eager (1 block)", threads, blockS: t.block_median_s });
+      rows.push({ path: "PyTorch predict_volume (volume)", threads, blockS: t.volume_median_s / blockCount, volumeS: t.volume_median_s });
+    }
+    await volume.close();
+
+    const m = machine();
+    const writeVox = write[0] * write[1] * write[2];
+    const readVox = PATCH[0] * PATCH[1] * PATCH[2];
+    const gflop = unet.flops_per_block.total / 1e9;
+    console.log(`SDF throughput benchmark, commit ${gitCommit()}, ${new Date().toISOString()}`);
+    console.log(`machine: ${m.cpu}, ${m.logicalCpus} logical CPUs at ${m.mhz.toFixed(0)} MHz, load average ${m.loadAverage.map((l) => l.toFixed(1)).join(" ")} (shared machine)`);
+    console.log(`versions: node ${m.node}, onnxruntime-node ${m.onnxruntimeNode}, torch ${torchVersion}`);
+    console.log(
+      `peak (ESTIMATE): ${m.flopsPerCycle} FP32 FLOP/cycle/core [${m.peakBasis}] x ${(m.mhz / 1000).toFixed(2)} GHz = ${peakGflops(m, 1).toFixed(0)} GFLOP/s per core`,
+    );
+    console.log(
+      `model: ${unet.config}, ${unet.params} parameters, seeded random weights; context ${unet.context_zyx.join("x")}, ` +
+        `read box ${PATCH.join("x")} (${(readVox / 1e6).toFixed(2)} Mvox), write box ${write.join("x")} (${(writeVox / 1e6).toFixed(3)} Mvox, ${((100 * writeVox) / readVox).toFixed(1)}% of the read box), ` +
+        `${gflop.toFixed(1)} GFLOP per block (convolutions)`,
+    );
+    console.log(`volume: ${shape.join("x")} uint8 = ${blockCount} blocks; medians of ${REPS} block runs (after a warm-up) and ${VOLUME_REPS} volume runs`);
+    console.log("");
+    console.log("| path | threads | s / block | Mvox/s (write) | Mvox/s (read) | GFLOP/s | % of peak (threads cores) | ONNX / PyTorch |");
+    console.log("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (const r of rows) {
+      const torchTwin = r.path.startsWith("ONNX")
+        ? rows.find((o) => o.threads === r.threads && o.path.startsWith("PyTorch") && o.path.endsWith(r.path.endsWith("(volume)") ? "(volume)" : "(1 block)"))
+        : undefined;
+      const gflops = gflop / r.blockS;
+      console.log(
+        `| ${r.path} | ${r.threads} | ${r.blockS.toFixed(2)} | ${(writeVox / 1e6 / r.blockS).toFixed(4)} | ${(readVox / 1e6 / r.blockS).toFixed(3)} | ${gflops.toFixed(1)} | ` +
+          `${((100 * gflops) / peakGflops(m, r.threads)).toFixed(1)}% | ${torchTwin === undefined ? "" : `${(torchTwin.blockS / r.blockS).toFixed(2)}x`} |`,
+      );
+    }
+    console.log("");
+    console.log("ONNX / PyTorch > 1 means ONNX is faster (goal >= 1.5x). Volume rows include reading the input chunks and (ONNX) writing the SDF chunks.");
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+await main();

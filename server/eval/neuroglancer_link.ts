@@ -58,6 +58,8 @@ export function neuroglancerLink(volumes: readonly LinkVolume[], o: LinkOptions)
     // Global coordinates in the volumes' voxels (Neuroglancer wants metres), centred on slice z.
     dimensions: { x: [vx * 1e-9, "m"], y: [vy * 1e-9, "m"], z: [vz * 1e-9, "m"] },
     position: [o.offsetZyx[2] + o.shapeZyx[2] / 2, o.offsetZyx[1] + o.shapeZyx[1] / 2, o.offsetZyx[0] + o.z + 0.5],
+    // Zoomed so a whole slice fits a panel of about 450 screen pixels (in the finest unit per pixel).
+    crossSectionScale: Math.max(o.shapeZyx[2] * vx, o.shapeZyx[1] * vy) / Math.min(vx, vy, vz) / 450,
     layers,
     layout: {
       type: "row",

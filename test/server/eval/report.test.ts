@@ -229,6 +229,9 @@ describe("spatial-sam report", () => {
       ],
     });
     expect(state.dimensions).toEqual({ x: [5e-9, "m"], y: [5e-9, "m"], z: [1e-8, "m"] });
+    // Opens at the worst slice (z 0 here), zoomed so the 32-voxel-wide slice fills a panel.
+    expect(state.position).toEqual([16, 12, 0.5]);
+    expect(state.crossSectionScale).toBeCloseTo(32 / 450, 12);
     // How to serve them: the registration the bridge's POST /api/volumes takes, one per volume.
     expect(html).toContain("spatial-sam serve --http-port 9123");
     expect(html).toContain(`curl -X POST http://127.0.0.1:9123/api/volumes`);

@@ -36,6 +36,12 @@ export function serverOptions(cmd: Command): Command {
     .addOption(new Option("--token-file <path>", "bearer tokens, one per line (required when --host is not loopback)").env("SPATIAL_SAM_TOKEN_FILE"))
     .addOption(new Option("--tls-cert <pem>", "certificate chain: serve gRPC over TLS").env("SPATIAL_SAM_TLS_CERT"))
     .addOption(new Option("--tls-key <pem>", "private key for --tls-cert").env("SPATIAL_SAM_TLS_KEY"))
+    .addOption(new Option("--propagator <dir>", "propagator folder (propagator.json): enables interactive segmentation").env("SPATIAL_SAM_PROPAGATOR"))
+    .addOption(new Option("--sdf-model <name>", "3D U-Net whose SDF is the propagator's memory by default").env("SPATIAL_SAM_SDF_MODEL"))
+    .addOption(new Option("--max-sessions <n>", "open segmentation sessions at most").default(64).argParser(intIn(1, 100000)).env("SPATIAL_SAM_MAX_SESSIONS"))
+    .addOption(
+      new Option("--session-idle-s <s>", "close a segmentation session idle this long").default(1800).argParser(intIn(1, 7 * 86400)).env("SPATIAL_SAM_SESSION_IDLE_S"),
+    )
     .addOption(new Option("--log-level <level>", "trace, debug, info, warn, error").default("info").env("SPATIAL_SAM_LOG_LEVEL"));
 }
 
@@ -54,6 +60,10 @@ export interface ServerCliOptions {
   tokenFile?: string;
   tlsCert?: string;
   tlsKey?: string;
+  propagator?: string;
+  sdfModel?: string;
+  maxSessions: number;
+  sessionIdleS: number;
 }
 
 export async function startFromCli(o: ServerCliOptions, extraRoots: string[] = [], bridge?: ServeOptions["bridge"]) {
@@ -75,6 +85,16 @@ export async function startFromCli(o: ServerCliOptions, extraRoots: string[] = [
     ...(o.tlsCert === undefined ? {} : { tlsCert: o.tlsCert }),
     ...(o.tlsKey === undefined ? {} : { tlsKey: o.tlsKey }),
     ...(bridge === undefined ? {} : { bridge }),
+    ...(o.propagator === undefined
+      ? {}
+      : {
+          propagation: {
+            dir: o.propagator,
+            maxSessions: o.maxSessions,
+            idleTimeoutMs: o.sessionIdleS * 1000,
+            ...(o.sdfModel === undefined ? {} : { defaultSdfModel: o.sdfModel }),
+          },
+        }),
   });
   const stop = async (signal: string) => {
     log.info({ signal }, "shutting down");

@@ -36,6 +36,7 @@ interface Measured {
   loadS: number;
   computeS: number;
   rssBeforeMiB: number;
+  rssImportedMiB: number;
   rssAfterLoadMiB: number;
   peakRssMiB: number;
   maxArrayBuffersMiB: number;
@@ -48,6 +49,7 @@ async function measure(dir: string, shape: Vec3): Promise<Measured> {
   const { ModelRegistry } = await import("#server/onnx/model_registry.ts");
   const { SdfEngine } = await import("#server/engine/sdf_engine.ts");
   const { openVolume } = await import("#server/volume/open_volume.ts");
+  const rssImported = process.memoryUsage().rss;
   const t0 = performance.now();
   const registry = await ModelRegistry.load(join(dir, "models"), { logger: silentLogger(), workers: 1, intraOpThreads: THREADS });
   const volume = await openVolume(`precomputed://file://${join(dir, "image")}`, { roots: [dir] });
@@ -72,6 +74,7 @@ async function measure(dir: string, shape: Vec3): Promise<Measured> {
     loadS: (t1 - t0) / 1000,
     computeS: (t2 - t1) / 1000,
     rssBeforeMiB: rssBefore / 2 ** 20,
+    rssImportedMiB: rssImported / 2 ** 20,
     rssAfterLoadMiB: rssAfterLoad / 2 ** 20,
     peakRssMiB: process.resourceUsage().maxRSS / 1024,
     maxArrayBuffersMiB: maxBuffers / 2 ** 20,
@@ -117,12 +120,12 @@ async function main() {
         `write block ${unet!.write_shape_zyx.join("x")}, read box ${patch.join("x")}; 1 ONNX worker x ${THREADS} intra-op thread(s), engine concurrency 1`,
     );
     console.log("each size: volume generated in one process, SDF computed in another (fresh cache on disk); time = engine.compute only\n");
-    console.log("| size | shape (z, y, x) | voxels | blocks | compute s | time ratio | voxel ratio | s / Mvox | load s | RSS before / after load / peak MiB | peak RSS ratio | max array buffers MiB |");
+    console.log("| size | shape (z, y, x) | voxels | blocks | compute s | time ratio | voxel ratio | s / Mvox | load s | RSS start / imports done / model + volume open / peak MiB | peak RSS ratio | max array buffers MiB |");
     console.log("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (const r of rows) {
       console.log(
         `| ${r.name} | ${r.shape.join(" x ")} | ${(vox(r.shape) / 1e6).toFixed(2)} M | ${r.blocks} | ${r.computeS.toFixed(2)} | ${(r.computeS / base.computeS).toFixed(1)} | ` +
-          `${vox(r.shape) / vox(base.shape)} | ${((r.computeS * 1e6) / vox(r.shape)).toFixed(2)} | ${r.loadS.toFixed(2)} | ${r.rssBeforeMiB.toFixed(0)} / ${r.rssAfterLoadMiB.toFixed(0)} / ${r.peakRssMiB.toFixed(0)} | ` +
+          `${vox(r.shape) / vox(base.shape)} | ${((r.computeS * 1e6) / vox(r.shape)).toFixed(2)} | ${r.loadS.toFixed(2)} | ${r.rssBeforeMiB.toFixed(0)} / ${r.rssImportedMiB.toFixed(0)} / ${r.rssAfterLoadMiB.toFixed(0)} / ${r.peakRssMiB.toFixed(0)} | ` +
           `${(r.peakRssMiB / base.peakRssMiB).toFixed(2)} | ${r.maxArrayBuffersMiB.toFixed(1)} |`,
       );
     }

@@ -8,11 +8,17 @@
 //
 //   nice node --import tsx test/bench/sdf_throughput.bench.ts
 //   nice node --import tsx test/bench/sdf_throughput.bench.ts --threads 1,2 --reps 3 --volume-reps 2 --patch 128,160,160
+//   ... --no-levers   # skip the second table: onnxruntime session options tried on one block
+//
+// The second table runs onnxruntime-node sessions directly (no worker) with the options the
+// server's worker uses (server/onnx/onnx_worker.ts) and with one option changed at a time: these
+// are the levers tried to reach the 1.5x goal.
 import { spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
+import { InferenceSession, Tensor } from "onnxruntime-node";
 import type { Vec3 } from "#src/volume/types.ts";
 import { SdfEngine } from "#server/engine/sdf_engine.ts";
 import { silentLogger } from "#server/log.ts";
@@ -31,6 +37,46 @@ const PATCH = arg("patch", "128,160,160").split(",").map(Number) as Vec3;
 const CONFIG = arg("config", "unet3d_lucchi");
 /** The generated volume, in write blocks (z, y, x): small, since one block is billions of FLOPs. */
 const BLOCKS: Vec3 = arg("blocks", "1,1,2").split(",").map(Number) as Vec3;
+const LEVERS = !process.argv.includes("--no-levers");
+
+/** The worker's session options (server/onnx/onnx_worker.ts), then one change at a time. */
+const SERVER_OPTIONS: InferenceSession.SessionOptions = {
+  executionProviders: ["cpu"],
+  interOpNumThreads: 1,
+  executionMode: "sequential",
+  graphOptimizationLevel: "all",
+};
+const LEVER_VARIANTS: [string, InferenceSession.SessionOptions][] = [
+  ["server options (optimisation all)", {}],
+  ["graphOptimizationLevel basic", { graphOptimizationLevel: "basic" }],
+  ["graphOptimizationLevel disabled", { graphOptimizationLevel: "disabled" }],
+  ["enableMemPattern false", { enableMemPattern: false }],
+  ["enableCpuMemArena false", { enableCpuMemArena: false }],
+  ["static shape (freeDimensionOverrides z, y, x)", { freeDimensionOverrides: { z: PATCH[0], y: PATCH[1], x: PATCH[2] } }],
+  ["intra-op spinning off", { extra: { session: { intra_op: { allow_spinning: "0" } } } }],
+];
+
+/** Median seconds of `reps` runs of one block (after a warm-up) for each option variant. */
+async function levers(onnxPath: string, input: Float32Array, threads: number, reps: number): Promise<[string, number][]> {
+  const out: [string, number][] = [];
+  for (const [name, change] of LEVER_VARIANTS) {
+    const session = await InferenceSession.create(onnxPath, { ...SERVER_OPTIONS, intraOpNumThreads: threads, ...change });
+    try {
+      const feeds = { image: new Tensor("float32", input, [1, 1, ...PATCH]) };
+      await session.run(feeds);
+      const times: number[] = [];
+      for (let r = 0; r < reps; r++) {
+        const t = performance.now();
+        await session.run(feeds);
+        times.push((performance.now() - t) / 1000);
+      }
+      out.push([name, median(times)]);
+    } finally {
+      await session.release();
+    }
+  }
+  return out;
+}
 
 interface Row {
   path: string;
@@ -104,6 +150,7 @@ async function main() {
       rows.push({ path: "PyTorch predict_volume (volume)", threads, blockS: t.volume_median_s / blockCount, volumeS: t.volume_median_s });
     }
     await volume.close();
+    const leverRows = LEVERS ? await levers(join(dir, "models", unet.name, "model.onnx"), blockInput, 1, REPS) : [];
 
     const m = machine();
     const writeVox = write[0] * write[1] * write[2];
@@ -136,6 +183,17 @@ async function main() {
     }
     console.log("");
     console.log("ONNX / PyTorch > 1 means ONNX is faster (goal >= 1.5x). Volume rows include reading the input chunks and (ONNX) writing the SDF chunks.");
+    if (leverRows.length > 0) {
+      const torch1 = rows.find((r) => r.threads === 1 && r.path === "PyTorch eager (1 block)");
+      console.log("\nonnxruntime session options tried (1 thread, one block, in this thread without a worker; one change from the server's options per row):\n");
+      console.log("| session options | s / block | GFLOP/s | vs server options | ONNX / PyTorch eager |");
+      console.log("| --- | ---: | ---: | ---: | ---: |");
+      for (const [name, s] of leverRows) {
+        console.log(
+          `| ${name} | ${s.toFixed(2)} | ${(gflop / s).toFixed(1)} | ${(leverRows[0]![1] / s).toFixed(2)}x | ${torch1 === undefined ? "" : `${(torch1.blockS / s).toFixed(2)}x`} |`,
+        );
+      }
+    }
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

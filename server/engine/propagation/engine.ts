@@ -26,6 +26,8 @@ export interface PropagationEngineOptions {
   idleTimeoutMs?: number;
   /** Bytes of state per session. Default 2 GiB. */
   maxSessionBytes?: number;
+  /** Largest slice (y * x voxels) a session box may have. Default 4096 * 4096. */
+  maxSliceVoxels?: number;
   /** Bytes of image embeddings kept across sessions. Default 1 GiB. */
   embeddingCacheBytes?: number;
 }
@@ -107,6 +109,10 @@ export class PropagationEngine {
       }
     }
     const { volume, box, scale } = req;
+    const maxSlice = this.options.maxSliceVoxels ?? 4096 * 4096;
+    if (box.shapeZyx[1] * box.shapeZyx[2] > maxSlice) {
+      throw invalidArgument("box.shape", `slices of ${box.shapeZyx[1]} x ${box.shapeZyx[2]} voxels are more than this server's limit of ${maxSlice}`);
+    }
     if (DATA_TYPES[volume.metadata.dtype].isBigInt) throw invalidArgument("volume_id", "a session needs image intensities, not a 64-bit label volume");
     let sdfVolume: Promise<VolumeSource> | undefined;
     const slices: SliceProvider = {

@@ -6,7 +6,7 @@
 // with its prompts per slice and two output maps, `cond` (prompted slices: always in the object's
 // memory, never overwritten by propagation) and `noncond` (propagated slices). An output keeps the
 // padded binary mask, the object pointer and, once a later slice needs it, its memory encoding.
-import { cancelled, failedPrecondition, invalidArgument, notFound, resourceExhausted, throwIfAborted } from "#src/errors.ts";
+import { cancelled, failedPrecondition, invalidArgument, notFound, resourceExhausted, SpatialSamError, throwIfAborted } from "#src/errors.ts";
 import type { Vec3 } from "#src/volume/types.ts";
 import type { TensorData } from "#server/onnx/model_registry.ts";
 import type { Embedding, EmbeddingCache } from "./embedding_cache.ts";
@@ -210,14 +210,23 @@ export class PropagationSession {
   private async features(z: number, signal?: AbortSignal): Promise<Embedding> {
     const p = this.options.propagator;
     const key = `${this.options.slices.imageKey}|${p.config.name}@${p.config.version}|${z}`;
-    return this.options.embeddings.get(key, async () => {
+    const compute = async () => {
       const raw = await this.options.slices.image(z, signal);
       const { normMean, normStd } = this.cfg;
       // Padding is 0 after normalisation (the mean intensity).
       const image = this.pad(raw, 0, (v) => (v - normMean) / normStd);
       const [hp, wp] = this.paddedHw;
       return p.registry.run(p.graphs.image_encoder, { image: f32([1, 1, hp, wp], image) }, signal === undefined ? {} : { signal });
-    });
+    };
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.options.embeddings.get(key, compute);
+      } catch (e) {
+        // We joined another session's computation and its client cancelled: compute it ourselves.
+        if (e instanceof SpatialSamError && e._tag === "Cancelled" && !signal?.aborted && attempt < 3) continue;
+        throw e;
+      }
+    }
   }
 
   private async sdfSlice(z: number, signal?: AbortSignal): Promise<Float32Array> {

@@ -87,6 +87,18 @@ describe("session table", () => {
   });
 });
 
+describe("limits", () => {
+  it("refuses a session box whose slices exceed the configured size, naming box.shape", async () => {
+    const propagator = await loadPropagator(join(golden, "model"), { logger: silentLogger(), workers: 1, intraOpThreads: 1 });
+    const small = new PropagationEngine({ propagator, log: silentLogger(), maxSliceVoxels: 32 * 32 });
+    try {
+      await expect(small.start(request())).rejects.toMatchObject({ _tag: "InvalidArgument", field: "box.shape" });
+    } finally {
+      await small.shutdown();
+    }
+  });
+});
+
 describe("EmbeddingCache", () => {
   const entry = (n: number) => ({ t: { dtype: "float32" as const, dims: [n], data: new Float32Array(n) } });
   it("keeps at most maxBytes, dropping the least recently used first", async () => {

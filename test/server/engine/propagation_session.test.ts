@@ -174,6 +174,27 @@ describe("session behaviour", () => {
     await expect(s.propagate().next()).rejects.toMatchObject({ _tag: "FailedPrecondition" });
   });
 
+  it("a session that joined another's embedding computation survives that client's cancel", async () => {
+    const embeddings = new EmbeddingCache(64 << 20);
+    let open!: () => void;
+    const gate = new Promise<void>((r) => (open = r));
+    let reads = 0;
+    const base = fixtureSlices();
+    const gated: SliceProvider = { ...base, image: async (z) => (reads++, await gate, base.image(z)) };
+    const a = new PropagationSession({ propagator, slices: gated, embeddings });
+    const b = new PropagationSession({ propagator, slices: gated, embeddings });
+    const controller = new AbortController();
+    const first = a.addPrompts(1n, 2, { points: [{ x: 20, y: 20, label: 1 }] }, controller.signal);
+    while (reads === 0) await new Promise((r) => setImmediate(r));
+    const second = b.addPrompts(1n, 2, { points: [{ x: 20, y: 20, label: 1 }] });
+    while (embeddings.stats().hits === 0) await new Promise((r) => setImmediate(r));
+    controller.abort();
+    open();
+    await expect(first).rejects.toMatchObject({ _tag: "Cancelled" });
+    expect((await second).map((m) => m.objectId)).toEqual([1n]);
+    expect(reads).toBe(2);
+  });
+
   it("a per-session memory bound refuses growth with ResourceExhausted", async () => {
     const s = new PropagationSession({ ...slices(), maxBytes: 64 * 64 * 3 });
     await s.addPrompts(1n, 3, { points: [{ x: 20, y: 20, label: 1 }] });

@@ -1,7 +1,7 @@
 // Interactive propagation over gRPC against a real server: click-to-mask latency (AddPrompts round
 // trip; cold = the slice's image embedding is computed in the call, warm = it is cached) and the
 // propagation rate (slices/s, one object) of a streamed Propagate.
-// Run: nice node --import tsx test/bench/propagation.bench.ts [propagator-dir] [fixture|lucchi] [crop-yx] [slices]
+// Run: nice node --import tsx test/bench/propagation.bench.ts [propagator-dir] [fixture|lucchi] [crop-yx] [slices] [workers]
 // Defaults: the golden fixture propagator on the golden 12x64x64 volume. "lucchi" reads a crop of
 // ../shared/data/lucchi_pp/test; its label stack stands in for the SDF (timing only, not quality).
 
@@ -31,6 +31,8 @@ const propagatorDir = resolve(process.argv[2] ?? join(root, "test", "fixtures", 
 const data = process.argv[3] ?? "fixture";
 const cropYx = Number(process.argv[4] ?? 256);
 const cropZ = Number(process.argv[5] ?? 32);
+const workers = Number(process.argv[6] ?? 1);
+const threads = Math.max(1, Math.floor(2 / workers));
 const CLICKS = 20;
 
 const dir = mkdtempSync(join(tmpdir(), "propagation-bench-"));
@@ -41,8 +43,8 @@ const server = await serve({
   modelsDir: join(root, "test", "fixtures", "models"),
   roots: [dir, resolve(root, "..", "shared", "data")],
   cacheDir: join(dir, "cache"),
-  workers: 1,
-  intraOpThreads: 2,
+  workers,
+  intraOpThreads: threads,
   executionProvider: "cpu",
   maxQueuePerModel: 16,
   log: silentLogger(),
@@ -120,7 +122,7 @@ for (let i = 0; i < CLICKS; i++) warm.push(await time(() => click(0, i, i % 4 ==
 
 const q = (a: number[], p: number) => [...a].sort((x, y) => x - y)[Math.min(a.length - 1, Math.floor(p * a.length))]!;
 const fmt = (v: number) => v.toFixed(1);
-console.log(`propagation bench: ${propagatorDir} on ${data} box zyx ${box.shape.z}x${box.shape.y}x${box.shape.x}, 1 worker x 2 threads, cpu`);
+console.log(`propagation bench: ${propagatorDir} on ${data} box zyx ${box.shape.z}x${box.shape.y}x${box.shape.x}, ${workers} worker(s) x ${threads} thread(s), cpu`);
 console.log("| measure | median | p95 | n |");
 console.log("| --- | --- | --- | --- |");
 console.log(`| click-to-mask, cold slice (ms) | ${fmt(q(cold, 0.5))} | ${fmt(q(cold, 0.95))} | ${cold.length} |`);

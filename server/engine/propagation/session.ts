@@ -493,11 +493,19 @@ export class PropagationSession {
           count++;
           throwIfAborted(signal);
           this.checkOpen();
-          for (const t of tracks) {
-            if (t.cond.has(z)) continue;
-            const out = await this.decode(z, this.bank(t, z, d, true), [0, 0], [LABEL_PAD], undefined, signal);
-            t.noncond.set(z, out);
+          // With more than one ONNX worker, the next slice's image is encoded while this one decodes,
+          // and the objects of a slice decode side by side (their banks are independent).
+          const parallel = this.options.propagator.registry.stats().ready > 1;
+          const next = z + d;
+          if (parallel && next >= 0 && next < nz && (options.maxSlices === undefined || count < options.maxSlices)) {
+            this.features(next, signal).catch(() => undefined);
           }
+          const todo = tracks.filter((t) => !t.cond.has(z));
+          const decodeOne = (t: ObjectTrack) => this.decode(z, this.bank(t, z, d, true), [0, 0], [LABEL_PAD], undefined, signal);
+          const outs: SliceOutput[] = [];
+          if (parallel) outs.push(...(await Promise.all(todo.map(decodeOne))));
+          else for (const t of todo) outs.push(await decodeOne(t));
+          todo.forEach((t, i) => t.noncond.set(z, outs[i]!));
           this.checkBudget();
           throwIfAborted(signal);
           yield { z, masks: tracks.map((t) => this.sliceMask(t, z)) };

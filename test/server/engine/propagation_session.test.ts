@@ -67,47 +67,61 @@ function iou(a: ArrayLike<number>, b: ArrayLike<number>): number {
   return union === 0 ? 1 : inter / union;
 }
 
+/** Replays session.json through a session of `p`, checking every mask against the golden .npy. */
+async function replayGolden(p: LoadedPropagator): Promise<void> {
+  const s = new PropagationSession({ propagator: p, slices: fixtureSlices(), embeddings: new EmbeddingCache(64 << 20) });
+  const [, y, x] = session.shape_zyx;
+  const n = y * x;
+  let compared = 0;
+  let nonEmpty = 0;
+  for (const op of session.ops) {
+    const golden = readNpy(join(dir, op.masks)).data as Uint8Array;
+    const check = (k: number, got: Uint8Array, where: string) => {
+      const want = golden.subarray(k * n, (k + 1) * n);
+      expect(iou(got, want), where).toBeGreaterThanOrEqual(session.tolerance.mask_iou_min);
+      compared++;
+      if (want.some((v) => v !== 0)) nonEmpty++;
+    };
+    if (op.op === "add_prompts") {
+      const masks = await s.addPrompts(BigInt(op.obj_id!), op.z!, {
+        points: (op.points ?? []).map(([px, py], i) => ({ x: px, y: py, label: op.labels![i] as 0 | 1 })),
+        ...(op.box ? { box: op.box } : {}),
+      });
+      expect(masks.map((m) => Number(m.objectId))).toEqual(op.mask_obj_ids);
+      masks.forEach((m, k) => check(k, m.mask, `${op.masks} object ${m.objectId}`));
+    } else {
+      const zs: number[] = [];
+      let i = 0;
+      for await (const { z, masks } of s.propagate({
+        direction: op.direction!,
+        ...(op.start_z === undefined ? {} : { startZ: op.start_z }),
+        ...(op.max_slices === undefined ? {} : { maxSlices: op.max_slices }),
+      })) {
+        zs.push(z);
+        expect(masks.map((m) => Number(m.objectId))).toEqual(op.mask_obj_ids);
+        masks.forEach((m, k) => check(i * op.mask_obj_ids.length + k, m.mask, `${op.masks} z=${z} object ${m.objectId}`));
+        i++;
+      }
+      expect(zs).toEqual(op.z_order);
+    }
+  }
+  expect(compared).toBe(2 + (9 + 9 + 8) * 2);
+  // The fixture is only a test if the model finds the objects on most slices.
+  expect(nonEmpty).toBeGreaterThan(compared / 2);
+}
+
 describe("golden session replay", () => {
   it("reproduces every add_prompts and propagate mask of the Python predictor (IoU >= 0.999 per slice)", async () => {
-    const s = new PropagationSession({ propagator, slices: fixtureSlices(), embeddings: new EmbeddingCache(64 << 20) });
-    const [, y, x] = session.shape_zyx;
-    const n = y * x;
-    let compared = 0;
-    let nonEmpty = 0;
-    for (const op of session.ops) {
-      const golden = readNpy(join(dir, op.masks)).data as Uint8Array;
-      const check = (k: number, got: Uint8Array, where: string) => {
-        const want = golden.subarray(k * n, (k + 1) * n);
-        expect(iou(got, want), where).toBeGreaterThanOrEqual(session.tolerance.mask_iou_min);
-        compared++;
-        if (want.some((v) => v !== 0)) nonEmpty++;
-      };
-      if (op.op === "add_prompts") {
-        const masks = await s.addPrompts(BigInt(op.obj_id!), op.z!, {
-          points: (op.points ?? []).map(([px, py], i) => ({ x: px, y: py, label: op.labels![i] as 0 | 1 })),
-          ...(op.box ? { box: op.box } : {}),
-        });
-        expect(masks.map((m) => Number(m.objectId))).toEqual(op.mask_obj_ids);
-        masks.forEach((m, k) => check(k, m.mask, `${op.masks} object ${m.objectId}`));
-      } else {
-        const zs: number[] = [];
-        let i = 0;
-        for await (const { z, masks } of s.propagate({
-          direction: op.direction!,
-          ...(op.start_z === undefined ? {} : { startZ: op.start_z }),
-          ...(op.max_slices === undefined ? {} : { maxSlices: op.max_slices }),
-        })) {
-          zs.push(z);
-          expect(masks.map((m) => Number(m.objectId))).toEqual(op.mask_obj_ids);
-          masks.forEach((m, k) => check(i * op.mask_obj_ids.length + k, m.mask, `${op.masks} z=${z} object ${m.objectId}`));
-          i++;
-        }
-        expect(zs).toEqual(op.z_order);
-      }
+    await replayGolden(propagator);
+  });
+
+  it("does so too with two workers (next slice encoded ahead, objects decoded side by side)", async () => {
+    const two = await loadPropagator(join(dir, "model"), { logger: silentLogger(), workers: 2, intraOpThreads: 1 });
+    try {
+      await replayGolden(two);
+    } finally {
+      await two.close();
     }
-    expect(compared).toBe(2 + (9 + 9 + 8) * 2);
-    // The fixture is only a test if the model finds the objects on most slices.
-    expect(nonEmpty).toBeGreaterThan(compared / 2);
   });
 
   it("each graph's step outputs equal the recorded PyTorch outputs within 1e-4", async () => {

@@ -63,6 +63,18 @@ export function overlayRgba(gt: TypedArray, pred: TypedArray, options: { mask?: 
   return rgba;
 }
 
+/** Every `stride`-th pixel of every `stride`-th row (nearest neighbour: class colours stay exact). */
+export function subsampleRgba(rgba: Uint8Array, width: number, height: number, stride: number): { rgba: Uint8Array; width: number; height: number } {
+  if (stride === 1) return { rgba, width, height };
+  const w = Math.ceil(width / stride);
+  const h = Math.ceil(height / stride);
+  const out = new Uint8Array(w * h * 4);
+  const words = new Uint32Array(rgba.buffer, rgba.byteOffset, width * height);
+  const outWords = new Uint32Array(out.buffer);
+  for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) outWords[y * w + x] = words[y * stride * width + x * stride]!;
+  return { rgba: out, width: w, height: h };
+}
+
 export function encodePng(rgba: Uint8Array, width: number, height: number): Buffer {
   const png = new PNG({ width, height });
   png.data = Buffer.from(rgba.buffer, rgba.byteOffset, rgba.byteLength);
@@ -78,7 +90,11 @@ export interface OverlaySources {
 }
 
 /** Reads slice z (relative to the volume's first slice) of every source and renders its overlay PNG. */
-export async function renderOverlay(sources: OverlaySources, z: number, options: { scale?: number; signal?: AbortSignal } = {}): Promise<{ png: Buffer; width: number; height: number }> {
+export async function renderOverlay(
+  sources: OverlaySources,
+  z: number,
+  options: { scale?: number; signal?: AbortSignal; /** Longest side in pixels; larger slices are subsampled by a whole stride (default 1024). */ maxSidePx?: number } = {},
+): Promise<{ png: Buffer; width: number; height: number; stride: number }> {
   const scale = options.scale ?? 0;
   const shape = sources.gt.metadata.scales[scale]!.shapeZyx;
   const read = (v: VolumeSource | undefined) => {
@@ -91,7 +107,9 @@ export async function renderOverlay(sources: OverlaySources, z: number, options:
   const [gt, pred, mask, image] = await Promise.all([read(sources.gt), read(sources.pred), read(sources.mask), read(sources.image)]);
   const grey = image === undefined ? undefined : greyLevels(image, sources.image!.metadata.dtype === "uint8");
   const rgba = overlayRgba(gt!, pred!, { ...(mask === undefined ? {} : { mask }), ...(grey === undefined ? {} : { grey }) });
-  return { png: encodePng(rgba, shape[2], shape[1]), width: shape[2], height: shape[1] };
+  const stride = Math.max(1, Math.ceil(Math.max(shape[1], shape[2]) / (options.maxSidePx ?? 1024)));
+  const small = subsampleRgba(rgba, shape[2], shape[1], stride);
+  return { png: encodePng(small.rgba, small.width, small.height), width: small.width, height: small.height, stride };
 }
 
 /** The image must cover the labels voxel for voxel: same shape at the scale, same voxel size. */

@@ -18,6 +18,7 @@ export interface ReportCommandOptions {
   out: string;
   budgetResults?: string[];
   slices: number;
+  overlayMaxPx: number;
   bridge: string;
   connectivity: 6 | 26;
   root: string[];
@@ -48,6 +49,12 @@ function parseConnectivity(value: string): 6 | 26 {
 function parsePositiveInt(value: string): number {
   const n = Number(value);
   if (!Number.isInteger(n) || n < 1 || n > 64) throw new InvalidArgumentError("expected an integer in [1, 64]");
+  return n;
+}
+
+function parseSidePx(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 16) throw new InvalidArgumentError("expected an integer >= 16");
   return n;
 }
 
@@ -113,7 +120,7 @@ export async function runReport(opts: ReportCommandOptions, io: EvalCommandIo, s
       const rendered = await overlay.renderOverlay(
         { pred, gt, ...(mask === undefined ? {} : { mask }), ...(image === undefined ? {} : { image }) },
         p.z,
-        signal === undefined ? {} : { signal },
+        { maxSidePx: opts.overlayMaxPx, ...(signal === undefined ? {} : { signal }) },
       );
       overlays.push({ ...p, ...rendered });
     }
@@ -161,9 +168,10 @@ export function registerReportCommand(program: Command, io: EvalCommandIo = defa
     .requiredOption("--out <dir>", "folder for report.html, metrics.json, per_object.csv")
     .option("--budget-results <json...>", "results of runs at several annotation budgets (e.g. the models benchmark's results.json)")
     .option("--slices <n>", "overlay slices: worst, median and best IoU, then evenly spaced", parsePositiveInt, 6)
+    .option("--overlay-max-px <n>", "longest overlay side; larger slices are subsampled", parseSidePx, 1024)
     .option("--bridge <url>", "the spatial-sam serve HTTP address the Neuroglancer link points at", parseHttpUrl, "http://127.0.0.1:8080/")
     .option("--connectivity <n>", "connected-component neighbourhood: 6 or 26", parseConnectivity, 6)
-    .option("--cache-mib <n>", "decoded-chunk cache for this run", parseCacheMib, 128)
+    .option("--cache-mib <n>", "decoded-chunk cache for this run", parseCacheMib, 64)
     // As for eval: a local command reads with the user's own permissions.
     .option("--root <dir...>", "folders local volumes may be read from", ["/"])
     .action(async (opts: ReportCommandOptions) => {

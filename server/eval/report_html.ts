@@ -19,6 +19,8 @@ export interface ReportOverlay {
   png: Buffer;
   width: number;
   height: number;
+  /** The PNG shows every stride-th voxel along y and x (1 = full resolution). */
+  stride: number;
 }
 
 export interface ReportData {
@@ -126,7 +128,7 @@ function overlaySection(d: ReportData): string {
     const w = Math.round(o.width * zoom);
     const h = Math.round(o.height * zoom);
     return `<figure data-z="${o.z}"><img src="data:image/png;base64,${o.png.toString("base64")}" width="${w}" height="${h}" alt="overlay of slice z=${o.z}">
-<figcaption>z = ${o.z} &middot; IoU ${fmt(iou, 3)} &middot; ${esc(o.why)}</figcaption></figure>`;
+<figcaption>z = ${o.z} &middot; IoU ${fmt(iou, 3)} &middot; ${esc(o.why)}${o.stride > 1 ? ` &middot; at 1/${o.stride} resolution` : ""}</figcaption></figure>`;
   });
   return `${legend}<div class="overlays">${figures.join("\n")}</div>`;
 }

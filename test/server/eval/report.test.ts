@@ -184,6 +184,21 @@ describe("spatial-sam report", () => {
     expect(pixel(png, 0, 30)).toEqual([0, 0, 0]);
   });
 
+  it("subsamples overlays of slices larger than --overlay-max-px by a whole stride", async () => {
+    const out = join(dir, "out_small");
+    const r = await cli("--pred", fx.url.pred, "--gt", fx.url.gt, "--out", out, "--overlay-max-px", "16", "--slices", "1");
+    expect(r.failures).toEqual([]);
+    const html = readFileSync(join(out, "report.html"), "utf8");
+    const [z, png] = [...overlays(html)][0]!;
+    expect([png.width, png.height]).toEqual([16, 12]);
+    expect(html).toContain("at 1/2 resolution");
+    for (let y = 0; y < 12; y++)
+      for (let x = 0; x < 16; x++) {
+        const i = index(z, 2 * y, 2 * x);
+        expect(pixel(png, y, x)).toEqual(fx.gt[i] ? (fx.pred[i] ? CYAN : MAGENTA) : fx.pred[i] ? YELLOW : [0, 0, 0]);
+      }
+  });
+
   it("plots metric against annotation budget from results files", async () => {
     const results = join(dir, "results.json");
     const rows = ["1/64", "1/16", "1/4"].flatMap((budget, i) => [

@@ -57,6 +57,7 @@ beforeAll(async () => {
       out: join(dir, "report"),
       budgetResults: [results],
       slices: 6,
+      overlayMaxPx: 1024,
       bridge: "http://127.0.0.1:8080/",
       connectivity: 6,
       root: [dir],

@@ -71,7 +71,7 @@ describe("the report's Neuroglancer link", () => {
     const quiet = { write: () => true } as unknown as NodeJS.WritableStream;
     const out = join(dir, "report");
     await runReport(
-      { pred: fx.url.pred, gt: fx.url.gt, image: fx.url.image, out, slices: 3, bridge: `${base}/`, connectivity: 6, root: [dir], cacheMib: 16 },
+      { pred: fx.url.pred, gt: fx.url.gt, image: fx.url.image, out, slices: 3, overlayMaxPx: 1024, bridge: `${base}/`, connectivity: 6, root: [dir], cacheMib: 16 },
       { stdout: quiet, stderr: quiet, fail: () => undefined },
     );
     const html = readFileSync(join(out, "report.html"), "utf8");

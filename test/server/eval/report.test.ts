@@ -15,6 +15,7 @@ import { evaluate } from "#server/eval/evaluate.ts";
 import type { EvalResult } from "#server/eval/evaluate.ts";
 import { OVERLAY_ALPHA } from "#server/eval/overlay.ts";
 import { registerReportCommand } from "#server/eval/report_command.ts";
+import { parseBudget, readBudgetResults } from "#server/eval/budget_results.ts";
 import { pickSlices } from "#server/eval/slice_stats.ts";
 import { histogramCounts } from "#server/eval/svg_plots.ts";
 import { openVolume } from "#server/volume/open_volume.ts";
@@ -271,6 +272,30 @@ describe("spatial-sam report", () => {
 });
 
 describe("report helpers", () => {
+  it("reads budgets as fractions and eval metrics.json files with a budget added", async () => {
+    expect([parseBudget("1/64"), parseBudget("0.25"), parseBudget(1), parseBudget("2"), parseBudget("a/b"), parseBudget(0)]).toEqual([1 / 64, 0.25, 1, undefined, undefined, undefined]);
+    const evalFile = join(dir, "eval_quarter.json");
+    const result = await evaluateDirect();
+    writeFileSync(evalFile, JSON.stringify({ ...result, budget: "1/4" }));
+    const [p] = await readBudgetResults([evalFile]);
+    expect(p).toEqual({
+      series: "eval_quarter.json",
+      budget: 0.25,
+      budgetLabel: "1/4",
+      file: evalFile,
+      metrics: { iou: result.semantic.iou, dice: result.semantic.dice, ap: result.instance.ap.all.ap, ap50: result.instance.ap.all.ap50, ap75: result.instance.ap.all.ap75 },
+    });
+    const noBudget = join(dir, "no_budget.json");
+    writeFileSync(noBudget, JSON.stringify({ rows: [{ name: "x", fg_iou: 0.5 }] }));
+    await expect(readBudgetResults([evalFile, noBudget])).rejects.toMatchObject({
+      _tag: "DataCorruption",
+      field: "budgetResults[1]",
+      message: expect.stringContaining("row 0 has no budget in (0, 1]"),
+    });
+    writeFileSync(noBudget, "{not json");
+    await expect(readBudgetResults([noBudget])).rejects.toMatchObject({ _tag: "DataCorruption", message: expect.stringContaining("not JSON") });
+  });
+
   it("bins the per-object histogram with the last bin closed", () => {
     expect(histogramCounts([0, 0.05, 0.5, 0.99, 1, 1.5, -0.1], 4, [0, 1])).toEqual([2, 0, 1, 2]);
   });

@@ -70,6 +70,10 @@ export function lineChart(o: LineChartOptions): string {
     x0 -= 1;
     x1 += 1;
   }
+  // A margin of 4% each side keeps points at the ends off the frame.
+  const pad = (x1 - x0) * 0.04;
+  x0 -= pad;
+  x1 += pad;
   const [lo, hi] = o.yRange ?? [0, 1];
   const { body: yBody, y } = yAxis(lo, hi, 5, (v) => v.toFixed(1));
   const x = (v: number) => M.left + ((tx(v) - x0) / (x1 - x0)) * PW;
@@ -108,12 +112,14 @@ export function lineChart(o: LineChartOptions): string {
       }
     }
   });
+  const legendWidth = 30 + 6 * Math.max(0, ...o.series.map((s) => s.name.length));
   const legend =
     o.series.length < 2
       ? ""
-      : o.series
+      : `<rect x="${M.left + 4}" y="${M.top + 2}" width="${Math.min(PW - 8, legendWidth)}" height="${o.series.length * 14 + 4}" fill="#fff" fill-opacity="0.8"/>` +
+        o.series
           .map((s, i) => {
-            const ly = M.top + 8 + i * 14;
+            const ly = M.top + 12 + i * 14;
             return `<rect x="${M.left + 8}" y="${ly - 8}" width="10" height="10" fill="${PALETTE[i % PALETTE.length]!}"/><text x="${M.left + 22}" y="${ly + 1}">${escapeXml(s.name)}</text>`;
           })
           .join("\n");
@@ -143,9 +149,13 @@ export function histogramCounts(values: readonly number[], bins: number, [lo, hi
 
 export function histogram(o: HistogramOptions): string {
   const counts = histogramCounts(o.values, o.bins, o.range);
-  const top = Math.max(1, ...counts);
-  const ticks = Math.min(top, 5);
-  const { body: yBody, y } = yAxis(0, top, ticks, (v) => String(Math.round(v)));
+  // Whole-number ticks at a round step (1, 2, 5, 10, ...), the axis ending on one.
+  const most = Math.max(1, ...counts);
+  const raw = most / 5;
+  const p = 10 ** Math.floor(Math.log10(Math.max(1, raw)));
+  const step = [1, 2, 5, 10].map((m) => m * p).find((s) => s >= raw)!;
+  const top = Math.ceil(most / step) * step;
+  const { body: yBody, y } = yAxis(0, top, top / step, (v) => String(Math.round(v)));
   const [lo, hi] = o.range;
   const x = (v: number) => M.left + ((v - lo) / (hi - lo)) * PW;
   const bw = PW / o.bins;

@@ -174,7 +174,7 @@ export interface AddPromptsResponse {
 
 export interface PropagateRequest {
   sessionId: string;
-  /** Start slice; unset starts from the earliest prompted slice. */
+  /** Start slice; unset starts from the lowest prompted slice (forward, both) or the highest (backward). */
   startZ?: number | undefined;
   direction: Direction;
   /** Stop after this many slices in each direction; 0 means to the session box's edge. */

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from .data import check_slices, check_volume
 from .metrics import foreground_iou
 from .sdf import sdf_target
-from .train_unet import TrainConfig, make_train_data, predict, train_unet
+from .train_unet import TrainConfig, TrainData, make_train_data, predict, train_unet
 from .unet3d import UNet, UNetConfig
 
 
@@ -185,8 +185,6 @@ def run_dualtrack(
         else:
             prev = np.load(out / f"round_{r - 1}" / "pseudo.npz")
             target = sdf_target(prev["mask"], voxel_size_nm, cfg.truncation_nm)
-            from .train_unet import TrainData
-
             data = TrainData(image, target, prev["weight"], mean, std)
             init = torch.load(out / f"round_{r - 1}" / "unet" / "best.pt", weights_only=False)["model"]
         u = train_unet(data, cfg.unet_train_config(r), rdir / "unet", progress=progress, init_weights=init)

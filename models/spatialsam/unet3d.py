@@ -10,7 +10,7 @@ near block borders, blockwise inference must read each block with a halo of
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn

@@ -62,6 +62,8 @@ export interface SliceMask {
   iou: number;
   /** Presence logit (> 0: the object is on this slice). */
   objectScore: number;
+  /** Mask logits, float32 C order [Y, X], only with SessionOptions.keepLogits (automatic mode ranks objects by them). */
+  logits?: Float32Array;
 }
 
 export interface SessionOptions {
@@ -70,6 +72,8 @@ export interface SessionOptions {
   embeddings: EmbeddingCache;
   /** Bytes of per-session state (outputs, memory, SDF slices) before ResourceExhausted. */
   maxBytes?: number;
+  /** Keep each output's mask logits and return them with its SliceMask. */
+  keepLogits?: boolean;
 }
 
 interface SliceOutput {
@@ -78,6 +82,8 @@ interface SliceOutput {
   iou: number;
   objectScore: number;
   objPtr: Float32Array;
+  /** Padded mask logits [Hp, Wp], kept only with SessionOptions.keepLogits. */
+  logits?: Float32Array;
   /** Memory encoder output [Dm, Hp/s, Wp/s], encoded when a later slice first needs it. */
   memory?: Float32Array;
 }
@@ -333,7 +339,9 @@ export class PropagationSession {
     const mask = new Uint8Array(logits.length);
     const t = this.cfg.maskThreshold;
     for (let i = 0; i < logits.length; i++) mask[i] = logits[i]! > t ? 1 : 0;
-    return { mask, iou: tensor(res, "iou")[0]!, objectScore: tensor(res, "object_score")[0]!, objPtr: tensor(res, "obj_ptr").slice() };
+    const out: SliceOutput = { mask, iou: tensor(res, "iou")[0]!, objectScore: tensor(res, "object_score")[0]!, objPtr: tensor(res, "obj_ptr").slice() };
+    if (this.options.keepLogits) out.logits = logits.slice();
+    return out;
   }
 
   private sliceMask(track: ObjectTrack, z: number): SliceMask {
@@ -344,7 +352,14 @@ export class PropagationSession {
       const wp = this.paddedHw[1];
       for (let r = 0; r < y; r++) mask.set(out.mask.subarray(r * wp, r * wp + x), r * x);
     }
-    return { objectId: track.id, z, mask, iou: out?.iou ?? 0, objectScore: out?.objectScore ?? this.cfg.noObjectLogit };
+    const res: SliceMask = { objectId: track.id, z, mask, iou: out?.iou ?? 0, objectScore: out?.objectScore ?? this.cfg.noObjectLogit };
+    if (out?.logits !== undefined) {
+      const wp = this.paddedHw[1];
+      const logits = new Float32Array(y * x);
+      for (let r = 0; r < y; r++) logits.set(out.logits.subarray(r * wp, r * wp + x), r * x);
+      res.logits = logits;
+    }
+    return res;
   }
 
   private checkBudget(): void {

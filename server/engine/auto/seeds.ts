@@ -1,0 +1,139 @@
+// Seeds for automatic segmentation, computed block by block: the 3D connected components of
+// SDF > 0 (6-connectivity, joined across block faces by union-find, so ids are global), one seed
+// per component of at least `minVoxels` voxels, exactly as models/spatialsam/predictor.py's sdf_seeds.
+import { DATA_TYPES } from "#src/dtype.ts";
+import { invalidArgument, throwIfAborted } from "#src/errors.ts";
+import { BlockGrid } from "#src/blocks.ts";
+import { BlockwiseComponents } from "#src/metrics/components.ts";
+import { BlockRuns } from "#src/metrics/runs.ts";
+import type { Box3, Vec3, VolumeSource } from "#src/volume/types.ts";
+
+/** One seed, in box-local voxels. */
+export interface Seed {
+  /** Slice of the component's largest cross-section (first on ties). */
+  z: number;
+  /** Deepest point there: argmax of the SDF inside the cross-section, first in C order on ties. */
+  x: number;
+  y: number;
+  /** Cross-section bounding box [x0, y0, x1, y1], corners included. */
+  box: [number, number, number, number];
+  /** Voxels of the component and its slice range [z0, z1]. */
+  voxels: number;
+  zRange: [number, number];
+}
+
+interface SliceStat {
+  area: number;
+  x0: number;
+  y0: number;
+  x1: number;
+  y1: number;
+  best: number;
+  /** C-order index y * X + x of the best voxel, for ties. */
+  bestAt: number;
+}
+
+function mergeStat(into: SliceStat | undefined, s: SliceStat): SliceStat {
+  if (into === undefined) return { ...s };
+  into.area += s.area;
+  into.x0 = Math.min(into.x0, s.x0);
+  into.y0 = Math.min(into.y0, s.y0);
+  into.x1 = Math.max(into.x1, s.x1);
+  into.y1 = Math.max(into.y1, s.y1);
+  if (s.best > into.best || (s.best === into.best && s.bestAt < into.bestAt)) {
+    into.best = s.best;
+    into.bestAt = s.bestAt;
+  }
+  return into;
+}
+
+export interface SeedOptions {
+  /** The SDF (positive inside), read at `scale` over `box` (volume coordinates). */
+  sdf: VolumeSource;
+  scale: number;
+  box: Box3;
+  blockShapeZyx: Vec3;
+  minVoxels: number;
+  signal?: AbortSignal;
+  onBlock?: (done: number, total: number) => void;
+}
+
+/** Seeds ordered as scipy.ndimage.label numbers components: by the C-order index of their first voxel. */
+export async function findSeeds(o: SeedOptions): Promise<Seed[]> {
+  if (DATA_TYPES[o.sdf.metadata.dtype].isBigInt) throw invalidArgument("sdf", "an SDF must be a float volume");
+  const X = o.box.shapeZyx[2];
+  const grid = new BlockGrid(o.box, o.blockShapeZyx, [0, 0, 0]);
+  const blocks = [...grid.blocksIntersecting(o.box)];
+  const cc = new BlockwiseComponents(o.box.shapeZyx, o.blockShapeZyx, 6);
+  const runs = new BlockRuns();
+  const scratch = { parent: new Int32Array(1024) };
+  // Per provisional component: voxel count and per-slice statistics (keyed by box-local z).
+  const voxels = new Map<number, number>();
+  const slices = new Map<number, Map<number, SliceStat>>();
+  let done = 0;
+  for (const block of blocks) {
+    throwIfAborted(o.signal);
+    const wb = block.writeBox;
+    const data = (await o.sdf.read(wb, o.scale, o.signal ? { signal: o.signal } : {})) as ArrayLike<number>;
+    const [nz, ny, nx] = wb.shapeZyx;
+    const fg = new Uint32Array(nz * ny * nx);
+    for (let i = 0; i < fg.length; i++) fg[i] = data[i]! > 0 ? 1 : 0;
+    runs.extract(fg, wb.shapeZyx);
+    runs.labelComponents(6, scratch);
+    const origin = [0, 1, 2].map((d) => wb.offsetZyx[d]! - o.box.offsetZyx[d]!) as Vec3;
+    cc.addBlock(runs, origin);
+    for (let r = 0; r < nz * ny; r++) {
+      const lz = Math.floor(r / ny);
+      const ly = r % ny;
+      const z = origin[0] + lz;
+      const y = origin[1] + ly;
+      for (let i = runs.rowStart[r]!, e = runs.rowStart[r + 1]!; i < e; i++) {
+        const p = cc.runProv[i]!;
+        if (p === 0) continue;
+        const s = runs.start[i]!;
+        const t = runs.end[i]!;
+        let best = -Infinity;
+        let bestX = s;
+        const row = (lz * ny + ly) * nx;
+        for (let x = s; x < t; x++) {
+          const v = data[row + x]!;
+          if (v > best) {
+            best = v;
+            bestX = x;
+          }
+        }
+        const stat: SliceStat = { area: t - s, x0: origin[2] + s, x1: origin[2] + t - 1, y0: y, y1: y, best, bestAt: y * X + origin[2] + bestX };
+        voxels.set(p, (voxels.get(p) ?? 0) + t - s);
+        let m = slices.get(p);
+        if (m === undefined) slices.set(p, (m = new Map()));
+        m.set(z, mergeStat(m.get(z), stat));
+      }
+    }
+    o.onBlock?.(++done, blocks.length);
+  }
+  const resolved = cc.resolve("connected-components");
+  const instVoxels = new Array<number>(resolved.count + 1).fill(0);
+  const instSlices = Array.from({ length: resolved.count + 1 }, () => new Map<number, SliceStat>());
+  for (const [p, n] of voxels) {
+    const i = resolved.instanceOfProv[p]!;
+    instVoxels[i]! += n;
+    for (const [z, s] of slices.get(p)!) instSlices[i]!.set(z, mergeStat(instSlices[i]!.get(z), s));
+  }
+  const seeds: Seed[] = [];
+  for (let i = 1; i <= resolved.count; i++) {
+    if (instVoxels[i]! < o.minVoxels) continue;
+    const zs = [...instSlices[i]!.keys()].sort((a, b) => a - b);
+    let z = zs[0]!;
+    for (const zz of zs) if (instSlices[i]!.get(zz)!.area > instSlices[i]!.get(z)!.area) z = zz;
+    const s = instSlices[i]!.get(z)!;
+    seeds.push({
+      z,
+      x: s.bestAt % X,
+      y: Math.floor(s.bestAt / X),
+      box: [s.x0, s.y0, s.x1, s.y1],
+      voxels: instVoxels[i]!,
+      zRange: [zs[0]!, zs[zs.length - 1]!],
+    });
+  }
+  return seeds;
+}

@@ -1,5 +1,6 @@
 // Opens where an automatic segmentation is written, from its URL: precomputed://<store> (uint64
-// compressed_segmentation), zarr:// or zarr3:// (OME-Zarr v3), zarr2:// (OME-Zarr v2).
+// compressed_segmentation), zarr:// or zarr3:// (OME-Zarr v3), zarr2:// (OME-Zarr v2). The result
+// URL is one openVolume reads (zarr:// for either Zarr version).
 import { mkdir } from "node:fs/promises";
 import { invalidArgument, isSpatialSamError } from "#src/errors.ts";
 import type { Store } from "#src/volume/types.ts";
@@ -9,7 +10,7 @@ import type { OutputFormat } from "./segment.ts";
 
 const FORMATS: Record<string, OutputFormat> = { precomputed: "precomputed", zarr: "zarr3", zarr3: "zarr3", zarr2: "zarr2" };
 
-/** The writable store and format of `url`; errors name `field`. Local folders are created. */
+/** The writable store, format and readable result URL of `url`; errors name `field`. Local folders are created. */
 export async function openOutput(url: string, roots: readonly string[], field: string): Promise<{ store: Store; format: OutputFormat; url: string }> {
   let parsed: ReturnType<typeof parseVolumeUrl>;
   try {
@@ -30,5 +31,5 @@ export async function openOutput(url: string, roots: readonly string[], field: s
     throw e;
   }
   if (store.put === undefined) throw invalidArgument(field, `${parsed.storeUrl} is read-only`);
-  return { store, format, url };
+  return { store, format, url: format === "precomputed" ? url : `zarr://${parsed.storeUrl}` };
 }

@@ -2,7 +2,7 @@
 // reference segment_volume (the fixture's propagator rebuilt from its seeded generator and checked
 // against the ONNX graphs), one id per object across block borders, output read back by our reader
 // and by tensorstore, resuming after an abort, and bad input.
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -218,4 +218,39 @@ describe("automatic segmentation", () => {
     // Another run's output is not silently overwritten.
     await expect(run(firstUrl, { minVoxels: 10 })).rejects.toMatchObject({ _tag: "FailedPrecondition", field: "out" });
   });
+});
+
+describe("spatial-sam segment", () => {
+  const cli = (...args: string[]) =>
+    spawnSync(process.execPath, ["--import", "tsx", join(REPO_ROOT, "server", "cli.ts"), "segment", ...args], { cwd: REPO_ROOT, encoding: "utf8", timeout: 120_000 });
+  const image = () => `precomputed://file://${join(dir, "image")}`;
+
+  it("segments with a given SDF volume, prints the output URL, and matches the engine's labels", async () => {
+    const out = `precomputed://file://${join(dir, "cli_seg")}`;
+    const r = cli(image(), "--out", out, "--propagator", join(golden, "model"), "--sdf-volume", `precomputed://file://${join(dir, "sdf")}`, "--block-shape", "4,16,16", "--roots", dir, "--threads", "1");
+    expect(r.stderr).toContain("2 objects");
+    expect(r.status).toBe(0);
+    expect(r.stdout.trim()).toBe(out);
+    const a = await readLabels(out);
+    const b = await readLabels(`precomputed://file://${join(dir, "seg")}`);
+    expect(Buffer.from(a.buffer).equals(Buffer.from(b.buffer))).toBe(true);
+  }, 120_000);
+
+  it("computes the SDF with a model (blockwise SdfEngine) and writes a uint64 volume", async () => {
+    const out = `zarr2://file://${join(dir, "cli_model.zarr")}`;
+    const r = cli(image(), "--out", out, "--propagator", join(golden, "model"), "--sdf-model", "tiny_conv3d", "--models", join(REPO_ROOT, "test", "fixtures", "models"), "--cache-dir", join(dir, "cache"), "--roots", dir, "--threads", "1");
+    expect(r.stderr).toMatch(/\d+ objects/);
+    expect(r.status).toBe(0);
+    expect(r.stdout.trim()).toBe(`zarr://file://${join(dir, "cli_model.zarr")}`);
+    await readLabels(r.stdout.trim());
+  }, 120_000);
+
+  it("names the bad option", () => {
+    const unknown = cli(image(), "--out", `precomputed://file://${join(dir, "x")}`, "--propagator", join(golden, "model"), "--sdf-model", "nope", "--models", join(REPO_ROOT, "test", "fixtures", "models"), "--roots", dir);
+    expect(unknown.status).not.toBe(0);
+    expect(unknown.stderr).toContain("--sdf-model");
+    const neither = cli(image(), "--out", `precomputed://file://${join(dir, "x")}`, "--propagator", join(golden, "model"), "--roots", dir);
+    expect(neither.status).not.toBe(0);
+    expect(neither.stderr).toContain("--sdf-volume");
+  }, 120_000);
 });

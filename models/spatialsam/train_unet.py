@@ -53,6 +53,9 @@ class TrainConfig:
     sign_weight: float = 1.0
     augment: bool = True
     truncation_nm: float = 100.0  # SDF truncation T (sdf.py); recorded in the manifest
+    # Share of crops centred on a labelled foreground voxel. Mitochondria are ~7% of Lucchi++:
+    # uniform batch-1 crops taught the net to predict background everywhere.
+    fg_crop_fraction: float = 0.5
 
     def __post_init__(self) -> None:
         if self.model not in ("unet3d", "unet2d"):
@@ -179,9 +182,21 @@ def _augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-def _batch(data: TrainData, cfg: TrainConfig, rng: np.random.Generator, slice_w: np.ndarray) -> tuple[torch.Tensor, ...]:
+def _foreground_voxels(data: TrainData, stride: int = 7) -> np.ndarray:
+    """int64 [N, 3] coordinates of (every ``stride``-th) labelled foreground voxel (weight > 0, SDF > 0)."""
+    flat = np.flatnonzero(((data.weight > 0) & (data.target_sdf > 0)).ravel()[::stride]) * stride
+    return np.stack(np.unravel_index(flat, data.image.shape), axis=1).astype(np.int64)
+
+
+def _batch(data: TrainData, cfg: TrainConfig, rng: np.random.Generator, slice_w: np.ndarray, fg: np.ndarray) -> tuple[torch.Tensor, ...]:
     crop = (1, *cfg.crop_zyx[1:]) if cfg.model == "unet2d" else cfg.crop_zyx
     origins = sample_crop_origins(data.image.shape, crop, cfg.batch_size, rng, slice_w)
+    for i in range(cfg.batch_size):
+        if len(fg) and rng.random() < cfg.fg_crop_fraction:
+            c = fg[rng.integers(len(fg))]
+            jitter = rng.integers(0, crop, 3) if cfg.model == "unet3d" else np.array([0, *rng.integers(0, crop[1:], 2)])
+            hi = np.asarray(data.image.shape) - np.asarray(crop)
+            origins[i] = np.clip(c - jitter, 0, hi)
     xs, ts, ws = [], [], []
     for z, y, x in origins:
         sl = (slice(z, z + crop[0]), slice(y, y + crop[1]), slice(x, x + crop[2]))
@@ -230,6 +245,7 @@ def train_unet(
     ckpt_path, best_path, log_path = out / "checkpoint.pt", out / "best.pt", out / "log.jsonl"
     # Crops are drawn where the weight is: annotated slices (weight 1) more than pseudo-labels.
     slice_w = data.weight.sum(axis=(1, 2), dtype=np.float64)
+    fg_voxels = _foreground_voxels(data) if cfg.fg_crop_fraction > 0 else np.zeros((0, 3), np.int64)
 
     state = {"step": 0, "best_val_iou": -1.0, "best_step": -1, "bad_vals": 0, "time_s": 0.0}
     rng = np.random.default_rng(cfg.seed)
@@ -281,7 +297,7 @@ def train_unet(
     bar = tqdm(total=cfg.max_steps, initial=state["step"], disable=not progress, desc=f"train {cfg.model}", unit="step")
     while state["step"] < cfg.max_steps:
         model.train()
-        img, tgt, w = _batch(data, cfg, rng, slice_w)
+        img, tgt, w = _batch(data, cfg, rng, slice_w, fg_voxels)
         if float(w.sum()) == 0:
             # A crop can miss every labelled voxel after all (weights inside a slice); skip it.
             loss_parts = None

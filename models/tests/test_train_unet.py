@@ -94,3 +94,15 @@ def test_sigterm_stops_cleanly_with_a_checkpoint(demo, tmp_path):
     assert out["stopped"] == "sigterm" and out["step"] == 3
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["state"]["step"] == 3
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_foreground_centred_crops_contain_foreground(demo):
+    from spatialsam.train_unet import _batch, _foreground_voxels
+
+    img, mask = demo
+    data = make_train_data(img, mask, (5, 5, 5))
+    fg = _foreground_voxels(data)
+    assert len(fg) and mask[tuple(fg.T)].all()
+    cfg = _cfg(batch_size=8, fg_crop_fraction=1.0, augment=False)
+    _, tgt, _ = _batch(data, cfg, np.random.default_rng(0), data.weight.sum(axis=(1, 2)), fg)
+    assert all((t > 0).any() for t in tgt)

@@ -99,10 +99,12 @@ def cmd_export(a: argparse.Namespace) -> None:
     print(json.dumps(meta))
 
 
-def timed(fn) -> float:
-    t = time.perf_counter()
+def timed(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the whole process, all threads) of one call. CPU time is the
+    load-robust figure on a shared machine where wall time includes waiting for a core."""
+    t, c = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - t
+    return time.perf_counter() - t, time.process_time() - c
 
 
 def cmd_bench(a: argparse.Namespace) -> None:
@@ -112,24 +114,26 @@ def cmd_bench(a: argparse.Namespace) -> None:
     model = load_model(out)
     meta = json.loads((out / "bench.json").read_text())
     patch = tuple(meta["patch_shape_zyx"])
-    block = torch.from_numpy(np.fromfile(out / "block_input.f32", dtype=np.float32).reshape(1, 1, *patch))
+    block_input = torch.from_numpy(np.fromfile(out / "block_input.f32", dtype=np.float32).reshape(1, 1, *patch))
     raw = np.fromfile(a.volume, dtype=np.uint8).reshape(a.shape)
     image = torch.from_numpy((raw.astype(np.float32) / 255 - MEAN) / STD)
     write = tuple(meta["write_shape_zyx"])
     with torch.inference_mode():
-        model(block)  # warm-up: first-call allocations and oneDNN primitive creation
-        block_s = [timed(lambda: model(block)) for _ in range(a.reps)]
-        volume_s = [timed(lambda: predict_volume(model, image, block_zyx=write, halo_zyx=meta["context_zyx"])) for _ in range(a.volume_reps)]
+        model(block_input)  # warm-up: first-call allocations and oneDNN primitive creation
+        block = [timed(lambda: model(block_input)) for _ in range(a.reps)]
+        volume = [timed(lambda: predict_volume(model, image, block_zyx=write, halo_zyx=meta["context_zyx"])) for _ in range(a.volume_reps)]
     print(
         json.dumps(
             {
                 "threads": a.threads,
                 "torch": torch.__version__,
                 "mkldnn": torch.backends.mkldnn.is_available(),
-                "block_s": block_s,
-                "block_median_s": statistics.median(block_s),
-                "volume_s": volume_s,
-                "volume_median_s": statistics.median(volume_s),
+                "block_s": [w for w, _ in block],
+                "block_median_s": statistics.median(w for w, _ in block),
+                "block_median_cpu_s": statistics.median(c for _, c in block),
+                "volume_s": [w for w, _ in volume],
+                "volume_median_s": statistics.median(w for w, _ in volume),
+                "volume_median_cpu_s": statistics.median(c for _, c in volume),
             }
         )
     )

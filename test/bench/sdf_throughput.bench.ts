@@ -56,21 +56,17 @@ const LEVER_VARIANTS: [string, InferenceSession.SessionOptions][] = [
   ["intra-op spinning off", { extra: { session: { intra_op: { allow_spinning: "0" } } } }],
 ];
 
-/** Median seconds of `reps` runs of one block (after a warm-up) for each option variant. */
-async function levers(onnxPath: string, input: Float32Array, threads: number, reps: number): Promise<[string, number][]> {
-  const out: [string, number][] = [];
+/** Median wall and CPU seconds of `reps` runs of one block (after a warm-up) for each option variant. */
+async function levers(onnxPath: string, input: Float32Array, threads: number, reps: number): Promise<[string, number, number][]> {
+  const out: [string, number, number][] = [];
   for (const [name, change] of LEVER_VARIANTS) {
     const session = await InferenceSession.create(onnxPath, { ...SERVER_OPTIONS, intraOpNumThreads: threads, ...change });
     try {
       const feeds = { image: new Tensor("float32", input, [1, 1, ...PATCH]) };
       await session.run(feeds);
-      const times: number[] = [];
-      for (let r = 0; r < reps; r++) {
-        const t = performance.now();
-        await session.run(feeds);
-        times.push((performance.now() - t) / 1000);
-      }
-      out.push([name, median(times)]);
+      const times: { wall: number; cpu: number }[] = [];
+      for (let r = 0; r < reps; r++) times.push(await timed(() => session.run(feeds)));
+      out.push([name, median(times.map((t) => t.wall)), median(times.map((t) => t.cpu))]);
     } finally {
       await session.release();
     }
@@ -81,15 +77,28 @@ async function levers(onnxPath: string, input: Float32Array, threads: number, re
 interface Row {
   path: string;
   threads: number;
+  /** Median wall seconds per block. */
   blockS: number;
-  volumeS?: number;
+  /** Median CPU seconds (whole process, all threads) per block. */
+  cpuS: number;
+}
+
+/** Wall and CPU seconds (process.cpuUsage covers every thread, the ONNX worker's included) of `fn`. */
+async function timed(fn: () => Promise<unknown>): Promise<{ wall: number; cpu: number }> {
+  const t = performance.now();
+  const c = process.cpuUsage();
+  await fn();
+  const d = process.cpuUsage(c);
+  return { wall: (performance.now() - t) / 1000, cpu: (d.user + d.system) / 1e6 };
 }
 
 interface TorchResult {
   threads: number;
   torch: string;
   block_median_s: number;
+  block_median_cpu_s: number;
   volume_median_s: number;
+  volume_median_cpu_s: number;
 }
 
 async function main() {
@@ -118,23 +127,25 @@ async function main() {
       try {
         const feeds = { image: { dtype: "float32" as const, dims: [1, 1, ...PATCH], data: blockInput } };
         await registry.run(unet.name, feeds); // warm-up: session allocations, kernel selection
-        const blockS: number[] = [];
+        const block: { wall: number; cpu: number }[] = [];
         for (let r = 0; r < REPS; r++) {
-          const t = performance.now();
-          await registry.run(unet.name, { image: { ...feeds.image, data: blockInput.slice() } });
-          blockS.push((performance.now() - t) / 1000);
+          // The input is transferred to the worker, so each run gets its own copy.
+          const data = blockInput.slice();
+          block.push(await timed(() => registry.run(unet.name, { image: { ...feeds.image, data } })));
         }
-        rows.push({ path: "ONNX registry.run (1 block)", threads, blockS: median(blockS) });
-        const volumeS: number[] = [];
+        rows.push({ path: "ONNX registry.run (1 block)", threads, blockS: median(block.map((b) => b.wall)), cpuS: median(block.map((b) => b.cpu)) });
+        const vol: { wall: number; cpu: number }[] = [];
         for (let r = 0; r < VOLUME_REPS; r++) {
           // A fresh cache folder each time, so every block is computed (and read, and written).
           const engine = new SdfEngine({ registry, cacheDir: join(dir, `cache-${threads}-${r}`), log: silentLogger(), concurrency: 1 });
-          const t = performance.now();
-          const res = await engine.compute({ volume, volumeKey: "bench", box: { offsetZyx: [0, 0, 0], shapeZyx: shape }, scale: 0, model: unet.name });
-          volumeS.push((performance.now() - t) / 1000);
-          if (res.blocksDone !== blockCount) throw new Error(`engine computed ${res.blocksDone} blocks, expected ${blockCount}`);
+          vol.push(
+            await timed(async () => {
+              const res = await engine.compute({ volume, volumeKey: "bench", box: { offsetZyx: [0, 0, 0], shapeZyx: shape }, scale: 0, model: unet.name });
+              if (res.blocksDone !== blockCount) throw new Error(`engine computed ${res.blocksDone} blocks, expected ${blockCount}`);
+            }),
+          );
         }
-        rows.push({ path: "ONNX SdfEngine (volume)", threads, blockS: median(volumeS) / blockCount, volumeS: median(volumeS) });
+        rows.push({ path: "ONNX SdfEngine (volume)", threads, blockS: median(vol.map((v) => v.wall)) / blockCount, cpuS: median(vol.map((v) => v.cpu)) / blockCount });
       } finally {
         await registry.close();
       }
@@ -146,8 +157,8 @@ async function main() {
       if (py.status !== 0) throw new Error(`PyTorch side failed (exit ${py.status})`);
       const t = JSON.parse(py.stdout.trim().split("\n").at(-1)!) as TorchResult;
       torchVersion = t.torch;
-      rows.push({ path: "PyTorch eager (1 block)", threads, blockS: t.block_median_s });
-      rows.push({ path: "PyTorch predict_volume (volume)", threads, blockS: t.volume_median_s / blockCount, volumeS: t.volume_median_s });
+      rows.push({ path: "PyTorch eager (1 block)", threads, blockS: t.block_median_s, cpuS: t.block_median_cpu_s });
+      rows.push({ path: "PyTorch predict_volume (volume)", threads, blockS: t.volume_median_s / blockCount, cpuS: t.volume_median_cpu_s / blockCount });
     }
     await volume.close();
     const leverRows = LEVERS ? await levers(join(dir, "models", unet.name, "model.onnx"), blockInput, 1, REPS) : [];
@@ -169,28 +180,29 @@ async function main() {
     );
     console.log(`volume: ${shape.join("x")} uint8 = ${blockCount} blocks; medians of ${REPS} block runs (after a warm-up) and ${VOLUME_REPS} volume runs`);
     console.log("");
-    console.log("| path | threads | s / block | Mvox/s (write) | Mvox/s (read) | GFLOP/s | % of peak (threads cores) | ONNX / PyTorch |");
-    console.log("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    console.log("| path | threads | s / block | CPU s / block | Mvox/s (write) | Mvox/s (read) | GFLOP/s | % of peak (threads cores) | GFLOP per CPU s (% of 1-core peak) | ONNX / PyTorch (wall) | ONNX / PyTorch (CPU s) |");
+    console.log("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (const r of rows) {
       const torchTwin = r.path.startsWith("ONNX")
         ? rows.find((o) => o.threads === r.threads && o.path.startsWith("PyTorch") && o.path.endsWith(r.path.endsWith("(volume)") ? "(volume)" : "(1 block)"))
         : undefined;
       const gflops = gflop / r.blockS;
       console.log(
-        `| ${r.path} | ${r.threads} | ${r.blockS.toFixed(2)} | ${(writeVox / 1e6 / r.blockS).toFixed(4)} | ${(readVox / 1e6 / r.blockS).toFixed(3)} | ${gflops.toFixed(1)} | ` +
-          `${((100 * gflops) / peakGflops(m, r.threads)).toFixed(1)}% | ${torchTwin === undefined ? "" : `${(torchTwin.blockS / r.blockS).toFixed(2)}x`} |`,
+        `| ${r.path} | ${r.threads} | ${r.blockS.toFixed(2)} | ${r.cpuS.toFixed(2)} | ${(writeVox / 1e6 / r.blockS).toFixed(4)} | ${(readVox / 1e6 / r.blockS).toFixed(3)} | ${gflops.toFixed(1)} | ` +
+          `${((100 * gflops) / peakGflops(m, r.threads)).toFixed(1)}% | ${(gflop / r.cpuS).toFixed(1)} (${((100 * gflop) / r.cpuS / peakGflops(m, 1)).toFixed(0)}%) | ${torchTwin === undefined ? "" : `${(torchTwin.blockS / r.blockS).toFixed(2)}x | ${(torchTwin.cpuS / r.cpuS).toFixed(2)}x`} |`,
       );
     }
     console.log("");
     console.log("ONNX / PyTorch > 1 means ONNX is faster (goal >= 1.5x). Volume rows include reading the input chunks and (ONNX) writing the SDF chunks.");
+    console.log("Wall times include waiting for a core on a loaded machine; CPU s (whole process, all threads) is the load-robust figure at 1 thread (idle-spinning pool threads inflate it at 2).");
     if (leverRows.length > 0) {
       const torch1 = rows.find((r) => r.threads === 1 && r.path === "PyTorch eager (1 block)");
       console.log("\nonnxruntime session options tried (1 thread, one block, in this thread without a worker; one change from the server's options per row):\n");
-      console.log("| session options | s / block | GFLOP/s | vs server options | ONNX / PyTorch eager |");
-      console.log("| --- | ---: | ---: | ---: | ---: |");
-      for (const [name, s] of leverRows) {
+      console.log("| session options | s / block | CPU s / block | GFLOP/s | vs server options (CPU s) | ONNX / PyTorch eager (CPU s) |");
+      console.log("| --- | ---: | ---: | ---: | ---: | ---: |");
+      for (const [name, s, cpu] of leverRows) {
         console.log(
-          `| ${name} | ${s.toFixed(2)} | ${(gflop / s).toFixed(1)} | ${(leverRows[0]![1] / s).toFixed(2)}x | ${torch1 === undefined ? "" : `${(torch1.blockS / s).toFixed(2)}x`} |`,
+          `| ${name} | ${s.toFixed(2)} | ${cpu.toFixed(2)} | ${(gflop / s).toFixed(1)} | ${(leverRows[0]![2] / cpu).toFixed(2)}x | ${torch1 === undefined ? "" : `${(torch1.cpuS / cpu).toFixed(2)}x`} |`,
         );
       }
     }

@@ -6,6 +6,7 @@ import { isSpatialSamError } from "#src/errors.ts";
 import { registerEvalCommand } from "#server/eval/eval_command.ts";
 import { registerReportCommand } from "#server/eval/report_command.ts";
 import { registerSdfCommand } from "#server/engine/sdf_command.ts";
+import { registerConvertCommand } from "#server/volume/convert_command.ts";
 import { registerSegmentCommand } from "#server/engine/segment_command.ts";
 
 export function buildProgram(): Command {
@@ -61,6 +62,7 @@ export function buildProgram(): Command {
   registerEvalCommand(program);
   registerReportCommand(program);
   registerSdfCommand(program);
+  registerConvertCommand(program);
   registerSegmentCommand(program);
 
   return program;

@@ -1,4 +1,4 @@
-// The `spatial-sam` command line: serve, info, demo, eval, report, sdf (segment and adapt as their issues land).
+// The `spatial-sam` command line: serve, demo, info, convert, sdf, segment, eval, report. Training (adapt) is Python: `python -m spatialsam adapt` in models/
 // Commands import their heavy modules (ONNX Runtime, format drivers) when they run, so --help is quick.
 import { Command, Option } from "commander";
 import { list, serverOptions, startFromCli, type ServerCliOptions } from "#server/cli_options.ts";

@@ -84,6 +84,7 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
       models: registryBackend(registry),
       sdf,
       ...(propagation ? { propagation } : {}),
+      outputRoots: roots,
       openVolume: (url, { signal: _signal }) => openVolume(url, { roots }),
       log,
       metrics,

@@ -9,12 +9,13 @@ import {
   type SegmentationServiceServer,
 } from "#proto/spatial_sam/v1/segmentation.ts";
 import { DATA_TYPES } from "#src/dtype.ts";
-import { invalidArgument, notFound, SpatialSamError, unimplemented } from "#src/errors.ts";
+import { invalidArgument, notFound, SpatialSamError } from "#src/errors.ts";
 import type { Box3 } from "#src/volume/types.ts";
 import type { Logger } from "#server/log.ts";
 import { PropagationEngine, type SdfSource } from "#server/engine/propagation/engine.ts";
 import type { Direction, PointInput, PromptInput, SliceMask } from "#server/engine/propagation/session.ts";
 import { serverStreaming, unary } from "#server/grpc/handlers.ts";
+import { segmentVolumeCall, type SegmentVolumeDeps } from "#server/grpc/segment_volume.ts";
 import { fromWireBox } from "#server/grpc/convert.ts";
 import type { VolumeRegistry } from "#server/grpc/volume_service.ts";
 
@@ -77,9 +78,11 @@ export interface SegmentationServiceOptions {
   volumes: VolumeRegistry;
   engine: PropagationEngine;
   log: Logger;
+  /** SegmentVolume's SDF engine, result opener and writable folders (see segment_volume.ts). */
+  segment?: Omit<SegmentVolumeDeps, "volumes" | "engine">;
 }
 
-export function segmentationService({ volumes, engine, log }: SegmentationServiceOptions): SegmentationServiceServer {
+export function segmentationService({ volumes, engine, log, segment }: SegmentationServiceOptions): SegmentationServiceServer {
   return {
     startSession: unary("StartSession", log, async (req) => {
       const name = engine.propagator.config.name;
@@ -180,9 +183,6 @@ export function segmentationService({ volumes, engine, log }: SegmentationServic
       return {};
     }),
 
-    segmentVolume: serverStreaming("SegmentVolume", log, async function* () {
-      yield* [];
-      throw unimplemented("SegmentVolume: automatic segmentation has not landed yet");
-    }),
+    segmentVolume: serverStreaming("SegmentVolume", log, segmentVolumeCall({ volumes, engine, ...segment })),
   };
 }

@@ -26,6 +26,8 @@ export interface GrpcServerOptions {
   sdf?: SdfEngine;
   /** Interactive propagation sessions; without it, SegmentationService answers UNIMPLEMENTED. */
   propagation?: PropagationEngine;
+  /** Folders SegmentVolume may write its output to. */
+  outputRoots?: string[];
   log: Logger;
   /** Largest message accepted or sent, in bytes. */
   maxMessageBytes?: number;
@@ -79,7 +81,16 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
   server.addService(SdfServiceService, options.sdf ? sdfService(volumes, options.sdf, log) : sdfServiceUnimplemented(log));
   server.addService(
     SegmentationServiceService,
-    options.propagation ? segmentationService({ volumes, engine: options.propagation, log }) : segmentationServiceUnimplemented(log),
+    options.propagation ? segmentationService({
+          volumes,
+          engine: options.propagation,
+          log,
+          segment: {
+            ...(options.sdf ? { sdf: options.sdf } : {}),
+            openVolume: (url) => options.openVolume(url, {}),
+            ...(options.outputRoots ? { outputRoots: options.outputRoots } : {}),
+          },
+        }) : segmentationServiceUnimplemented(log),
   );
 
   const port = await new Promise<number>((resolve, reject) =>

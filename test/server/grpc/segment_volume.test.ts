@@ -1,0 +1,151 @@
+// SegmentVolume end to end: a real server (serve()) with the golden propagator and the tiny 3D
+// model as SDF, the generated client over a socket; the streamed progress, the written volume
+// (equal to the engine's own run with the same SDF model), and the errors by code and field.
+import { status } from "@grpc/grpc-js";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { SegmentVolumeRequest, SegmentVolumeResponse } from "#proto/spatial_sam/v1/segmentation.ts";
+import type { OpenVolumeRequest, OpenVolumeResponse } from "#proto/spatial_sam/v1/volume.ts";
+import type { Vec3 } from "#src/volume/types.ts";
+import { silentLogger } from "#server/log.ts";
+import { openOutput } from "#server/engine/auto/output.ts";
+import { segmentVolume } from "#server/engine/auto/segment.ts";
+import { loadPropagator } from "#server/engine/propagation/propagator.ts";
+import { SdfEngine } from "#server/engine/sdf_engine.ts";
+import { ModelRegistry } from "#server/onnx/model_registry.ts";
+import { serve, type RunningServer } from "#server/serve.ts";
+import { openVolume } from "#server/volume/open_volume.ts";
+import { PrecomputedWriter } from "#server/volume/precomputed_writer.ts";
+import { FileStore } from "#server/volume/stores.ts";
+import { call, collect, connect, grpcError, type Clients } from "#test/helpers/grpc_clients.ts";
+import { readNpy } from "#test/helpers/npy.ts";
+
+const root = join(import.meta.dirname, "..", "..", "..");
+const golden = join(root, "test", "fixtures", "propagator");
+const models = join(root, "test", "fixtures", "models");
+const image = readNpy(join(golden, "image.npy"));
+const [Z, Y, X] = image.shape as Vec3;
+
+let server: RunningServer;
+let clients: Clients;
+let dir: string;
+let imageUrl: string;
+let imageId: string;
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), "segment-volume-"));
+  const store = await FileStore.open(join(dir, "image"), [dir]);
+  const writer = await PrecomputedWriter.create(store, {
+    type: "image",
+    dataType: "uint8",
+    numChannels: 1,
+    scales: [{ key: "s0", sizeXyz: [X, Y, Z], resolutionXyz: [5, 5, 5], voxelOffsetXyz: [0, 0, 0], chunkSizeXyz: [X, Y, Z], encoding: "raw" }],
+  });
+  await writer.writeChunk(0, [0, 0, 0], image.data);
+  server = await serve({
+    host: "127.0.0.1",
+    port: 0,
+    httpPort: -1,
+    modelsDir: models,
+    roots: [dir],
+    cacheDir: join(dir, "cache"),
+    workers: 1,
+    intraOpThreads: 1,
+    executionProvider: "cpu",
+    maxQueuePerModel: 4,
+    log: silentLogger(),
+    propagation: { dir: join(golden, "model") },
+  });
+  clients = connect(server.grpc.address);
+  imageUrl = `precomputed://file://${join(dir, "image")}`;
+  const opened = await call<OpenVolumeRequest, OpenVolumeResponse>(clients.volumes, clients.volumes.openVolume, { url: imageUrl });
+  imageId = opened.volume!.volumeId;
+}, 60_000);
+
+afterAll(async () => {
+  clients?.close();
+  await server?.close();
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+const request = (req: Partial<SegmentVolumeRequest>): SegmentVolumeRequest => ({
+  volumeId: imageId,
+  box: { offset: { z: 0, y: 0, x: 0 }, shape: { z: Z, y: Y, x: X } },
+  scale: 0,
+  model: "",
+  sdfModel: "tiny_conv3d",
+  outputUrl: `precomputed://file://${join(dir, "out")}`,
+  ...req,
+});
+
+async function readLabels(url: string): Promise<BigUint64Array> {
+  const v = await openVolume(url, { roots: [dir] });
+  try {
+    return (await v.read({ offsetZyx: [0, 0, 0], shapeZyx: [Z, Y, X] }, 0)) as BigUint64Array;
+  } finally {
+    await v.close();
+  }
+}
+
+describe("SegmentVolume", () => {
+  it("streams progress to a final done message and writes what the engine writes in process", async () => {
+    const messages = await collect<SegmentVolumeResponse>(clients.segmentation.segmentVolume(request({})));
+    const final = messages.at(-1)!;
+    expect(final.done).toBe(true);
+    expect(final.resultUrl).toBe(`precomputed://file://${join(dir, "out")}`);
+    expect(final.blocksDone).toBe(final.blocksTotal);
+    expect(messages.slice(0, -1).every((m) => !m.done)).toBe(true);
+    for (let i = 1; i < messages.length; i++) expect(messages[i]!.blocksDone).toBeGreaterThanOrEqual(messages[i - 1]!.blocksDone);
+    const got = await readLabels(final.resultUrl);
+    const ids = new Set(got);
+    ids.delete(0n);
+    expect(BigInt(ids.size)).toBe(final.objectsFound);
+    expect(final.objectsFound).toBeGreaterThan(0n);
+
+    // The same request through the engine in this process, with its own SDF cache and registry.
+    const registry = await ModelRegistry.load(models, { logger: silentLogger(), workers: 1, intraOpThreads: 1 });
+    const propagator = await loadPropagator(join(golden, "model"), { logger: silentLogger(), workers: 1, intraOpThreads: 1 });
+    const volume = await openVolume(imageUrl, { roots: [dir] });
+    try {
+      const engine = new SdfEngine({ registry, cacheDir: join(dir, "local-cache"), log: silentLogger(), concurrency: 1 });
+      const r = await segmentVolume({
+        volume,
+        volumeKey: imageUrl,
+        box: { offsetZyx: [0, 0, 0], shapeZyx: [Z, Y, X] },
+        scale: 0,
+        sdf: { kind: "model", engine, model: "tiny_conv3d", openVolume: (u) => openVolume(u, { roots: [dir] }) },
+        propagator,
+        out: await openOutput(`precomputed://file://${join(dir, "local")}`, [dir], "out"),
+      });
+      expect(BigInt(r.objects)).toBe(final.objectsFound);
+      const want = await readLabels(r.resultUrl);
+      expect(Buffer.from(got.buffer).equals(Buffer.from(want.buffer))).toBe(true);
+    } finally {
+      await volume.close();
+      await propagator.close();
+      await registry.close();
+    }
+  }, 120_000);
+
+  it("answers bad requests with INVALID_ARGUMENT naming the field", async () => {
+    const cases: [Partial<SegmentVolumeRequest>, string][] = [
+      [{ box: { offset: { z: 0, y: 0, x: 60 }, shape: { z: 2, y: 2, x: 8 } } }, "box"],
+      [{ sdfModel: "no_such_model" }, "sdf_model"],
+      [{ model: "other_propagator" }, "model"],
+      [{ outputUrl: "" }, "output_url"],
+      [{ outputUrl: `tiff://file://${join(dir, "x")}` }, "output_url"],
+      [{ scale: 3 }, "scale"],
+    ];
+    for (const [req, field] of cases) {
+      const e = await grpcError(collect(clients.segmentation.segmentVolume(request(req))));
+      expect(e.code, field).toBe(status.INVALID_ARGUMENT);
+      expect(e.details.startsWith(field), `${field}: ${e.details}`).toBe(true);
+    }
+    const outside = await grpcError(collect(clients.segmentation.segmentVolume(request({ outputUrl: "precomputed://file:///etc/seg" }))));
+    expect(outside.code).toBe(status.PERMISSION_DENIED);
+    const unknown = await grpcError(collect(clients.segmentation.segmentVolume(request({ volumeId: "nope" }))));
+    expect(unknown.code).toBe(status.NOT_FOUND);
+  });
+});

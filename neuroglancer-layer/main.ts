@@ -9,6 +9,7 @@ import { registerProvider } from "neuroglancer/unstable/datasource/default_provi
 import { DataSourceProvider } from "neuroglancer/unstable/datasource/index.js";
 import type { DataSource, GetDataSourceOptions } from "neuroglancer/unstable/datasource/index.js";
 import { setupDefaultViewer } from "neuroglancer/unstable/ui/default_viewer_setup.js";
+import type { Viewer } from "neuroglancer/unstable/viewer.js";
 import { VIEWER_STATE_PATH } from "#src/bridge_api.ts";
 import { SCHEME, precomputedUrlFor } from "#layer/spatialsam_url.ts";
 
@@ -26,14 +27,44 @@ class SpatialSamDataSource extends DataSourceProvider {
 
 registerProvider(SCHEME, () => new SpatialSamDataSource());
 
-const viewer = setupDefaultViewer();
+/**
+ * Resolves once the chunk worker has said it is ready. Layers created before that lose chunk
+ * sources: Neuroglancer 2.40.1 queues the messages, but the worker then gets a reference to an
+ * object it does not know ("Cannot set properties of undefined (setting 'referencedGeneration')")
+ * and the layer never loads. Seen whenever both info files arrive before the worker script.
+ */
+function chunkWorkerReady(viewer: Viewer): Promise<void> {
+  // `queue` is private in the typings: it holds messages until the worker's "rpc.ready".
+  const rpc = viewer.chunkQueueManager.rpc as unknown as { queue?: unknown[]; target: Worker };
+  if (rpc.queue === undefined) return Promise.resolve();
+  return new Promise((resolve) => {
+    const onMessage = (e: MessageEvent<{ functionName?: string }>) => {
+      if (e.data?.functionName !== "rpc.ready") return;
+      rpc.target.removeEventListener("message", onMessage);
+      resolve();
+    };
+    rpc.target.addEventListener("message", onMessage);
+  });
+}
 
-// A URL without state opens the bridge's default view (its start-up volumes); a shared URL keeps its own.
-if (window.location.hash.length <= 2) {
-  fetch(new URL(VIEWER_STATE_PATH, window.location.href))
-    .then(async (res) => {
-      if (!res.ok) throw new Error(`GET ${VIEWER_STATE_PATH}: HTTP ${res.status}`);
-      viewer.state.restoreState(await res.json());
-    })
-    .catch((e: unknown) => console.error("Spatial-SAM: could not load the default viewer state", e));
+async function loadDefaultState(viewer: Viewer): Promise<void> {
+  const res = await fetch(new URL(VIEWER_STATE_PATH, window.location.href));
+  if (!res.ok) throw new Error(`GET ${VIEWER_STATE_PATH}: HTTP ${res.status}`);
+  const state: unknown = await res.json();
+  await chunkWorkerReady(viewer);
+  viewer.state.restoreState(state);
+}
+
+// A state in the URL (a shared view) is applied once the chunk worker runs; without one, the
+// bridge's default view (its start-up volumes) opens.
+const sharedState = window.location.hash.length > 2 ? window.location.hash : undefined;
+if (sharedState !== undefined) history.replaceState(null, "", `${window.location.pathname}${window.location.search}`);
+const viewer = setupDefaultViewer();
+if (sharedState !== undefined) {
+  // The hash binding applies the state on "hashchange", as for any later edit of the URL.
+  void chunkWorkerReady(viewer).then(() => {
+    window.location.hash = sharedState;
+  });
+} else {
+  loadDefaultState(viewer).catch((e: unknown) => console.error("Spatial-SAM: could not load the default viewer state", e));
 }

@@ -2,7 +2,8 @@
 # Configuration is through SPATIAL_SAM_* environment variables (see `spatial-sam serve --help`).
 # It binds 0.0.0.0, so it needs bearer tokens: mount a token file at /run/secrets/spatial_sam_tokens.
 
-# ---- build: install exact dependencies from the lock file, check types, prune dev dependencies
+# ---- build: install exact dependencies from the lock file, check types, build the viewer bundle,
+#      prune dev dependencies
 FROM node:20-bookworm AS build
 WORKDIR /app
 COPY package.json package-lock.json .npmrc ./
@@ -11,7 +12,9 @@ COPY tsconfig.json ./
 COPY proto ./proto
 COPY src ./src
 COPY server ./server
+COPY neuroglancer-layer ./neuroglancer-layer
 RUN npm run typecheck
+RUN npm run build:viewer
 RUN npm prune --omit=dev
 
 # ---- runtime: Node, onnxruntime-node (CPU binaries ship in the npm package), server, models
@@ -30,6 +33,7 @@ COPY --from=build /app/package.json ./package.json
 COPY --from=build /app/proto/gen ./proto/gen
 COPY --from=build /app/src ./src
 COPY --from=build /app/server ./server
+COPY --from=build /app/neuroglancer-layer/dist ./neuroglancer-layer/dist
 COPY models ./models
 RUN rm -rf models/spatialsam models/tests models/scripts models/bench models/.venv && mkdir -p /data
 USER node

@@ -450,12 +450,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ckpt-dir", required=True)
     ap.add_argument("--export", default=None, help="export folder for the three graphs after training")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--train-wall-minutes", type=float, default=None,
+                    help="with --finalize: wall-clock training time to record in the manifests")
     ap.add_argument("--finalize", action="store_true",
                     help="no training: evaluate the checkpoint on Lucchi++ test and export it with metadata")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.finalize:
-        finalize(Path(args.ckpt_dir) / CHECKPOINT_NAME, args.export, args.data, args.seed)
+        finalize(Path(args.ckpt_dir) / CHECKPOINT_NAME, args.export, args.data, args.seed, args.train_wall_minutes)
         return
     overrides = {"memory": args.memory} if args.memory else {}
     pcfg = load_propagator_config(args.config, seed=args.seed, **overrides)
@@ -486,7 +488,8 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(check_parity(model, args.export)))
 
 
-def finalize(ckpt: Path, export_dir: str | None, data: str | None, seed: int) -> dict[str, Any]:
+def finalize(ckpt: Path, export_dir: str | None, data: str | None, seed: int,
+             train_wall_minutes: float | None = None) -> dict[str, Any]:
     """Evaluate a checkpoint on Lucchi++ test (interactive tracking with the GT SDF, a degraded GT SDF
     and a zero SDF as the memory input) and export it with its training metadata."""
     from spatialsam.data import load_lucchi
@@ -498,6 +501,8 @@ def finalize(ckpt: Path, export_dir: str | None, data: str | None, seed: int) ->
     ck = torch.load(ckpt, map_location="cpu", weights_only=False)
     hist = ck["history"]
     meta["steps"] = ck["step"]
+    if train_wall_minutes is not None:
+        meta["train_wall_minutes"] = train_wall_minutes
     meta["final_train_loss_mean_last50"] = float(np.mean([h["loss"] for h in hist[-50:]]))
     # The first 64 test slices (the SDF of the whole stack costs minutes here); components are cut there.
     test = load_lucchi("test", data).crop(slice(0, 64))

@@ -2,7 +2,7 @@
 // reference segment_volume (the fixture's propagator rebuilt from its seeded generator and checked
 // against the ONNX graphs), one id per object across block borders, output read back by our reader
 // and by tensorstore, resuming after an abort, and bad input.
-import { execFileSync, spawnSync } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -32,7 +32,7 @@ import sys, numpy as np, torch
 from pathlib import Path
 from spatialsam.fixtures import propagator_golden as g
 from spatialsam.export_propagator import check_parity
-from spatialsam.predictor import segment_volume
+from spatialsam.predictor import Predictor, _propagate_object, _seed_prompt, sdf_seeds, segment_volume
 from spatialsam.propagator import build_propagator
 from spatialsam.train_propagator import TrainConfig, train_mask_track
 torch.set_num_threads(1)
@@ -45,7 +45,20 @@ model.eval()
 parity = check_parity(model, fx / "model", hw=(48, 64))
 assert max(parity.values()) < 1e-4, parity
 with torch.no_grad():
-    np.save(out, segment_volume(model, image, sdf))
+    seg = segment_volume(model, image, sdf)
+    # Near-ties: voxels where the two highest object logits (> 0) differ by < 1e-4, so float
+    # differences between onnxruntime and PyTorch may pick either object.
+    pred = Predictor(model)
+    top = np.zeros((2,) + image.shape, np.float32)
+    for z, x, y, box in sdf_seeds(sdf):
+        win, prompt = _seed_prompt(box, x, y, image.shape[1:], 128, model.stride)
+        for zz, lg in _propagate_object(pred, image, sdf, z, win, prompt, 3).items():
+            t = top[:, zz, win[0], win[1]]
+            lg = np.maximum(lg, 0)
+            t[1] = np.maximum(t[1], np.minimum(t[0], lg))
+            t[0] = np.maximum(t[0], lg)
+np.save(out, seg)
+np.save(out.replace(".npy", "_ties.npy"), ((top[1] > 0) & (top[0] - top[1] < 1e-4)).astype(np.uint8))
 `;
 
 let dir: string;
@@ -53,6 +66,7 @@ let propagator: LoadedPropagator;
 let imageVol: VolumeSource;
 let sdfVol: VolumeSource;
 let reference: BigUint64Array;
+let ties: Uint8Array;
 
 async function writeVolume(name: string, dtype: DataType, data: TypedArray): Promise<VolumeSource> {
   const store = await FileStore.open(join(dir, name), [dir]);
@@ -71,6 +85,7 @@ beforeAll(async () => {
   writeFileSync(join(dir, "reference.py"), REFERENCE);
   execFileSync(PYTHON, [join(dir, "reference.py"), golden, join(dir, "reference.npy")], { cwd: join(REPO_ROOT, "models"), stdio: "pipe" });
   reference = readNpy(join(dir, "reference.npy")).data as BigUint64Array;
+  ties = readNpy(join(dir, "reference_ties.npy")).data as Uint8Array;
   propagator = await loadPropagator(join(golden, "model"), { logger: silentLogger(), workers: 1, intraOpThreads: 1 });
   imageVol = await writeVolume("image", "uint8", image.data);
   sdfVol = await writeVolume("sdf", "float32", sdfArr.data);
@@ -136,10 +151,23 @@ describe("automatic segmentation", () => {
       const h = have.get(id)!;
       let inter = 0;
       for (const i of h) if (w.has(i)) inter++;
-      // Measured 0.998 and 0.984: the two objects' logits nearly tie on a few boundary voxels,
-      // where float differences between onnxruntime and PyTorch pick the other object.
+      // Measured 0.998 and 0.984 (15 voxels): all of them near-ties, checked below.
       expect(inter / (h.size + w.size - inter), `object ${id}`).toBeGreaterThanOrEqual(0.98);
     }
+    // Outside near-ties the labelling is the reference's, voxel for voxel; on a near-tie it is one of the tied objects.
+    // (The tiny fixture model gives both objects nearly equal logits on about 1000 of the 1891
+    // foreground voxels; the rest, and all of the background, must agree exactly.)
+    let exactForeground = 0;
+    got.forEach((v, i) => {
+      if (ties[i]) {
+        expect(v).not.toBe(0n);
+      } else if (v !== reference[i]) {
+        expect.fail(`voxel ${i}: ${v} where the reference has ${reference[i]}`);
+      } else if (v !== 0n) {
+        exactForeground++;
+      }
+    });
+    expect(exactForeground).toBeGreaterThan(500);
     let fgInter = 0;
     let fgUnion = 0;
     got.forEach((v, i) => {
@@ -218,39 +246,4 @@ describe("automatic segmentation", () => {
     // Another run's output is not silently overwritten.
     await expect(run(firstUrl, { minVoxels: 10 })).rejects.toMatchObject({ _tag: "FailedPrecondition", field: "out" });
   });
-});
-
-describe("spatial-sam segment", () => {
-  const cli = (...args: string[]) =>
-    spawnSync(process.execPath, ["--import", "tsx", join(REPO_ROOT, "server", "cli.ts"), "segment", ...args], { cwd: REPO_ROOT, encoding: "utf8", timeout: 120_000 });
-  const image = () => `precomputed://file://${join(dir, "image")}`;
-
-  it("segments with a given SDF volume, prints the output URL, and matches the engine's labels", async () => {
-    const out = `precomputed://file://${join(dir, "cli_seg")}`;
-    const r = cli(image(), "--out", out, "--propagator", join(golden, "model"), "--sdf-volume", `precomputed://file://${join(dir, "sdf")}`, "--block-shape", "4,16,16", "--roots", dir, "--threads", "1");
-    expect(r.stderr).toContain("2 objects");
-    expect(r.status).toBe(0);
-    expect(r.stdout.trim()).toBe(out);
-    const a = await readLabels(out);
-    const b = await readLabels(`precomputed://file://${join(dir, "seg")}`);
-    expect(Buffer.from(a.buffer).equals(Buffer.from(b.buffer))).toBe(true);
-  }, 120_000);
-
-  it("computes the SDF with a model (blockwise SdfEngine) and writes a uint64 volume", async () => {
-    const out = `zarr2://file://${join(dir, "cli_model.zarr")}`;
-    const r = cli(image(), "--out", out, "--propagator", join(golden, "model"), "--sdf-model", "tiny_conv3d", "--models", join(REPO_ROOT, "test", "fixtures", "models"), "--cache-dir", join(dir, "cache"), "--roots", dir, "--threads", "1");
-    expect(r.stderr).toMatch(/\d+ objects/);
-    expect(r.status).toBe(0);
-    expect(r.stdout.trim()).toBe(`zarr://file://${join(dir, "cli_model.zarr")}`);
-    await readLabels(r.stdout.trim());
-  }, 120_000);
-
-  it("names the bad option", () => {
-    const unknown = cli(image(), "--out", `precomputed://file://${join(dir, "x")}`, "--propagator", join(golden, "model"), "--sdf-model", "nope", "--models", join(REPO_ROOT, "test", "fixtures", "models"), "--roots", dir);
-    expect(unknown.status).not.toBe(0);
-    expect(unknown.stderr).toContain("--sdf-model");
-    const neither = cli(image(), "--out", `precomputed://file://${join(dir, "x")}`, "--propagator", join(golden, "model"), "--roots", dir);
-    expect(neither.status).not.toBe(0);
-    expect(neither.stderr).toContain("--sdf-volume");
-  }, 120_000);
 });

@@ -54,6 +54,8 @@ export interface SegmentRequest {
   zMargin?: number;
   signal?: AbortSignal;
   onProgress?: (p: SegmentProgress) => void;
+  /** Bytes of object logits kept in memory while chunks are written. Default 256 MiB. */
+  recordCacheBytes?: number;
   /** Called per object: `computed` false when its result was found from an earlier run. */
   onObject?: (id: number, computed: boolean) => void;
 }
@@ -74,6 +76,53 @@ interface ObjectRecord {
 }
 
 const WORK = "segment_work";
+const objectKey = (id: number) => `${WORK}/objects/${id}.bin`;
+
+/** Where an object's logits lie (box-local), kept for every object while its logits stay on disk. */
+interface ObjectExtent {
+  id: number;
+  window: [number, number, number, number];
+  /** Slices with logits, [z0, z1]; z0 > z1 when none. */
+  z0: number;
+  z1: number;
+}
+
+function extentOf(r: ObjectRecord): ObjectExtent {
+  const zs = [...r.logits.keys()];
+  return { id: r.id, window: r.window, z0: zs.length ? Math.min(...zs) : 1, z1: zs.length ? Math.max(...zs) : 0 };
+}
+
+/** Object records read back from the output store, least recently used dropped beyond a byte bound. */
+class RecordCache {
+  private readonly entries = new Map<number, { record: ObjectRecord; bytes: number }>();
+  private bytes = 0;
+  constructor(
+    private readonly store: Store,
+    private readonly maxBytes: number,
+    private readonly opts: { signal?: AbortSignal },
+  ) {}
+
+  async get(id: number): Promise<ObjectRecord> {
+    const hit = this.entries.get(id);
+    if (hit !== undefined) {
+      this.entries.delete(id);
+      this.entries.set(id, hit);
+      return hit.record;
+    }
+    const key = objectKey(id);
+    const data = await this.store.get(key, this.opts);
+    if (data === undefined) throw failedPrecondition(`${key} disappeared during the run`, "out");
+    const record = decodeRecord(data, key);
+    this.entries.set(id, { record, bytes: data.length });
+    this.bytes += data.length;
+    for (const [k, v] of this.entries) {
+      if (this.bytes <= this.maxBytes || k === id) break;
+      this.entries.delete(k);
+      this.bytes -= v.bytes;
+    }
+    return record;
+  }
+}
 
 /** Python's round(): halves to even. */
 function roundHalfEven(v: number): number {
@@ -233,29 +282,47 @@ export async function segmentVolume(req: SegmentRequest): Promise<SegmentResult>
     progress.blocksTotal += seeds.length + outBlocks.length;
     report();
 
-    // (c) One propagation per seed, each in its own crop window, results kept per object.
+    // (c) One propagation per seed, each in its own crop window, each result written as a file.
+    // Objects run side by side when the propagator has several workers: the result does not depend
+    // on their order, as voxels are assigned only when the chunks are written.
     const embeddings = req.embeddings ?? new EmbeddingCache(256 << 20);
     const [, Y, X] = box.shapeZyx;
-    const records: ObjectRecord[] = [];
+    const extents: ObjectExtent[] = new Array<ObjectExtent>(seeds.length);
     let objectsComputed = 0;
-    for (const [i, seed] of seeds.entries()) {
-      throwIfAborted(signal);
-      const id = i + 1;
-      const key = `${WORK}/objects/${id}.bin`;
-      const cached = await store.get(key, opts);
-      if (cached !== undefined) {
-        records.push(decodeRecord(cached, key));
-        req.onObject?.(id, false);
-      } else {
-        const r = await propagateSeed(req, seed, id, [Y, X], crop, patience, sdf, sdfScale, embeddings);
-        await put(key, encodeRecord(r));
-        records.push(r);
-        objectsComputed++;
-        req.onObject?.(id, true);
+    let next = 0;
+    let stop = false;
+    const worker = async () => {
+      while (!stop && next < seeds.length) {
+        const i = next++;
+        throwIfAborted(signal);
+        const id = i + 1;
+        const key = objectKey(id);
+        const cached = await store.get(key, opts);
+        let r: ObjectRecord;
+        if (cached !== undefined) {
+          r = decodeRecord(cached, key);
+          req.onObject?.(id, false);
+        } else {
+          r = await propagateSeed(req, seeds[i]!, id, [Y, X], crop, patience, sdf, sdfScale, embeddings);
+          await put(key, encodeRecord(r));
+          objectsComputed++;
+          req.onObject?.(id, true);
+        }
+        extents[i] = extentOf(r);
+        progress.blocksDone++;
+        report();
       }
-      progress.blocksDone++;
-      report();
-    }
+    };
+    const settled = await Promise.allSettled(
+      Array.from({ length: Math.max(1, Math.min(seeds.length, propagator.registry.stats().ready)) }, () =>
+        worker().catch((e: unknown) => {
+          stop = true;
+          throw e;
+        }),
+      ),
+    );
+    for (const s of settled) if (s.status === "rejected") throw s.reason;
+    const records = new RecordCache(store, req.recordCacheBytes ?? 256 << 20, opts);
 
     // (d) The instance volume, chunk by chunk; an existing chunk is a finished block.
     progress.stage = "write";
@@ -300,7 +367,7 @@ export async function segmentVolume(req: SegmentRequest): Promise<SegmentResult>
       if ((await store.get(chunkKey(block.index), opts)) !== undefined) {
         chunksCached++;
       } else {
-        await writeChunk(block.index, paint(block.writeBox, box, records));
+        await writeChunk(block.index, await paint(block.writeBox, box, extents, records));
         chunksWritten++;
       }
       progress.blocksDone++;
@@ -316,18 +383,19 @@ export async function segmentVolume(req: SegmentRequest): Promise<SegmentResult>
  * Labels of one output block as segment_volume assigns them: each voxel goes to the object with the
  * highest logit among those > 0 (ties: the earlier seed).
  */
-function paint(writeBox: Box3, box: Box3, records: ObjectRecord[]): BigUint64Array {
+async function paint(writeBox: Box3, box: Box3, extents: ObjectExtent[], records: RecordCache): Promise<BigUint64Array> {
   const [nz, ny, nx] = writeBox.shapeZyx;
   const [bz, by, bx] = [0, 1, 2].map((d) => writeBox.offsetZyx[d]! - box.offsetZyx[d]!) as Vec3;
   const out = new BigUint64Array(nz * ny * nx);
   const best = new Float32Array(out.length);
-  for (const r of records) {
-    const [wy, wx, h, w] = r.window;
+  for (const e of extents) {
+    const [wy, wx, h, w] = e.window;
     const y0 = Math.max(by, wy);
     const y1 = Math.min(by + ny, wy + h);
     const x0 = Math.max(bx, wx);
     const x1 = Math.min(bx + nx, wx + w);
-    if (y0 >= y1 || x0 >= x1) continue;
+    if (y0 >= y1 || x0 >= x1 || e.z1 < bz || e.z0 >= bz + nz) continue;
+    const r = await records.get(e.id);
     const label = BigInt(r.id);
     for (const [z, lg] of r.logits) {
       if (z < bz || z >= bz + nz) continue;

@@ -231,6 +231,20 @@ describe("automatic segmentation", () => {
     expect(Buffer.from(a.buffer).equals(Buffer.from(b.buffer))).toBe(true);
   }, 60_000);
 
+  it("propagates objects side by side with two workers and writes the same labels", async () => {
+    const two = await loadPropagator(join(golden, "model"), { logger: silentLogger(), workers: 2, intraOpThreads: 1 });
+    try {
+      const url = `precomputed://file://${join(dir, "two_workers")}`;
+      const res = await run(url, { propagator: two, recordCacheBytes: 1 });
+      expect(res.objectsComputed).toBe(2);
+      const a = await readLabels(url);
+      const b = await readLabels(firstUrl);
+      expect(Buffer.from(a.buffer).equals(Buffer.from(b.buffer))).toBe(true);
+    } finally {
+      await two.close();
+    }
+  }, 60_000);
+
   it("writes OME-Zarr with the same labels", async () => {
     const url = `zarr://file://${join(dir, "seg.zarr")}`;
     await run(url);

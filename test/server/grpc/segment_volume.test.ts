@@ -129,6 +129,22 @@ describe("SegmentVolume", () => {
     }
   }, 120_000);
 
+  it("a cancelled call leaves a resumable output: the same request again finishes it with the same labels", async () => {
+    const outputUrl = `precomputed://file://${join(dir, "cancelled")}`;
+    const stream = clients.segmentation.segmentVolume(request({ outputUrl }));
+    const cancelled = await new Promise<number>((resolve, reject) => {
+      stream.on("data", () => stream.cancel());
+      stream.on("error", (e: { code: number }) => resolve(e.code));
+      stream.on("end", () => reject(new Error("the stream ended before the cancel")));
+    });
+    expect(cancelled).toBe(status.CANCELLED);
+    const messages = await collect<SegmentVolumeResponse>(clients.segmentation.segmentVolume(request({ outputUrl })));
+    expect(messages.at(-1)!.done).toBe(true);
+    const a = await readLabels(outputUrl);
+    const b = await readLabels(`precomputed://file://${join(dir, "out")}`);
+    expect(Buffer.from(a.buffer).equals(Buffer.from(b.buffer))).toBe(true);
+  }, 60_000);
+
   it("answers bad requests with INVALID_ARGUMENT naming the field", async () => {
     const cases: [Partial<SegmentVolumeRequest>, string][] = [
       [{ box: { offset: { z: 0, y: 0, x: 60 }, shape: { z: 2, y: 2, x: 8 } } }, "box"],

@@ -187,7 +187,7 @@ export class PropagationSession {
     let n = 0;
     for (const s of this.sdfSlices.values()) n += s.byteLength;
     for (const t of this.objects.values()) {
-      for (const o of [...t.cond.values(), ...t.noncond.values()]) n += o.mask.byteLength + o.objPtr.byteLength + (o.memory?.byteLength ?? 0);
+      for (const o of [...t.cond.values(), ...t.noncond.values()]) n += o.mask.byteLength + o.objPtr.byteLength + (o.memory?.byteLength ?? 0) + (o.logits?.byteLength ?? 0);
     }
     return n;
   }

@@ -10,7 +10,6 @@
 // Local files only: libhdf5 needs random access that a Store's range reads cannot give it synchronously.
 
 import * as fs from "node:fs/promises";
-import h5wasm from "h5wasm/node";
 import type { Dataset } from "h5wasm/node";
 import { DATA_TYPES } from "#src/dtype.ts";
 import type { DataType, TypedArray } from "#src/dtype.ts";
@@ -24,12 +23,19 @@ import { FileStore } from "./stores.ts";
 /** Target size of the z slabs a contiguous dataset is read in. */
 const SLAB_BYTES = 4 * 2 ** 20;
 
+type H5Wasm = (typeof import("h5wasm/node"))["default"];
+// Assigned by h5Ready(), which every entry point awaits first. The module is imported on first use
+// only: instantiating h5wasm reserves about 600 MiB of address space that shows up as RSS, which a
+// server that never opens an HDF5 file should not pay.
+let h5wasm: H5Wasm;
 let ready: Promise<void> | undefined;
 
 /** Loads the wasm module once and makes libhdf5 errors throw (instead of printing to stderr). */
 function h5Ready(): Promise<void> {
-  ready ??= h5wasm.ready.then((module) => {
+  ready ??= import("h5wasm/node").then(async ({ default: h5 }) => {
+    const module = await h5.ready;
     module.activate_throwing_error_handler();
+    h5wasm = h5;
   });
   return ready;
 }

@@ -97,13 +97,18 @@ export class SdfEngine {
 
   constructor(private readonly options: SdfEngineOptions) {}
 
-  /** The write-block grid of a model on a level: patch minus context, rounded to the pooling multiple. */
+  /**
+   * The write-block grid of a model on a level: the manifest's patch minus its context, but never
+   * smaller than the default block (a U-Net trained on small crops with a wide context would
+   * otherwise write a sliver of each block it reads), rounded down to the pooling multiple.
+   */
   blockShape(manifest: ModelManifest): Vec3 {
     const mult = sizeMultiple(manifest);
     const patch = manifest.patchShapeZyx;
     const fallback = this.options.defaultBlockShapeZyx ?? [32, 64, 64];
     return [0, 1, 2].map((d) => {
-      const want = patch ? patch[d]! - 2 * manifest.contextZyx[d]! : fallback[d]!;
+      const fromPatch = patch ? patch[d]! - 2 * manifest.contextZyx[d]! : 0;
+      const want = Math.max(fromPatch, fallback[d]!);
       return Math.max(mult[d]!, Math.floor(want / mult[d]!) * mult[d]!);
     }) as Vec3;
   }

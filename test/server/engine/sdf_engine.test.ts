@@ -133,3 +133,14 @@ describe("SdfEngine", () => {
     ).rejects.toMatchObject({ _tag: "InvalidArgument", field: "box.shape" });
   });
 });
+
+describe("SdfEngine.blockShape", () => {
+  it("never writes less than the default block, even when patch minus context is tiny", async () => {
+    const engine = await freshEngine("cache-f");
+    const manifest = registry.get("tiny_conv3d")!.manifest;
+    // A U-Net trained on 32x96x96 crops with a 48-voxel context: patch - 2*context is negative.
+    expect(engine.blockShape({ ...manifest, patchShapeZyx: [32, 96, 96], contextZyx: [48, 48, 48] })).toEqual(BLOCK);
+    // A large patch gives a larger block.
+    expect(engine.blockShape({ ...manifest, patchShapeZyx: [64, 160, 160], contextZyx: [8, 8, 8] })).toEqual([48, 144, 144]);
+  });
+});

@@ -123,6 +123,8 @@ def cmd_export_unet(a: argparse.Namespace) -> int:
         "sdf": {"truncation_nm": cfg["truncation_nm"], "transform": "sdf = clip(d_nm / T, -1, 1), d > 0 inside; inverse d_nm = T * sdf"},
         "metrics": {"val_fg_iou": summary.get("best_val_iou")},
     }
+    if summary["budget"] in ("1", "1/1"):
+        training["note"] = "trained on all labels of its data: never a starting point for the sparse-budget methods (a)-(c)"
     if a.eval_split:
         from .metrics import evaluate
         from .train_unet import predict

@@ -13,7 +13,9 @@ propagator with SDF memory (train_propagator.py, by the propagator's owners). Da
 
 Pseudo-labels: P_u = sigmoid(U-Net fg logit), P_p = propagated probability. Foreground where
 both > 0.5; confidence = min(|2 P_u - 1|, |2 P_p - 1|) where they agree, 0 where they disagree;
-weight = pseudo_weight * confidence; annotated slices: their labels with weight annotated_weight.
+weight = pseudo_weight * confidence, background weights then scaled down (never up) so that the
+pseudo-labels' weighted background/foreground ratio is at most the annotated slices'; annotated
+slices: their labels with weight annotated_weight.
 Only ``labels`` on ``annotated_slices`` are ever read.
 
 On disk (``out_dir``): round_<r>/unet/ (a train_unet run), round_<r>/propagator/ (mask-track
@@ -114,7 +116,18 @@ def agreement_pseudo_labels(
     conf = np.minimum(np.abs(2 * p_unet - 1), np.abs(2 * p_prop - 1)).astype(np.float32)
     weight = np.where(agree, pseudo_weight * conf, 0.0).astype(np.float32)
     mask = fg_u & fg_p
-    mask[annotated_slices] = labels[annotated_slices] > 0
+    # Keep the annotated slices' class ratio: a weak mask track "agrees" on background wherever it
+    # did not reach, and unbalanced background weight drove the U-Net to predict background only.
+    ann = np.zeros(mask.shape[0], bool)
+    ann[annotated_slices] = True
+    lab = labels[annotated_slices] > 0
+    ratio = (lab.size - lab.sum()) / max(int(lab.sum()), 1)
+    wf = float(weight[~ann][mask[~ann]].sum())
+    wb = float(weight[~ann][~mask[~ann]].sum())
+    if wb > 0:
+        scale = min(1.0, ratio * wf / wb)
+        weight[~ann] = np.where(mask[~ann], weight[~ann], weight[~ann] * scale)
+    mask[annotated_slices] = lab
     weight[annotated_slices] = annotated_weight
     return mask, weight
 

@@ -16,9 +16,10 @@ def test_agreement_rule():
     pp = np.array([[[0.8, 0.2, 0.1, 0.7]], [[0.0, 0.0, 0.0, 0.0]]], np.float32)
     labels = np.array([[[0, 0, 0, 0]], [[1, 1, 0, 0]]], np.uint8)
     mask, w = agreement_pseudo_labels(pu, pp, labels, [1], annotated_weight=1.0, pseudo_weight=0.5)
-    # Slice 0: agree fg (conf min(0.8, 0.6)), disagree, agree bg (0.8), disagree.
+    # Slice 0: agree fg (conf min(0.8, 0.6)), disagree, agree bg (0.8), disagree. The annotated
+    # slice is half foreground (ratio 1), so background weight 0.4 is scaled down to fg's 0.3.
     assert mask[0, 0].tolist() == [True, False, False, False]
-    np.testing.assert_allclose(w[0, 0], [0.5 * 0.6, 0, 0.5 * 0.8, 0], atol=1e-6)
+    np.testing.assert_allclose(w[0, 0], [0.5 * 0.6, 0, 0.5 * 0.6, 0], atol=1e-6)
     # Slice 1 is annotated: its labels, highest weight.
     assert mask[1, 0].tolist() == [True, True, False, False]
     assert np.all(w[1] == 1.0)

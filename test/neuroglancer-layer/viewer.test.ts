@@ -5,28 +5,17 @@
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { chromium, type Browser, type Page } from "playwright-core";
+import type { Browser, Page } from "playwright-core";
 import { PNG } from "pngjs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ensureViewerBuilt, LAYER_DIR } from "#server/bridge/viewer_build.ts";
 import { demoBridgeVolumes, DEMO_SHAPE_ZYX, ensureDemoVolume } from "#server/demo.ts";
 import { silentLogger } from "#server/log.ts";
 import { serve, type RunningServer } from "#server/serve.ts";
+import { launchChromium, requireChromium } from "#test/helpers/browser.ts";
 
 const ROOT = join(import.meta.dirname, "..", "..");
 const ARTIFACTS = join(ROOT, "test-artifacts", "neuroglancer-layer");
-const CHROMIUM = "/usr/bin/chromium";
-// RECIPES.md: headless Debian chromium with WebGL2 through SwiftShader.
-const CHROMIUM_ARGS = [
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  "--enable-unsafe-swiftshader",
-];
 const VIEWPORT = { width: 1000, height: 700 };
 
 let server: RunningServer;
@@ -36,7 +25,7 @@ let base: string;
 let viewerBuild: { built: boolean; ms: number };
 
 beforeAll(async () => {
-  if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: run .ci/setup (apt-get install -y chromium)`);
+  requireChromium();
   viewerBuild = await ensureViewerBuilt();
   const layers = await ensureDemoVolume(join(ROOT, ".cache", "demo"));
   // No models: this test is about the viewer and the bridge's data path.
@@ -56,7 +45,7 @@ beforeAll(async () => {
     bridge: { volumes: demoBridgeVolumes(layers) },
   });
   base = `http://127.0.0.1:${server.httpPort!}`;
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+  browser = await launchChromium();
   mkdirSync(ARTIFACTS, { recursive: true });
 });
 

@@ -3,31 +3,20 @@
 // browser reads the overlay colours pngjs wrote, and nothing is logged as an error. The screenshot
 // goes to test-artifacts/eval/report.png.
 
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
-import { chromium, type Browser } from "playwright-core";
+import type { Browser } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runReport } from "#server/eval/report_command.ts";
 import { OVERLAY_ALPHA } from "#server/eval/overlay.ts";
 import { index, writeReportFixture } from "./report_fixture.ts";
 import type { ReportFixture } from "./report_fixture.ts";
+import { launchChromium, requireChromium } from "#test/helpers/browser.ts";
 
 const ROOT = join(import.meta.dirname, "..", "..", "..");
 const ARTIFACTS = join(ROOT, "test-artifacts", "eval");
-const CHROMIUM = "/usr/bin/chromium";
-// RECIPES.md: headless Debian chromium.
-const CHROMIUM_ARGS = [
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  "--enable-unsafe-swiftshader",
-];
 
 let dir = "";
 let fx: ReportFixture;
@@ -35,7 +24,7 @@ let browser: Browser;
 let html = "";
 
 beforeAll(async () => {
-  if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: run .ci/setup (apt-get install -y chromium)`);
+  requireChromium();
   dir = mkdtempSync(join(tmpdir(), "report-browser-"));
   fx = await writeReportFixture(dir);
   const results = join(dir, "results.json");
@@ -66,7 +55,7 @@ beforeAll(async () => {
     { stdout: quiet, stderr: quiet, fail: () => undefined },
   );
   html = files.html;
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+  browser = await launchChromium();
   mkdirSync(ARTIFACTS, { recursive: true });
 });
 

@@ -3,10 +3,10 @@
 // link opened in chromium: the viewer comes up with image, ground truth and prediction in two
 // panels, every chunk it asks the bridge for is answered 200, and the page logs no error.
 
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { chromium, type Browser } from "playwright-core";
+import type { Browser } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ensureViewerBuilt } from "#server/bridge/viewer_build.ts";
 import { runReport } from "#server/eval/report_command.ts";
@@ -14,20 +14,10 @@ import { silentLogger } from "#server/log.ts";
 import { serve, type RunningServer } from "#server/serve.ts";
 import { writeReportFixture } from "./report_fixture.ts";
 import type { ReportFixture } from "./report_fixture.ts";
+import { launchChromium, requireChromium } from "#test/helpers/browser.ts";
 
 const ROOT = join(import.meta.dirname, "..", "..", "..");
 const ARTIFACTS = join(ROOT, "test-artifacts", "eval");
-const CHROMIUM = "/usr/bin/chromium";
-const CHROMIUM_ARGS = [
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  "--enable-unsafe-swiftshader",
-];
 
 let dir = "";
 let fx: ReportFixture;
@@ -36,7 +26,7 @@ let browser: Browser;
 let base = "";
 
 beforeAll(async () => {
-  if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: run .ci/setup (apt-get install -y chromium)`);
+  requireChromium();
   await ensureViewerBuilt();
   dir = mkdtempSync(join(tmpdir(), "report-link-"));
   fx = await writeReportFixture(dir);
@@ -56,7 +46,7 @@ beforeAll(async () => {
     log: silentLogger(),
   });
   base = `http://127.0.0.1:${server.httpPort!}`;
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+  browser = await launchChromium();
   mkdirSync(ARTIFACTS, { recursive: true });
 }, 60_000);
 

@@ -18,7 +18,7 @@ export interface DemoVolume {
 }
 
 /** mulberry32: a small, fast, well-distributed 32-bit PRNG (public domain algorithm). */
-function prng(seed: number): () => number {
+export function prng(seed: number): () => number {
   let a = seed >>> 0;
   return () => {
     a = (a + 0x6d2b79f5) >>> 0;

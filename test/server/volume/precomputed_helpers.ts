@@ -7,6 +7,7 @@ import { tmpdir } from "node:os";
 import * as path from "node:path";
 import { viewBytes } from "#src/dtype.ts";
 import type { DataType, TypedArray } from "#src/dtype.ts";
+import { prng } from "#src/demo_volume.ts";
 
 export const PYTHON = path.resolve("models/.venv/bin/python");
 export const GENERATOR = path.resolve("models/spatialsam/fixtures/volumes_precomputed.py");
@@ -28,17 +29,8 @@ export function readJson<T>(file: string): T {
   return JSON.parse(readFileSync(file, "utf8")) as T;
 }
 
-/** A deterministic PRNG (mulberry32) so TS-made test data is reproducible. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** A deterministic PRNG (the demo volume's mulberry32) so TS-made test data is reproducible. */
+export const rng = prng;
 
 /** A uniformly random uint64 from two 32-bit draws. */
 export function randomU64(next: () => number): bigint {

@@ -11,6 +11,7 @@
 
 import * as fs from "node:fs/promises";
 import type { Dataset } from "h5wasm/node";
+import type H5WasmModule from "h5wasm/node";
 import { DATA_TYPES } from "#src/dtype.ts";
 import type { DataType, TypedArray } from "#src/dtype.ts";
 import { dataCorruption, invalidArgument, notFound, permissionDenied, SpatialSamError, throwIfAborted } from "#src/errors.ts";
@@ -23,7 +24,7 @@ import { FileStore } from "./stores.ts";
 /** Target size of the z slabs a contiguous dataset is read in. */
 const SLAB_BYTES = 4 * 2 ** 20;
 
-type H5Wasm = (typeof import("h5wasm/node"))["default"];
+type H5Wasm = typeof H5WasmModule;
 // Assigned by h5Ready(), which every entry point awaits first. The module is imported on first use
 // only: instantiating h5wasm reserves about 600 MiB of address space that shows up as RSS, which a
 // server that never opens an HDF5 file should not pay.

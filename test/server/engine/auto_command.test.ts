@@ -13,8 +13,7 @@ import { openOutput } from "#server/engine/auto/output.ts";
 import { segmentVolume } from "#server/engine/auto/segment.ts";
 import { loadPropagator } from "#server/engine/propagation/propagator.ts";
 import { openVolume } from "#server/volume/open_volume.ts";
-import { PrecomputedWriter } from "#server/volume/precomputed_writer.ts";
-import { FileStore } from "#server/volume/stores.ts";
+import { writePrecomputedArray } from "#test/helpers/precomputed_array.ts";
 import { readNpy } from "#test/helpers/npy.ts";
 import { REPO_ROOT } from "#test/helpers/volumes_stacks.ts";
 
@@ -24,14 +23,7 @@ const [Z, Y, X] = imageNpy.shape as Vec3;
 let dir: string;
 
 async function writeVolume(name: string, dtype: DataType, data: TypedArray): Promise<void> {
-  const store = await FileStore.open(join(dir, name), [dir]);
-  const writer = await PrecomputedWriter.create(store, {
-    type: "image",
-    dataType: dtype,
-    numChannels: 1,
-    scales: [{ key: "s0", sizeXyz: [X, Y, Z], resolutionXyz: [5, 5, 5], voxelOffsetXyz: [0, 0, 0], chunkSizeXyz: [X, Y, Z], encoding: "raw" }],
-  });
-  await writer.writeChunk(0, [0, 0, 0], data);
+  await writePrecomputedArray(dir, name, dtype, data, [Z, Y, X]);
 }
 
 async function readLabels(url: string): Promise<BigUint64Array> {

@@ -15,8 +15,7 @@ import { segmentVolume, type SegmentRequest } from "#server/engine/auto/segment.
 import { openOutput } from "#server/engine/auto/output.ts";
 import { loadPropagator, type LoadedPropagator } from "#server/engine/propagation/propagator.ts";
 import { openVolume } from "#server/volume/open_volume.ts";
-import { PrecomputedWriter } from "#server/volume/precomputed_writer.ts";
-import { FileStore } from "#server/volume/stores.ts";
+import { writePrecomputedArray } from "#test/helpers/precomputed_array.ts";
 import { readNpy } from "#test/helpers/npy.ts";
 import { PYTHON, REPO_ROOT } from "#test/helpers/volumes_stacks.ts";
 
@@ -69,15 +68,7 @@ let reference: BigUint64Array;
 let ties: Uint8Array;
 
 async function writeVolume(name: string, dtype: DataType, data: TypedArray): Promise<VolumeSource> {
-  const store = await FileStore.open(join(dir, name), [dir]);
-  const writer = await PrecomputedWriter.create(store, {
-    type: "image",
-    dataType: dtype,
-    numChannels: 1,
-    scales: [{ key: "s0", sizeXyz: [X, Y, Z], resolutionXyz: [5, 5, 5], voxelOffsetXyz: [0, 0, 0], chunkSizeXyz: [X, Y, Z], encoding: "raw" }],
-  });
-  await writer.writeChunk(0, [0, 0, 0], data);
-  return openVolume(`precomputed://file://${join(dir, name)}`, { roots: [dir] });
+  return openVolume(await writePrecomputedArray(dir, name, dtype, data, [Z, Y, X]), { roots: [dir] });
 }
 
 beforeAll(async () => {

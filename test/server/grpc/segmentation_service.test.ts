@@ -27,8 +27,7 @@ import type { OpenVolumeRequest, OpenVolumeResponse } from "#proto/spatial_sam/v
 import type { DataType, TypedArray } from "#src/dtype.ts";
 import { silentLogger } from "#server/log.ts";
 import { serve, type RunningServer } from "#server/serve.ts";
-import { PrecomputedWriter } from "#server/volume/precomputed_writer.ts";
-import { FileStore } from "#server/volume/stores.ts";
+import { writePrecomputedArray } from "#test/helpers/precomputed_array.ts";
 import { call, collect, connect, grpcError, type Clients } from "#test/helpers/grpc_clients.ts";
 import { readNpy } from "#test/helpers/npy.ts";
 
@@ -61,16 +60,8 @@ let imageId: string;
 let sdfId: string;
 
 async function writeVolume(name: string, dtype: DataType, data: TypedArray): Promise<string> {
-  const store = await FileStore.open(join(dataDir, name), [dataDir]);
-  const writer = await PrecomputedWriter.create(store, {
-    type: "image",
-    dataType: dtype,
-    numChannels: 1,
-    scales: [{ key: "s0", sizeXyz: [X, Y, Z], resolutionXyz: [5, 5, 5], voxelOffsetXyz: [0, 0, 0], chunkSizeXyz: [X, Y, Z], encoding: "raw" }],
-  });
-  await writer.writeChunk(0, [0, 0, 0], data);
   const opened = await call<OpenVolumeRequest, OpenVolumeResponse>(clients.volumes, clients.volumes.openVolume, {
-    url: `precomputed://file://${join(dataDir, name)}`,
+    url: await writePrecomputedArray(dataDir, name, dtype, data, [Z, Y, X]),
   });
   return opened.volume!.volumeId;
 }

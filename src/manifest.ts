@@ -39,6 +39,8 @@ export interface ModelManifest {
   contextZyx: Vec3;
   /** The block shape the model was trained/exported for, if it has one. */
   patchShapeZyx?: Vec3;
+  /** Every spatial input size must be a multiple of this (a U-Net's total pooling); default 1. */
+  sizeMultipleZyx?: Vec3;
   voxelSizeNm: Vec3;
   /** Free-form provenance (data, budget, seed, command, time, metrics), kept as written. */
   training?: Record<string, unknown>;
@@ -55,6 +57,7 @@ const KEYS = [
   "normalization",
   "context_zyx",
   "patch_shape_zyx",
+  "size_multiple_zyx",
   "voxel_size_nm",
   "training",
 ] as const;
@@ -189,6 +192,9 @@ export function parseManifest(json: unknown): ModelManifest {
   };
   if (json.patch_shape_zyx !== undefined) {
     manifest.patchShapeZyx = field(json, "patch_shape_zyx", (x) => vec3(x, isPositiveInt, "positive integers"));
+  }
+  if (json.size_multiple_zyx !== undefined) {
+    manifest.sizeMultipleZyx = field(json, "size_multiple_zyx", (x) => vec3(x, isPositiveInt, "positive integers"));
   }
   if (json.training !== undefined) {
     manifest.training = field(json, "training", (x) => {

@@ -4,7 +4,7 @@ Graph: input ``image`` float32 [1, 1, Z, Y, X] (axes NCZYX), intensities normali
 ``(raw_uint8 / 255 - mean) / std`` with the manifest's ``normalization``; outputs ``sdf``
 (float32 [1, 1, Z, Y, X], tanh, normalised SDF: nm = T * sdf, T = training.sdf.truncation_nm)
 and ``fg_logit`` (float32 [1, 1, Z, Y, X]). Z, Y, X are dynamic but must each be a multiple of
-the pooling factor (``UNetConfig.size_multiple()``, recorded in ``training.size_multiple_zyx``).
+the pooling factor (``UNetConfig.size_multiple()``, recorded as ``size_multiple_zyx``).
 The server reads blocks with ``context_zyx`` voxels of halo per side (zero-filled outside the
 volume, i.e. the mean intensity after normalisation) and keeps the centre.
 """
@@ -74,7 +74,7 @@ def manifest(
     training: dict,
 ) -> dict:
     """The model.json document. Dynamic dimensions are -1; spatial sizes must be multiples of
-    ``training.size_multiple_zyx``."""
+    ``size_multiple_zyx``."""
     spec = {"dtype": "float32", "shape": [1, 1, -1, -1, -1], "axes": "NCZYX"}
     return {
         "name": name,
@@ -87,9 +87,9 @@ def manifest(
         "normalization": {"mean": mean, "std": std},
         "context_zyx": list(context_zyx(model.cfg)),
         "patch_shape_zyx": list(patch_shape_zyx),
+        "size_multiple_zyx": list(model.cfg.size_multiple()),
         "voxel_size_nm": list(voxel_size_nm),
         "training": {
-            "size_multiple_zyx": list(model.cfg.size_multiple()),
             "normalization_note": "image = (raw_uint8 / 255 - mean) / std; zero outside the volume",
             "unet": model.cfg.to_dict(),
             **training,

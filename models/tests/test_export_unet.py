@@ -13,7 +13,7 @@ from spatialsam.unet3d import UNetConfig, build_unet3d, context_zyx
 
 # The keys src/manifest.ts accepts (it rejects unknown ones).
 MANIFEST_KEYS = {"name", "version", "kind", "onnx", "sha256", "inputs", "outputs", "normalization",
-                 "context_zyx", "patch_shape_zyx", "voxel_size_nm", "training"}
+                 "context_zyx", "patch_shape_zyx", "size_multiple_zyx", "voxel_size_nm", "training"}
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_manifest_fields(exported):
     assert [o["name"] for o in doc["outputs"]] == ["sdf", "fg_logit"]
     assert doc["context_zyx"] == list(context_zyx(model.cfg))
     assert doc["normalization"] == {"mean": 0.55, "std": 0.12}
-    assert doc["training"]["size_multiple_zyx"] == [2, 4, 4]
+    assert doc["size_multiple_zyx"] == [2, 4, 4]
     for key in ("data", "budget", "seed", "command", "time_s", "metrics"):
         assert key in doc["training"]
 

@@ -73,8 +73,7 @@ interface Job {
 
 /** What the U-Net's input dimensions must be multiples of (pooling), from the manifest. */
 function sizeMultiple(m: ModelManifest): Vec3 {
-  const fromManifest = (m as { sizeMultipleZyx?: Vec3 }).sizeMultipleZyx ?? (m.training?.size_multiple_zyx as Vec3 | undefined);
-  return Array.isArray(fromManifest) && fromManifest.length === 3 ? fromManifest : [1, 1, 1];
+  return m.sizeMultipleZyx ?? [1, 1, 1];
 }
 
 /** Scales raw intensities to [0, 1] by the dtype's range (floats pass unchanged), then normalises. */

@@ -1,4 +1,5 @@
 import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { numericShape, parseManifest } from "#src/manifest.ts";
 import { SpatialSamError } from "#src/errors.ts";
@@ -127,5 +128,17 @@ describe("parseManifest", () => {
     expect(() => parseManifest(mutate((j) => (j.inputs[0].dtype = "float16")))).toThrow(
       'inputs[0].dtype: unknown data type "float16"',
     );
+  });
+});
+
+describe("size_multiple_zyx", () => {
+  const base = JSON.parse(readFileSync(join(import.meta.dirname, "..", "..", "models", "sdf_unet3d_lucchi", "model.json"), "utf8")) as Record<string, unknown>;
+
+  it("is read from the shipped U-Net manifest (its pooling factor)", () => {
+    expect(parseManifest(base).sizeMultipleZyx).toEqual([8, 8, 8]);
+  });
+
+  it("must be three positive integers, named in the error", () => {
+    expect(() => parseManifest({ ...base, size_multiple_zyx: [8, 0, 8] })).toThrow(/size_multiple_zyx/);
   });
 });

@@ -2,7 +2,7 @@
 // labels) as Neuroglancer precomputed under the demo folder, once, then serves it.
 import { existsSync } from "node:fs";
 import { mkdir, rename, rm } from "node:fs/promises";
-import { join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { SingleBar, Presets } from "cli-progress";
 import { makeDemoVolume } from "#src/demo_volume.ts";
 import { allocate } from "#src/dtype.ts";
@@ -85,13 +85,19 @@ export async function runDemo(o: ServerCliOptions & { demoDir: string }): Promis
     const viewer = await ensureViewerBuilt();
     if (viewer.built) process.stderr.write(`viewer bundle built in ${(viewer.ms / 1000).toFixed(1)} s (neuroglancer-layer/dist)\n`);
   }
+  // The shipped models, when present, make the demo answer prompts over gRPC too.
+  const shipped = join(resolve(o.models), "propagator_lucchi", "propagator.json");
+  if (o.propagator === undefined && existsSync(shipped)) {
+    o.propagator = dirname(shipped);
+    o.sdfModel ??= "sdf_unet3d_lucchi";
+  }
   const running = await startFromCli(o, [resolve(o.demoDir)], { volumes: demoBridgeVolumes(layers) });
   process.stdout.write(
     [
       "Spatial-SAM demo",
       `  image   precomputed://file://${layers.image}`,
       `  labels  precomputed://file://${layers.labels}`,
-      `  gRPC    ${running.grpc.address}`,
+      `  gRPC    ${running.grpc.address}${o.propagator === undefined ? "" : ` (prompts: ${o.propagator}, SDF memory: ${o.sdfModel ?? "none"})`}`,
       ...(running.httpPort === undefined
         ? []
         : [

@@ -26,7 +26,6 @@ metrics). A killed run resumes inside the unfinished round (both trainers resume
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .atomic_files import replace_with, write_text
 from .data import check_slices, check_volume
 from .metrics import foreground_iou
 from .sdf import sdf_target
@@ -85,18 +85,6 @@ class DualTrackConfig:
             threads=self.threads,
             truncation_nm=self.truncation_nm,
         )
-
-
-def _atomic_json(path: Path, doc: dict) -> None:
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, path)
-
-
-def _atomic_npz(path: Path, **arrays: np.ndarray) -> None:
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
 
 
 def agreement_pseudo_labels(
@@ -177,7 +165,7 @@ def run_dualtrack(
     state_path, log_path = out / "state.json", out / "rounds.jsonl"
     state = json.loads(state_path.read_text()) if state_path.exists() else {"done": -1, "time_s": 0.0}
     if state["done"] < 0:
-        _atomic_json(out / "config.json", {**asdict(cfg), "annotated_slices": slices})
+        write_text(out / "config.json", json.dumps({**asdict(cfg), "annotated_slices": slices}, indent=1))
         if log_path.exists():
             log_path.unlink()
     sparse = make_train_data(image, labels > 0, voxel_size_nm, slices, cfg.truncation_nm)
@@ -227,7 +215,7 @@ def run_dualtrack(
         with torch.no_grad():
             p_prop = propagate_volume(prop, image, sdf, slices, ann_labels, crop=cfg.mask_crop)
         mask, weight = agreement_pseudo_labels(p_unet, p_prop, ann_labels, slices, cfg.annotated_weight, cfg.pseudo_weight)
-        _atomic_npz(rdir / "pseudo.npz", mask=mask, weight=weight)
+        replace_with(rdir / "pseudo.npz", lambda tmp: np.savez_compressed(tmp, mask=mask, weight=weight), suffix=".tmp.npz")
         metrics = {
             "round": r,
             "time_s": round(time.monotonic() - t0, 1),
@@ -247,7 +235,7 @@ def run_dualtrack(
         with open(log_path, "a") as f:
             f.write(json.dumps(metrics) + "\n")
         state = {"done": r, "time_s": metrics["time_s"]}
-        _atomic_json(state_path, state)
+        write_text(state_path, json.dumps(state, indent=1))
         bar.update(1)
         if _kill_after_round is not None and r == _kill_after_round:
             bar.close()

@@ -14,7 +14,6 @@ Graphs (batch 1, H and W dynamic multiples of 16, N memory entries and P pointer
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import tempfile
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from spatialsam.atomic_files import sha256_file, write_bytes
 from spatialsam.image_encoder import ImageFeatures
 from spatialsam.memory import MemoryBankTensors
 from spatialsam.propagator import NO_OBJ_LOGIT, Propagator
@@ -128,17 +128,9 @@ def torch_outputs(kind: str, model: Propagator, inputs: dict[str, torch.Tensor])
         return list(GraphModule(kind, model.eval())(*inputs.values()))
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def write_json(path: Path, obj: Any) -> None:
     """Atomic JSON write (sorted keys off: field order is the documentation order)."""
-    _atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+    write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
 def _export_graph(kind: str, model: Propagator, inputs: dict[str, torch.Tensor], path: Path) -> None:
@@ -158,10 +150,6 @@ def _export_graph(kind: str, model: Propagator, inputs: dict[str, torch.Tensor],
         dynamic_axes=dyn, do_constant_folding=True,
     )
     os.replace(tmp, path)
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _io_entries(items: list[tuple[str, list[Any], str]]) -> list[dict[str, Any]]:
@@ -196,7 +184,7 @@ def export_propagator(
             "version": version,
             "kind": kind,
             "onnx": "model.onnx",
-            "sha256": _sha256(onnx_path),
+            "sha256": sha256_file(onnx_path),
             "inputs": _io_entries(specs[kind]["inputs"]),
             "outputs": _io_entries(specs[kind]["outputs"]),
             # Only the image encoder reads raw intensities; the other graphs take features, SDF and masks.

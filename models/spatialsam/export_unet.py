@@ -11,7 +11,6 @@ volume, i.e. the mean intensity after normalisation) and keeps the centre.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -21,18 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .atomic_files import sha256_file
 from .unet3d import UNet, context_zyx
 
 OPSET = 17
 VERSION = "1.0.0"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def export_onnx(model: UNet, path: Path) -> None:

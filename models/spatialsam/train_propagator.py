@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +25,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from spatialsam.atomic_files import torch_save
 from spatialsam.image_encoder import ImageFeatures
 from spatialsam.memory import MemoryBankTensors
 from spatialsam.predictor import MASK_PROMPT_LOGIT, propagate_volume
@@ -66,17 +65,9 @@ class TrainConfig:
     max_minutes: float | None = None  # stop (after a checkpoint) once this much wall time has passed
 
 
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def save_checkpoint(path: Path, model: Propagator, opt: torch.optim.Optimizer | None, step: int,
                     tcfg: TrainConfig, history: list[dict[str, float]], meta: dict[str, Any] | None = None) -> None:
-    atomic_torch_save({
+    torch_save({
         "model": model.state_dict(), "optimizer": opt.state_dict() if opt else None, "step": step,
         "propagator_config": dataclasses.asdict(model.cfg), "train_config": dataclasses.asdict(tcfg),
         "history": history, "meta": meta or {},

@@ -10,7 +10,6 @@ early-stopping state), ``best.pt`` (model weights with the best validation fg-Io
 from __future__ import annotations
 
 import json
-import os
 import signal
 import threading
 import time
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .atomic_files import torch_save, write_text
 from .data import annotation_weights, check_volume, sample_crop_origins
 from .losses import unet_loss
 from .metrics import foreground_iou
@@ -160,18 +160,6 @@ def predict(model: UNet, image: np.ndarray, mean: float, std: float, fast: bool 
     return s.numpy(), f.numpy()
 
 
-def _atomic_save(obj: object, path: Path) -> None:
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Same random flips (z, y, x) and y/x transpose for every array stacked on axis 0."""
     for axis in (1, 2, 3):
@@ -259,16 +247,16 @@ def train_unet(
         # Drop log lines written after the checkpoint: those steps will be redone.
         if log_path.exists():
             keep = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= state["step"]]
-            _atomic_write_text(log_path, "".join(ln + "\n" for ln in keep))
+            write_text(log_path, "".join(ln + "\n" for ln in keep))
     else:
         if init_weights is not None:
             model.load_state_dict(init_weights)
-        _atomic_write_text(out / "config.json", json.dumps(asdict(cfg), indent=1))
+        write_text(out / "config.json", json.dumps(asdict(cfg), indent=1))
         if log_path.exists():
             log_path.unlink()
 
     def save_checkpoint() -> None:
-        _atomic_save(
+        torch_save(
             {
                 "model": model.state_dict(),
                 "optimizer": opt.state_dict(),
@@ -328,7 +316,7 @@ def train_unet(
                 on_validation(step, iou)
             if iou > state["best_val_iou"]:
                 state.update(best_val_iou=iou, best_step=step, bad_vals=0)
-                _atomic_save({"model": model.state_dict(), "unet_config": model.cfg.to_dict(), "step": step}, best_path)
+                torch_save({"model": model.state_dict(), "unet_config": model.cfg.to_dict(), "step": step}, best_path)
             else:
                 state["bad_vals"] += 1
                 if state["bad_vals"] >= cfg.patience:
@@ -346,7 +334,7 @@ def train_unet(
     if old_handler is not None:
         signal.signal(signal.SIGTERM, old_handler)
     if val is None:
-        _atomic_save({"model": model.state_dict(), "unet_config": model.cfg.to_dict(), "step": state["step"]}, best_path)
+        torch_save({"model": model.state_dict(), "unet_config": model.cfg.to_dict(), "step": state["step"]}, best_path)
     return {
         "step": state["step"],
         "best_val_iou": state["best_val_iou"] if val is not None else None,

@@ -2,7 +2,7 @@
 
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { SpatialSamError } from "#src/errors.ts";
+import { expectError } from "#test/helpers/expect_error.ts";
 import type { Vec3 } from "#src/volume/types.ts";
 import { ChunkCache } from "#server/volume/chunk_cache.ts";
 import { openVolume } from "#server/volume/open_volume.ts";
@@ -19,18 +19,6 @@ afterAll(() => cleanup());
 const SHAPE: Vec3 = [7, 33, 47];
 const open = (file: string, fragment?: string, query = "", roots = [dir]) =>
   openVolume(`h5://file://${path.join(dir, file)}${query}${fragment === undefined ? "" : `#${fragment}`}`, { roots, cache: new ChunkCache({ maxBytes: 2 ** 24 }) });
-
-async function expectError(p: Promise<unknown>, tag: string, field: RegExp, message?: RegExp): Promise<void> {
-  const e = await p.then(
-    () => expect.fail("expected a rejection"),
-    (err: unknown) => err,
-  );
-  expect(e).toBeInstanceOf(SpatialSamError);
-  const s = e as SpatialSamError;
-  expect(s._tag, s.message).toBe(tag);
-  expect(s.field ?? "").toMatch(field);
-  if (message !== undefined) expect(s.message).toMatch(message);
-}
 
 describe("HDF5 datasets", () => {
   const cases: [string, string, string, Vec3, Vec3, string][] = [

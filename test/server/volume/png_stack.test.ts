@@ -6,7 +6,7 @@ import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { SpatialSamError } from "#src/errors.ts";
+import { expectError } from "#test/helpers/expect_error.ts";
 import type { Vec3 } from "#src/volume/types.ts";
 import { ChunkCache } from "#server/volume/chunk_cache.ts";
 import { openVolume } from "#server/volume/open_volume.ts";
@@ -24,18 +24,6 @@ afterAll(() => cleanup());
 const SHAPE: Vec3 = [7, 33, 47];
 const cache = () => new ChunkCache({ maxBytes: 2 ** 26 });
 const open = (rel: string, query = "", roots = [dir]) => openVolume(`png://file://${path.join(dir, rel)}${query}`, { roots, cache: cache() });
-
-async function expectError(p: Promise<unknown>, tag: string, field: RegExp, message?: RegExp): Promise<void> {
-  const e = await p.then(
-    () => expect.fail("expected a rejection"),
-    (err: unknown) => err,
-  );
-  expect(e).toBeInstanceOf(SpatialSamError);
-  const s = e as SpatialSamError;
-  expect(s._tag, s.message).toBe(tag);
-  expect(s.field ?? "").toMatch(field);
-  if (message !== undefined) expect(s.message).toMatch(message);
-}
 
 describe("PNG slice folders", () => {
   it.each([

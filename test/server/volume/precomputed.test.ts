@@ -7,7 +7,7 @@ import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { asBytes } from "#src/dtype.ts";
 import type { DataType, TypedArray } from "#src/dtype.ts";
-import { SpatialSamError } from "#src/errors.ts";
+import type { SpatialSamError } from "#src/errors.ts";
 import type { Vec3, VolumeSource } from "#src/volume/types.ts";
 import { AssembledVolumeSource } from "#server/volume/assembled_source.ts";
 import { ChunkCache } from "#server/volume/chunk_cache.ts";
@@ -16,6 +16,7 @@ import { PrecomputedChunkSource } from "#server/volume/precomputed.ts";
 import { FileStore } from "#server/volume/stores.ts";
 import { startObjectServer } from "#test/helpers/object_server.ts";
 import { readArray, readJson, runGenerator, tempDir } from "./precomputed_helpers.ts";
+import { expectError } from "#test/helpers/expect_error.ts";
 
 interface FixtureCase {
   name: string;
@@ -44,18 +45,6 @@ async function readLevel(vol: VolumeSource, scale: number): Promise<TypedArray> 
 }
 
 const sameBytes = (a: TypedArray, b: TypedArray) => Buffer.from(asBytes(a)).equals(Buffer.from(asBytes(b)));
-
-async function expectError(p: Promise<unknown>, tag: string, field: RegExp | string): Promise<SpatialSamError> {
-  const e = await p.then(
-    () => undefined,
-    (err: unknown) => err,
-  );
-  expect(e).toBeInstanceOf(SpatialSamError);
-  expect((e as SpatialSamError)._tag).toBe(tag);
-  if (typeof field === "string") expect((e as SpatialSamError).field).toBe(field);
-  else expect((e as SpatialSamError).field).toMatch(field);
-  return e as SpatialSamError;
-}
 
 describe("tensorstore-written volumes", () => {
   const exact = [

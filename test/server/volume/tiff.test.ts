@@ -2,7 +2,7 @@
 
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { SpatialSamError } from "#src/errors.ts";
+import { expectError } from "#test/helpers/expect_error.ts";
 import type { Store, Vec3 } from "#src/volume/types.ts";
 import { AssembledVolumeSource } from "#server/volume/assembled_source.ts";
 import { ChunkCache } from "#server/volume/chunk_cache.ts";
@@ -22,19 +22,6 @@ afterAll(() => cleanup());
 
 const SHAPE: Vec3 = [7, 33, 47];
 const open = (rel: string, query = "") => openVolume(`tiff://file://${path.join(dir, rel)}${query}`, { roots: [dir], cache: new ChunkCache({ maxBytes: 2 ** 24 }) });
-
-async function expectError(p: Promise<unknown>, tag: string, field: RegExp, message?: RegExp): Promise<SpatialSamError> {
-  const e = await p.then(
-    () => expect.fail("expected a rejection"),
-    (err: unknown) => err,
-  );
-  expect(e).toBeInstanceOf(SpatialSamError);
-  const s = e as SpatialSamError;
-  expect(s._tag, s.message).toBe(tag);
-  expect(s.field ?? "").toMatch(field);
-  if (message !== undefined) expect(s.message).toMatch(message);
-  return s;
-}
 
 describe("multi-page TIFF", () => {
   const cases: [string, string, Vec3][] = [];

@@ -4,13 +4,12 @@
 
 import { existsSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
-import { Writable } from "node:stream";
-import { Command } from "commander";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { registerEvalCommand } from "#server/eval/eval_command.ts";
 import type { EvalResult } from "#server/eval/evaluate.ts";
 import { generateGolden, loadGolden } from "#test/src/metrics/golden.ts";
 import type { GoldenCase } from "#test/src/metrics/golden.ts";
+import { runCommand } from "#test/helpers/command_harness.ts";
 
 let dir = "";
 let golden: GoldenCase;
@@ -20,33 +19,8 @@ beforeAll(() => {
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-function sink(): Writable & { text: string } {
-  const s = new Writable({
-    write(chunk, _enc, cb) {
-      s.text += String(chunk);
-      cb();
-    },
-  }) as Writable & { text: string };
-  s.text = "";
-  return s;
-}
-
 async function cli(...args: string[]) {
-  const stdout = sink();
-  const stderr = sink();
-  const failures: string[] = [];
-  const errors: unknown[] = [];
-  const program = new Command().exitOverride();
-  registerEvalCommand(program, {
-    stdout,
-    stderr,
-    fail: (m, e) => {
-      failures.push(m);
-      errors.push(e);
-    },
-  });
-  await program.parseAsync(["eval", ...args], { from: "user" });
-  return { stdout: stdout.text, stderr: stderr.text, failures, errors };
+  return runCommand(registerEvalCommand, "eval", args);
 }
 
 const zarr = (name: string) => `zarr://${join(dir, "zarr", name)}`;

@@ -6,8 +6,6 @@
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Writable } from "node:stream";
-import { Command } from "commander";
 import { PNG } from "pngjs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { VolumeRegistry } from "#server/bridge/volume_registry.ts";
@@ -21,6 +19,7 @@ import { histogramCounts } from "#server/eval/svg_plots.ts";
 import { openVolume } from "#server/volume/open_volume.ts";
 import { denseSliceCounts, index, SHAPE, writeReportFixture } from "./report_fixture.ts";
 import type { ReportFixture } from "./report_fixture.ts";
+import { runCommand } from "#test/helpers/command_harness.ts";
 
 let dir = "";
 let fx: ReportFixture;
@@ -30,26 +29,8 @@ beforeAll(async () => {
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-function sink(): Writable & { text: string } {
-  const s = new Writable({
-    write(chunk, _enc, cb) {
-      s.text += String(chunk);
-      cb();
-    },
-  }) as Writable & { text: string };
-  s.text = "";
-  return s;
-}
-
 async function cli(...args: string[]) {
-  const stdout = sink();
-  const stderr = sink();
-  const failures: string[] = [];
-  const errors: unknown[] = [];
-  const program = new Command().exitOverride();
-  registerReportCommand(program, { stdout, stderr, fail: (m, e) => (failures.push(m), errors.push(e)) });
-  await program.parseAsync(["report", ...args], { from: "user" });
-  return { stdout: stdout.text, failures, errors };
+  return runCommand(registerReportCommand, "report", args);
 }
 
 async function evaluateDirect(mask?: string): Promise<EvalResult> {

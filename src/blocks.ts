@@ -1,19 +1,13 @@
 // Blockwise work in daisy's vocabulary: a task tiles its `totalBox` into blocks on a fixed grid;
 // each block has a `writeBox` (the valid output it owns, clipped to the total box) and a `readBox`
 // (the unclipped block grown by the model's context; it may reach outside the volume, where the
-// reader fills it). Every readBox has the same shape, so a model sees one input shape throughout. The grid is anchored at the total box's origin, so a block's identity (its index)
-// does not depend on which request asked for it: that is what makes blocks cacheable and shareable.
+// reader fills it). Every readBox has the same shape, so a model sees one input shape throughout.
+// The grid is anchored at the total box's origin, so a block's identity (its index) does not
+// depend on which request asked for it: that is what makes blocks cacheable and shareable.
 
 import { chunkIndices, chunkRange, intersectBoxes } from "#src/geometry.ts";
 import { invalidArgument } from "#src/errors.ts";
 import type { Box3, Vec3 } from "#src/volume/types.ts";
-
-export enum BlockStatus {
-  Pending = "pending",
-  Running = "running",
-  Done = "done",
-  Failed = "failed",
-}
 
 export interface Block {
   /** Grid index (z, y, x). */
@@ -63,9 +57,4 @@ export class BlockGrid {
   static key(index: Vec3): string {
     return index.join("_");
   }
-}
-
-/** Rounds `n` up to a multiple of `m`. */
-export function roundUp(n: number, m: number): number {
-  return Math.ceil(n / m) * m;
 }

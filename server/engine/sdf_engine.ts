@@ -7,7 +7,7 @@
 import { createHash } from "node:crypto";
 import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
-import { BlockGrid, roundUp, type Block } from "#src/blocks.ts";
+import { BlockGrid, type Block } from "#src/blocks.ts";
 import { DATA_TYPES } from "#src/dtype.ts";
 import { cancelled, invalidArgument, notFound, throwIfAborted } from "#src/errors.ts";
 import { copyBox, intersectBoxes, validateBox } from "#src/geometry.ts";
@@ -321,5 +321,3 @@ export class SdfEngine {
     return { ...progress, dir: layout.dir, resultUrl: `precomputed://file://${layout.dir}` };
   }
 }
-
-export { roundUp };

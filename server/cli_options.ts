@@ -33,6 +33,17 @@ export function serverOptions(cmd: Command): Command {
         .env("SPATIAL_SAM_EXECUTION_PROVIDER"),
     )
     .addOption(new Option("--max-queue <n>", "queued requests per model before RESOURCE_EXHAUSTED").default(32).argParser(intIn(1, 100000)).env("SPATIAL_SAM_MAX_QUEUE"))
+    .addOption(
+      new Option("--max-queue-per-client <n>", "queued requests per model and client before RESOURCE_EXHAUSTED (default: --max-queue)")
+        .argParser(intIn(1, 100000))
+        .env("SPATIAL_SAM_MAX_QUEUE_PER_CLIENT"),
+    )
+    .addOption(
+      new Option("--queue <policy>", "fair: waiting model runs are served clients in turn; fifo: oldest first")
+        .choices(["fair", "fifo"])
+        .default("fair")
+        .env("SPATIAL_SAM_QUEUE"),
+    )
     .addOption(new Option("--token-file <path>", "bearer tokens, one per line (required when --host is not loopback)").env("SPATIAL_SAM_TOKEN_FILE"))
     .addOption(new Option("--tls-cert <pem>", "certificate chain: serve gRPC over TLS").env("SPATIAL_SAM_TLS_CERT"))
     .addOption(new Option("--tls-key <pem>", "private key for --tls-cert").env("SPATIAL_SAM_TLS_KEY"))
@@ -56,6 +67,8 @@ export interface ServerCliOptions {
   threads: number;
   executionProvider: "cpu" | "cuda";
   maxQueue: number;
+  maxQueuePerClient?: number;
+  queue: "fair" | "fifo";
   logLevel: string;
   tokenFile?: string;
   tlsCert?: string;
@@ -80,6 +93,8 @@ export async function startFromCli(o: ServerCliOptions, extraRoots: string[] = [
     intraOpThreads: o.threads,
     executionProvider: o.executionProvider,
     maxQueuePerModel: o.maxQueue,
+    ...(o.maxQueuePerClient === undefined ? {} : { maxQueuePerClient: o.maxQueuePerClient }),
+    fairShare: o.queue === "fair",
     log,
     ...(o.tokenFile === undefined ? {} : { tokenFile: o.tokenFile }),
     ...(o.tlsCert === undefined ? {} : { tlsCert: o.tlsCert }),

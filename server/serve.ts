@@ -29,6 +29,10 @@ export interface ServeOptions {
   intraOpThreads: number;
   executionProvider: "cpu" | "cuda";
   maxQueuePerModel: number;
+  /** Requests one client may have waiting per model (default maxQueuePerModel). */
+  maxQueuePerClient?: number;
+  /** Waiting model runs and SDF blocks are served clients in turn (default true) or oldest first. */
+  fairShare?: boolean;
   maxMessageBytes?: number;
   log: Logger;
   /** The HTTP bridge's start-up volumes, CORS origins, limits (roots and log are the server's). */
@@ -66,11 +70,13 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
     intraOpThreads: options.intraOpThreads,
     executionProvider: options.executionProvider,
     maxQueuePerModel: options.maxQueuePerModel,
+    ...(options.maxQueuePerClient === undefined ? {} : { maxQueuePerClient: options.maxQueuePerClient }),
+    fairShare: options.fairShare ?? true,
     logger: log,
     allowTestFaults: options.allowTestFaults ?? false,
   };
   const registry = await ModelRegistry.load(resolve(options.modelsDir), registryOptions);
-  const sdf = new SdfEngine({ registry, cacheDir: join(cacheDir, "sdf"), log, concurrency: options.workers });
+  const sdf = new SdfEngine({ registry, cacheDir: join(cacheDir, "sdf"), log, concurrency: options.workers, fairShare: registryOptions.fairShare });
   let propagation: Awaited<ReturnType<typeof startPropagation>> | undefined;
   const metrics = createMetrics({ models: registry, chunkCache: defaultChunkCache() });
   let grpc: RunningGrpcServer | undefined;
@@ -106,7 +112,9 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
       app.get("/api/models", (_req, res) => {
         res.json(registryBackend(registry).describe().map((m) => ({ ...m, manifestJson: undefined })));
       });
-      bridge = await createBridge({ ...options.bridge, roots, log });
+      // The SDF layer shows the model the propagator uses as memory, when there is one.
+      const sdfModel = options.propagation?.defaultSdfModel;
+      bridge = await createBridge({ ...(sdfModel === undefined ? {} : { sdf: { engine: sdf, registry, model: sdfModel } }), ...options.bridge, roots, log });
       app.use(bridge.router);
       http = createServer(app);
       httpPort = await new Promise<number>((res, rej) => {

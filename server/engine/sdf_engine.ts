@@ -2,8 +2,9 @@
 // caches the result per (volume, model, scale) as a precomputed float32 volume, one chunk per
 // block. A block is an idempotent unit keyed by its grid position whose chunk is written
 // atomically, so a block is computed once, survives restarts, and could be shared by servers.
-// Requests are served first come, first served at block granularity; two requests needing the
-// same block share one computation, and a block nobody waits for any more is not computed.
+// Blocks wait in one FIFO per client and clients take turns (fair_queue.ts), so one client's big
+// volume does not hold up another's few blocks; two requests needing the same block share one
+// computation (scheduled for the first), and a block nobody waits for any more is not computed.
 import { createHash } from "node:crypto";
 import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
@@ -14,6 +15,7 @@ import { copyBox, intersectBoxes, validateBox } from "#src/geometry.ts";
 import type { ModelManifest } from "#src/manifest.ts";
 import type { Box3, ScaleLevel, Vec3, VolumeSource } from "#src/volume/types.ts";
 import type { Logger } from "#server/log.ts";
+import { FairQueue } from "#server/onnx/fair_queue.ts";
 import type { ModelRegistry } from "#server/onnx/model_registry.ts";
 import { PrecomputedWriter } from "#server/volume/precomputed_writer.ts";
 import { FileStore } from "#server/volume/stores.ts";
@@ -32,6 +34,8 @@ export interface SdfRequest {
   scale: number;
   model: string;
   signal?: AbortSignal;
+  /** Who the blocks are for: waiting blocks of different clients take turns. Default "". */
+  client?: string;
   onProgress?: (p: SdfProgress) => void;
 }
 
@@ -50,6 +54,8 @@ export interface SdfEngineOptions {
   concurrency: number;
   /** Write-block shape when the manifest gives no patch shape. */
   defaultBlockShapeZyx?: Vec3;
+  /** Clients take turns (default true) or blocks run oldest first (false). */
+  fairShare?: boolean;
 }
 
 interface Layout {
@@ -64,6 +70,9 @@ interface Layout {
 }
 
 interface Job {
+  /** Arrival order and owner, for FairQueue. */
+  seq: number;
+  client: string;
   key: string;
   waiters: number;
   controller: AbortController;
@@ -91,10 +100,13 @@ function intensityScale(dtype: string): number {
 export class SdfEngine {
   private readonly layouts = new Map<string, Promise<Layout>>();
   private readonly jobs = new Map<string, Job>();
-  private readonly queue: Job[] = [];
+  private readonly queue: FairQueue<Job>;
   private running = 0;
+  private nextSeq = 1;
 
-  constructor(private readonly options: SdfEngineOptions) {}
+  constructor(private readonly options: SdfEngineOptions) {
+    this.queue = new FairQueue<Job>(options.fairShare ?? true);
+  }
 
   /**
    * The write-block grid of a model on a level: the manifest's patch minus its context, but never
@@ -204,7 +216,7 @@ export class SdfEngine {
     const outputs = await this.options.registry.run(
       req.model,
       { [layout.inputName]: { dtype: "float32", dims: [1, 1, ...read.shapeZyx], data: input } },
-      { signal },
+      { signal, client: req.client ?? "" },
     );
     const out = outputs[layout.outputName];
     if (out === undefined || out.dtype !== "float32") throw invalidArgument("model", `output ${layout.outputName} is missing or not float32`);
@@ -223,10 +235,11 @@ export class SdfEngine {
   }
 
   private pump(): void {
-    while (this.running < this.options.concurrency && this.queue.length > 0) {
+    while (this.running < this.options.concurrency && this.queue.size > 0) {
       const job = this.queue.shift()!;
       const run = !job.controller.signal.aborted;
       if (run) this.running++;
+      else this.queue.finished(job.client);
       job.start(run);
     }
   }
@@ -246,7 +259,7 @@ export class SdfEngine {
     const controller = new AbortController();
     let start!: (run: boolean) => void;
     const started = new Promise<boolean>((r) => (start = r));
-    const job: Job = { key: jobKey, waiters: 1, controller, start, promise: Promise.resolve() };
+    const job: Job = { seq: this.nextSeq++, client: req.client ?? "", key: jobKey, waiters: 1, controller, start, promise: Promise.resolve() };
     job.promise = (async () => {
       // `run` is decided by pump(), which counted this job as running iff it is true.
       if (!(await started)) throw cancelled();
@@ -254,6 +267,7 @@ export class SdfEngine {
         await this.computeBlock(req, layout, block, controller.signal);
       } finally {
         this.running--;
+        this.queue.finished(job.client);
         if (this.jobs.get(jobKey) === job) this.jobs.delete(jobKey);
         this.pump();
       }

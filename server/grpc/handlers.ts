@@ -8,6 +8,7 @@ import type {
   ServerUnaryCall,
   ServerWritableStream,
 } from "@grpc/grpc-js";
+import { createHash } from "node:crypto";
 import { SpatialSamError } from "#src/errors.ts";
 import type { Logger } from "#server/log.ts";
 import { toServiceError } from "#server/grpc/status.ts";
@@ -17,7 +18,28 @@ export interface CallContext {
   signal: AbortSignal;
   metadata: Metadata;
   peer: string;
+  /**
+   * `token:<sha256 prefix>` of the call's bearer token (never the token), undefined without one.
+   * With auth on it names an accepted token; with auth off it is what the client says it is, which
+   * is enough for its one use, a scheduling key.
+   */
+  principal: string | undefined;
   log: Logger;
+}
+
+/**
+ * The key the ONNX pool schedules this call's model runs under (clients take turns): the token's
+ * principal, else the session the call works on, else the connection's peer address.
+ */
+export function clientKey(ctx: CallContext, sessionId?: string): string {
+  if (ctx.principal !== undefined) return ctx.principal;
+  return sessionId ? `session:${sessionId}` : `peer:${ctx.peer}`;
+}
+
+function principalOf(metadata: Metadata): string | undefined {
+  const header = metadata.get("authorization")[0];
+  if (typeof header !== "string" || !header.startsWith("Bearer ")) return undefined;
+  return `token:${createHash("sha256").update(header.slice(7).trim()).digest("hex").slice(0, 16)}`;
 }
 
 type AnyCall = ServerUnaryCall<unknown, unknown> | ServerWritableStream<unknown, unknown>;
@@ -45,7 +67,7 @@ function callSignal(call: AnyCall): { signal: AbortSignal; dispose: () => void }
 }
 
 function context(call: AnyCall, log: Logger, signal: AbortSignal, method: string): CallContext {
-  return { signal, metadata: call.metadata, peer: call.getPeer(), log: log.child({ method }) };
+  return { signal, metadata: call.metadata, peer: call.getPeer(), principal: principalOf(call.metadata), log: log.child({ method }) };
 }
 
 export function unary<Req, Res>(

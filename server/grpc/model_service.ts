@@ -4,7 +4,7 @@ import type { DataType } from "#src/dtype.ts";
 import { invalidArgument } from "#src/errors.ts";
 import type { Vec3 } from "#src/volume/types.ts";
 import type { Logger } from "#server/log.ts";
-import { unary } from "#server/grpc/handlers.ts";
+import { clientKey, unary } from "#server/grpc/handlers.ts";
 import { fromWireTensor, toWireDataType, toWireTensor, type TensorData } from "#server/grpc/convert.ts";
 
 export interface TensorSpecDescription {
@@ -31,7 +31,7 @@ export interface ModelDescription {
 /** What the gRPC layer needs from the ONNX serving core. */
 export interface ModelBackend {
   describe(): ModelDescription[];
-  run(model: string, inputs: Record<string, TensorData>, options: { signal?: AbortSignal }): Promise<Record<string, TensorData>>;
+  run(model: string, inputs: Record<string, TensorData>, options: { signal?: AbortSignal; client?: string }): Promise<Record<string, TensorData>>;
 }
 
 const spec = (s: TensorSpecDescription): TensorSpec => ({
@@ -63,7 +63,7 @@ export function modelService(models: ModelBackend, log: Logger): ModelServiceSer
       if (!req.model) throw invalidArgument("model", "is required");
       const inputs: Record<string, TensorData> = {};
       for (const [name, t] of Object.entries(req.inputs)) inputs[name] = fromWireTensor(t, `inputs.${name}`);
-      const outputs = await models.run(req.model, inputs, { signal: ctx.signal });
+      const outputs = await models.run(req.model, inputs, { signal: ctx.signal, client: clientKey(ctx) });
       return { outputs: Object.fromEntries(Object.entries(outputs).map(([k, v]) => [k, toWireTensor(v)])) };
     }),
   };

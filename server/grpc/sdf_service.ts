@@ -3,7 +3,7 @@ import type { ComputeSdfResponse, SdfServiceServer } from "#proto/spatial_sam/v1
 import { invalidArgument } from "#src/errors.ts";
 import type { Logger } from "#server/log.ts";
 import type { SdfEngine, SdfProgress } from "#server/engine/sdf_engine.ts";
-import { serverStreaming } from "#server/grpc/handlers.ts";
+import { clientKey, serverStreaming } from "#server/grpc/handlers.ts";
 import { fromWireBox } from "#server/grpc/convert.ts";
 import type { VolumeRegistry } from "#server/grpc/volume_service.ts";
 
@@ -26,6 +26,7 @@ export function sdfService(volumes: VolumeRegistry, engine: SdfEngine, log: Logg
           scale: req.scale,
           model: req.model,
           signal: ctx.signal,
+          client: clientKey(ctx),
           onProgress: (p) => {
             latest = p;
             wake?.();

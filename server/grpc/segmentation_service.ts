@@ -14,7 +14,7 @@ import type { Box3 } from "#src/volume/types.ts";
 import type { Logger } from "#server/log.ts";
 import { PropagationEngine, type SdfSource } from "#server/engine/propagation/engine.ts";
 import type { Direction, PointInput, PromptInput, SliceMask } from "#server/engine/propagation/session.ts";
-import { serverStreaming, unary } from "#server/grpc/handlers.ts";
+import { clientKey, serverStreaming, unary } from "#server/grpc/handlers.ts";
 import { segmentVolumeCall, type SegmentVolumeDeps } from "#server/grpc/segment_volume.ts";
 import { fromWireBox } from "#server/grpc/convert.ts";
 import type { VolumeRegistry } from "#server/grpc/volume_service.ts";
@@ -146,7 +146,7 @@ export function segmentationService({ volumes, engine, log, segment }: Segmentat
           }
           prompt.mask = full;
         }
-        const masks = await session.addPrompts(req.objectId, z, prompt, ctx.signal);
+        const masks = await session.addPrompts(req.objectId, z, prompt, ctx.signal, clientKey(ctx, req.sessionId));
         return { masks: masks.map((m) => toWireMask(m, box)) };
       }),
     ),
@@ -158,6 +158,7 @@ export function segmentationService({ volumes, engine, log, segment }: Segmentat
         const stream = session.propagate({
           direction,
           signal: ctx.signal,
+          client: clientKey(ctx, req.sessionId),
           objectIds: req.objectIds,
           ...(req.startZ === undefined ? {} : { startZ: localZ(req.startZ, box, "start_z") }),
           ...(req.maxSlices === 0 ? {} : { maxSlices: req.maxSlices }),

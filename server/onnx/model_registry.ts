@@ -30,6 +30,10 @@ export interface RegistryOptions {
   executionProvider?: ExecutionProvider;
   /** Requests per model that may wait for a busy pool; one more is rejected ResourceExhausted. Default 16. */
   maxQueuePerModel?: number;
+  /** Requests one client may have waiting per model; one more is rejected ResourceExhausted. Default maxQueuePerModel. */
+  maxQueuePerClient?: number;
+  /** Waiting requests are served clients in turn (default true) or oldest first (false). See worker_pool.ts. */
+  fairShare?: boolean;
   /** Enables armFaultForTest. Tests only. */
   allowTestFaults?: boolean;
 }
@@ -46,6 +50,8 @@ export interface LoadedModel {
 
 export interface RunOptions {
   signal?: AbortSignal;
+  /** Who the run is for: waiting runs are served clients in turn. "" (the default) is one anonymous client. */
+  client?: string;
 }
 
 function positiveInt(field: string, v: number, min: number): number {
@@ -169,6 +175,7 @@ export class ModelRegistry {
     const workers = positiveInt("workers", options.workers ?? 1, 1);
     const intraOpThreads = positiveInt("intraOpThreads", options.intraOpThreads ?? Math.max(1, Math.floor(availableParallelism() / workers)), 1);
     const maxQueuePerModel = positiveInt("maxQueuePerModel", options.maxQueuePerModel ?? 16, 0);
+    const maxQueuePerClient = positiveInt("maxQueuePerClient", options.maxQueuePerClient ?? maxQueuePerModel, 0);
     const dir = resolve(modelsDir);
     let folders: string[];
     try {
@@ -219,6 +226,8 @@ export class ModelRegistry {
       intraOpThreads,
       executionProvider: options.executionProvider ?? "cpu",
       maxQueuePerModel,
+      maxQueuePerClient,
+      fairShare: options.fairShare ?? true,
       logger: log,
       allowTestFaults: options.allowTestFaults ?? false,
     });
@@ -256,7 +265,8 @@ export class ModelRegistry {
    * Runs `model` in a worker thread. Inputs are checked against the manifest first (InvalidArgument
    * naming `inputs.<name>`) and copied, so the caller keeps its arrays. Rejects NotFound (`model`)
    * for an unknown model, ResourceExhausted when its queue is full, Cancelled when `signal` aborts,
-   * Unavailable when the worker dies mid-run or the registry is closing.
+   * Unavailable when the worker dies mid-run or the registry is closing. Waiting runs of different
+   * `client`s take turns.
    */
   async run(model: string, inputs: Record<string, TensorData>, options: RunOptions = {}): Promise<Record<string, TensorData>> {
     const loaded = this.models.get(model);
@@ -264,7 +274,7 @@ export class ModelRegistry {
       throw notFound("model", `no model named ${JSON.stringify(model)} (loaded: ${[...this.models.keys()].join(", ") || "none"})`);
     }
     throwIfAborted(options.signal);
-    const outputs = await this.pool.run(model, toWireInputs(loaded.manifest, inputs), options.signal);
+    const outputs = await this.pool.run(model, toWireInputs(loaded.manifest, inputs), options);
     return fromWire(outputs);
   }
 

@@ -1,9 +1,11 @@
-// A fixed set of ONNX worker threads with a bounded queue per model. Requests go to an idle worker;
-// a full queue rejects at once; aborts, worker deaths and shutdown settle every request exactly once.
+// A fixed set of ONNX worker threads with bounded waiting per model and per client. Requests go to an
+// idle worker; otherwise they wait in their client's FIFO and clients take turns (fair_queue.ts); a
+// full bound rejects at once; aborts, worker deaths and shutdown settle every request exactly once.
 
 import { Worker } from "node:worker_threads";
 import type { Logger } from "pino";
 import { cancelled, dataCorruption, invalidArgument, notFound, resourceExhausted, unavailable, type SpatialSamError } from "#src/errors.ts";
+import { FairQueue } from "./fair_queue.ts";
 import type { CloseRequest, ExecutionProvider, FromWorker, GraphInfo, Ready, RunRequest, TestFault, WireTensor, WorkerInit } from "./messages.ts";
 
 export interface WorkerPoolOptions {
@@ -13,6 +15,13 @@ export interface WorkerPoolOptions {
   executionProvider: ExecutionProvider;
   /** Requests that may wait per model while every worker is busy; one more is rejected. */
   maxQueuePerModel: number;
+  /** Requests one client may have waiting per model; one more is rejected. Default maxQueuePerModel. */
+  maxQueuePerClient?: number;
+  /**
+   * Clients take turns (true, the default): a waiting request of the client served least recently
+   * goes first. False: the oldest waiting request goes first, whoever sent it.
+   */
+  fairShare?: boolean;
   logger: Logger;
   /** Lets `armFaultForTest` make a worker die mid-request. Never set outside tests. */
   allowTestFaults: boolean;
@@ -24,14 +33,26 @@ export interface PoolStats {
   busy: number;
   /** Requests waiting, per model. */
   queued: Record<string, number>;
+  /** Clients with at least one request waiting. */
+  waitingClients: number;
   /** Requests handed to a worker since start. */
   dispatched: number;
   /** Workers that died unexpectedly since start (each was replaced). */
   workerDeaths: number;
 }
 
+/** Per request: who it is for (fair scheduling) and how to stop it. */
+export interface PoolRunOptions {
+  signal?: AbortSignal;
+  /** The client the request is for (a token's principal, a session, a peer); "" when unknown. */
+  client?: string;
+}
+
 interface Job {
   id: number;
+  /** Arrival order, for FairQueue. */
+  seq: number;
+  client: string;
   model: string;
   inputs: Record<string, WireTensor>;
   resolve: (outputs: Record<string, WireTensor>) => void;
@@ -51,7 +72,10 @@ const RESPAWN_MAX_MS = 30_000;
 
 export class WorkerPool {
   private readonly slots = new Set<Slot>();
-  private readonly queues = new Map<string, Job[]>();
+  private readonly waiting: FairQueue<Job>;
+  /** Waiting requests per model, and per model and client (key `model\0client`). */
+  private readonly queued = new Map<string, number>();
+  private readonly queuedByClient = new Map<string, number>();
   private nextId = 1;
   private dispatched = 0;
   private workerDeaths = 0;
@@ -69,7 +93,8 @@ export class WorkerPool {
     /** What each model's session reports about its graph (from the first worker). */
     readonly graphs: Record<string, GraphInfo>,
   ) {
-    for (const m of options.models) this.queues.set(m.name, []);
+    for (const m of options.models) this.queued.set(m.name, 0);
+    this.waiting = new FairQueue<Job>(options.fairShare ?? true);
   }
 
   /**
@@ -111,23 +136,31 @@ export class WorkerPool {
 
   /**
    * Runs `model` on `inputs` in the next free worker. The input buffers are transferred (the caller
-   * must not use them afterwards). Rejects ResourceExhausted at once when the model's queue is full,
-   * Cancelled when `signal` aborts (a queued request never runs; a running one's result is dropped),
-   * Unavailable when the worker dies or the pool closes.
+   * must not use them afterwards). Rejects ResourceExhausted at once when the model's queue, or this
+   * client's share of it, is full; Cancelled when `signal` aborts (a queued request never runs; a
+   * running one's result is dropped); Unavailable when the worker dies or the pool closes.
    */
-  run(model: string, inputs: Record<string, WireTensor>, signal?: AbortSignal): Promise<Record<string, WireTensor>> {
+  run(model: string, inputs: Record<string, WireTensor>, options: PoolRunOptions = {}): Promise<Record<string, WireTensor>> {
+    const { signal } = options;
+    const client = options.client ?? "";
     return new Promise((resolve, reject) => {
-      const queue = this.queues.get(model);
-      if (queue === undefined) return reject(notFound("model", `no model named ${JSON.stringify(model)}`));
+      const queued = this.queued.get(model);
+      if (queued === undefined) return reject(notFound("model", `no model named ${JSON.stringify(model)}`));
       if (this.closing) return reject(unavailable("the model pool is shutting down"));
       if (signal?.aborted) return reject(cancelled());
       const idle = this.idleSlot();
-      if (idle === undefined && queue.length >= this.options.maxQueuePerModel) {
-        return reject(
-          resourceExhausted(`model ${model} already has ${queue.length} requests waiting for a worker; try again later`, "model"),
-        );
+      if (idle === undefined) {
+        if (queued >= this.options.maxQueuePerModel) {
+          return reject(resourceExhausted(`model ${model} already has ${queued} requests waiting for a worker; try again later`, "model"));
+        }
+        const mine = this.queuedByClient.get(`${model}\0${client}`) ?? 0;
+        const perClient = this.options.maxQueuePerClient ?? this.options.maxQueuePerModel;
+        if (mine >= perClient) {
+          return reject(resourceExhausted(`this client already has ${mine} requests of model ${model} waiting for a worker (at most ${perClient}); try again later`, "model"));
+        }
       }
-      const job: Job = { id: this.nextId++, model, inputs, resolve, reject, signal, onAbort: undefined, settled: false };
+      const id = this.nextId++;
+      const job: Job = { id, seq: id, client, model, inputs, resolve, reject, signal, onAbort: undefined, settled: false };
       if (this.faultArmed !== undefined) {
         job.fault = this.faultArmed;
         this.faultArmed = undefined;
@@ -136,8 +169,13 @@ export class WorkerPool {
         job.onAbort = () => this.abort(job);
         signal.addEventListener("abort", job.onAbort, { once: true });
       }
-      if (idle !== undefined) this.dispatch(idle, job);
-      else queue.push(job);
+      if (idle !== undefined) {
+        this.waiting.started(client);
+        this.dispatch(idle, job);
+      } else {
+        this.waiting.push(job);
+        this.count(job, 1);
+      }
     });
   }
 
@@ -154,9 +192,7 @@ export class WorkerPool {
       if (s.state === "idle" || s.state === "busy") ready++;
       if (s.state === "busy") busy++;
     }
-    const queued: Record<string, number> = {};
-    for (const [model, q] of this.queues) queued[model] = q.length;
-    return { ready, busy, queued, dispatched: this.dispatched, workerDeaths: this.workerDeaths };
+    return { ready, busy, queued: Object.fromEntries(this.queued), waitingClients: this.waiting.waitingClients(), dispatched: this.dispatched, workerDeaths: this.workerDeaths };
   }
 
   /** Fails every waiting and running request with Unavailable and stops the workers. */
@@ -164,7 +200,10 @@ export class WorkerPool {
     this.closing = true;
     clearTimeout(this.respawnTimer);
     const shutdown = () => unavailable("the model pool is shutting down");
-    for (const q of this.queues.values()) for (const job of q.splice(0)) this.settle(job, shutdown());
+    for (const job of this.waiting.drain()) {
+      this.count(job, -1);
+      this.settle(job, shutdown());
+    }
     const slots = [...this.slots];
     for (const s of slots) if (s.job !== undefined) this.settle(s.job, shutdown());
     // Each worker exits by itself after its current run: terminate() during a run would abort the process.
@@ -203,6 +242,7 @@ export class WorkerPool {
       if (job === undefined || job.id !== m.id) return;
       slot.job = undefined;
       slot.state = "idle";
+      this.waiting.finished(job.client);
       if (m.type === "ok") this.settle(job, undefined, m.outputs);
       // Inputs passed the manifest checks, so this is most often a dynamic size the graph cannot take.
       else this.settle(job, invalidArgument("inputs", `onnxruntime rejected the inputs of model ${job.model}: ${m.message}`));
@@ -220,6 +260,7 @@ export class WorkerPool {
     const reason = slot.error?.message ?? `exit code ${code}`;
     const job = slot.job;
     slot.job = undefined;
+    if (job !== undefined) this.waiting.finished(job.client);
     this.options.logger.error(
       { model: job?.model, requestId: job?.id, exitCode: code, err: slot.error },
       `ONNX worker died (${reason}); replacing it`,
@@ -239,14 +280,22 @@ export class WorkerPool {
     for (; this.pendingRespawns > 0; this.pendingRespawns--) this.add();
   }
 
-  /** Hands waiting requests to idle workers, oldest request first across models. */
+  /** Hands waiting requests to idle workers: clients take turns, each client's requests in order, across models. */
   private pump(): void {
     for (let slot = this.idleSlot(); slot !== undefined; slot = this.idleSlot()) {
-      let oldest: Job[] | undefined;
-      for (const q of this.queues.values()) if (q.length > 0 && (oldest === undefined || q[0]!.id < oldest[0]!.id)) oldest = q;
-      if (oldest === undefined) return;
-      this.dispatch(slot, oldest.shift()!);
+      const job = this.waiting.shift();
+      if (job === undefined) return;
+      this.count(job, -1);
+      this.dispatch(slot, job);
     }
+  }
+
+  private count(job: Job, delta: 1 | -1): void {
+    this.queued.set(job.model, this.queued.get(job.model)! + delta);
+    const key = `${job.model}\0${job.client}`;
+    const n = (this.queuedByClient.get(key) ?? 0) + delta;
+    if (n === 0) this.queuedByClient.delete(key);
+    else this.queuedByClient.set(key, n);
   }
 
   private dispatch(slot: Slot, job: Job): void {
@@ -260,9 +309,7 @@ export class WorkerPool {
 
   /** A queued request is dropped; a running one is answered now and its result discarded later. */
   private abort(job: Job): void {
-    const queue = this.queues.get(job.model)!;
-    const at = queue.indexOf(job);
-    if (at >= 0) queue.splice(at, 1);
+    if (this.waiting.remove(job)) this.count(job, -1);
     this.settle(job, cancelled());
   }
 

@@ -119,11 +119,19 @@ export class PropagationEngine {
       shapeZyx: [...box.shapeZyx] as Vec3,
       imageKey: `${req.volumeKey}|${scale}|${box.offsetZyx.join(",")}|${box.shapeZyx.join(",")}`,
       image: async (z, signal) => (await volume.read(sliceBox(box, z), scale, signal ? { signal } : {})) as ArrayLike<number>,
-      sdf: async (z, signal) => {
+      sdf: async (z, signal, client) => {
         const opts = signal ? { signal } : {};
         if (req.sdf.kind === "volume") return toFloat32((await req.sdf.volume.read(sliceBox(box, z), scale, opts)) as ArrayLike<number>);
         // Computes the blocks this slice touches that are not cached yet (a no-op once they are).
-        const r = await this.options.sdf!.engine.compute({ volume, volumeKey: req.sdf.volumeKey, box: sliceBox(box, z), scale, model: req.sdf.model, ...opts });
+        const r = await this.options.sdf!.engine.compute({
+          volume,
+          volumeKey: req.sdf.volumeKey,
+          box: sliceBox(box, z),
+          scale,
+          model: req.sdf.model,
+          ...opts,
+          ...(client === undefined ? {} : { client }),
+        });
         sdfVolume ??= this.options.openVolume!(r.resultUrl);
         // The cached SDF is one level on the grid of the volume's level `scale`.
         return toFloat32((await (await sdfVolume).read(sliceBox(box, z), 0, opts)) as ArrayLike<number>);

@@ -8,7 +8,7 @@
 // padded binary mask, the object pointer and, once a later slice needs it, its memory encoding.
 import { cancelled, failedPrecondition, invalidArgument, notFound, resourceExhausted, SpatialSamError, throwIfAborted } from "#src/errors.ts";
 import type { Vec3 } from "#src/volume/types.ts";
-import type { TensorData } from "#server/onnx/model_registry.ts";
+import type { RunOptions, TensorData } from "#server/onnx/model_registry.ts";
 import type { Embedding, EmbeddingCache } from "./embedding_cache.ts";
 import type { LoadedPropagator, PropagatorConfig } from "./propagator.ts";
 
@@ -19,8 +19,8 @@ export interface SliceProvider {
   readonly imageKey: string;
   /** Raw intensities of slice z, C order [Y, X]. */
   image(z: number, signal?: AbortSignal): Promise<ArrayLike<number>>;
-  /** Normalised SDF of slice z (positive inside), float32 C order [Y, X]. */
-  sdf(z: number, signal?: AbortSignal): Promise<Float32Array>;
+  /** Normalised SDF of slice z (positive inside), float32 C order [Y, X]; model runs it needs are for `client`. */
+  sdf(z: number, signal?: AbortSignal, client?: string): Promise<Float32Array>;
 }
 
 export interface PointInput {
@@ -51,6 +51,8 @@ export interface PropagateOptions {
   /** Objects to propagate; undefined or empty: every prompted object. */
   objectIds?: bigint[];
   signal?: AbortSignal;
+  /** Who the graph runs are for (the ONNX pool serves clients in turn). */
+  client?: string;
 }
 
 /** One object's mask on one slice. */
@@ -116,6 +118,12 @@ const LABEL_BOX_TL = 2;
 const LABEL_BOX_BR = 3;
 
 const f32 = (dims: number[], data: Float32Array): TensorData => ({ dtype: "float32", dims, data });
+
+// exactOptionalPropertyTypes: absent, not undefined.
+const runOptions = (signal: AbortSignal | undefined, client: string | undefined): RunOptions => ({
+  ...(signal === undefined ? {} : { signal }),
+  ...(client === undefined ? {} : { client }),
+});
 
 function tensor(outputs: Record<string, TensorData>, name: string): Float32Array {
   const t = outputs[name];
@@ -213,7 +221,8 @@ export class PropagationSession {
     return out;
   }
 
-  private async features(z: number, signal?: AbortSignal): Promise<Embedding> {
+  private async features(z: number, run: RunOptions): Promise<Embedding> {
+    const { signal } = run;
     const p = this.options.propagator;
     const key = `${this.options.slices.imageKey}|${p.config.name}@${p.config.version}|${z}`;
     const compute = async () => {
@@ -222,7 +231,7 @@ export class PropagationSession {
       // Padding is 0 after normalisation (the mean intensity).
       const image = this.pad(raw, 0, (v) => (v - normMean) / normStd);
       const [hp, wp] = this.paddedHw;
-      return p.registry.run(p.graphs.image_encoder, { image: f32([1, 1, hp, wp], image) }, signal === undefined ? {} : { signal });
+      return p.registry.run(p.graphs.image_encoder, { image: f32([1, 1, hp, wp], image) }, run);
     };
     for (let attempt = 1; ; attempt++) {
       try {
@@ -235,26 +244,26 @@ export class PropagationSession {
     }
   }
 
-  private async sdfSlice(z: number, signal?: AbortSignal): Promise<Float32Array> {
+  private async sdfSlice(z: number, run: RunOptions): Promise<Float32Array> {
     let s = this.sdfSlices.get(z);
     if (s === undefined) {
       // Padding is -1: background.
-      s = this.pad(await this.options.slices.sdf(z, signal), -1);
+      s = this.pad(await this.options.slices.sdf(z, run.signal, run.client), -1);
       this.sdfSlices.set(z, s);
     }
     return s;
   }
 
-  private async memory(z: number, out: SliceOutput, signal?: AbortSignal): Promise<Float32Array> {
+  private async memory(z: number, out: SliceOutput, run: RunOptions): Promise<Float32Array> {
     if (out.memory !== undefined) return out.memory;
     const p = this.options.propagator;
     const [hp, wp] = this.paddedHw;
     const inputs: Record<string, TensorData> = {
-      feat: (await this.features(z, signal)).feat!,
+      feat: (await this.features(z, run)).feat!,
       mask: f32([1, 1, hp, wp], Float32Array.from(out.mask)),
     };
-    if (this.cfg.memory === "sdf") inputs.sdf_slice = f32([1, 1, hp, wp], await this.sdfSlice(z, signal));
-    const res = await p.registry.run(p.graphs.memory_encoder, inputs, signal === undefined ? {} : { signal });
+    if (this.cfg.memory === "sdf") inputs.sdf_slice = f32([1, 1, hp, wp], await this.sdfSlice(z, run));
+    const res = await p.registry.run(p.graphs.memory_encoder, inputs, run);
     out.memory = tensor(res, "memory");
     return out.memory;
   }
@@ -286,7 +295,7 @@ export class PropagationSession {
     coords: number[],
     labels: number[],
     maskInput: Float32Array | undefined,
-    signal?: AbortSignal,
+    run: RunOptions,
   ): Promise<SliceOutput> {
     const p = this.options.propagator;
     const { dim, memDim, stride } = this.cfg;
@@ -302,7 +311,7 @@ export class PropagationSession {
     const memValid = new Float32Array(n);
     for (let j = 0; j < spatial.length; j++) {
       const e = spatial[j]!;
-      mem.set(await this.memory(e.z, e.out, signal), j * per);
+      mem.set(await this.memory(e.z, e.out, run), j * per);
       memDz[j] = e.z - z;
       memCond[j] = e.isCond ? 1 : 0;
       memValid[j] = 1;
@@ -315,7 +324,7 @@ export class PropagationSession {
       ptrDz[j] = e.z - z;
       ptrValid[j] = 1;
     });
-    const feats = await this.features(z, signal);
+    const feats = await this.features(z, run);
     const k = labels.length;
     const inputs: Record<string, TensorData> = {
       feat: feats.feat!,
@@ -333,8 +342,8 @@ export class PropagationSession {
       mask_input: f32([1, 1, hp / 4, wp / 4], maskInput ?? new Float32Array((hp / 4) * (wp / 4))),
       has_mask_input: f32([1], Float32Array.of(maskInput === undefined ? 0 : 1)),
     };
-    if (this.cfg.memory === "sdf") inputs.sdf_slice = f32([1, 1, hp, wp], await this.sdfSlice(z, signal));
-    const res = await p.registry.run(p.graphs.memory_decoder, inputs, signal === undefined ? {} : { signal });
+    if (this.cfg.memory === "sdf") inputs.sdf_slice = f32([1, 1, hp, wp], await this.sdfSlice(z, run));
+    const res = await p.registry.run(p.graphs.memory_decoder, inputs, run);
     const logits = tensor(res, "mask_logits");
     const mask = new Uint8Array(logits.length);
     const t = this.cfg.maskThreshold;
@@ -399,9 +408,10 @@ export class PropagationSession {
    * Adds prompts for `objectId` on slice z and segments that slice: clicks accumulate (unless
    * clearOld), a new box or mask replaces the old one, the slice becomes a prompted slice. Memory
    * for this step: the object's other prompted slices only. Returns the masks of every object with
-   * an output on z, in batch-index order.
+   * an output on z, in batch-index order. Its graph runs are for `client` (see PropagateOptions).
    */
-  async addPrompts(objectId: bigint, z: number, prompt: PromptInput, signal?: AbortSignal): Promise<SliceMask[]> {
+  async addPrompts(objectId: bigint, z: number, prompt: PromptInput, signal?: AbortSignal, client?: string): Promise<SliceMask[]> {
+    const run = runOptions(signal, client);
     this.checkOpen();
     this.checkZ(z, "z");
     this.validatePrompt(prompt);
@@ -436,7 +446,7 @@ export class PropagationSession {
         padded = this.pad(p.mask, 0);
         maskInput = this.maskPrompt(padded);
       }
-      const out = await this.decode(z, this.bank(track, z, 1, false), coords, labels, maskInput, signal);
+      const out = await this.decode(z, this.bank(track, z, 1, false), coords, labels, maskInput, run);
       if (padded !== undefined && p.points.length === 0 && p.box === undefined) {
         // A mask alone is the output (logits +-10); the decoder still supplies the object pointer.
         out.mask = Uint8Array.from(padded);
@@ -480,6 +490,7 @@ export class PropagationSession {
   async *propagate(options: PropagateOptions = {}): AsyncGenerator<{ z: number; masks: SliceMask[] }> {
     this.checkOpen();
     const { signal } = options;
+    const run = runOptions(signal, options.client);
     const direction = options.direction ?? "forward";
     if (direction !== "forward" && direction !== "backward" && direction !== "both") {
       throw invalidArgument("direction", `expected forward, backward or both, got ${String(direction)}`);
@@ -513,10 +524,10 @@ export class PropagationSession {
           const parallel = this.options.propagator.registry.stats().ready > 1;
           const next = z + d;
           if (parallel && next >= 0 && next < nz && (options.maxSlices === undefined || count < options.maxSlices)) {
-            this.features(next, signal).catch(() => undefined);
+            this.features(next, run).catch(() => undefined);
           }
           const todo = tracks.filter((t) => !t.cond.has(z));
-          const decodeOne = (t: ObjectTrack) => this.decode(z, this.bank(t, z, d, true), [0, 0], [LABEL_PAD], undefined, signal);
+          const decodeOne = (t: ObjectTrack) => this.decode(z, this.bank(t, z, d, true), [0, 0], [LABEL_PAD], undefined, run);
           const outs: SliceOutput[] = [];
           if (parallel) outs.push(...(await Promise.all(todo.map(decodeOne))));
           else for (const t of todo) outs.push(await decodeOne(t));

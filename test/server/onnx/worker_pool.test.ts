@@ -208,3 +208,37 @@ describe("WorkerPool without the registry's input checks", () => {
     }
   });
 });
+
+describe("worker pool: clients take turns", () => {
+  it("runs a second client's request before the rest of the first client's burst, and bounds each client's share", async () => {
+    const registry = await load({ maxQueuePerModel: 16, maxQueuePerClient: 3 });
+    try {
+      const { order, track } = tracker();
+      const burst = [0, 1, 2, 3].map((i) => track(`A${i}`, registry.run("slow_conv3d", volume(32), { client: "A" })));
+      // A0 runs, A1-A3 wait: A's share is full, though the model's queue is not.
+      const e = await failure(registry.run("slow_conv3d", volume(32), { client: "A" }));
+      expect(e._tag).toBe("ResourceExhausted");
+      expect(e.field).toBe("model");
+      expect(e.message).toContain("slow_conv3d");
+      const other = track("B", registry.run("slow_conv3d", volume(32), { client: "B" }));
+      expect(registry.stats()).toMatchObject({ busy: 1, queued: { slow_conv3d: 4 }, waitingClients: 2 });
+      await Promise.all([...burst, other]);
+      expect(order).toEqual(["A0:ok", "B:ok", "A1:ok", "A2:ok", "A3:ok"]);
+    } finally {
+      await registry.close();
+    }
+  });
+
+  it("serves the oldest request first when fairShare is off", async () => {
+    const registry = await load({ fairShare: false });
+    try {
+      const { order, track } = tracker();
+      const burst = [0, 1, 2, 3].map((i) => track(`A${i}`, registry.run("slow_conv3d", volume(32), { client: "A" })));
+      const other = track("B", registry.run("slow_conv3d", volume(32), { client: "B" }));
+      await Promise.all([...burst, other]);
+      expect(order).toEqual(["A0:ok", "A1:ok", "A2:ok", "A3:ok", "B:ok"]);
+    } finally {
+      await registry.close();
+    }
+  });
+});

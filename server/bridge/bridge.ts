@@ -9,7 +9,9 @@ import { invalidArgument, notFound, permissionDenied } from "#src/errors.ts";
 import { precomputedInfoToJson } from "#src/volume/precomputed_info.ts";
 import type { Logger } from "#server/log.ts";
 import { handle, sendError } from "./http_errors.ts";
+import { addMeshRoutes, SegmentMeshes, type MeshOptions } from "./mesh.ts";
 import { parseChunkName, readEncodedChunk } from "./precomputed_view.ts";
+import { SdfLayer, type SdfLayerOptions } from "./sdf_layer.ts";
 import { defaultViewerState } from "./viewer_state.ts";
 import { VIEWER_DIST } from "./viewer_build.ts";
 import { VolumeRegistry, type RegisteredVolume, type VolumeSpec } from "./volume_registry.ts";
@@ -27,11 +29,20 @@ export interface BridgeOptions {
   /** Largest accepted request body (default 16 KiB). */
   maxBodyBytes?: number;
   maxVolumes?: number;
+  /** Segment meshes of segmentation volumes (mesh.ts): cache size, scan limit. */
+  meshes?: MeshOptions;
+  /** With an SDF model, every image volume gets an on-demand `<id>-sdf` companion (sdf_layer.ts). */
+  sdf?: SdfLayerOptions;
 }
+
+/** Segments the default viewer state selects (and the 3D panel meshes) per segmentation volume. */
+const DEFAULT_SEGMENTS = 64;
 
 export interface Bridge {
   router: Router;
   volumes: VolumeRegistry;
+  meshes: SegmentMeshes;
+  sdf: SdfLayer | undefined;
   close(): Promise<void>;
 }
 
@@ -99,8 +110,16 @@ export async function createBridge(options: BridgeOptions): Promise<Bridge> {
   const { log } = options;
   const volumes = new VolumeRegistry({ roots: options.roots, ...(options.maxVolumes === undefined ? {} : { maxVolumes: options.maxVolumes }) });
   const startup: RegisteredVolume[] = [];
+  const meshes = new SegmentMeshes(options.meshes);
+  const sdf = options.sdf === undefined ? undefined : new SdfLayer(options.sdf);
+  const sdfOf = new Map<string, RegisteredVolume>();
   try {
-    for (const spec of options.volumes ?? []) startup.push(await volumes.register(spec));
+    for (const spec of options.volumes ?? []) {
+      const v = await volumes.register(spec);
+      startup.push(v);
+      const companion = sdf?.attach(volumes, v, log);
+      if (companion !== undefined) sdfOf.set(v.id, companion);
+    }
   } catch (e) {
     await volumes.close();
     throw e;
@@ -128,6 +147,7 @@ export async function createBridge(options: BridgeOptions): Promise<Bridge> {
       }
       const { url, id, name } = body as Record<string, unknown>;
       const v = await volumes.register({ url: url as string, ...(id === undefined ? {} : { id: id as string }), ...(name === undefined ? {} : { name: name as string }) });
+      if (sdf !== undefined && !volumes.list().some((o) => o.id === `${v.id}-sdf`)) sdf.attach(volumes, v, log);
       log.info({ id: v.id, url: v.url }, "volume registered");
       res.setHeader("Cache-Control", "no-store");
       res.status(201).json(describe(v, req));
@@ -139,9 +159,11 @@ export async function createBridge(options: BridgeOptions): Promise<Bridge> {
 
   router.get(
     `/${VIEWER_STATE_PATH}`,
-    handle(log, "viewer state", (_req, res) => {
+    handle(log, "viewer state", async (_req, res) => {
       res.setHeader("Cache-Control", "no-store");
-      res.json(defaultViewerState(startup));
+      const segments = new Map<string, bigint[]>();
+      for (const v of startup) segments.set(v.id, (await meshes.largestSegments(v, DEFAULT_SEGMENTS)) ?? []);
+      res.json(defaultViewerState(startup, { segments, sdf: sdfOf }));
     }),
   );
 
@@ -150,10 +172,11 @@ export async function createBridge(options: BridgeOptions): Promise<Bridge> {
     handle(log, "info", (req, res) => {
       const v = volumeOf(volumes, param(req, "id"));
       res.setHeader("Cache-Control", cacheControl(v));
-      res.json(precomputedInfoToJson(v.info));
+      res.json({ ...precomputedInfoToJson(v.info), ...SegmentMeshes.infoFields(v) });
     }),
   );
 
+  addMeshRoutes(router, { meshes, volumeOf: (id) => volumeOf(volumes, id), log });
   router.get(
     "/volumes/:id/:scaleKey/:chunk",
     handle(log, "chunk", async (req, res) => {
@@ -192,5 +215,5 @@ export async function createBridge(options: BridgeOptions): Promise<Bridge> {
     }),
   );
 
-  return { router, volumes, close: () => volumes.close() };
+  return { router, volumes, meshes, sdf, close: () => volumes.close() };
 }

@@ -31,7 +31,7 @@ const SERVED_DTYPE: Record<DataType, DataType | undefined> = {
 
 /** A scale key usable as one URL path segment, else `s<index>`. */
 function exposedKey(key: string, index: number, taken: Set<string>): string {
-  const ok = /^[A-Za-z0-9_.-]+$/.test(key) && key !== "." && key !== ".." && key !== "info" && !taken.has(key);
+  const ok = /^[A-Za-z0-9_.-]+$/.test(key) && key !== "." && key !== ".." && key !== "info" && key !== "mesh" && !taken.has(key);
   const out = ok ? key : `s${index}`;
   taken.add(out);
   return out;

@@ -1,10 +1,19 @@
 // The Neuroglancer state a fresh viewer page opens: the bridge's start-up volumes as layers (by
 // `spatialsam://<id>`, so the state does not depend on the host or port), centred on the first
-// volume, in the 4-panel layout (xy, xz, yz cross sections + 3D).
+// volume, in the 4-panel layout (xy, xz, yz cross sections + 3D). Segmentation layers select
+// their segments, so the 3D panel shows their meshes; SDF companions follow their image, hidden.
 
+import { SDF_SHADER } from "./sdf_layer.ts";
 import type { RegisteredVolume } from "./volume_registry.ts";
 
-export function defaultViewerState(volumes: readonly RegisteredVolume[]): Record<string, unknown> {
+export interface ViewerStateExtras {
+  /** Segments shown (and meshed in 3D) per segmentation volume id; none listed shows all in 2D, none in 3D. */
+  segments?: ReadonlyMap<string, readonly bigint[]>;
+  /** SDF companions (sdf_layer.ts) by the id of their image volume. */
+  sdf?: ReadonlyMap<string, RegisteredVolume>;
+}
+
+export function defaultViewerState(volumes: readonly RegisteredVolume[], extras: ViewerStateExtras = {}): Record<string, unknown> {
   const first = volumes[0]?.info.scales[0];
   const view =
     first === undefined
@@ -20,12 +29,20 @@ export function defaultViewerState(volumes: readonly RegisteredVolume[]): Record
         };
   return {
     ...view,
-    layers: volumes.map((v) => ({
-      type: v.info.type,
-      source: `spatialsam://${v.id}`,
-      name: v.name,
-      ...(v.info.type === "segmentation" ? { selectedAlpha: 0.45 } : {}),
-    })),
+    layers: volumes.flatMap((v) => {
+      const segments = extras.segments?.get(v.id) ?? [];
+      const sdf = extras.sdf?.get(v.id);
+      return [
+        {
+          type: v.info.type,
+          source: `spatialsam://${v.id}`,
+          name: v.name,
+          ...(v.info.type === "segmentation" ? { selectedAlpha: 0.45 } : {}),
+          ...(segments.length > 0 ? { segments: segments.map(String) } : {}),
+        },
+        ...(sdf === undefined ? [] : [{ type: "image", source: `spatialsam://${sdf.id}`, name: sdf.name, visible: false, opacity: 0.6, shader: SDF_SHADER }]),
+      ];
+    }),
     layout: "4panel",
   };
 }

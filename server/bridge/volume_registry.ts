@@ -5,7 +5,7 @@ import { createHash } from "node:crypto";
 import { VOLUME_ID_PATTERN } from "#src/bridge_api.ts";
 import { failedPrecondition, invalidArgument, notFound, resourceExhausted } from "#src/errors.ts";
 import type { PrecomputedInfo } from "#src/volume/precomputed_info.ts";
-import type { VolumeSource } from "#src/volume/types.ts";
+import type { ReadOptions, Vec3, VolumeSource } from "#src/volume/types.ts";
 import { openVolume } from "#server/volume/open_volume.ts";
 import { exposedInfo } from "./precomputed_view.ts";
 
@@ -26,6 +26,16 @@ export interface RegisteredVolume {
   mutable: boolean;
   source: VolumeSource;
   info: PrecomputedInfo;
+  /**
+   * Live volumes: a number that changes whenever the data changes. Meshes (mesh.ts) are cached
+   * per (id, version, segment), so bumping it makes the next mesh request recompute. Absent: 0.
+   */
+  version?: () => number;
+  /**
+   * Optional index for meshes: the scale-0 chunk grid positions (zyx, as the bridge chunks the
+   * volume) holding voxels of `segment`. Without it the bridge scans every chunk once per version.
+   */
+  segmentChunks?: (segment: bigint, options: ReadOptions) => Promise<Vec3[]>;
 }
 
 export interface VolumeRegistryOptions {
@@ -85,6 +95,21 @@ export class VolumeRegistry {
     } finally {
       this.#pending.delete(id);
     }
+  }
+
+  /**
+   * Registers a volume that is already open (a live layer the bridge itself computes); the
+   * registry owns it from then on. FailedPrecondition naming `id` if the id is taken.
+   */
+  add(spec: { id: string; url: string; name?: string; mutable?: boolean }, source: VolumeSource): RegisteredVolume {
+    if (!VOLUME_ID_PATTERN.test(spec.id)) throw invalidArgument("id", `expected ${VOLUME_ID_PATTERN.source}, got ${JSON.stringify(spec.id)}`);
+    if (this.#volumes.has(spec.id) || this.#pending.has(spec.id)) throw failedPrecondition(`id ${spec.id} is already registered`, "id");
+    if (this.#volumes.size + this.#pending.size >= this.#maxVolumes) {
+      throw resourceExhausted(`at most ${this.#maxVolumes} volumes can be registered`, "id");
+    }
+    const volume = { id: spec.id, url: spec.url, name: spec.name ?? spec.id, mutable: spec.mutable ?? false, source, info: exposedInfo(source.metadata) };
+    this.#volumes.set(spec.id, volume);
+    return volume;
   }
 
   /** NotFound naming `id` when no volume has that id. */

@@ -318,12 +318,17 @@ describe("CORS", () => {
 });
 
 describe("viewer state", () => {
-  it("opens the start-up volumes by spatialsam:// id, segmentation as a segmentation layer, in 4 panels", async () => {
+  it("opens the start-up volumes by spatialsam:// id, segmentation as a segmentation layer with its segments selected, in 4 panels", async () => {
     const r = await getJson("/api/viewer/state");
     expect(r.json.layout).toBe("4panel");
+    // Every segment is selected (so the 3D panel meshes it), largest first.
+    const counts = new Map<bigint, number>();
+    for (const id of labels) if (id !== 0n) counts.set(id, (counts.get(id) ?? 0) + 1);
+    const bySize = [...counts.entries()].sort((a, b) => b[1] - a[1]).map(([id]) => id.toString());
+    expect(bySize).toHaveLength(4);
     expect(r.json.layers).toEqual([
       { type: "image", source: "spatialsam://img", name: "image" },
-      { type: "segmentation", source: "spatialsam://seg", name: "labels", selectedAlpha: 0.45 },
+      { type: "segmentation", source: "spatialsam://seg", name: "labels", selectedAlpha: 0.45, segments: bySize },
     ]);
     expect(r.json.dimensions).toEqual({ x: [4e-9, "m"], y: [4e-9, "m"], z: [4e-8, "m"] });
     expect(r.json.position).toEqual([10 + 35, -5 + 22.5, 3 + 10]);

@@ -114,7 +114,9 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
       });
       // The SDF layer shows the model the propagator uses as memory, when there is one.
       const sdfModel = options.propagation?.defaultSdfModel;
-      bridge = await createBridge({ ...(sdfModel === undefined ? {} : { sdf: { engine: sdf, registry, model: sdfModel } }), ...options.bridge, roots, log });
+      // Live sessions talk gRPC to this process unless the bridge is told to front another server.
+      const live = { acceptDir: join(cacheDir, "accepted"), ...options.bridge?.live, grpcTarget: options.bridge?.live?.grpcTarget ?? grpc.address };
+      bridge = await createBridge({ ...(sdfModel === undefined ? {} : { sdf: { engine: sdf, registry, model: sdfModel } }), ...options.bridge, live, roots, log });
       app.use(bridge.router);
       http = createServer(app);
       httpPort = await new Promise<number>((res, rej) => {

@@ -9,6 +9,7 @@ import { invalidArgument, notFound, permissionDenied } from "#src/errors.ts";
 import { precomputedInfoToJson } from "#src/volume/precomputed_info.ts";
 import type { Logger } from "#server/log.ts";
 import { handle, sendError } from "./http_errors.ts";
+import { liveSessionRoutes, type LiveRoutesOptions } from "./live_routes.ts";
 import { addMeshRoutes, SegmentMeshes, type MeshOptions } from "./mesh.ts";
 import { parseChunkName, readEncodedChunk } from "./precomputed_view.ts";
 import { SdfLayer, type SdfLayerOptions } from "./sdf_layer.ts";
@@ -33,6 +34,8 @@ export interface BridgeOptions {
   meshes?: MeshOptions;
   /** With an SDF model, every image volume gets an on-demand `<id>-sdf` companion (sdf_layer.ts). */
   sdf?: SdfLayerOptions;
+  /** Live sessions (live_routes.ts): on when `grpcTarget` names the inference server to use. */
+  live?: Omit<LiveRoutesOptions, "volumes" | "log" | "grpcTarget"> & { grpcTarget?: string };
 }
 
 /** Segments the default viewer state selects (and the 3D panel meshes) per segmentation volume. */
@@ -61,8 +64,8 @@ function corsFor(allowed: ReadonlySet<string>, log: Logger) {
     if (origin === ownOrigin(req) || allowed.has(origin)) {
       res.setHeader("Access-Control-Allow-Origin", origin);
       if (req.method === "OPTIONS") {
-        res.setHeader("Access-Control-Allow-Methods", "GET, HEAD, POST");
-        res.setHeader("Access-Control-Allow-Headers", "Content-Type, Range");
+        res.setHeader("Access-Control-Allow-Methods", "GET, HEAD, POST, DELETE");
+        res.setHeader("Access-Control-Allow-Headers", "Content-Type, Range, X-Client-Id");
         res.setHeader("Access-Control-Max-Age", "600");
         res.status(204).end();
         return;
@@ -157,6 +160,10 @@ export async function createBridge(options: BridgeOptions): Promise<Bridge> {
   // Bodies express.json() refused (malformed, too large) arrive here as errors with a status.
   router.use((err: unknown, _req: Request, res: Response, _next: NextFunction) => sendError(res, err, log, "request body"));
 
+  const grpcTarget = options.live?.grpcTarget;
+  const live = grpcTarget === undefined ? undefined : liveSessionRoutes({ ...options.live, grpcTarget, volumes, log });
+  if (live !== undefined) router.use(live.router);
+
   router.get(
     `/${VIEWER_STATE_PATH}`,
     handle(log, "viewer state", async (_req, res) => {
@@ -215,5 +222,14 @@ export async function createBridge(options: BridgeOptions): Promise<Bridge> {
     }),
   );
 
-  return { router, volumes, meshes, sdf, close: () => volumes.close() };
+  return {
+    router,
+    volumes,
+    meshes,
+    sdf,
+    close: async () => {
+      await live?.close();
+      await volumes.close();
+    },
+  };
 }

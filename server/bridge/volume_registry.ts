@@ -101,15 +101,24 @@ export class VolumeRegistry {
    * Registers a volume that is already open (a live layer the bridge itself computes); the
    * registry owns it from then on. FailedPrecondition naming `id` if the id is taken.
    */
-  add(spec: { id: string; url: string; name?: string; mutable?: boolean }, source: VolumeSource): RegisteredVolume {
+  add(spec: { id: string; url: string; name?: string; mutable?: boolean; version?: () => number }, source: VolumeSource): RegisteredVolume {
     if (!VOLUME_ID_PATTERN.test(spec.id)) throw invalidArgument("id", `expected ${VOLUME_ID_PATTERN.source}, got ${JSON.stringify(spec.id)}`);
     if (this.#volumes.has(spec.id) || this.#pending.has(spec.id)) throw failedPrecondition(`id ${spec.id} is already registered`, "id");
     if (this.#volumes.size + this.#pending.size >= this.#maxVolumes) {
       throw resourceExhausted(`at most ${this.#maxVolumes} volumes can be registered`, "id");
     }
-    const volume = { id: spec.id, url: spec.url, name: spec.name ?? spec.id, mutable: spec.mutable ?? false, source, info: exposedInfo(source.metadata) };
+    const volume: RegisteredVolume = { id: spec.id, url: spec.url, name: spec.name ?? spec.id, mutable: spec.mutable ?? false, source, info: exposedInfo(source.metadata) };
+    if (spec.version !== undefined) volume.version = spec.version;
     this.#volumes.set(spec.id, volume);
     return volume;
+  }
+
+  /** Unregisters and closes a volume (no-op for an unknown id). */
+  async remove(id: string): Promise<void> {
+    const v = this.#volumes.get(id);
+    if (v === undefined) return;
+    this.#volumes.delete(id);
+    await v.source.close();
   }
 
   /** NotFound naming `id` when no volume has that id. */

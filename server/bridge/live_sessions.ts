@@ -1,0 +1,389 @@
+// Interactive segmentation for the viewer: each live session is a gRPC session on the inference
+// server (this process or a remote one) plus a live uint64 label volume that the masks coming back
+// are written into, served like any registered volume, with a per-chunk generation and a push
+// channel that tells viewers which chunks changed.
+import { randomBytes } from "node:crypto";
+import { mkdir, rename, rm } from "node:fs/promises";
+import { join } from "node:path";
+import type { Box2 } from "#proto/spatial_sam/v1/common.ts";
+import { Direction, PointLabel, type ObjectMask, type PointPrompt } from "#proto/spatial_sam/v1/segmentation.ts";
+import { cancelled, invalidArgument, notFound, resourceExhausted, unimplemented } from "#src/errors.ts";
+import type { Vec3 } from "#src/volume/types.ts";
+import type { Logger } from "#server/log.ts";
+import { PrecomputedWriter } from "#server/volume/precomputed_writer.ts";
+import { FileStore } from "#server/volume/stores.ts";
+import { LiveLabelVolume, type SliceMaskWrite } from "./live_volume.ts";
+import type { SegmentationClient } from "./segmentation_client.ts";
+import type { RegisteredVolume, VolumeRegistry } from "./volume_registry.ts";
+
+export type LiveDirection = "forward" | "backward" | "both";
+
+export interface PromptRequest {
+  objectId: bigint;
+  z: number;
+  /** Volume voxel coordinates as Neuroglancer gives them (voxel i covers [i, i + 1)). */
+  points: { x: number; y: number; label: "positive" | "negative" }[];
+  /** Half-open voxel box on slice z. */
+  box?: { x0: number; y0: number; x1: number; y1: number };
+  clearOld: boolean;
+}
+
+export interface PropagateRequest {
+  direction: LiveDirection;
+  startZ?: number;
+  /** Stop after this many slices in each direction (unset: to the volume's edge). */
+  maxSlices?: number;
+  objectIds: bigint[];
+}
+
+/** What viewers are told on the push channel: the chunks (precomputed names) that changed. */
+export interface ChangeEvent {
+  generation: number;
+  volumeId: string;
+  scaleKey: string;
+  chunks: string[];
+  objects: { objectId: string; voxels: number }[];
+}
+
+export interface LiveSessionsOptions {
+  volumes: VolumeRegistry;
+  client: SegmentationClient;
+  log: Logger;
+  /** Most sessions at once (default 8). */
+  maxSessions?: number;
+  /** Largest session box in voxels (default 512^3). */
+  maxSessionVoxels?: number;
+  /** Live chunks are the image's chunks, at most this large on each axis (default 64). */
+  maxChunkEdge?: number;
+  /** Where accepted results are written as precomputed; accept is unavailable without it. */
+  acceptDir?: string;
+  /**
+   * Per image volume id, the bridge volume holding its precomputed SDF (the propagator's memory),
+   * for sessions that name none. Without one the server computes it with its default SDF model.
+   */
+  sdfVolumes?: Readonly<Record<string, string>>;
+}
+
+type Listener = (e: ChangeEvent) => void;
+
+const DIRECTION: Record<LiveDirection, Direction> = {
+  forward: Direction.DIRECTION_FORWARD,
+  backward: Direction.DIRECTION_BACKWARD,
+  both: Direction.DIRECTION_BOTH,
+};
+
+export class LiveSession {
+  readonly id: string;
+  readonly liveVolumeId: string;
+  readonly image: RegisteredVolume;
+  readonly live: LiveLabelVolume;
+  readonly scaleKey: string;
+  readonly box: { offsetZyx: Vec3; shapeZyx: Vec3 };
+  readonly #grpcSessionId: string;
+  readonly #owner: LiveSessions;
+  readonly #listeners = new Set<Listener>();
+  /** Operations run one at a time, in order (the server's session does the same). */
+  #tail: Promise<unknown> = Promise.resolve();
+  #propagation: AbortController | undefined;
+  #lastPromptZ: number | undefined;
+  #closed = false;
+
+  constructor(init: { id: string; image: RegisteredVolume; live: LiveLabelVolume; scaleKey: string; grpcSessionId: string; owner: LiveSessions }) {
+    this.id = init.id;
+    this.liveVolumeId = `live-${init.id}`;
+    this.image = init.image;
+    this.live = init.live;
+    this.scaleKey = init.scaleKey;
+    const level = init.live.metadata.scales[0]!;
+    this.box = { offsetZyx: level.offsetZyx, shapeZyx: level.shapeZyx };
+    this.#grpcSessionId = init.grpcSessionId;
+    this.#owner = init.owner;
+  }
+
+  get listenerCount(): number {
+    return this.#listeners.size;
+  }
+
+  subscribe(fn: Listener): () => void {
+    this.#listeners.add(fn);
+    return () => this.#listeners.delete(fn);
+  }
+
+  objects(): { objectId: string; voxels: number }[] {
+    return this.live.objects().map((o) => ({ objectId: o.objectId.toString(), voxels: o.voxels }));
+  }
+
+  /** All chunks changed after generation `since` (for a viewer that reconnects). */
+  changesSince(since: number): ChangeEvent {
+    const [Z, Y, X] = this.box.shapeZyx;
+    const [cz, cy, cx] = this.live.metadata.scales[0]!.chunkShapeZyx;
+    const chunks: string[] = [];
+    for (let z = 0; z * cz < Z; z++)
+      for (let y = 0; y * cy < Y; y++)
+        for (let x = 0; x * cx < X; x++) if (this.live.chunkGeneration([z, y, x]) > since) chunks.push(this.live.chunkName([z, y, x]));
+    return this.#event(chunks);
+  }
+
+  #event(chunks: string[]): ChangeEvent {
+    return { generation: this.live.generation, volumeId: this.liveVolumeId, scaleKey: this.scaleKey, chunks, objects: this.objects() };
+  }
+
+  /** Writes masks into the live volume and tells every viewer which chunks changed. */
+  #apply(masks: readonly ObjectMask[]): ChangeEvent {
+    const writes: SliceMaskWrite[] = masks.map((m) => ({ objectId: m.objectId, z: m.z, bbox: m.bbox ?? { y0: 0, x0: 0, y1: 0, x1: 0 }, data: m.data }));
+    const changed = this.live.write(writes);
+    this.live.commit(changed);
+    const event = this.#event(changed.map((c) => this.live.chunkName(c)));
+    if (changed.length > 0) for (const fn of this.#listeners) fn(event);
+    return event;
+  }
+
+  #serial<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.#tail.then(() => {
+      if (this.#closed) throw notFound("session", `session ${this.id} is closed`);
+      return fn();
+    });
+    this.#tail = run.catch(() => undefined);
+    return run;
+  }
+
+  /** A new request supersedes a running propagation (the user is correcting it). */
+  #cancelPropagation(): void {
+    this.#propagation?.abort(cancelled("superseded by a newer request"));
+  }
+
+  prompt(req: PromptRequest, signal?: AbortSignal) {
+    this.#cancelPropagation();
+    return this.#serial(async () => {
+      const points: PointPrompt[] = req.points.map((p) => ({
+        x: Math.floor(p.x),
+        y: Math.floor(p.y),
+        label: p.label === "positive" ? PointLabel.POINT_LABEL_POSITIVE : PointLabel.POINT_LABEL_NEGATIVE,
+      }));
+      const box: Box2 | undefined = req.box === undefined ? undefined : { y0: req.box.y0, x0: req.box.x0, y1: req.box.y1, x1: req.box.x1 };
+      const res = await this.#owner.client.addPrompts(
+        { sessionId: this.#grpcSessionId, objectId: req.objectId, z: req.z, points, clearOld: req.clearOld, ...(box === undefined ? {} : { box }) },
+        signal,
+      );
+      this.#lastPromptZ = req.z;
+      const event = this.#apply(res.masks);
+      return { ...event, masks: res.masks.map((m) => ({ objectId: m.objectId.toString(), z: m.z, iouScore: m.iouScore, objectScore: m.objectScore })) };
+    });
+  }
+
+  /** Propagates, writing each slice as it arrives; a newer request cancels it (`cancelled: true`). */
+  propagate(req: PropagateRequest, signal?: AbortSignal) {
+    this.#cancelPropagation();
+    const abort = new AbortController();
+    this.#propagation = abort;
+    const onAbort = () => abort.abort(cancelled("the client went away"));
+    signal?.addEventListener("abort", onAbort, { once: true });
+    return this.#serial(async () => {
+      const changed = new Set<string>();
+      let slices = 0;
+      let wasCancelled = false;
+      try {
+        abort.signal.throwIfAborted();
+        const stream = this.#owner.client.propagate(
+          {
+            sessionId: this.#grpcSessionId,
+            direction: DIRECTION[req.direction],
+            maxSlices: req.maxSlices ?? 0,
+            objectIds: req.objectIds,
+            ...(req.startZ === undefined ? {} : { startZ: req.startZ }),
+          },
+          abort.signal,
+        );
+        for await (const slice of stream) {
+          slices++;
+          for (const c of this.#apply(slice.masks).chunks) changed.add(c);
+        }
+      } catch (e) {
+        if (!abort.signal.aborted) throw e;
+        wasCancelled = true;
+      } finally {
+        signal?.removeEventListener("abort", onAbort);
+        if (this.#propagation === abort) this.#propagation = undefined;
+      }
+      return { generation: this.live.generation, slices, chunks: [...changed], cancelled: wasCancelled, objects: this.objects() };
+    });
+  }
+
+  /** The z a propagation "to z" starts from: the last prompted slice. */
+  get lastPromptZ(): number | undefined {
+    return this.#lastPromptZ;
+  }
+
+  removeObject(objectId: bigint) {
+    this.#cancelPropagation();
+    return this.#serial(async () => {
+      await this.#owner.client.removeObject(this.#grpcSessionId, objectId);
+      const changed = this.live.clearObject(objectId);
+      this.live.commit(changed);
+      const event = this.#event(changed.map((c) => this.live.chunkName(c)));
+      if (changed.length > 0) for (const fn of this.#listeners) fn(event);
+      return event;
+    });
+  }
+
+  /** Writes the live volume as precomputed under `dir` (atomically: a temp folder renamed into place). */
+  accept(dir: string, volumes: VolumeRegistry) {
+    this.#cancelPropagation();
+    return this.#serial(async () => {
+      const final = join(dir, this.id);
+      const tmp = `${final}.tmp-${process.pid}`;
+      await mkdir(dir, { recursive: true });
+      await rm(tmp, { recursive: true, force: true });
+      const store = await FileStore.open(tmp, [dir]);
+      const liveInfo = volumes.get(this.liveVolumeId).info;
+      const writer = await PrecomputedWriter.create(store, liveInfo);
+      const level = this.live.metadata.scales[0]!;
+      const [Z, Y, X] = level.shapeZyx;
+      const [cz, cy, cx] = level.chunkShapeZyx;
+      for (let z = 0; z * cz < Z; z++)
+        for (let y = 0; y * cy < Y; y++)
+          for (let x = 0; x * cx < X; x++) {
+            // Never-written chunks read as 0, the fill value, and are left out.
+            if (this.live.chunkGeneration([z, y, x]) === 0) continue;
+            const box = { offsetZyx: [level.offsetZyx[0] + z * cz, level.offsetZyx[1] + y * cy, level.offsetZyx[2] + x * cx] as Vec3, shapeZyx: [Math.min(cz, Z - z * cz), Math.min(cy, Y - y * cy), Math.min(cx, X - x * cx)] as Vec3 };
+            await writer.writeChunk(0, [z, y, x], await this.live.read(box, 0));
+          }
+      await rm(final, { recursive: true, force: true });
+      await rename(tmp, final);
+      const id = `accepted-${this.id}`;
+      await volumes.remove(id);
+      const v = await volumes.register({ id, url: `precomputed://file://${final}`, name: `accepted ${this.id}` });
+      return { volumeId: v.id, url: v.url, objects: this.objects() };
+    });
+  }
+
+  /** Ends the server's session and unregisters the live volume. */
+  async close(volumes: VolumeRegistry): Promise<void> {
+    if (this.#closed) return;
+    this.#cancelPropagation();
+    await this.#tail;
+    this.#closed = true;
+    this.#listeners.clear();
+    await volumes.remove(this.liveVolumeId);
+    await this.#owner.client.closeSession(this.#grpcSessionId).catch((e: unknown) => this.#owner.log.info({ err: String(e), session: this.id }, "closing the server's session failed"));
+  }
+}
+
+export class LiveSessions {
+  readonly client: SegmentationClient;
+  readonly log: Logger;
+  readonly #volumes: VolumeRegistry;
+  readonly #sessions = new Map<string, LiveSession>();
+  /** The server's volume id for each bridge volume, opened once. */
+  readonly #serverVolumes = new Map<string, Promise<string>>();
+  readonly #options: LiveSessionsOptions;
+  #starting = 0;
+
+  constructor(options: LiveSessionsOptions) {
+    this.#options = options;
+    this.#volumes = options.volumes;
+    this.client = options.client;
+    this.log = options.log;
+  }
+
+  get acceptDir(): string | undefined {
+    return this.#options.acceptDir;
+  }
+
+  get volumes(): VolumeRegistry {
+    return this.#volumes;
+  }
+
+  /** Opens a bridge volume on the inference server once; resolves the server's id for it. */
+  #serverVolume(v: RegisteredVolume, signal?: AbortSignal): Promise<string> {
+    let id = this.#serverVolumes.get(v.id);
+    if (id === undefined) {
+      id = this.client.openVolume(v.url, signal);
+      this.#serverVolumes.set(v.id, id);
+      id.catch(() => this.#serverVolumes.delete(v.id));
+    }
+    return id;
+  }
+
+  /**
+   * Starts a session over the whole first level of the bridge volume `volumeId`, with the SDF
+   * memory from the bridge volume `sdfVolumeId` (or the configured one, or the server's model).
+   */
+  async create(volumeId: string, sdfVolumeId?: string, signal?: AbortSignal): Promise<LiveSession> {
+    const max = this.#options.maxSessions ?? 8;
+    if (this.#sessions.size + this.#starting >= max) throw resourceExhausted(`${max} live sessions are open; close one first`, "session");
+    const image = this.#volumes.get(volumeId);
+    if (image.info.type !== "image") throw invalidArgument("volumeId", `volume ${volumeId} is a ${image.info.type} volume; a session segments an image`);
+    const level = image.source.metadata.scales[0]!;
+    const voxels = level.shapeZyx[0] * level.shapeZyx[1] * level.shapeZyx[2];
+    const maxVoxels = this.#options.maxSessionVoxels ?? 512 ** 3;
+    if (voxels > maxVoxels) throw invalidArgument("volumeId", `volume ${volumeId} has ${voxels} voxels; sessions are limited to ${maxVoxels}`);
+    const scale = image.info.scales[0]!;
+    const edge = this.#options.maxChunkEdge ?? 64;
+    const chunkShapeZyx = [2, 1, 0].map((d) => Math.min(edge, scale.chunkSizeXyz[d]!)) as Vec3;
+    const sdfId = sdfVolumeId ?? this.#options.sdfVolumes?.[volumeId];
+    let sdf: RegisteredVolume | undefined;
+    if (sdfId !== undefined) {
+      try {
+        sdf = this.#volumes.get(sdfId);
+      } catch {
+        throw notFound("sdfVolumeId", `no volume ${JSON.stringify(sdfId)} is registered`);
+      }
+    }
+    this.#starting++;
+    try {
+      const grpcSessionId = await this.client.startSession(
+        {
+          volumeId: await this.#serverVolume(image, signal),
+          box: { offset: { z: level.offsetZyx[0], y: level.offsetZyx[1], x: level.offsetZyx[2] }, shape: { z: level.shapeZyx[0], y: level.shapeZyx[1], x: level.shapeZyx[2] } },
+          scale: 0,
+          model: "",
+          sdfModel: "",
+          sdfVolumeId: sdf === undefined ? "" : await this.#serverVolume(sdf, signal),
+        },
+        signal,
+      );
+      const id = randomBytes(6).toString("hex");
+      const live = new LiveLabelVolume({ level, chunkShapeZyx });
+      const session = new LiveSession({ id, image, live, scaleKey: scale.key, grpcSessionId, owner: this });
+      this.#volumes.add({ id: session.liveVolumeId, url: `live://${id}`, name: "spatial-sam", mutable: true, version: () => live.generation }, live);
+      this.#sessions.set(id, session);
+      this.log.info({ session: id, volumeId, grpcSessionId, target: this.client.target }, "live session started");
+      return session;
+    } finally {
+      this.#starting--;
+    }
+  }
+
+  get(id: string): LiveSession {
+    const s = this.#sessions.get(id);
+    if (s === undefined) throw notFound("session", `no live session ${JSON.stringify(id.slice(0, 100))}`);
+    return s;
+  }
+
+  async closeSession(id: string): Promise<void> {
+    const s = this.get(id);
+    this.#sessions.delete(id);
+    await s.close(this.#volumes);
+  }
+
+  async accept(id: string) {
+    const dir = this.#options.acceptDir;
+    if (dir === undefined) throw unimplemented("this bridge has no folder for accepted results (acceptDir)");
+    return this.get(id).accept(dir, this.#volumes);
+  }
+
+  async close(): Promise<void> {
+    const all = [...this.#sessions.values()];
+    this.#sessions.clear();
+    await Promise.allSettled(all.map((s) => s.close(this.#volumes)));
+    this.client.close();
+  }
+
+  /** Checks a z against a session's slices (errors name `field`). */
+  static checkZ(session: LiveSession, z: number, field: string): void {
+    const z0 = session.box.offsetZyx[0];
+    const z1 = z0 + session.box.shapeZyx[0];
+    if (!Number.isInteger(z) || z < z0 || z >= z1) throw invalidArgument(field, `expected an integer slice in [${z0}, ${z1}), got ${z}`);
+  }
+}

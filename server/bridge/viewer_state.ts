@@ -26,6 +26,10 @@ export function defaultViewerState(volumes: readonly RegisteredVolume[], extras:
             z: [first.resolutionXyz[2] * 1e-9, "m"],
           },
           position: [0, 1, 2].map((d) => first.voxelOffsetXyz[d]! + first.sizeXyz[d]! / 2),
+          // The 3D panel shows the whole volume (its height in voxels of the global dimensions),
+          // tilted 30 degrees about x so meshes read as solids.
+          projectionScale: 1.4 * Math.max(...[0, 1, 2].map((d) => (first.sizeXyz[d]! * first.resolutionXyz[d]!) / first.resolutionXyz[0]!)),
+          projectionOrientation: [-Math.sin(Math.PI / 12), 0, 0, Math.cos(Math.PI / 12)],
         };
   return {
     ...view,
@@ -44,5 +48,7 @@ export function defaultViewerState(volumes: readonly RegisteredVolume[], extras:
       ];
     }),
     layout: "4panel",
+    // The 3D panel shows meshes alone: the three sections drawn into it hide the meshes behind them.
+    showSlices: false,
   };
 }

@@ -38,6 +38,14 @@ export function createMetrics(sources: { models?: ModelRegistry; chunkCache?: Ch
       },
     });
     new Gauge({
+      name: "spatial_sam_model_waiting_clients",
+      help: "Clients with at least one request waiting for an ONNX worker (they are served in turn)",
+      registers: [registry],
+      collect() {
+        this.set(models.stats().waitingClients);
+      },
+    });
+    new Gauge({
       name: "spatial_sam_onnx_workers",
       help: "ONNX worker threads by state",
       labelNames: ["state"] as const,

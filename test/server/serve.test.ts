@@ -53,6 +53,7 @@ it("serves Prometheus metrics behind the bearer token; /healthz stays open", asy
   expect(res.status).toBe(200);
   const text = await res.text();
   expect(text).toContain("spatial_sam_onnx_workers");
+  expect(text).toContain("spatial_sam_model_waiting_clients 0");
   expect(text).toContain("spatial_sam_chunk_cache");
   expect(text).toContain("spatial_sam_process_");
 });

@@ -47,6 +47,34 @@ export function segmentMask(labels: TypedArray, labelsBox: Box3, samplesBox: Box
 }
 
 /**
+ * The part of `mask` that can produce triangles: the bounding box of its 1s grown by one sample
+ * (cubes with no 1 among their corners are empty), within `box`. Marching cubes then walks the
+ * segment's extent instead of the whole block; vertices are the same, since positions are global.
+ */
+function cropToSegment(mask: Uint8Array, box: Box3): { mask: Uint8Array; box: Box3 } | undefined {
+  const [nz, ny, nx] = box.shapeZyx;
+  const lo: Vec3 = [nz, ny, nx];
+  const hi: Vec3 = [-1, -1, -1];
+  for (let z = 0, i = 0; z < nz; z++)
+    for (let y = 0; y < ny; y++)
+      for (let x = 0; x < nx; x++, i++) {
+        if (mask[i] === 0) continue;
+        if (z < lo[0]) lo[0] = z;
+        if (z > hi[0]) hi[0] = z;
+        if (y < lo[1]) lo[1] = y;
+        if (y > hi[1]) hi[1] = y;
+        if (x < lo[2]) lo[2] = x;
+        if (x > hi[2]) hi[2] = x;
+      }
+  if (hi[0] < 0) return undefined;
+  const from = [0, 1, 2].map((d) => Math.max(0, lo[d]! - 1)) as Vec3;
+  const shape = [0, 1, 2].map((d) => Math.min(box.shapeZyx[d]! - 1, hi[d]! + 1) - from[d]! + 1) as Vec3;
+  const out = new Uint8Array(shape[0] * shape[1] * shape[2]);
+  copyBox(mask, box.shapeZyx, from, out, shape, [0, 0, 0], shape);
+  return { mask: out, box: { offsetZyx: [0, 1, 2].map((d) => box.offsetZyx[d]! + from[d]!) as Vec3, shapeZyx: shape } };
+}
+
+/**
  * Marching cubes of `mask` (the samples of `samplesBox`, voxel coordinates of a level whose voxel
  * size is `voxelSizeNm`, zyx) at level 0.5: one cube per 2x2x2 samples, so the cubes cover
  * [offset, offset + shape - 1) by their lower corners. Vertices are in nm with voxel v's centre at
@@ -54,16 +82,18 @@ export function segmentMask(labels: TypedArray, labelsBox: Box3, samplesBox: Box
  * counter-clockwise seen from outside (outward normals by the right-hand rule).
  */
 export function maskSurface(mask: Uint8Array, samplesBox: Box3, voxelSizeNm: Vec3): TriangleMesh {
-  const [nz, ny, nx] = samplesBox.shapeZyx;
+  const crop = cropToSegment(mask, samplesBox);
+  if (crop === undefined) return EMPTY_MESH;
+  const [nz, ny, nx] = crop.box.shapeZyx;
   if (nz < 2 || ny < 2 || nx < 2) return EMPTY_MESH;
-  const { positions, cells } = isosurface.marchingCubes([nx, ny, nz], (x, y, z) => mask[(z * ny + y) * nx + x]! - 0.5);
+  const { positions, cells } = isosurface.marchingCubes([nx, ny, nz], (x, y, z) => crop.mask[(z * ny + y) * nx + x]! - 0.5);
   // Each cube emits its own vertices. Every vertex is the midpoint of a grid edge, so doubled
   // coordinates are integers: an exact key for welding the copies into one shared vertex.
   const [W, H] = [2 * nx, 2 * ny];
   const welded = new Map<number, number>();
   const remap = new Uint32Array(positions.length);
   const xyz: number[] = [];
-  const originXyz = [samplesBox.offsetZyx[2] + 0.5, samplesBox.offsetZyx[1] + 0.5, samplesBox.offsetZyx[0] + 0.5];
+  const originXyz = [crop.box.offsetZyx[2] + 0.5, crop.box.offsetZyx[1] + 0.5, crop.box.offsetZyx[0] + 0.5];
   const nmXyz = [voxelSizeNm[2], voxelSizeNm[1], voxelSizeNm[0]];
   positions.forEach((p, i) => {
     const key = (Math.round(2 * p[2]!) * H + Math.round(2 * p[1]!)) * W + Math.round(2 * p[0]!);

@@ -1,6 +1,6 @@
 // Blockwise SDF against a whole-volume run of the same model: with a context that covers the
 // model's receptive field, stitching blocks must give exactly the whole-volume result; blocks are
-// cached, shared between concurrent requests, and cancellable.
+// cached, shared between concurrent requests, cancellable, and served to clients in turn.
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -131,6 +131,26 @@ describe("SdfEngine", () => {
     await expect(
       engine.compute({ volume, volumeKey: "v", box: { offsetZyx: [0, 0, 0], shapeZyx: [21, 45, 70] }, scale: 0, model: "tiny_conv3d" }),
     ).rejects.toMatchObject({ _tag: "InvalidArgument", field: "box.shape" });
+  });
+
+  it.each([
+    [true, "BA"],
+    [false, "AB"],
+  ])("fairShare %s: another client's one-block request completes in the order %s against a 27-block request", async (fairShare, expected) => {
+    const engine = new SdfEngine({ registry, cacheDir: join(dir, `cache-fair-${fairShare}`), log: silentLogger(), concurrency: 1, defaultBlockShapeZyx: BLOCK, fairShare });
+    const corner = (z: number) => ({ offsetZyx: [z, 0, 0] as Vec3, shapeZyx: BLOCK });
+    // B's cache layout exists already, so its request below queues its block at once.
+    await engine.compute({ volume, volumeKey: "b", box: corner(BLOCK[0]), scale: 0, model: "tiny_conv3d", client: "B" });
+    const order: string[] = [];
+    let scheduled!: () => void;
+    const allQueued = new Promise<void>((r) => (scheduled = r));
+    // The first progress report comes once every block of the request is queued.
+    const a = engine.compute({ volume, volumeKey: "a", box: fullBox, scale: 0, model: "tiny_conv3d", client: "A", onProgress: () => scheduled() });
+    await allQueued;
+    const b = engine.compute({ volume, volumeKey: "b", box: corner(0), scale: 0, model: "tiny_conv3d", client: "B" });
+    await Promise.all([a.then(() => order.push("A")), b.then(() => order.push("B"))]);
+    expect(order.join("")).toBe(expected);
+    expect((await a).blocksTotal).toBe(27);
   });
 });
 

@@ -12,6 +12,7 @@ import { setupDefaultViewer } from "neuroglancer/unstable/ui/default_viewer_setu
 import type { Viewer } from "neuroglancer/unstable/viewer.js";
 import { VIEWER_STATE_PATH } from "#src/bridge_api.ts";
 import { SCHEME, precomputedUrlFor } from "#layer/spatialsam_url.ts";
+import { LiveTool } from "#layer/live_tool.ts";
 
 /** Volumes of the bridge, read as the precomputed volumes the bridge re-exposes them as. */
 class SpatialSamDataSource extends DataSourceProvider {
@@ -60,9 +61,13 @@ async function loadDefaultState(viewer: Viewer): Promise<void> {
 const sharedState = window.location.hash.length > 2 ? window.location.hash : undefined;
 if (sharedState !== undefined) history.replaceState(null, "", `${window.location.pathname}${window.location.search}`);
 const viewer = setupDefaultViewer();
+const live = new LiveTool(viewer);
+(window as unknown as { spatialSam: LiveTool }).spatialSam = live;
 if (sharedState !== undefined) {
-  // The hash binding applies the state on "hashchange", as for any later edit of the URL.
+  // The hash binding applies the state on "hashchange", as for any later edit of the URL; the
+  // prompts a shared link carries are replayed once it has.
   void chunkWorkerReady(viewer).then(() => {
+    window.addEventListener("hashchange", () => setTimeout(() => void live.replayPrompts()), { once: true });
     window.location.hash = sharedState;
   });
 } else {

@@ -21,6 +21,21 @@ function stripWebpackChunkNames(): Plugin {
   };
 }
 
+/**
+ * Adds live_worker.ts (the RPC that re-fetches only the named chunks of a live layer) to
+ * Neuroglancer's chunk worker, which has no other extension point.
+ */
+function liveWorkerRpc(): Plugin {
+  return {
+    name: "spatial-sam:live-worker-rpc",
+    enforce: "pre",
+    transform(code, id) {
+      if (!id.endsWith("/node_modules/neuroglancer/lib/chunk_worker.bundle.js")) return null;
+      return { code: `${code}\nimport ${JSON.stringify(`${here}live_worker.ts`)};\n`, map: null };
+    },
+  };
+}
+
 export default defineConfig({
   root: here,
   // Relative asset URLs, so the bundle works wherever the bridge mounts it.
@@ -47,7 +62,7 @@ export default defineConfig({
   },
   // Worker bundles get their own plugin list: the chunk worker starts the async-computation worker
   // with the same comment pattern.
-  worker: { format: "es", plugins: () => [stripWebpackChunkNames()] },
+  worker: { format: "es", plugins: () => [stripWebpackChunkNames(), liveWorkerRpc()] },
   build: {
     outDir: "dist",
     emptyOutDir: true,

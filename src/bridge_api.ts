@@ -12,3 +12,18 @@ export const VIEWER_STATE_PATH = "api/viewer/state";
 
 /** Path where volumes are registered (POST {url}) and listed (GET). */
 export const VOLUMES_API_PATH = "api/volumes";
+
+/** Live segmentation sessions (POST to create; `/<id>/prompts`, `/propagate`, `/objects`, `/events`, `/accept`). */
+export const SESSIONS_API_PATH = "api/sessions";
+
+/** Header with a random id per viewer tab: the bridge rate-limits prompts per tab. */
+export const CLIENT_ID_HEADER = "x-client-id";
+
+/** The push channel's message: the live volume's chunks (precomputed names) that changed. */
+export interface LiveChangeEvent {
+  generation: number;
+  volumeId: string;
+  scaleKey: string;
+  chunks: string[];
+  objects: { objectId: string; voxels: number }[];
+}

@@ -3,7 +3,7 @@
 // announces changed chunks. Every field is validated here, and errors name it.
 import express, { Router, type NextFunction, type Request, type Response } from "express";
 import { invalidArgument, resourceExhausted } from "#src/errors.ts";
-import { VOLUME_ID_PATTERN } from "#src/bridge_api.ts";
+import { CLIENT_ID_HEADER, SESSIONS_API_PATH, VOLUME_ID_PATTERN } from "#src/bridge_api.ts";
 import type { Logger } from "#server/log.ts";
 import { handle, sendError } from "./http_errors.ts";
 import { LiveSessions, type ChangeEvent, type LiveDirection, type LiveSession, type PromptRequest, type PropagateRequest } from "./live_sessions.ts";
@@ -11,9 +11,6 @@ import { RateLimiter, type RateLimitOptions } from "./rate_limit.ts";
 import { SegmentationClient } from "./segmentation_client.ts";
 import type { VolumeRegistry } from "./volume_registry.ts";
 
-export const SESSIONS_API_PATH = "api/sessions";
-/** Header a viewer tab sends with a random id of its own: rate limits are per tab. */
-export const CLIENT_ID_HEADER = "x-client-id";
 
 export interface LiveRoutesOptions {
   volumes: VolumeRegistry;

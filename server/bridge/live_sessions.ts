@@ -6,6 +6,7 @@ import { randomBytes } from "node:crypto";
 import { mkdir, rename, rm } from "node:fs/promises";
 import { join } from "node:path";
 import type { Box2 } from "#proto/spatial_sam/v1/common.ts";
+import type { LiveChangeEvent } from "#src/bridge_api.ts";
 import { Direction, PointLabel, type ObjectMask, type PointPrompt } from "#proto/spatial_sam/v1/segmentation.ts";
 import { cancelled, invalidArgument, notFound, resourceExhausted, unimplemented } from "#src/errors.ts";
 import type { Vec3 } from "#src/volume/types.ts";
@@ -36,14 +37,8 @@ export interface PropagateRequest {
   objectIds: bigint[];
 }
 
-/** What viewers are told on the push channel: the chunks (precomputed names) that changed. */
-export interface ChangeEvent {
-  generation: number;
-  volumeId: string;
-  scaleKey: string;
-  chunks: string[];
-  objects: { objectId: string; voxels: number }[];
-}
+/** What viewers are told on the push channel (src/bridge_api.ts). */
+export type ChangeEvent = LiveChangeEvent;
 
 export interface LiveSessionsOptions {
   volumes: VolumeRegistry;

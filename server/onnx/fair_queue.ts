@@ -10,7 +10,7 @@ export interface Queued {
 
 interface ClientState<T> {
   waiting: T[];
-  /** Requests of this client handed out and not yet finished (a running request keeps its turn count). */
+  /** Requests of this client handed out and not finished yet: a client with one running is not idle. */
   active: number;
   /** The `served` counter when this client was last handed a request; 0 for a new client. */
   lastServed: number;

@@ -24,10 +24,11 @@ export interface MeshOptions {
   /** Bytes of encoded fragments and manifests kept (default 256 MiB). */
   maxCacheBytes?: number;
   /**
-   * Most scale-0 chunks scanned to find where segments lie (default 4096); a volume with more
-   * needs a `segmentChunks` index (see RegisteredVolume) or its meshes answer ResourceExhausted.
+   * Largest scale-0 volume (voxels) scanned to find where segments lie (default 2^28, e.g. the
+   * whole Lucchi++ stack at 1.3e8); a larger one needs a `segmentChunks` index (see
+   * RegisteredVolume) or its meshes answer ResourceExhausted.
    */
-  maxScanChunks?: number;
+  maxScanVoxels?: number;
 }
 
 /** Where each segment of one volume version lies: linear indices of scale-0 chunks, and its voxel count. */
@@ -120,12 +121,12 @@ function countIds(data: ArrayLike<number | bigint>, into: Map<bigint, number>): 
 export class SegmentMeshes {
   readonly #cache: ByteLru<Uint8Array | string[]>;
   readonly #indexes = new Map<string, Promise<SegmentIndex>>();
-  readonly #maxScanChunks: number;
+  readonly #maxScanVoxels: number;
   readonly #stats = { fragmentsComputed: 0, fragmentsCached: 0, chunksScanned: 0 };
 
   constructor(options: MeshOptions = {}) {
     this.#cache = new ByteLru(options.maxCacheBytes ?? 256 * 2 ** 20);
-    this.#maxScanChunks = options.maxScanChunks ?? 4096;
+    this.#maxScanVoxels = options.maxScanVoxels ?? 2 ** 28;
   }
 
   get stats(): MeshStats {
@@ -147,9 +148,10 @@ export class SegmentMeshes {
     let pending = this.#indexes.get(key);
     if (pending === undefined) {
       const grid = gridOf(v.info.scales[0]!);
-      if (grid.total > this.#maxScanChunks) {
+      const voxels = grid.size[0] * grid.size[1] * grid.size[2];
+      if (voxels > this.#maxScanVoxels) {
         throw resourceExhausted(
-          `volume ${v.id} has ${grid.total} chunks at scale 0, more than the ${this.#maxScanChunks} the bridge scans to find a segment; it needs a segment index`,
+          `volume ${v.id} has ${voxels} voxels at scale 0, more than the ${this.#maxScanVoxels} the bridge scans to find a segment; it needs a segment index`,
           "segment",
         );
       }

@@ -264,6 +264,31 @@ describe("segment meshes (precomputed legacy)", () => {
     }
   });
 
+  it("refuses to scan a volume beyond its limit (429 naming segment) and then selects no segments by default", async () => {
+    const small = await createBridge({ roots: [dir], log: silentLogger(), volumes: [{ id: "seg", url: `precomputed://file://${join(dir, "labels")}` }], meshes: { maxScanVoxels: 1000 } });
+    const app = express();
+    app.use(small.router);
+    const server = createServer(app);
+    await new Promise<void>((res) => server.listen(0, "127.0.0.1", () => res()));
+    const a = server.address();
+    const url = `http://127.0.0.1:${typeof a === "object" && a !== null ? a.port : 0}`;
+    try {
+      const r = await fetch(`${url}/volumes/seg/mesh/${BALL}:0`);
+      expect(r.status).toBe(429);
+      expect(await r.json()).toMatchObject({ error: "ResourceExhausted", field: "segment" });
+      const state = (await (await fetch(`${url}/api/viewer/state`)).json()) as { layers: Record<string, unknown>[] };
+      expect(state.layers[0]!.segments).toBeUndefined();
+      // A fragment needs no scan: it is still served.
+      const f = await fetch(`${url}/volumes/seg/mesh/${BALL}:0:45-65_29-45_26-32`);
+      expect(f.status).toBe(200);
+      expect((await f.arrayBuffer()).byteLength).toBeGreaterThan(4);
+      expect(small.meshes.stats.chunksScanned).toBe(0);
+    } finally {
+      await new Promise<void>((res) => server.close(() => res()));
+      await small.close();
+    }
+  });
+
   it("answers an absent segment with no fragments, and bad names with 400/404 naming the field", async () => {
     expect(await getJson("/volumes/seg/mesh/12345:0")).toEqual({ status: 200, json: { fragments: [] } });
     expect(await getJson("/volumes/seg/mesh/0:0")).toEqual({ status: 200, json: { fragments: [] } });

@@ -8,7 +8,7 @@ import { openOutput } from "#server/engine/auto/output.ts";
 import { checkSegmentBox, segmentVolume, type AutoSdfSource, type SegmentProgress } from "#server/engine/auto/segment.ts";
 import type { PropagationEngine } from "#server/engine/propagation/engine.ts";
 import type { SdfEngine } from "#server/engine/sdf_engine.ts";
-import type { CallContext } from "#server/grpc/handlers.ts";
+import { clientKey, type CallContext } from "#server/grpc/handlers.ts";
 import { fromWireBox } from "#server/grpc/convert.ts";
 import type { VolumeRegistry } from "#server/grpc/volume_service.ts";
 
@@ -65,6 +65,7 @@ export function segmentVolumeCall(deps: SegmentVolumeDeps) {
       embeddings: engine.embeddings,
       out,
       signal: ctx.signal,
+      client: clientKey(ctx),
       onProgress: (p) => {
         latest = p;
         last = p;

@@ -53,6 +53,8 @@ export interface SegmentRequest {
   /** Propagate at most this many slices beyond the seed component's z-extent; default: no bound (as Python). */
   zMargin?: number;
   signal?: AbortSignal;
+  /** Who the model runs are for: the ONNX pool and the SDF engine serve clients in turn. */
+  client?: string;
   onProgress?: (p: SegmentProgress) => void;
   /** Bytes of object logits kept in memory while chunks are written. Default 256 MiB. */
   recordCacheBytes?: number;
@@ -228,6 +230,7 @@ export async function segmentVolume(req: SegmentRequest): Promise<SegmentResult>
       scale,
       model: req.sdf.model,
       ...opts,
+      ...(req.client === undefined ? {} : { client: req.client }),
       onProgress: (p) => {
         progress.blocksTotal += p.blocksTotal - sdfTotal;
         sdfTotal = p.blocksTotal;
@@ -448,14 +451,15 @@ async function propagateSeed(
     else logits.delete(z);
   };
   try {
-    await session.addPrompts(1n, seed.z, prompt, signal);
+    await session.addPrompts(1n, seed.z, prompt, signal, req.client);
     for (const direction of ["forward", "backward"] as const) {
       let maxSlices: number | undefined;
       if (req.zMargin !== undefined) {
         maxSlices = Math.max(1, direction === "forward" ? seed.zRange[1] + req.zMargin - seed.z + 1 : seed.z - (seed.zRange[0] - req.zMargin) + 1);
       }
       let misses = 0;
-      for await (const { z, masks: out } of session.propagate({ startZ: seed.z, direction, ...(maxSlices === undefined ? {} : { maxSlices }), ...(signal ? { signal } : {}) })) {
+      const run = { ...(signal ? { signal } : {}), ...(req.client === undefined ? {} : { client: req.client }) };
+      for await (const { z, masks: out } of session.propagate({ startZ: seed.z, direction, ...(maxSlices === undefined ? {} : { maxSlices }), ...run })) {
         const m = out[0]!.mask;
         keep(z, out[0]!.logits!);
         misses = m.some((v) => v !== 0) ? 0 : misses + 1;

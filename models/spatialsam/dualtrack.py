@@ -50,11 +50,12 @@ class DualTrackConfig:
     rounds: int = 3  # rounds after the bootstrap
     seed: int = 0
     threads: int = 1
-    unet: dict = field(default_factory=lambda: {"channels": [8, 16, 32, 64], "pool": [[2, 2, 2], [2, 2, 2], [2, 2, 2]]})
+    # The unet3d_lucchi architecture (see configs/unet3d_lucchi.yaml for why no normalisation).
+    unet: dict = field(default_factory=lambda: {"channels": [8, 16, 32, 64], "pool": [[2, 2, 2], [2, 2, 2], [2, 2, 2]], "norm": "none"})
     unet_crop_zyx: tuple[int, int, int] = (32, 96, 96)
     unet_batch_size: int = 1
     unet_steps: int = 300
-    unet_lr: float = 2e-3
+    unet_lr: float = 1e-3
     propagator: str = "compact"
     mask_steps: int = 300
     mask_batch_size: int = 4

@@ -32,7 +32,8 @@ from .unet3d import UNet, UNetConfig, build_unet3d, check_input_shape, predict_v
 
 @dataclass
 class TrainConfig:
-    """Training as data. Budget: at most ``max_steps`` optimizer steps and ``max_time_s`` seconds;
+    """Training as data. Budget: at most ``max_steps`` optimizer steps, ``max_time_s`` wall seconds
+    and ``max_cpu_s`` CPU seconds;
     with validation data, stop earlier once fg-IoU has not improved for ``patience`` validations."""
 
     model: str = "unet3d"  # "unet3d" or "unet2d"
@@ -43,6 +44,7 @@ class TrainConfig:
     weight_decay: float = 1e-5
     max_steps: int = 2000
     max_time_s: float | None = None
+    max_cpu_s: float | None = None  # budget in CPU seconds of this process (see train_unet)
     checkpoint_every: int = 50
     val_every: int = 100
     patience: int = 5
@@ -235,7 +237,7 @@ def train_unet(
     slice_w = data.weight.sum(axis=(1, 2), dtype=np.float64)
     fg_voxels = _foreground_voxels(data) if cfg.fg_crop_fraction > 0 else np.zeros((0, 3), np.int64)
 
-    state = {"step": 0, "best_val_iou": -1.0, "best_step": -1, "bad_vals": 0, "time_s": 0.0}
+    state = {"step": 0, "best_val_iou": -1.0, "best_step": -1, "bad_vals": 0, "time_s": 0.0, "cpu_s": 0.0}
     rng = np.random.default_rng(cfg.seed)
     if ckpt_path.exists():
         ck = torch.load(ckpt_path, weights_only=False)
@@ -281,6 +283,9 @@ def train_unet(
     if threading.current_thread() is threading.main_thread():
         old_handler = signal.signal(signal.SIGTERM, lambda *_: term.update(requested=True))
     t_start = time.monotonic() - state["time_s"]
+    # CPU seconds of this process (all threads): unlike wall time, not inflated when other work
+    # shares the machine, so budgets in CPU time stay comparable between runs.
+    cpu_start = time.process_time() - state.get("cpu_s", 0.0)
     stopped = "max_steps"
     bar = tqdm(total=cfg.max_steps, initial=state["step"], disable=not progress, desc=f"train {cfg.model}", unit="step")
     while state["step"] < cfg.max_steps:
@@ -297,21 +302,24 @@ def train_unet(
             opt.step()
         state["step"] += 1
         state["time_s"] = time.monotonic() - t_start
+        state["cpu_s"] = time.process_time() - cpu_start
         step = state["step"]
         bar.update(1)
         if loss_parts is not None and (step % cfg.log_every == 0 or step == 1):
-            log({"step": step, "time_s": round(state["time_s"], 2), "loss_sdf": loss_parts["sdf"], "loss_sign": loss_parts["sign"]})
+            log({"step": step, "time_s": round(state["time_s"], 2), "cpu_s": round(state["cpu_s"], 2), "loss_sdf": loss_parts["sdf"], "loss_sign": loss_parts["sign"]})
             bar.set_postfix(sdf=f"{loss_parts['sdf']:.3f}", sign=f"{loss_parts['sign']:.3f}")
         done = False
         if cfg.max_time_s is not None and state["time_s"] >= cfg.max_time_s:
             stopped, done = "max_time", True
+        if cfg.max_cpu_s is not None and state["cpu_s"] >= cfg.max_cpu_s:
+            stopped, done = "max_cpu", True
         if term["requested"]:
             stopped, done = "sigterm", True
         # Validate on schedule, and once more at the end so best.pt always exists.
         if val is not None and (step % cfg.val_every == 0 or done or step == cfg.max_steps):
             s, _ = predict(model, val.image, data.mean, data.std)  # type: ignore[arg-type]
             iou = foreground_iou(s > 0, val.mask)
-            log({"step": step, "time_s": round(state["time_s"], 2), "val_fg_iou": iou})
+            log({"step": step, "time_s": round(state["time_s"], 2), "cpu_s": round(state["cpu_s"], 2), "val_fg_iou": iou})
             if on_validation is not None:
                 on_validation(step, iou)
             if iou > state["best_val_iou"]:
@@ -341,6 +349,7 @@ def train_unet(
         "best_step": state["best_step"] if val is not None else state["step"],
         "stopped": stopped,
         "time_s": round(state["time_s"], 1),
+        "cpu_s": round(state.get("cpu_s", 0.0), 1),
         "mean": data.mean,
         "std": data.std,
     }

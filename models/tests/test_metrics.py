@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from spatialsam.metrics import dice, evaluate, flicker, foreground_iou, instance_ap
+from spatialsam.metrics import dice, evaluate, flicker, foreground_iou, instance_ap, remove_small_components
 
 
 def _cubes(shape, boxes):
@@ -57,3 +57,23 @@ def test_evaluate_perfect():
     m = evaluate(gt, gt)
     assert m["fg_iou"] == 1 and m["dice"] == 1 and m["ap50"] == 1 and m["ap75"] == 1
     assert m["flicker_slices"] == 0 and m["matched"] == 2
+
+
+def test_min_size_drops_specks_for_instance_metrics_only():
+    gt = _cubes((5, 12, 12), [np.s_[1:4, 2:6, 2:6]])  # one 48-voxel object
+    pred = gt.copy()
+    pred[0, 10, 10] = pred[4, 0, 11] = True  # two one-voxel specks
+    raw = evaluate(pred, gt)
+    assert raw["n_pred"] == 3 and raw["ap50"] == 1 / 3
+    m = evaluate(pred, gt, min_size=2)
+    assert m["n_pred"] == 1 and m["ap50"] == 1 and m["fg_iou_filtered"] == 1
+    assert m["fg_iou"] == raw["fg_iou"] == 48 / 50  # the raw score keeps the specks
+    # specks in the ground truth are dropped alike: otherwise they are unmatchable objects
+    speckled_gt = gt.copy()
+    speckled_gt[4, 11, 0] = True
+    assert evaluate(gt, speckled_gt)["ap50"] == 1 / 2
+    assert evaluate(gt, speckled_gt, min_size=2)["ap50"] == 1
+    # an object exactly min_size voxels large survives
+    assert remove_small_components(gt, 48).sum() == 48 and remove_small_components(gt, 49).sum() == 0
+    with pytest.raises(ValueError, match="min_size"):
+        remove_small_components(gt, -1)

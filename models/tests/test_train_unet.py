@@ -106,3 +106,15 @@ def test_foreground_centred_crops_contain_foreground(demo):
     cfg = _cfg(batch_size=8, fg_crop_fraction=1.0, augment=False)
     _, tgt, _ = _batch(data, cfg, np.random.default_rng(0), data.weight.sum(axis=(1, 2)), fg)
     assert all((t > 0).any() for t in tgt)
+
+
+def test_cpu_budget_stops_the_run_and_is_recorded(demo, tmp_path):
+    img, mask = demo
+    data = make_train_data(img, mask, (5, 5, 5))
+    out = train_unet(data, _cfg(max_steps=10_000, max_cpu_s=0.5), tmp_path, progress=False)
+    assert out["stopped"] == "max_cpu" and out["cpu_s"] >= 0.5 and out["step"] < 10_000
+    log = [json.loads(ln) for ln in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert all(r["cpu_s"] <= out["cpu_s"] for r in log)
+    # a resumed run keeps counting from the checkpoint's CPU time instead of starting over
+    again = train_unet(data, _cfg(max_steps=10_000, max_cpu_s=0.5), tmp_path, progress=False)
+    assert again["step"] - out["step"] <= 1

@@ -93,6 +93,7 @@ export class LiveTool {
   #status: HTMLElement;
   #objectLabel: HTMLElement;
   #enabled: HTMLInputElement;
+  #reach: HTMLInputElement;
 
   constructor(viewer: Viewer) {
     this.#viewer = viewer;
@@ -100,21 +101,26 @@ export class LiveTool {
     this.#panel = document.createElement("div");
     this.#panel.className = "spatialsam-panel";
     this.#panel.style.cssText =
-      "position:absolute;right:8px;top:40px;z-index:100;background:rgba(20,20,20,0.85);color:#eee;font:12px sans-serif;padding:6px 8px;border:1px solid #555;border-radius:4px;min-width:170px";
+      "position:absolute;right:8px;bottom:8px;z-index:100;background:rgba(20,20,20,0.85);color:#eee;font:12px sans-serif;padding:6px 8px;border:1px solid #555;border-radius:4px;min-width:170px";
     this.#panel.innerHTML = `
       <div style="font-weight:bold;margin-bottom:4px">Spatial-SAM</div>
       <label title="click: positive point, shift+click: negative point (2D panels)"><input type="checkbox" data-role="enabled" checked> click to prompt</label>
       <div style="margin:4px 0">object <span data-role="object">1</span> <button data-role="new-object">new object</button></div>
+      <label title="slices each way a click propagates (empty: to the volume's edges); the button always goes to the edges">reach <input data-role="reach" type="number" min="1" placeholder="all" style="width:4em"></label>
       <button data-role="propagate">propagate</button>
       <table data-role="objects" style="margin-top:4px;border-collapse:collapse"></table>
       <div data-role="status" style="margin-top:4px;color:#aaa"></div>`;
     const q = <T extends HTMLElement>(role: string) => this.#panel.querySelector(`[data-role="${role}"]`) as T;
     this.#enabled = q<HTMLInputElement>("enabled");
+    this.#reach = q<HTMLInputElement>("reach");
+    // Kept per browser (not per link): how far a click propagates is the user's habit, not data.
+    this.#reach.value = localStorage.getItem("spatialsam-reach") ?? "";
+    this.#reach.addEventListener("change", () => localStorage.setItem("spatialsam-reach", this.#reach.value));
     this.#objectLabel = q("object");
     this.#objectList = q("objects");
     this.#status = q("status");
     q("new-object").addEventListener("click", () => this.#setObject(String(this.#nextObjectId())));
-    q("propagate").addEventListener("click", () => void this.#run("propagate", () => this.#propagate()));
+    q("propagate").addEventListener("click", () => void this.#run("propagate", () => this.#propagate(undefined)));
     viewer.element.appendChild(this.#panel);
     // Plain click / shift+click in the 2D panels; dragging still pans (mousedown) and rotates.
     viewer.inputEventBindings.sliceView.set("at:click0", { action: POSITIVE_ACTION, stopPropagation: false });
@@ -144,7 +150,7 @@ export class LiveTool {
     void this.#run("prompt", async () => {
       await this.#addPromptAnnotation(prompt);
       await this.#sendPrompts(prompt.objectId, prompt.point[2], [prompt]);
-      await this.#propagate();
+      await this.#propagate(this.#clickReach());
     });
   }
 
@@ -257,9 +263,16 @@ export class LiveTool {
     });
   }
 
-  async #propagate(): Promise<void> {
+  /** Slices each way a click propagates; undefined: to the volume's edges. */
+  #clickReach(): number | undefined {
+    const n = Number(this.#reach.value);
+    return this.#reach.value !== "" && Number.isInteger(n) && n >= 1 ? n : undefined;
+  }
+
+  async #propagate(reach: number | undefined): Promise<void> {
     const s = await this.#ensureSession();
-    await this.#answered("POST", `${SESSIONS_API_PATH}/${s.sessionId}/propagate`, { direction: "both" });
+    const maxSlices = reach === undefined ? undefined : Math.min(reach + 1, s.box.shapeZyx[0]!);
+    await this.#answered("POST", `${SESSIONS_API_PATH}/${s.sessionId}/propagate`, { direction: "both", ...(maxSlices === undefined ? {} : { maxSlices }) });
   }
 
   async #deleteObject(objectId: string): Promise<void> {
@@ -326,7 +339,7 @@ export class LiveTool {
         groups.set(key, [...(groups.get(key) ?? []), p]);
       }
       for (const g of groups.values()) await this.#sendPrompts(g[0]!.objectId, g[0]!.point[2], g);
-      await this.#propagate();
+      await this.#propagate(this.#clickReach());
     });
   }
 }

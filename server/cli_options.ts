@@ -53,6 +53,9 @@ export function serverOptions(cmd: Command): Command {
     .addOption(
       new Option("--session-idle-s <s>", "close a segmentation session idle this long").default(1800).argParser(intIn(1, 7 * 86400)).env("SPATIAL_SAM_SESSION_IDLE_S"),
     )
+    .addOption(
+      new Option("--grpc-target <host:port>", "inference server the viewer's live sessions use (default: this process's gRPC port)").env("SPATIAL_SAM_GRPC_TARGET"),
+    )
     .addOption(new Option("--log-level <level>", "trace, debug, info, warn, error").default("info").env("SPATIAL_SAM_LOG_LEVEL"));
 }
 
@@ -77,6 +80,7 @@ export interface ServerCliOptions {
   sdfModel?: string;
   maxSessions: number;
   sessionIdleS: number;
+  grpcTarget?: string;
 }
 
 export async function startFromCli(o: ServerCliOptions, extraRoots: string[] = [], bridge?: ServeOptions["bridge"]) {
@@ -99,7 +103,7 @@ export async function startFromCli(o: ServerCliOptions, extraRoots: string[] = [
     ...(o.tokenFile === undefined ? {} : { tokenFile: o.tokenFile }),
     ...(o.tlsCert === undefined ? {} : { tlsCert: o.tlsCert }),
     ...(o.tlsKey === undefined ? {} : { tlsKey: o.tlsKey }),
-    ...(bridge === undefined ? {} : { bridge }),
+    ...(bridge === undefined && o.grpcTarget === undefined ? {} : { bridge: { ...bridge, ...(o.grpcTarget === undefined ? {} : { live: { ...bridge?.live, grpcTarget: o.grpcTarget } }) } }),
     ...(o.propagator === undefined
       ? {}
       : {

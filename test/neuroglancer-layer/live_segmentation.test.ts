@@ -27,6 +27,7 @@ const PYTHON = join(ROOT, "models", ".venv", "bin", "python");
 const PROPAGATOR = join(ROOT, "models", "propagator_lucchi");
 const VIEWPORT = { width: 1000, height: 700 };
 const Z = 32;
+const REACH = 6;
 const [, Y, X] = DEMO_SHAPE_ZYX;
 
 let server: RunningServer;
@@ -216,7 +217,8 @@ describe("live segmentation in the viewer", () => {
       layers: [{ type: "image", source: "spatialsam://demo-image", name: "image" }],
       layout: "xy",
     };
-    const page = await browser.newPage({ viewport: VIEWPORT, deviceScaleFactor: 1 });
+    const context = await browser.newContext({ viewport: VIEWPORT, deviceScaleFactor: 1 });
+    const page = await context.newPage();
     const requests: { path: string; status: number }[] = [];
     const pageErrors: string[] = [];
     page.on("pageerror", (e) => pageErrors.push(e.message));
@@ -228,6 +230,9 @@ describe("live segmentation in the viewer", () => {
       await page.goto(`${base}/#!${encodeURIComponent(JSON.stringify(state))}`);
       await page.waitForFunction(() => (window as unknown as { viewer?: { isReady(): boolean; layerManager: { managedLayers: unknown[] } } }).viewer?.isReady() === true, null, { timeout: 45_000, polling: 200 });
       const cal = await calibrate(page);
+      // Clicks propagate 6 slices each way (the panel's "reach"), so the test takes seconds.
+      await page.fill('[data-role="reach"]', String(REACH));
+      await page.dispatchEvent('[data-role="reach"]', "change");
 
       // A real click at the object's centre: session, positive point, propagation.
       const at = cal.toScreen(click.x, click.y);
@@ -305,6 +310,30 @@ describe("live segmentation in the viewer", () => {
       expect(c2.outsideColoured / c2.outside).toBeLessThan(0.01);
       expect(pageErrors).toEqual([]);
 
+      // A shared link carries the prompts: a fresh page replays them into a new session of its own
+      // and shows the same mask (the stale live layer of the link is replaced).
+      await page.waitForFunction(() => decodeURIComponent(window.location.hash).includes('"description":"-1"'), null, { timeout: 10_000, polling: 100 });
+      // Same browser profile (the reach setting is kept per browser), another tab.
+      const shared = await context.newPage();
+      try {
+        await shared.goto(page.url());
+        await settled(shared);
+        const replay = await shared.evaluate(() => {
+          const w = window as unknown as { spatialSam: { debug: { session: { liveVolumeId: string }; errors: string[] } }; viewer: { layerManager: { managedLayers: { name: string }[] } } };
+          return { live: w.spatialSam.debug.session.liveVolumeId, errors: w.spatialSam.debug.errors, layers: w.viewer.layerManager.managedLayers.map((l) => l.name) };
+        });
+        expect(replay.errors).toEqual([]);
+        expect(replay.live).not.toBe(liveVolumeId);
+        expect(replay.layers).toEqual(["image", "spatial-sam prompts", "spatial-sam live"]);
+        const replayed = await liveSlice(replay.live, Z);
+        let same = 0;
+        for (let i = 0; i < replayed.length; i++) if (replayed[i] === second[i]) same++;
+        expect(same / replayed.length).toBeGreaterThan(0.999);
+        await shared.screenshot({ path: join(ARTIFACTS, "live_shared_link.png") });
+      } finally {
+        await shared.close();
+      }
+
       const readmeShot = join(LAYER_DIR, "screenshot_live.png");
       if (!existsSync(readmeShot) || !PNG.sync.read(readFileSync(readmeShot)).data.equals(png2.data)) writeFileSync(readmeShot, PNG.sync.write(png2));
       const iouWithTarget = (s: BigUint64Array) => {
@@ -326,7 +355,7 @@ describe("live segmentation in the viewer", () => {
           `pixels coloured ${c2.insideColoured}/${c2.inside}, background coloured ${c2.outsideColoured}/${c2.outside}`,
       );
     } finally {
-      await page.close();
+      await context.close();
     }
   }, 180_000);
 });

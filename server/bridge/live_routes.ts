@@ -21,6 +21,7 @@ export interface LiveRoutesOptions {
   grpcToken?: string;
   maxSessions?: number;
   maxSessionVoxels?: number;
+  idleTimeoutMs?: number;
   acceptDir?: string;
   sdfVolumes?: Readonly<Record<string, string>>;
   /** Per tab (or per session, for clients without a client id) on prompt and propagate. Default 20 burst, 10/s. */
@@ -177,6 +178,7 @@ export function liveSessionRoutes(options: LiveRoutesOptions): { router: Router;
     ...(options.maxSessions === undefined ? {} : { maxSessions: options.maxSessions }),
     ...(options.maxSessionVoxels === undefined ? {} : { maxSessionVoxels: options.maxSessionVoxels }),
     ...(options.acceptDir === undefined ? {} : { acceptDir: options.acceptDir }),
+    ...(options.idleTimeoutMs === undefined ? {} : { idleTimeoutMs: options.idleTimeoutMs }),
     ...(options.sdfVolumes === undefined ? {} : { sdfVolumes: options.sdfVolumes }),
   });
   const limiter = new RateLimiter(options.rateLimit ?? { burst: 20, perSecond: 10 });
@@ -291,7 +293,7 @@ export function liveSessionRoutes(options: LiveRoutesOptions): { router: Router;
       const send = (e: ChangeEvent) => res.write(`id: ${e.generation}\nevent: chunks\ndata: ${JSON.stringify(e)}\n\n`);
       res.write("retry: 1000\n\n");
       send(last === undefined ? { ...s.changesSince(Number.MAX_SAFE_INTEGER), chunks: [] } : s.changesSince(last));
-      const unsubscribe = s.subscribe(send);
+      const unsubscribe = s.subscribe(send, () => res.end());
       const ping = setInterval(() => res.write(": keep-alive\n\n"), keepAliveMs);
       ping.unref();
       streams.add(res);

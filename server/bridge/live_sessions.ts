@@ -50,6 +50,8 @@ export interface LiveSessionsOptions {
   maxSessionVoxels?: number;
   /** Live chunks are the image's chunks, at most this large on each axis (default 64). */
   maxChunkEdge?: number;
+  /** A session nobody watches (no event stream) and nobody used this long is closed. Default 30 min. */
+  idleTimeoutMs?: number;
   /** Where accepted results are written as precomputed; accept is unavailable without it. */
   acceptDir?: string;
   /**
@@ -82,6 +84,11 @@ export class LiveSession {
   #propagation: AbortController | undefined;
   #lastPromptZ: number | undefined;
   #closed = false;
+  /** Called once when the session closes (event streams end). */
+  readonly #onClose = new Set<() => void>();
+  /** When the last operation ended (or began, while one runs), for idle eviction. */
+  lastUsed = Date.now();
+  #running = 0;
 
   constructor(init: { id: string; image: RegisteredVolume; live: LiveLabelVolume; scaleKey: string; grpcSessionId: string; owner: LiveSessions }) {
     this.id = init.id;
@@ -99,9 +106,19 @@ export class LiveSession {
     return this.#listeners.size;
   }
 
-  subscribe(fn: Listener): () => void {
+  /** `fn` gets every change; `onClose` is called if the session closes first. */
+  subscribe(fn: Listener, onClose: () => void): () => void {
     this.#listeners.add(fn);
-    return () => this.#listeners.delete(fn);
+    this.#onClose.add(onClose);
+    return () => {
+      this.#listeners.delete(fn);
+      this.#onClose.delete(onClose);
+    };
+  }
+
+  /** Nobody is watching and nothing has run for `ms`. */
+  idleFor(ms: number, now = Date.now()): boolean {
+    return this.#running === 0 && this.#listeners.size === 0 && now - this.lastUsed > ms;
   }
 
   objects(): { objectId: string; voxels: number }[] {
@@ -134,11 +151,18 @@ export class LiveSession {
   }
 
   #serial<T>(fn: () => Promise<T>): Promise<T> {
+    this.#running++;
+    this.lastUsed = Date.now();
     const run = this.#tail.then(() => {
       if (this.#closed) throw notFound("session", `session ${this.id} is closed`);
       return fn();
     });
-    this.#tail = run.catch(() => undefined);
+    this.#tail = run
+      .catch(() => undefined)
+      .finally(() => {
+        this.#running--;
+        this.lastUsed = Date.now();
+      });
     return run;
   }
 
@@ -259,6 +283,8 @@ export class LiveSession {
     await this.#tail;
     this.#closed = true;
     this.#listeners.clear();
+    for (const fn of this.#onClose) fn();
+    this.#onClose.clear();
     await volumes.remove(this.liveVolumeId);
     await this.#owner.client.closeSession(this.#grpcSessionId).catch((e: unknown) => this.#owner.log.info({ err: String(e), session: this.id }, "closing the server's session failed"));
   }
@@ -273,12 +299,27 @@ export class LiveSessions {
   readonly #serverVolumes = new Map<string, Promise<string>>();
   readonly #options: LiveSessionsOptions;
   #starting = 0;
+  readonly #sweeper: NodeJS.Timeout;
 
   constructor(options: LiveSessionsOptions) {
     this.#options = options;
     this.#volumes = options.volumes;
     this.client = options.client;
     this.log = options.log;
+    const idle = options.idleTimeoutMs ?? 30 * 60_000;
+    this.#sweeper = setInterval(() => void this.evictIdle(), Math.max(10, Math.min(60_000, idle / 4)));
+    this.#sweeper.unref();
+  }
+
+  /** Closes sessions that are idle (see `idleTimeoutMs`); their live volumes go with them. */
+  async evictIdle(now = Date.now()): Promise<void> {
+    const idle = this.#options.idleTimeoutMs ?? 30 * 60_000;
+    for (const [id, s] of [...this.#sessions]) {
+      if (!s.idleFor(idle, now)) continue;
+      this.#sessions.delete(id);
+      this.log.info({ session: id }, "idle live session closed");
+      await s.close(this.#volumes);
+    }
   }
 
   get acceptDir(): string | undefined {
@@ -306,6 +347,7 @@ export class LiveSessions {
    */
   async create(volumeId: string, sdfVolumeId?: string, signal?: AbortSignal): Promise<LiveSession> {
     const max = this.#options.maxSessions ?? 8;
+    if (this.#sessions.size + this.#starting >= max) await this.evictIdle();
     if (this.#sessions.size + this.#starting >= max) throw resourceExhausted(`${max} live sessions are open; close one first`, "session");
     const image = this.#volumes.get(volumeId);
     if (image.info.type !== "image") throw invalidArgument("volumeId", `volume ${volumeId} is a ${image.info.type} volume; a session segments an image`);
@@ -369,6 +411,7 @@ export class LiveSessions {
   }
 
   async close(): Promise<void> {
+    clearInterval(this.#sweeper);
     const all = [...this.#sessions.values()];
     this.#sessions.clear();
     await Promise.allSettled(all.map((s) => s.close(this.#volumes)));

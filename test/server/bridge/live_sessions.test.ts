@@ -145,6 +145,8 @@ beforeAll(async () => {
   });
   const image = await writePrecomputedArray(dir, "image", "uint8", readNpy(join(golden, "image.npy")).data, [Z, Y, X], [5, 5, 5], { chunkZyx: CHUNK_ZYX });
   const sdf = await writePrecomputedArray(dir, "sdf", "float32", readNpy(join(golden, "sdf.npy")).data, [Z, Y, X], [5, 5, 5], { chunkZyx: CHUNK_ZYX });
+  // An SDF on another grid: the inference server, not the bridge, refuses it.
+  const smallSdf = await writePrecomputedArray(dir, "small-sdf", "float32", new Float32Array(2 * 8 * 8), [2, 8, 8]);
   // A bridge of its own in front of the inference server's gRPC port, as for a remote GPU server.
   bridge = await createBridge({
     roots: [dir],
@@ -152,8 +154,9 @@ beforeAll(async () => {
     volumes: [
       { id: "image", url: image },
       { id: "sdf", url: sdf },
+      { id: "small-sdf", url: smallSdf },
     ],
-    live: { grpcTarget: server.grpc.address, sdfVolumes: { image: "sdf" }, acceptDir: join(dir, "accepted"), rateLimit: { burst: 3, perSecond: 0.001 }, maxSessions: 4 },
+    live: { grpcTarget: server.grpc.address, sdfVolumes: { image: "sdf" }, acceptDir: join(dir, "accepted"), rateLimit: { burst: 3, perSecond: 0.001 }, maxSessions: 4, idleTimeoutMs: 60_000 },
   });
   const app = express();
   app.use(bridge.router);
@@ -330,5 +333,69 @@ describe("live sessions over the bridge", () => {
     expect((await api("POST", `/api/sessions/${sessionId}/prompts`, body, "tab-other")).status).toBe(200);
     expect((await api("POST", `/api/sessions/${sessionId}/propagate`, { toZ: 4 }, "tab-other")).json).toMatchObject({ slices: 3, cancelled: false });
     expect((await api("DELETE", `/api/sessions/${sessionId}`)).status).toBe(204);
+  });
+});
+
+describe("sessions and the inference server", () => {
+  it("answers with the server's field when it refuses a request, and 503 when it cannot be reached", async () => {
+    const refused = await api("POST", "/api/sessions", { volumeId: "image", sdfVolumeId: "small-sdf" });
+    expect(refused.status).toBe(400);
+    expect(refused.json["field"]).toMatch(/^sdf_volume_id/);
+
+    // A bridge whose target has nothing listening (port 1 on loopback).
+    const lonely = await createBridge({ roots: [dir], log: silentLogger(), volumes: [{ id: "image", url: `precomputed://file://${join(dir, "image")}` }], live: { grpcTarget: "127.0.0.1:1" } });
+    const app = express();
+    app.use(lonely.router);
+    const h = createServer(app);
+    await new Promise<void>((resolve) => h.listen(0, "127.0.0.1", resolve));
+    try {
+      const a = h.address();
+      const res = await fetch(`http://127.0.0.1:${typeof a === "object" && a !== null ? a.port : 0}/api/sessions`, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ volumeId: "image" }) });
+      expect(res.status).toBe(503);
+      expect(((await res.json()) as Json)["error"]).toBe("Unavailable");
+    } finally {
+      await new Promise<void>((resolve) => h.close(() => resolve()));
+      await lonely.close();
+    }
+  });
+
+  it("ends event streams when the session closes; closes sessions idle and unwatched", async () => {
+    const { sessionId, liveVolumeId } = (await api("POST", "/api/sessions", { volumeId: "image" })).json as { sessionId: string; liveVolumeId: string };
+    const stream = await events(`/api/sessions/${sessionId}/events`);
+    await stream.next();
+    expect((await api("DELETE", `/api/sessions/${sessionId}`)).status).toBe(204);
+    await expect(stream.next()).rejects.toThrow("event stream ended");
+    expect((await api("GET", `/volumes/${liveVolumeId}/info`)).status).toBe(404);
+
+    // A bridge that closes sessions unwatched and unused for 50 ms: the watched one stays.
+    const quick = await createBridge({
+      roots: [dir],
+      log: silentLogger(),
+      volumes: [{ id: "image", url: `precomputed://file://${join(dir, "image")}` }, { id: "sdf", url: `precomputed://file://${join(dir, "sdf")}` }],
+      live: { grpcTarget: server.grpc.address, sdfVolumes: { image: "sdf" }, idleTimeoutMs: 50 },
+    });
+    const app = express();
+    app.use(quick.router);
+    const h = createServer(app);
+    await new Promise<void>((resolve) => h.listen(0, "127.0.0.1", resolve));
+    const a = h.address();
+    const quickBase = `http://127.0.0.1:${typeof a === "object" && a !== null ? a.port : 0}`;
+    const create = async () => ((await (await fetch(`${quickBase}/api/sessions`, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ volumeId: "image" }) })).json()) as { sessionId: string }).sessionId;
+    const alive = async (id: string) => (await fetch(`${quickBase}/api/sessions/${id}`)).status === 200;
+    try {
+      const unwatched = await create();
+      const watchedId = await create();
+      const abort = new AbortController();
+      const watching = await fetch(`${quickBase}/api/sessions/${watchedId}/events`, { signal: abort.signal });
+      expect(watching.status).toBe(200);
+      for (let i = 0; i < 200 && (await alive(unwatched)); i++) await new Promise((resolve) => setTimeout(resolve, 25));
+      expect(await alive(unwatched)).toBe(false);
+      expect(await alive(watchedId)).toBe(true);
+      abort.abort();
+    } finally {
+      h.closeAllConnections();
+      await new Promise<void>((resolve) => h.close(() => resolve()));
+      await quick.close();
+    }
   });
 });

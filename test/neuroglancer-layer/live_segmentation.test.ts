@@ -278,6 +278,10 @@ describe("live segmentation in the viewer", () => {
       await page.keyboard.down("Shift");
       await page.mouse.click(negAt.x, negAt.y);
       await page.keyboard.up("Shift");
+      // Frames while the chunks are refreshed, checked below: the mask never leaves the screen.
+      const during: PNG[] = [];
+      const isIdle = () => page.evaluate(() => (window as unknown as { spatialSam: { idle: boolean } }).spatialSam.idle);
+      while (during.length < 20 && !(await isIdle())) during.push(PNG.sync.read(await page.screenshot()));
       await settled(page);
       expect(await page.evaluate(() => (window as unknown as { spatialSam: { debug: { errors: string[] } } }).spatialSam.debug.errors)).toEqual([]);
       const announced = new Set(
@@ -304,6 +308,15 @@ describe("live segmentation in the viewer", () => {
       expect(refetchedNames.size).toBeGreaterThan(0);
       expect(refetchedNames.size).toBeLessThan(loadedBefore.size);
 
+      // Voxels in the mask before and after were coloured in every frame in between (a whole-source
+      // invalidation would blank the layer until its chunks are back).
+      const kept = first.map((v, i) => (v === 1n && second[i] === 1n ? 1n : 0n));
+      const framesColoured = during.map((f) => {
+        const c = checkPixels(f, cal, kept, 1n);
+        return c.insideColoured / c.inside;
+      });
+      expect(during.length).toBeGreaterThan(0);
+      expect(Math.min(...framesColoured)).toBeGreaterThan(0.9);
       const png2 = PNG.sync.read(await page.screenshot({ path: join(ARTIFACTS, "live_negative.png") }));
       const c2 = checkPixels(png2, cal, second, 1n);
       expect(c2.insideColoured / c2.inside).toBeGreaterThan(0.97);
@@ -352,7 +365,8 @@ describe("live segmentation in the viewer", () => {
           `${second.filter((v) => v === 1n).length} px (IoU ${iouWithTarget(second).toFixed(2)}) after the negative click ` +
           `(${changedVoxels} voxels of z ${Z} changed, the negative point's voxel is ${second[neg!.y * X + neg!.x] === 0n ? "out" : "still in"}); ` +
           `live chunks on screen ${loadedBefore.size}, announced ${announced.size}, refetched ${refetched.length} requests / ${refetchedNames.size} chunks; ` +
-          `pixels coloured ${c2.insideColoured}/${c2.inside}, background coloured ${c2.outsideColoured}/${c2.outside}`,
+          `pixels coloured ${c2.insideColoured}/${c2.inside}, background coloured ${c2.outsideColoured}/${c2.outside}; ` +
+          `${during.length} frames during the refresh, mask pixels coloured in each: min ${(Math.min(...framesColoured) * 100).toFixed(1)} %`,
       );
     } finally {
       await context.close();

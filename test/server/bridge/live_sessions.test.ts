@@ -3,8 +3,9 @@
 // the live label volume match the Python predictor's golden session when read back as served
 // compressed_segmentation chunks, the event stream announces exactly the changed chunks, every bad
 // field is named, and one tab's flood is answered 429 while another tab goes on.
+import { execFileSync } from "node:child_process";
 import { createServer, type Server } from "node:http";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import express from "express";
@@ -91,6 +92,35 @@ async function liveVolume(volumeId: string): Promise<BigUint64Array> {
             for (let dx = 0; dx < CHUNK_ZYX[2]; dx++) out[((z + dz) * Y + y + dy) * X + x + dx] = chunk[(dz * CHUNK_ZYX[1] + dy) * CHUNK_ZYX[2] + dx]!;
       }
   return out;
+}
+
+/**
+ * The live volume decoded independently: every served chunk's bytes handed to Python's
+ * compressed-segmentation package, assembled there (zyx) and read back as .npy.
+ */
+async function liveVolumeByPython(volumeId: string): Promise<BigUint64Array> {
+  const out = join(dir, `cs-${volumeId}`);
+  mkdirSync(out, { recursive: true });
+  const key = ((await api("GET", `/volumes/${volumeId}/info`)).json as { scales: { key: string }[] }).scales[0]!.key;
+  for (let z = 0; z < Z; z += CHUNK_ZYX[0])
+    for (let y = 0; y < Y; y += CHUNK_ZYX[1])
+      for (let x = 0; x < X; x += CHUNK_ZYX[2]) {
+        const res = await fetch(`${base}/volumes/${volumeId}/${key}/${x}-${x + CHUNK_ZYX[2]}_${y}-${y + CHUNK_ZYX[1]}_${z}-${z + CHUNK_ZYX[0]}`);
+        writeFileSync(join(out, `${z}_${y}_${x}.bin`), new Uint8Array(await res.arrayBuffer()));
+      }
+  const script = `
+import sys, os, numpy as np, compressed_segmentation as cs
+d, (Z, Y, X), (cz, cy, cx) = sys.argv[1], [int(v) for v in sys.argv[2].split(",")], [int(v) for v in sys.argv[3].split(",")]
+vol = np.zeros((Z, Y, X), np.uint64)
+for f in os.listdir(d):
+    if not f.endswith(".bin"): continue
+    z, y, x = (int(v) for v in f[:-4].split("_"))
+    a = cs.decompress(open(os.path.join(d, f), "rb").read(), (cx, cy, cz), np.uint64, (8, 8, 8), order="F")
+    vol[z:z + cz, y:y + cy, x:x + cx] = np.squeeze(a).transpose(2, 1, 0)
+np.save(os.path.join(d, "volume.npy"), vol)
+`;
+  execFileSync(join(root, "models", ".venv", "bin", "python"), ["-c", script, out, [Z, Y, X].join(","), CHUNK_ZYX.join(",")]);
+  return readNpy(join(out, "volume.npy")).data as BigUint64Array;
 }
 
 /** Names of the chunks holding at least one voxel where `a` and `b` differ. */
@@ -226,6 +256,8 @@ describe("live sessions over the bridge", () => {
     });
     const after = await liveVolume(liveVolumeId);
     for (const id of [1n, 2n]) expect(iou(after, expected, id, id)).toBeGreaterThanOrEqual(session.tolerance.mask_iou_min);
+    // The served chunks decode the same with the reference implementation.
+    expect(await liveVolumeByPython(liveVolumeId)).toEqual(after);
     // One event per propagated slice that changed something; together they name the changed chunks.
     const announced = new Set<string>();
     for (let e = await stream.next(); ; e = await stream.next()) {

@@ -58,6 +58,8 @@ export interface LiveToolDebug {
   events: LiveChangeEvent[];
   objectId: string;
   errors: string[];
+  /** The bridge volume id of the last accepted result (`spatialsam://<id>`). */
+  accepted?: string;
 }
 
 function tabId(): string {
@@ -108,6 +110,7 @@ export class LiveTool {
       <div style="margin:4px 0">object <span data-role="object">1</span> <button data-role="new-object">new object</button></div>
       <label title="slices each way a click propagates (empty: to the volume's edges); the button always goes to the edges">reach <input data-role="reach" type="number" min="1" placeholder="all" style="width:4em"></label>
       <button data-role="propagate">propagate</button>
+      <button data-role="accept" title="save the live volume on the server as a precomputed volume">accept</button>
       <table data-role="objects" style="margin-top:4px;border-collapse:collapse"></table>
       <div data-role="status" style="margin-top:4px;color:#aaa"></div>`;
     const q = <T extends HTMLElement>(role: string) => this.#panel.querySelector(`[data-role="${role}"]`) as T;
@@ -121,6 +124,7 @@ export class LiveTool {
     this.#status = q("status");
     q("new-object").addEventListener("click", () => this.#setObject(String(this.#nextObjectId())));
     q("propagate").addEventListener("click", () => void this.#run("propagate", () => this.#propagate(undefined)));
+    q("accept").addEventListener("click", () => void this.#run("accept", () => this.#accept()));
     viewer.element.appendChild(this.#panel);
     // Plain click / shift+click in the 2D panels; dragging still pans (mousedown) and rotates.
     viewer.inputEventBindings.sliceView.set("at:click0", { action: POSITIVE_ACTION, stopPropagation: false });
@@ -160,7 +164,7 @@ export class LiveTool {
     this.#status.textContent = `${what}...`;
     const run = this.#tail.then(fn).then(
       () => {
-        this.#status.textContent = `generation ${this.debug.generation}`;
+        this.#status.textContent = `generation ${this.debug.generation}${this.debug.accepted === undefined ? "" : `, saved as ${this.debug.accepted}`}`;
       },
       (e: unknown) => {
         const msg = e instanceof Error ? e.message : String(e);
@@ -273,6 +277,12 @@ export class LiveTool {
     const s = await this.#ensureSession();
     const maxSlices = reach === undefined ? undefined : Math.min(reach + 1, s.box.shapeZyx[0]!);
     await this.#answered("POST", `${SESSIONS_API_PATH}/${s.sessionId}/propagate`, { direction: "both", ...(maxSlices === undefined ? {} : { maxSlices }) });
+  }
+
+  async #accept(): Promise<void> {
+    const s = await this.#ensureSession();
+    const r = await this.#api<{ volumeId: string }>("POST", `${SESSIONS_API_PATH}/${s.sessionId}/accept`);
+    this.debug.accepted = r.volumeId;
   }
 
   async #deleteObject(objectId: string): Promise<void> {

@@ -323,6 +323,15 @@ describe("live segmentation in the viewer", () => {
       expect(c2.outsideColoured / c2.outside).toBeLessThan(0.01);
       expect(pageErrors).toEqual([]);
 
+      // "accept" saves the live volume on the server, registered as a volume of its own.
+      await page.click('[data-role="accept"]');
+      await settled(page);
+      const accepted = await page.evaluate(() => (window as unknown as { spatialSam: { debug: { accepted?: string } } }).spatialSam.debug.accepted);
+      expect(accepted).toBe(`accepted-${sessionId}`);
+      const acceptedSource = server.bridge!.volumes.get(accepted!).source;
+      const saved = (await acceptedSource.read({ offsetZyx: [Z, 0, 0], shapeZyx: [1, Y, X] }, 0)) as BigUint64Array;
+      expect(saved).toEqual(second);
+
       // A shared link carries the prompts: a fresh page replays them into a new session of its own
       // and shows the same mask (the stale live layer of the link is replaced).
       await page.waitForFunction(() => decodeURIComponent(window.location.hash).includes('"description":"-1"'), null, { timeout: 10_000, polling: 100 });

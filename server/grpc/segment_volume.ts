@@ -2,11 +2,12 @@
 // wire field), runs the engine's segmentVolume and streams its progress, coalesced to the latest
 // state whenever the client reads slower than progress arrives; the last message has done = true.
 import type { SegmentVolumeRequest, SegmentVolumeResponse } from "#proto/spatial_sam/v1/segmentation.ts";
-import { invalidArgument, SpatialSamError } from "#src/errors.ts";
+import { DATA_TYPES } from "#src/dtype.ts";
+import { invalidArgument, notFound, SpatialSamError } from "#src/errors.ts";
 import type { VolumeSource } from "#src/volume/types.ts";
 import { openOutput } from "#server/engine/auto/output.ts";
 import { checkSegmentBox, segmentVolume, type AutoSdfSource, type SegmentProgress } from "#server/engine/auto/segment.ts";
-import type { PropagationEngine } from "#server/engine/propagation/engine.ts";
+import { PropagationEngine } from "#server/engine/propagation/engine.ts";
 import type { SdfEngine } from "#server/engine/sdf_engine.ts";
 import { clientKey, type CallContext } from "#server/grpc/handlers.ts";
 import { fromWireBox } from "#server/grpc/convert.ts";
@@ -34,20 +35,34 @@ const toWire = (p: SegmentProgress, done = false, resultUrl = ""): SegmentVolume
 export function segmentVolumeCall(deps: SegmentVolumeDeps) {
   return async function* (req: SegmentVolumeRequest, ctx: CallContext): AsyncGenerator<SegmentVolumeResponse> {
     const { engine, volumes } = deps;
-    const name = engine.propagator.config.name;
-    if (req.model !== "" && req.model !== name) throw invalidArgument("model", `no propagator ${JSON.stringify(req.model)} (this server has ${name})`);
+    const propagator = engine.propagatorNamed(req.model, "model");
     const { source, url } = volumes.get(req.volumeId);
     const box = fromWireBox(req.box, "box");
     checkSegmentBox(source, box, req.scale);
-    const model = req.sdfModel || engine.defaultSdfModel;
-    if (model === undefined) throw invalidArgument("sdf_model", "is required: this server has no default SDF model");
-    if (!engine.hasSdfModel(model) || deps.sdf === undefined || deps.openVolume === undefined) {
-      throw invalidArgument("sdf_model", `no SDF model ${JSON.stringify(model)} on this server`);
+    let sdf: AutoSdfSource;
+    if (req.sdfVolumeId !== "") {
+      // A precomputed SDF: no SDF model runs, and sdf_model is not looked at.
+      let v: ReturnType<VolumeRegistry["get"]>;
+      try {
+        v = volumes.get(req.sdfVolumeId);
+      } catch (e) {
+        if (e instanceof SpatialSamError && e._tag === "NotFound") throw notFound("sdf_volume_id", `no open volume "${req.sdfVolumeId}"`);
+        throw e;
+      }
+      PropagationEngine.checkBox(v.source, box, req.scale, "sdf_volume_id");
+      if (DATA_TYPES[v.source.metadata.dtype].isBigInt) throw invalidArgument("sdf_volume_id", "an SDF must be a float volume");
+      sdf = { kind: "volume", volume: v.source, scale: req.scale, key: v.url };
+    } else {
+      const model = req.sdfModel || engine.defaultSdfModel;
+      if (model === undefined) throw invalidArgument("sdf_model", "is required: this server has no default SDF model (or pass sdf_volume_id)");
+      if (!engine.hasSdfModel(model) || deps.sdf === undefined || deps.openVolume === undefined) {
+        throw invalidArgument("sdf_model", `no SDF model ${JSON.stringify(model)} on this server`);
+      }
+      sdf = { kind: "model", engine: deps.sdf, model, openVolume: deps.openVolume };
     }
     if (req.outputUrl === "") throw invalidArgument("output_url", "is required (e.g. precomputed://file:///out/seg)");
     if (deps.outputRoots === undefined || deps.outputRoots.length === 0) throw invalidArgument("output_url", "this server has no folders it may write to");
     const out = await openOutput(req.outputUrl, deps.outputRoots, "output_url");
-    const sdf: AutoSdfSource = { kind: "model", engine: deps.sdf, model, openVolume: deps.openVolume };
 
     let latest: SegmentProgress | undefined;
     let wake: (() => void) | undefined;
@@ -61,7 +76,7 @@ export function segmentVolumeCall(deps: SegmentVolumeDeps) {
       box,
       scale: req.scale,
       sdf,
-      propagator: engine.propagator,
+      propagator,
       embeddings: engine.embeddings,
       out,
       signal: ctx.signal,

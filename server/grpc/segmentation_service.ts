@@ -85,8 +85,7 @@ export interface SegmentationServiceOptions {
 export function segmentationService({ volumes, engine, log, segment }: SegmentationServiceOptions): SegmentationServiceServer {
   return {
     startSession: unary("StartSession", log, async (req) => {
-      const name = engine.propagator.config.name;
-      if (req.model !== "" && req.model !== name) throw invalidArgument("model", `no propagator ${JSON.stringify(req.model)} (this server has ${name})`);
+      engine.propagatorNamed(req.model, "model");
       const { source, url } = volumes.get(req.volumeId);
       const box = fromWireBox(req.box, "box");
       PropagationEngine.checkBox(source, box, req.scale);
@@ -108,7 +107,7 @@ export function segmentationService({ volumes, engine, log, segment }: Segmentat
         if (!engine.hasSdfModel(model)) throw invalidArgument("sdf_model", `no SDF model ${JSON.stringify(model)} on this server`);
         sdf = { kind: "model", model, volumeKey: url };
       }
-      return { sessionId: await engine.start({ volume: source, volumeKey: url, box, scale: req.scale, sdf }) };
+      return { sessionId: await engine.start({ volume: source, volumeKey: url, box, scale: req.scale, sdf, model: req.model }) };
     }),
 
     addPrompts: unary("AddPrompts", log, async (req, ctx) =>

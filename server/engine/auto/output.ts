@@ -2,6 +2,7 @@
 // compressed_segmentation), zarr:// or zarr3:// (OME-Zarr v3), zarr2:// (OME-Zarr v2). The result
 // URL is one openVolume reads (zarr:// for either Zarr version).
 import { mkdir } from "node:fs/promises";
+import { join } from "node:path";
 import { invalidArgument, isSpatialSamError } from "#src/errors.ts";
 import type { Store } from "#src/volume/types.ts";
 import { parseVolumeUrl } from "#server/volume/open_volume.ts";
@@ -10,8 +11,11 @@ import type { OutputFormat } from "./segment.ts";
 
 const FORMATS: Record<string, OutputFormat> = { precomputed: "precomputed", zarr: "zarr3", zarr3: "zarr3", zarr2: "zarr2" };
 
-/** The writable store, format and readable result URL of `url`; errors name `field`. Local folders are created. */
-export async function openOutput(url: string, roots: readonly string[], field: string): Promise<{ store: Store; format: OutputFormat; url: string }> {
+/**
+ * The writable store, format and readable result URL of `url`, and for a local folder the path of
+ * its run lock (`segment_work.lock` inside it); errors name `field`. Local folders are created.
+ */
+export async function openOutput(url: string, roots: readonly string[], field: string): Promise<{ store: Store; format: OutputFormat; url: string; lockPath?: string }> {
   let parsed: ReturnType<typeof parseVolumeUrl>;
   try {
     parsed = parseVolumeUrl(url);
@@ -31,5 +35,10 @@ export async function openOutput(url: string, roots: readonly string[], field: s
     throw e;
   }
   if (store.put === undefined) throw invalidArgument(field, `${parsed.storeUrl} is read-only`);
-  return { store, format, url: format === "precomputed" ? url : `zarr://${parsed.storeUrl}` };
+  return {
+    store,
+    format,
+    url: format === "precomputed" ? url : `zarr://${parsed.storeUrl}`,
+    ...(local ? { lockPath: join(localPathOf(parsed.storeUrl), "segment_work.lock") } : {}),
+  };
 }

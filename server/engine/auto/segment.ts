@@ -16,6 +16,7 @@ import type { LoadedPropagator } from "#server/engine/propagation/propagator.ts"
 import { PropagationSession, type PromptInput, type SliceProvider } from "#server/engine/propagation/session.ts";
 import { PrecomputedWriter } from "#server/volume/precomputed_writer.ts";
 import { ZarrWriter } from "#server/volume/zarr_writer.ts";
+import { lockOutput } from "./output_lock.ts";
 import { findSeeds, type Seed } from "./seeds.ts";
 
 /** Where the SDF comes from: a volume on the image level's grid, or the SdfEngine's cache. */
@@ -42,8 +43,11 @@ export interface SegmentRequest {
   sdf: AutoSdfSource;
   propagator: LoadedPropagator;
   embeddings?: EmbeddingCache;
-  /** The output store (writable) and its format; `url` is reported as the result. */
-  out: { store: Store; format: OutputFormat; url: string };
+  /**
+   * The output store (writable) and its format; `url` is reported as the result. With `lockPath`
+   * the run holds that lock file for its whole length (one run per output; see output_lock.ts).
+   */
+  out: { store: Store; format: OutputFormat; url: string; lockPath?: string };
   /** Seed blocks and output chunks. Default [32, 128, 128]. */
   blockShapeZyx?: Vec3;
   /** sdf_seeds' min_voxels, segment_volume's crop and patience (the Python defaults). */
@@ -193,7 +197,7 @@ export function checkSegmentBox(volume: VolumeSource, box: Box3, scale: number):
 }
 
 export async function segmentVolume(req: SegmentRequest): Promise<SegmentResult> {
-  const { volume, box, scale, signal, propagator } = req;
+  const { volume, box, scale } = req;
   checkSegmentBox(volume, box, scale);
   if (DATA_TYPES[volume.metadata.dtype].isBigInt) throw invalidArgument("volume", "automatic segmentation needs image intensities, not a 64-bit label volume");
   const blockShape = req.blockShapeZyx ?? [32, 128, 128];
@@ -204,12 +208,34 @@ export async function segmentVolume(req: SegmentRequest): Promise<SegmentResult>
   const crop = req.crop ?? 128;
   const patience = req.patience ?? 3;
   if (!Number.isInteger(patience) || patience < 1) throw invalidArgument("patience", `must be a positive integer, got ${patience}`);
-  const { store, format } = req.out;
+  const { store } = req.out;
   if (store.put === undefined) throw invalidArgument("out", `${store.url} is read-only`);
   const put = store.put.bind(store);
-  const opts = signal ? { signal } : {};
   const progress: SegmentProgress = { stage: "sdf", blocksDone: 0, blocksTotal: 0, objectsFound: 0 };
   const report = () => req.onProgress?.({ ...progress });
+  const unlock = req.out.lockPath === undefined ? undefined : await lockOutput(req.out.lockPath, req.out.url, "out", req.signal);
+  try {
+    return await run(req, { blockShape, minVoxels, crop, patience, put, progress, report });
+  } finally {
+    await unlock?.();
+  }
+}
+
+interface RunSettings {
+  blockShape: Vec3;
+  minVoxels: number;
+  crop: number;
+  patience: number;
+  put: NonNullable<Store["put"]>;
+  progress: SegmentProgress;
+  report: () => void;
+}
+
+/** The stages of segmentVolume, on a validated request (and, for a local output, under its lock). */
+async function run(req: SegmentRequest, { blockShape, minVoxels, crop, patience, put, progress, report }: RunSettings): Promise<SegmentResult> {
+  const { volume, box, scale, signal, propagator } = req;
+  const { store, format } = req.out;
+  const opts = signal ? { signal } : {};
 
   // (a) The SDF over the box.
   let sdf: VolumeSource;

@@ -15,7 +15,10 @@ import type { LoadedPropagator } from "./propagator.ts";
 import { PropagationSession, type SliceProvider } from "./session.ts";
 
 export interface PropagationEngineOptions {
+  /** The default propagator (a request that names none gets it). */
   propagator: LoadedPropagator;
+  /** More propagators a request may name (`propagator.json`'s `name`); names must be unique. */
+  more?: LoadedPropagator[];
   log: Logger;
   /** The SDF engine and its model registry, for sessions that compute their SDF memory. */
   sdf?: { engine: SdfEngine; registry: ModelRegistry; defaultModel?: string };
@@ -43,6 +46,8 @@ export interface StartRequest {
   box: Box3;
   scale: number;
   sdf: SdfSource;
+  /** A propagator's name; undefined or "": the default. */
+  model?: string;
 }
 
 interface Entry {
@@ -66,16 +71,35 @@ export class PropagationEngine {
   private readonly sessions = new Map<string, Entry>();
   private readonly sweeper: NodeJS.Timeout;
   private readonly idleTimeoutMs: number;
+  private readonly byName = new Map<string, LoadedPropagator>();
 
   constructor(private readonly options: PropagationEngineOptions) {
+    for (const p of [options.propagator, ...(options.more ?? [])]) {
+      if (this.byName.has(p.config.name)) throw invalidArgument("propagators", `two propagators are named ${JSON.stringify(p.config.name)}`);
+      this.byName.set(p.config.name, p);
+    }
     this.embeddings = new EmbeddingCache(options.embeddingCacheBytes ?? 1 << 30);
     this.idleTimeoutMs = options.idleTimeoutMs ?? 30 * 60_000;
     this.sweeper = setInterval(() => void this.evictIdle(), Math.max(10, Math.min(60_000, this.idleTimeoutMs / 4)));
     this.sweeper.unref();
   }
 
+  /** The default propagator. */
   get propagator(): LoadedPropagator {
     return this.options.propagator;
+  }
+
+  /** Names of every loaded propagator, the default first. */
+  get propagatorNames(): string[] {
+    return [...this.byName.keys()];
+  }
+
+  /** The propagator named `name` ("" or undefined: the default); unknown: NotFound naming `field`. */
+  propagatorNamed(name: string | undefined, field = "model"): LoadedPropagator {
+    if (name === undefined || name === "") return this.options.propagator;
+    const p = this.byName.get(name);
+    if (p === undefined) throw notFound(field, `no propagator ${JSON.stringify(name)} on this server (it has ${this.propagatorNames.map((n) => JSON.stringify(n)).join(", ")})`);
+    return p;
   }
 
   /** The SDF model a session uses when the request names none (undefined: none configured). */
@@ -109,6 +133,7 @@ export class PropagationEngine {
       }
     }
     const { volume, box, scale } = req;
+    const propagator = this.propagatorNamed(req.model);
     const maxSlice = this.options.maxSliceVoxels ?? 4096 * 4096;
     if (box.shapeZyx[1] * box.shapeZyx[2] > maxSlice) {
       throw invalidArgument("box.shape", `slices of ${box.shapeZyx[1]} x ${box.shapeZyx[2]} voxels are more than this server's limit of ${maxSlice}`);
@@ -138,7 +163,7 @@ export class PropagationEngine {
       },
     };
     const session = new PropagationSession({
-      propagator: this.options.propagator,
+      propagator,
       slices,
       embeddings: this.embeddings,
       maxBytes: this.options.maxSessionBytes ?? 2 ** 31,
@@ -154,7 +179,7 @@ export class PropagationEngine {
         if (req.sdf.kind === "model" && sdfVolume !== undefined) await (await sdfVolume).close();
       },
     });
-    this.options.log.info({ sessionId: id, box, scale, sdf: req.sdf.kind }, "session started");
+    this.options.log.info({ sessionId: id, box, scale, sdf: req.sdf.kind, model: propagator.config.name }, "session started");
     return id;
   }
 
@@ -219,6 +244,6 @@ export class PropagationEngine {
     const all = [...this.sessions.values()];
     this.sessions.clear();
     await Promise.allSettled(all.map((e) => e.close()));
-    await this.options.propagator.close();
+    await Promise.allSettled([...this.byName.values()].map((p) => p.close()));
   }
 }

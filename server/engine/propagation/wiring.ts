@@ -5,11 +5,13 @@ import type { SdfEngine } from "#server/engine/sdf_engine.ts";
 import type { ModelRegistry, RegistryOptions } from "#server/onnx/model_registry.ts";
 import { openVolume } from "#server/volume/open_volume.ts";
 import { PropagationEngine } from "./engine.ts";
-import { loadPropagator } from "./propagator.ts";
+import { loadPropagator, type LoadedPropagator } from "./propagator.ts";
 
 export interface PropagationServeOptions {
-  /** A propagator folder: propagator.json and its three graph folders. */
+  /** A propagator folder: propagator.json and its three graph folders; the default propagator. */
   dir: string;
+  /** More propagator folders, each selectable by its `propagator.json` name (StartSession's `model`). */
+  extraDirs?: string[];
   /** The 3D U-Net whose SDF is the memory when a session names none. */
   defaultSdfModel?: string;
   maxSessions?: number;
@@ -22,13 +24,30 @@ export async function startPropagation(
   options: PropagationServeOptions,
   deps: { registryOptions: RegistryOptions; registry: ModelRegistry; sdf: SdfEngine; roots: string[]; log: Logger },
 ): Promise<PropagationEngine> {
-  const propagator = await loadPropagator(options.dir, deps.registryOptions);
-  const { dir: _dir, defaultSdfModel, ...limits } = options;
-  return new PropagationEngine({
-    propagator,
-    log: deps.log,
-    sdf: { engine: deps.sdf, registry: deps.registry, ...(defaultSdfModel === undefined ? {} : { defaultModel: defaultSdfModel }) },
-    openVolume: (url) => openVolume(url, { roots: deps.roots }),
-    ...limits,
-  });
+  const { dir, extraDirs = [], defaultSdfModel, ...limits } = options;
+  // Each propagator has its own worker pool; if one fails to load, the ones loaded are closed.
+  const loaded = await Promise.allSettled([dir, ...extraDirs].map((d) => loadPropagator(d, deps.registryOptions)));
+  const failed = loaded.find((r) => r.status === "rejected");
+  const ok = loaded.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
+  const close = () => Promise.allSettled(ok.map((p) => p.close()));
+  if (failed !== undefined) {
+    await close();
+    throw failed.reason;
+  }
+  const [propagator, ...more] = ok as [LoadedPropagator, ...LoadedPropagator[]];
+  let engine: PropagationEngine;
+  try {
+    engine = new PropagationEngine({
+      propagator,
+      more,
+      log: deps.log,
+      sdf: { engine: deps.sdf, registry: deps.registry, ...(defaultSdfModel === undefined ? {} : { defaultModel: defaultSdfModel }) },
+      openVolume: (url) => openVolume(url, { roots: deps.roots }),
+      ...limits,
+    });
+  } catch (e) {
+    await close();
+    throw e;
+  }
+  return engine;
 }

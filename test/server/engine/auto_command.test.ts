@@ -1,9 +1,9 @@
 // `spatial-sam segment` as a user runs it (a spawned CLI) on the golden propagator fixture: with a
 // given SDF volume (labels equal to the engine's run in this process), with an SDF model run
-// blockwise, and the errors that name the bad option.
-import { spawnSync } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+// blockwise, an output locked by another live process refused, and the errors that name the bad option.
+import { spawn, spawnSync } from "node:child_process";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { DataType, TypedArray } from "#src/dtype.ts";
@@ -87,6 +87,21 @@ describe("spatial-sam segment", () => {
     expect(r.status).toBe(0);
     expect(r.stdout.trim()).toBe(`zarr://file://${join(dir, "cli_model.zarr")}`);
     await readLabels(r.stdout.trim());
+  }, 120_000);
+
+  it("refuses an output another live process is writing, naming --out's value and the holder", () => {
+    const outDir = join(dir, "locked");
+    mkdirSync(outDir, { recursive: true });
+    const holder = spawn("sleep", ["60"]);
+    try {
+      writeFileSync(join(outDir, "segment_work.lock"), JSON.stringify({ pid: holder.pid, host: hostname(), startedAt: new Date().toISOString(), token: "t" }));
+      const out = `precomputed://file://${outDir}`;
+      const r = cli(image(), "--out", out, "--propagator", join(golden, "model"), "--sdf-volume", `precomputed://file://${join(dir, "sdf")}`, "--roots", dir, "--threads", "1");
+      expect(r.status).not.toBe(0);
+      expect(r.stderr).toContain(`out: ${out} is being written by pid ${holder.pid} on ${hostname()}`);
+    } finally {
+      holder.kill();
+    }
   }, 120_000);
 
   it("names the bad option", () => {

@@ -1,11 +1,14 @@
 // SegmentVolume end to end: a real server (serve()) with the golden propagator and the tiny 3D
 // model as SDF, the generated client over a socket; the streamed progress, the written volume
-// (equal to the engine's own run with the same SDF model), and the errors by code and field.
+// (equal to the engine's own run with the same SDF model), a given SDF volume instead of the model,
+// one run per output (a second concurrent call is refused), and the errors by code and field.
 import { status } from "@grpc/grpc-js";
-import { mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { hostname } from "node:os";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { ComputeSdfResponse } from "#proto/spatial_sam/v1/sdf.ts";
 import type { SegmentVolumeRequest, SegmentVolumeResponse } from "#proto/spatial_sam/v1/segmentation.ts";
 import type { OpenVolumeRequest, OpenVolumeResponse } from "#proto/spatial_sam/v1/volume.ts";
 import type { Vec3 } from "#src/volume/types.ts";
@@ -21,6 +24,7 @@ import { PrecomputedWriter } from "#server/volume/precomputed_writer.ts";
 import { FileStore } from "#server/volume/stores.ts";
 import { call, collect, connect, grpcError, type Clients } from "#test/helpers/grpc_clients.ts";
 import { readNpy } from "#test/helpers/npy.ts";
+import { writePrecomputedArray } from "#test/helpers/precomputed_array.ts";
 
 const root = join(import.meta.dirname, "..", "..", "..");
 const golden = join(root, "test", "fixtures", "propagator");
@@ -76,6 +80,7 @@ const request = (req: Partial<SegmentVolumeRequest>): SegmentVolumeRequest => ({
   scale: 0,
   model: "",
   sdfModel: "tiny_conv3d",
+  sdfVolumeId: "",
   outputUrl: `precomputed://file://${join(dir, "out")}`,
   ...req,
 });
@@ -149,7 +154,6 @@ describe("SegmentVolume", () => {
     const cases: [Partial<SegmentVolumeRequest>, string][] = [
       [{ box: { offset: { z: 0, y: 0, x: 60 }, shape: { z: 2, y: 2, x: 8 } } }, "box"],
       [{ sdfModel: "no_such_model" }, "sdf_model"],
-      [{ model: "other_propagator" }, "model"],
       [{ outputUrl: "" }, "output_url"],
       [{ outputUrl: `tiff://file://${join(dir, "x")}` }, "output_url"],
       [{ scale: 3 }, "scale"],
@@ -163,5 +167,58 @@ describe("SegmentVolume", () => {
     expect(outside.code).toBe(status.PERMISSION_DENIED);
     const unknown = await grpcError(collect(clients.segmentation.segmentVolume(request({ volumeId: "nope" }))));
     expect(unknown.code).toBe(status.NOT_FOUND);
+    for (const [req, field] of [
+      [{ model: "other_propagator" }, "model"],
+      [{ sdfVolumeId: "nope" }, "sdf_volume_id"],
+    ] as const) {
+      const e = await grpcError(collect(clients.segmentation.segmentVolume(request(req))));
+      expect(e.code, field).toBe(status.NOT_FOUND);
+      expect(e.details.startsWith(`${field}: `), e.details).toBe(true);
+    }
+    // The volume itself (uint8, not an SDF) on the right grid is accepted; a label volume is not.
+    const labels = await call<OpenVolumeRequest, OpenVolumeResponse>(clients.volumes, clients.volumes.openVolume, { url: `precomputed://file://${join(dir, "out")}` });
+    const e = await grpcError(collect(clients.segmentation.segmentVolume(request({ sdfVolumeId: labels.volume!.volumeId, outputUrl: `precomputed://file://${join(dir, "bad")}` }))));
+    expect(e.code).toBe(status.INVALID_ARGUMENT);
+    expect(e.details).toMatch(/^sdf_volume_id: /);
   });
+
+  it("with sdf_volume_id runs no SDF model and writes what the on-demand SDF gives for the same values", async () => {
+    // The SDF the first test computed on demand (ComputeSdf answers it from the cache), copied into
+    // a volume of its own: the same values under another URL.
+    const sdfStream = clients.sdf.computeSdf({ volumeId: imageId, box: request({}).box, scale: 0, model: "tiny_conv3d" });
+    const sdfUrl = (await collect<ComputeSdfResponse>(sdfStream)).at(-1)!.resultUrl;
+    const cached = await openVolume(sdfUrl, { roots: [dir] });
+    const values = (await cached.read({ offsetZyx: [0, 0, 0], shapeZyx: [Z, Y, X] }, 0)) as Float32Array;
+    await cached.close();
+    await writePrecomputedArray(dir, "sdf_copy", "float32", values, [Z, Y, X]);
+    const copy = await call<OpenVolumeRequest, OpenVolumeResponse>(clients.volumes, clients.volumes.openVolume, { url: `precomputed://file://${join(dir, "sdf_copy")}` });
+
+    const before = server.registry.stats().dispatched;
+    const outputUrl = `precomputed://file://${join(dir, "given_sdf")}`;
+    // sdf_model is not looked at when an SDF volume is given (this one does not exist).
+    const messages = await collect<SegmentVolumeResponse>(clients.segmentation.segmentVolume(request({ sdfVolumeId: copy.volume!.volumeId, sdfModel: "no_such_model", outputUrl })));
+    expect(messages.at(-1)!.done).toBe(true);
+    expect(server.registry.stats().dispatched).toBe(before);
+    const a = await readLabels(outputUrl);
+    const b = await readLabels(`precomputed://file://${join(dir, "out")}`);
+    expect(a.some((v) => v !== 0n)).toBe(true);
+    expect(Buffer.from(a.buffer).equals(Buffer.from(b.buffer))).toBe(true);
+  }, 60_000);
+
+  it("two concurrent calls on one output: one runs, the other fails naming output_url; the output is whole", async () => {
+    const outputUrl = `precomputed://file://${join(dir, "contended")}`;
+    const settled = await Promise.allSettled([0, 1].map(() => collect<SegmentVolumeResponse>(clients.segmentation.segmentVolume(request({ outputUrl })))));
+    const ok = settled.filter((r) => r.status === "fulfilled");
+    const failed = settled.flatMap((r) => (r.status === "rejected" ? [r.reason as { code: number; details: string }] : []));
+    expect(ok.length).toBe(1);
+    expect(failed.length).toBe(1);
+    expect(failed[0]!.code).toBe(status.FAILED_PRECONDITION);
+    expect(failed[0]!.details).toMatch(new RegExp(`^output_url: .*being written by pid ${process.pid} on ${hostname()}`));
+    expect(existsSync(join(dir, "contended", "segment_work.lock"))).toBe(false);
+    const a = await readLabels(outputUrl);
+    const b = await readLabels(`precomputed://file://${join(dir, "out")}`);
+    expect(Buffer.from(a.buffer).equals(Buffer.from(b.buffer))).toBe(true);
+    // Released: the same request again runs (and finds everything done).
+    expect((await collect<SegmentVolumeResponse>(clients.segmentation.segmentVolume(request({ outputUrl })))).at(-1)!.done).toBe(true);
+  }, 60_000);
 });

@@ -214,10 +214,19 @@ export interface SegmentVolumeRequest {
   volumeId: string;
   box: Box3 | undefined;
   scale: number;
+  /** The propagator model; empty picks the server's default. */
   model: string;
   sdfModel: string;
-  /** Where to write the uint64 instance volume, e.g. "precomputed://file:///out/seg". */
+  /**
+   * Where to write the uint64 instance volume, e.g. "precomputed://file:///out/seg". One run at a
+   * time per output: a second run on an output in use fails with FAILED_PRECONDITION.
+   */
   outputUrl: string;
+  /**
+   * An open volume holding a precomputed SDF (float32, normalised, positive inside) on the same
+   * grid as volume_id's level `scale`; when set no SDF model runs and sdf_model is not used.
+   */
+  sdfVolumeId: string;
 }
 
 export interface SegmentVolumeResponse {
@@ -1713,7 +1722,7 @@ export const CloseSessionResponse: MessageFns<CloseSessionResponse> = {
 };
 
 function createBaseSegmentVolumeRequest(): SegmentVolumeRequest {
-  return { volumeId: "", box: undefined, scale: 0, model: "", sdfModel: "", outputUrl: "" };
+  return { volumeId: "", box: undefined, scale: 0, model: "", sdfModel: "", outputUrl: "", sdfVolumeId: "" };
 }
 
 export const SegmentVolumeRequest: MessageFns<SegmentVolumeRequest> = {
@@ -1735,6 +1744,9 @@ export const SegmentVolumeRequest: MessageFns<SegmentVolumeRequest> = {
     }
     if (message.outputUrl !== "") {
       writer.uint32(50).string(message.outputUrl);
+    }
+    if (message.sdfVolumeId !== "") {
+      writer.uint32(58).string(message.sdfVolumeId);
     }
     return writer;
   },
@@ -1800,6 +1812,14 @@ export const SegmentVolumeRequest: MessageFns<SegmentVolumeRequest> = {
             message.outputUrl = reader.string();
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.sdfVolumeId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1832,6 +1852,11 @@ export const SegmentVolumeRequest: MessageFns<SegmentVolumeRequest> = {
         : isSet(object.output_url)
         ? globalThis.String(object.output_url)
         : "",
+      sdfVolumeId: isSet(object.sdfVolumeId)
+        ? globalThis.String(object.sdfVolumeId)
+        : isSet(object.sdf_volume_id)
+        ? globalThis.String(object.sdf_volume_id)
+        : "",
     };
   },
 
@@ -1855,6 +1880,9 @@ export const SegmentVolumeRequest: MessageFns<SegmentVolumeRequest> = {
     if (message.outputUrl !== "") {
       obj.outputUrl = message.outputUrl;
     }
+    if (message.sdfVolumeId !== "") {
+      obj.sdfVolumeId = message.sdfVolumeId;
+    }
     return obj;
   },
 
@@ -1869,6 +1897,7 @@ export const SegmentVolumeRequest: MessageFns<SegmentVolumeRequest> = {
     message.model = object.model ?? "";
     message.sdfModel = object.sdfModel ?? "";
     message.outputUrl = object.outputUrl ?? "";
+    message.sdfVolumeId = object.sdfVolumeId ?? "";
     return message;
   },
 };

@@ -48,6 +48,11 @@ export function serverOptions(cmd: Command): Command {
     .addOption(new Option("--tls-cert <pem>", "certificate chain: serve gRPC over TLS").env("SPATIAL_SAM_TLS_CERT"))
     .addOption(new Option("--tls-key <pem>", "private key for --tls-cert").env("SPATIAL_SAM_TLS_KEY"))
     .addOption(new Option("--propagator <dir>", "propagator folder (propagator.json): enables interactive segmentation").env("SPATIAL_SAM_PROPAGATOR"))
+    .addOption(
+      new Option("--more-propagators <dirs>", "comma-separated further propagator folders, chosen per session by name (StartSession's model)")
+        .argParser(list)
+        .env("SPATIAL_SAM_MORE_PROPAGATORS"),
+    )
     .addOption(new Option("--sdf-model <name>", "3D U-Net whose SDF is the propagator's memory by default").env("SPATIAL_SAM_SDF_MODEL"))
     .addOption(new Option("--max-sessions <n>", "open segmentation sessions at most").default(64).argParser(intIn(1, 100000)).env("SPATIAL_SAM_MAX_SESSIONS"))
     .addOption(
@@ -77,6 +82,7 @@ export interface ServerCliOptions {
   tlsCert?: string;
   tlsKey?: string;
   propagator?: string;
+  morePropagators?: string[];
   sdfModel?: string;
   maxSessions: number;
   sessionIdleS: number;
@@ -109,6 +115,7 @@ export async function startFromCli(o: ServerCliOptions, extraRoots: string[] = [
       : {
           propagation: {
             dir: o.propagator,
+            ...(o.morePropagators === undefined ? {} : { extraDirs: o.morePropagators }),
             maxSessions: o.maxSessions,
             idleTimeoutMs: o.sessionIdleS * 1000,
             ...(o.sdfModel === undefined ? {} : { defaultSdfModel: o.sdfModel }),

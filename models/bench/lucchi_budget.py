@@ -65,6 +65,10 @@ class Clock:
         return time.monotonic() - self.wall0
 
 
+def _box_text(box: tuple[slice, ...]) -> str:
+    return ",".join(f"{b.start}:{b.stop}" for b in box)
+
+
 def _write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     tmp.write_text(text)
@@ -82,6 +86,16 @@ def _unet(kind: str, vol: Volume, slices: list[int] | None, run: Path, a: argpar
         over["max_steps"] = a.steps
     cfg = load_train_config(name, **over)
     data = make_train_data(vol.image, vol.mask, vol.voxel_size_nm, slices, cfg.truncation_nm)
+    # Provenance in the train-unet CLI's format, so `python -m spatialsam export-unet --run` can ship it.
+    run.mkdir(parents=True, exist_ok=True)
+    _write(run / "run.json", json.dumps({
+        "annotated_slices": slices if slices is not None else "all",
+        "budget": "1" if slices is None else f"{len(slices)}/{vol.image.shape[0]} slices",
+        "data": "lucchi_pp/train" + (" (quick crop)" if a.quick else ""),
+        "validation": f"lucchi_pp/test[{_box_text(VAL_BOX)}]" if val is not None and not a.quick else None,
+        "voxel_size_nm": list(vol.voxel_size_nm),
+        "command": " ".join(sys.argv),
+    }, indent=2))
     summary = train_unet(data, cfg, run, val=val, progress=not a.no_progress)
     return load_unet(run / "best.pt"), data.mean, data.std, summary
 

@@ -1,6 +1,8 @@
 // Options shared by the commands that start the server (serve, demo), each settable by a
 // SPATIAL_SAM_* environment variable, and the start-up they lead to.
+import { readFile } from "node:fs/promises";
 import { InvalidArgumentError, Option, type Command } from "commander";
+import { readClientToken } from "#server/bridge/auth.ts";
 import { createLogger } from "#server/log.ts";
 import type { ServeOptions } from "#server/serve.ts";
 
@@ -61,6 +63,13 @@ export function serverOptions(cmd: Command): Command {
     .addOption(
       new Option("--grpc-target <host:port>", "inference server the viewer's live sessions use (default: this process's gRPC port)").env("SPATIAL_SAM_GRPC_TARGET"),
     )
+    .addOption(new Option("--grpc-token-file <path>", "bearer token (first line) the bridge sends to --grpc-target").env("SPATIAL_SAM_GRPC_TOKEN_FILE"))
+    .addOption(new Option("--grpc-tls-ca <pem>", "CA certificate: the bridge reaches --grpc-target over TLS").env("SPATIAL_SAM_GRPC_TLS_CA"))
+    .addOption(
+      new Option("--segment-output-dir <dir>", "folder on the --grpc-target server (under its roots) for segment-in-view results (default <cache-dir>/segment-view)").env(
+        "SPATIAL_SAM_SEGMENT_OUTPUT_DIR",
+      ),
+    )
     .addOption(new Option("--log-level <level>", "trace, debug, info, warn, error").default("info").env("SPATIAL_SAM_LOG_LEVEL"));
 }
 
@@ -87,11 +96,20 @@ export interface ServerCliOptions {
   maxSessions: number;
   sessionIdleS: number;
   grpcTarget?: string;
+  grpcTokenFile?: string;
+  grpcTlsCa?: string;
+  segmentOutputDir?: string;
 }
 
 export async function startFromCli(o: ServerCliOptions, extraRoots: string[] = [], bridge?: ServeOptions["bridge"]) {
   const log = createLogger({ level: o.logLevel });
   const { serve } = await import("#server/serve.ts");
+  const liveCli = {
+    ...(o.grpcTarget === undefined ? {} : { grpcTarget: o.grpcTarget }),
+    ...(o.grpcTokenFile === undefined ? {} : { grpcToken: await readClientToken(o.grpcTokenFile) }),
+    ...(o.grpcTlsCa === undefined ? {} : { grpcTlsCa: await readFile(o.grpcTlsCa) }),
+    ...(o.segmentOutputDir === undefined ? {} : { segmentOutputDir: o.segmentOutputDir }),
+  };
   const running = await serve({
     host: o.host,
     port: o.port,
@@ -109,7 +127,7 @@ export async function startFromCli(o: ServerCliOptions, extraRoots: string[] = [
     ...(o.tokenFile === undefined ? {} : { tokenFile: o.tokenFile }),
     ...(o.tlsCert === undefined ? {} : { tlsCert: o.tlsCert }),
     ...(o.tlsKey === undefined ? {} : { tlsKey: o.tlsKey }),
-    ...(bridge === undefined && o.grpcTarget === undefined ? {} : { bridge: { ...bridge, ...(o.grpcTarget === undefined ? {} : { live: { ...bridge?.live, grpcTarget: o.grpcTarget } }) } }),
+    ...(bridge === undefined && Object.keys(liveCli).length === 0 ? {} : { bridge: { ...bridge, ...(Object.keys(liveCli).length === 0 ? {} : { live: { ...bridge?.live, ...liveCli } }) } }),
     ...(o.propagator === undefined
       ? {}
       : {

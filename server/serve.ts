@@ -12,7 +12,8 @@ import { openVolume } from "#server/volume/open_volume.ts";
 import { SdfEngine } from "#server/engine/sdf_engine.ts";
 import { startPropagation, type PropagationServeOptions } from "#server/engine/propagation/wiring.ts";
 import { createMetrics } from "#server/metrics.ts";
-import { checkExposure, httpAuth, loadTls, loadTokenFile } from "#server/security.ts";
+import { checkExposure, loadTls, loadTokenFile } from "#server/security.ts";
+import { bridgeAuth, readClientToken } from "#server/bridge/auth.ts";
 import { defaultChunkCache } from "#server/volume/chunk_cache.ts";
 
 export interface ServeOptions {
@@ -105,7 +106,8 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
       app.get("/healthz", (_req, res) => {
         res.json({ status: "SERVING", grpc: grpc!.address });
       });
-      if (tokenHashes !== undefined) app.use(httpAuth(tokenHashes, ["/healthz"]));
+      // Bearer header, or the viewer's cookie from a `?token=` login link (server/bridge/auth.ts).
+      if (tokenHashes !== undefined) app.use(bridgeAuth(tokenHashes, log, ["/healthz"]));
       app.get("/metrics", async (_req, res) => {
         res.set("Content-Type", metrics.registry.contentType).send(await metrics.registry.metrics());
       });
@@ -115,7 +117,16 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
       // The SDF layer shows the model the propagator uses as memory, when there is one.
       const sdfModel = options.propagation?.defaultSdfModel;
       // Live sessions talk gRPC to this process unless the bridge is told to front another server.
-      const live = { acceptDir: join(cacheDir, "accepted"), ...options.bridge?.live, grpcTarget: options.bridge?.live?.grpcTarget ?? grpc.address };
+      const ownTarget = options.bridge?.live?.grpcTarget === undefined;
+      // Calling its own gRPC port, the bridge presents one of this server's tokens.
+      const ownToken = ownTarget && options.tokenFile !== undefined ? { grpcToken: await readClientToken(options.tokenFile) } : {};
+      const live = {
+        acceptDir: join(cacheDir, "accepted"),
+        segmentOutputDir: join(cacheDir, "segment-view"),
+        ...ownToken,
+        ...options.bridge?.live,
+        grpcTarget: options.bridge?.live?.grpcTarget ?? grpc.address,
+      };
       bridge = await createBridge({ ...(sdfModel === undefined ? {} : { sdf: { engine: sdf, registry, model: sdfModel } }), ...options.bridge, live, roots, log });
       app.use(bridge.router);
       http = createServer(app);

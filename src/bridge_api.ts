@@ -26,4 +26,18 @@ export interface LiveChangeEvent {
   scaleKey: string;
   chunks: string[];
   objects: { objectId: string; voxels: number }[];
+  /** Objects whose voxels changed (their meshes are stale); absent on a reconnect's catch-up event. */
+  changedObjects?: string[];
+}
+
+/** Path (under a session) of "segment everything in view": POST {box: {x0, y0, z0, x1, y1, z1}}. */
+export const SEGMENT_VIEW_PATH = "segment-view";
+
+/** Pushed as `event: progress` while a session's automatic segmentation runs. */
+export interface LiveProgressEvent {
+  operation: "segment";
+  blocksDone: number;
+  blocksTotal: number;
+  objectsFound: number;
+  done: boolean;
 }

@@ -3,7 +3,8 @@
 // announces changed chunks. Every field is validated here, and errors name it.
 import express, { Router, type NextFunction, type Request, type Response } from "express";
 import { invalidArgument, resourceExhausted } from "#src/errors.ts";
-import { CLIENT_ID_HEADER, SESSIONS_API_PATH, VOLUME_ID_PATTERN } from "#src/bridge_api.ts";
+import { CLIENT_ID_HEADER, SEGMENT_VIEW_PATH, SESSIONS_API_PATH, VOLUME_ID_PATTERN, type LiveProgressEvent } from "#src/bridge_api.ts";
+import type { Box3, Vec3 } from "#src/volume/types.ts";
 import type { Logger } from "#server/log.ts";
 import { handle, sendError } from "./http_errors.ts";
 import { LiveSessions, type ChangeEvent, type LiveDirection, type LiveSession, type PromptRequest, type PropagateRequest } from "./live_sessions.ts";
@@ -19,11 +20,17 @@ export interface LiveRoutesOptions {
   grpcTarget: string;
   /** Bearer token for that server, when it requires one. */
   grpcToken?: string;
+  /** PEM CA certificate(s): reach that server over TLS (its certificate must verify against them). */
+  grpcTlsCa?: Buffer;
   maxSessions?: number;
   maxSessionVoxels?: number;
   idleTimeoutMs?: number;
   acceptDir?: string;
   sdfVolumes?: Readonly<Record<string, string>>;
+  /** Folder (on the inference server, under its roots) SegmentVolume writes segment-in-view results to. */
+  segmentOutputDir?: string;
+  /** Largest segment-in-view box in voxels (default 2^22). */
+  maxSegmentVoxels?: number;
   /** Per tab (or per session, for clients without a client id) on prompt and propagate. Default 20 burst, 10/s. */
   rateLimit?: RateLimitOptions;
   /** Event streams per session (default 16). */
@@ -145,6 +152,36 @@ function parsePropagate(body: Json, s: LiveSession): PropagateRequest {
   return out;
 }
 
+/**
+ * The segment-in-view box `{x0, y0, z0, x1, y1, z1}` (half-open voxels, as the viewer's visible
+ * extent), clamped to the session's volume, at most `maxVoxels`.
+ */
+function parseSegmentView(body: Json, s: LiveSession, maxVoxels: number): Box3 {
+  KNOWN(body, ["box"]);
+  const b = body["box"];
+  if (typeof b !== "object" || b === null || Array.isArray(b)) throw invalidArgument("box", "expected {x0, y0, z0, x1, y1, z1} (half-open voxels)");
+  const o = b as Json;
+  KNOWN(o, ["x0", "y0", "z0", "x1", "y1", "z1"]);
+  const lim = 2 ** 31;
+  const offsetZyx = [0, 0, 0] as Vec3;
+  const shapeZyx = [0, 0, 0] as Vec3;
+  (["z", "y", "x"] as const).forEach((axis, d) => {
+    const lo = int(o[`${axis}0`], `box.${axis}0`, -lim, lim);
+    const hi = int(o[`${axis}1`], `box.${axis}1`, lo + 1, lim);
+    // The view may reach past the volume: only its part inside is segmented.
+    const v0 = s.box.offsetZyx[d]!;
+    const v1 = v0 + s.box.shapeZyx[d]!;
+    const a = Math.max(lo, v0);
+    const e = Math.min(hi, v1);
+    if (e <= a) throw invalidArgument(`box.${axis}0`, `[${lo}, ${hi}) does not meet the volume's [${v0}, ${v1})`);
+    offsetZyx[d] = a;
+    shapeZyx[d] = e - a;
+  });
+  const voxels = shapeZyx[0] * shapeZyx[1] * shapeZyx[2];
+  if (voxels > maxVoxels) throw invalidArgument("box", `${shapeZyx[2]} x ${shapeZyx[1]} x ${shapeZyx[0]} = ${voxels} voxels inside the volume; segment-in-view is limited to ${maxVoxels} (zoom in or narrow the z range)`);
+  return { offsetZyx, shapeZyx };
+}
+
 function describeSession(s: LiveSession) {
   return {
     sessionId: s.id,
@@ -170,7 +207,11 @@ function clientGone(res: Response): AbortSignal {
 
 export function liveSessionRoutes(options: LiveRoutesOptions): { router: Router; sessions: LiveSessions; close(): Promise<void> } {
   const { log } = options;
-  const client = new SegmentationClient({ target: options.grpcTarget, ...(options.grpcToken === undefined ? {} : { token: options.grpcToken }) });
+  const client = new SegmentationClient({
+    target: options.grpcTarget,
+    ...(options.grpcToken === undefined ? {} : { token: options.grpcToken }),
+    ...(options.grpcTlsCa === undefined ? {} : { tlsCa: options.grpcTlsCa }),
+  });
   const sessions = new LiveSessions({
     volumes: options.volumes,
     client,
@@ -180,6 +221,8 @@ export function liveSessionRoutes(options: LiveRoutesOptions): { router: Router;
     ...(options.acceptDir === undefined ? {} : { acceptDir: options.acceptDir }),
     ...(options.idleTimeoutMs === undefined ? {} : { idleTimeoutMs: options.idleTimeoutMs }),
     ...(options.sdfVolumes === undefined ? {} : { sdfVolumes: options.sdfVolumes }),
+    ...(options.segmentOutputDir === undefined ? {} : { segmentOutputDir: options.segmentOutputDir }),
+    ...(options.maxSegmentVoxels === undefined ? {} : { maxSegmentVoxels: options.maxSegmentVoxels }),
   });
   const limiter = new RateLimiter(options.rateLimit ?? { burst: 20, perSecond: 10 });
   const maxSubscribers = options.maxSubscribers ?? 16;
@@ -247,6 +290,17 @@ export function liveSessionRoutes(options: LiveRoutesOptions): { router: Router;
     }),
   );
 
+  router.post(
+    `/${SESSIONS_API_PATH}/:sessionId/${SEGMENT_VIEW_PATH}`,
+    json,
+    handle(log, "segment view", async (req, res) => {
+      const s = sessionOf(sessions, req);
+      const box = parseSegmentView(bodyOf(req), s, sessions.maxSegmentVoxels);
+      rateLimited(req, res, s);
+      res.json(await s.segmentView(box, clientGone(res)));
+    }),
+  );
+
   router.get(
     `/${SESSIONS_API_PATH}/:sessionId/objects`,
     handle(log, "objects", (req, res) => {
@@ -293,7 +347,8 @@ export function liveSessionRoutes(options: LiveRoutesOptions): { router: Router;
       const send = (e: ChangeEvent) => res.write(`id: ${e.generation}\nevent: chunks\ndata: ${JSON.stringify(e)}\n\n`);
       res.write("retry: 1000\n\n");
       send(last === undefined ? { ...s.changesSince(Number.MAX_SAFE_INTEGER), chunks: [] } : s.changesSince(last));
-      const unsubscribe = s.subscribe(send, () => res.end());
+      const progress = (p: LiveProgressEvent) => res.write(`event: progress\ndata: ${JSON.stringify(p)}\n\n`);
+      const unsubscribe = s.subscribe(send, () => res.end(), progress);
       const ping = setInterval(() => res.write(": keep-alive\n\n"), keepAliveMs);
       ping.unref();
       streams.add(res);

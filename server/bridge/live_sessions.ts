@@ -3,13 +3,14 @@
 // are written into, served like any registered volume, with a per-chunk generation and a push
 // channel that tells viewers which chunks changed.
 import { randomBytes } from "node:crypto";
+import { existsSync } from "node:fs";
 import { mkdir, rename, rm } from "node:fs/promises";
 import { join } from "node:path";
 import type { Box2 } from "#proto/spatial_sam/v1/common.ts";
-import type { LiveChangeEvent } from "#src/bridge_api.ts";
+import type { LiveChangeEvent, LiveProgressEvent } from "#src/bridge_api.ts";
 import { Direction, PointLabel, type ObjectMask, type PointPrompt } from "#proto/spatial_sam/v1/segmentation.ts";
 import { cancelled, invalidArgument, notFound, resourceExhausted, unimplemented } from "#src/errors.ts";
-import type { Vec3 } from "#src/volume/types.ts";
+import type { Box3, Vec3 } from "#src/volume/types.ts";
 import type { Logger } from "#server/log.ts";
 import { PrecomputedWriter } from "#server/volume/precomputed_writer.ts";
 import { FileStore } from "#server/volume/stores.ts";
@@ -59,9 +60,28 @@ export interface LiveSessionsOptions {
    * for sessions that name none. Without one the server computes it with its default SDF model.
    */
   sdfVolumes?: Readonly<Record<string, string>>;
+  /**
+   * A folder the inference server may write to (under its roots) where "segment everything in
+   * view" has SegmentVolume write its instances; the bridge reads them back over gRPC. Without it
+   * segment-in-view is unavailable.
+   */
+  segmentOutputDir?: string;
+  /** Largest box segment-in-view accepts, in voxels (default 2^22, e.g. 64 x 256 x 256). */
+  maxSegmentVoxels?: number;
 }
 
 type Listener = (e: ChangeEvent) => void;
+type ProgressListener = (e: LiveProgressEvent) => void;
+
+export interface SegmentViewResult {
+  generation: number;
+  box: Box3;
+  chunks: string[];
+  /** Ids given to the instances found, ascending. */
+  newObjects: string[];
+  objects: { objectId: string; voxels: number }[];
+  cancelled: boolean;
+}
 
 const DIRECTION: Record<LiveDirection, Direction> = {
   forward: Direction.DIRECTION_FORWARD,
@@ -79,9 +99,19 @@ export class LiveSession {
   readonly #grpcSessionId: string;
   readonly #owner: LiveSessions;
   readonly #listeners = new Set<Listener>();
+  readonly #progressListeners = new Set<ProgressListener>();
+  /** The server's id of the SDF volume the session uses as memory ("": the server's SDF model). */
+  readonly #sdfServerVolumeId: string;
+  readonly #imageServerVolumeId: string;
+  /** Ids given to automatic instances (segment-in-view); they exist only in the live volume. */
+  readonly #autoObjects = new Set<bigint>();
+  /** The highest object id the session has used (prompted or automatic): new instances go above it, even after deletes. */
+  #highestId = 0n;
+  #segmentRuns = 0;
   /** Operations run one at a time, in order (the server's session does the same). */
   #tail: Promise<unknown> = Promise.resolve();
-  #propagation: AbortController | undefined;
+  /** The running propagation or segmentation: a newer request cancels it. */
+  #job: AbortController | undefined;
   #lastPromptZ: number | undefined;
   #closed = false;
   /** Called once when the session closes (event streams end). */
@@ -90,7 +120,16 @@ export class LiveSession {
   lastUsed = Date.now();
   #running = 0;
 
-  constructor(init: { id: string; image: RegisteredVolume; live: LiveLabelVolume; scaleKey: string; grpcSessionId: string; owner: LiveSessions }) {
+  constructor(init: {
+    id: string;
+    image: RegisteredVolume;
+    live: LiveLabelVolume;
+    scaleKey: string;
+    grpcSessionId: string;
+    imageServerVolumeId: string;
+    sdfServerVolumeId: string;
+    owner: LiveSessions;
+  }) {
     this.id = init.id;
     this.liveVolumeId = `live-${init.id}`;
     this.image = init.image;
@@ -99,6 +138,8 @@ export class LiveSession {
     const level = init.live.metadata.scales[0]!;
     this.box = { offsetZyx: level.offsetZyx, shapeZyx: level.shapeZyx };
     this.#grpcSessionId = init.grpcSessionId;
+    this.#imageServerVolumeId = init.imageServerVolumeId;
+    this.#sdfServerVolumeId = init.sdfServerVolumeId;
     this.#owner = init.owner;
   }
 
@@ -106,13 +147,15 @@ export class LiveSession {
     return this.#listeners.size;
   }
 
-  /** `fn` gets every change; `onClose` is called if the session closes first. */
-  subscribe(fn: Listener, onClose: () => void): () => void {
+  /** `fn` gets every change, `onProgress` the automatic segmentation's progress; `onClose` is called if the session closes first. */
+  subscribe(fn: Listener, onClose: () => void, onProgress?: ProgressListener): () => void {
     this.#listeners.add(fn);
     this.#onClose.add(onClose);
+    if (onProgress !== undefined) this.#progressListeners.add(onProgress);
     return () => {
       this.#listeners.delete(fn);
       this.#onClose.delete(onClose);
+      if (onProgress !== undefined) this.#progressListeners.delete(onProgress);
     };
   }
 
@@ -140,14 +183,18 @@ export class LiveSession {
     return { generation: this.live.generation, volumeId: this.liveVolumeId, scaleKey: this.scaleKey, chunks, objects: this.objects() };
   }
 
+  /** Stamps changed chunks with a new generation and tells every viewer which chunks and objects changed. */
+  #publish(changed: Vec3[]): ChangeEvent {
+    this.live.commit(changed);
+    const event: ChangeEvent = { ...this.#event(changed.map((c) => this.live.chunkName(c))), changedObjects: this.live.takeChangedObjects().map(String) };
+    if (changed.length > 0) for (const fn of this.#listeners) fn(event);
+    return event;
+  }
+
   /** Writes masks into the live volume and tells every viewer which chunks changed. */
   #apply(masks: readonly ObjectMask[]): ChangeEvent {
     const writes: SliceMaskWrite[] = masks.map((m) => ({ objectId: m.objectId, z: m.z, bbox: m.bbox ?? { y0: 0, x0: 0, y1: 0, x1: 0 }, data: m.data }));
-    const changed = this.live.write(writes);
-    this.live.commit(changed);
-    const event = this.#event(changed.map((c) => this.live.chunkName(c)));
-    if (changed.length > 0) for (const fn of this.#listeners) fn(event);
-    return event;
+    return this.#publish(this.live.write(writes));
   }
 
   #serial<T>(fn: () => Promise<T>): Promise<T> {
@@ -166,13 +213,29 @@ export class LiveSession {
     return run;
   }
 
-  /** A new request supersedes a running propagation (the user is correcting it). */
-  #cancelPropagation(): void {
-    this.#propagation?.abort(cancelled("superseded by a newer request"));
+  /** A new request supersedes a running propagation or segmentation (the user is correcting it). */
+  #cancelJob(): void {
+    this.#job?.abort(cancelled("superseded by a newer request"));
+  }
+
+  /** A job's AbortController: aborted by a newer request or by `signal` (the client went away). */
+  #startJob(signal: AbortSignal | undefined): { abort: AbortController; done: () => void } {
+    this.#cancelJob();
+    const abort = new AbortController();
+    this.#job = abort;
+    const onAbort = () => abort.abort(cancelled("the client went away"));
+    signal?.addEventListener("abort", onAbort, { once: true });
+    return {
+      abort,
+      done: () => {
+        signal?.removeEventListener("abort", onAbort);
+        if (this.#job === abort) this.#job = undefined;
+      },
+    };
   }
 
   prompt(req: PromptRequest, signal?: AbortSignal) {
-    this.#cancelPropagation();
+    this.#cancelJob();
     return this.#serial(async () => {
       const points: PointPrompt[] = req.points.map((p) => ({
         x: Math.floor(p.x),
@@ -185,6 +248,7 @@ export class LiveSession {
         signal,
       );
       this.#lastPromptZ = req.z;
+      if (req.objectId > this.#highestId) this.#highestId = req.objectId;
       const event = this.#apply(res.masks);
       return { ...event, masks: res.masks.map((m) => ({ objectId: m.objectId.toString(), z: m.z, iouScore: m.iouScore, objectScore: m.objectScore })) };
     });
@@ -192,11 +256,7 @@ export class LiveSession {
 
   /** Propagates, writing each slice as it arrives; a newer request cancels it (`cancelled: true`). */
   propagate(req: PropagateRequest, signal?: AbortSignal) {
-    this.#cancelPropagation();
-    const abort = new AbortController();
-    this.#propagation = abort;
-    const onAbort = () => abort.abort(cancelled("the client went away"));
-    signal?.addEventListener("abort", onAbort, { once: true });
+    const { abort, done } = this.#startJob(signal);
     return this.#serial(async () => {
       const changed = new Set<string>();
       let slices = 0;
@@ -221,10 +281,76 @@ export class LiveSession {
         if (!abort.signal.aborted) throw e;
         wasCancelled = true;
       } finally {
-        signal?.removeEventListener("abort", onAbort);
-        if (this.#propagation === abort) this.#propagation = undefined;
+        done();
       }
       return { generation: this.live.generation, slices, chunks: [...changed], cancelled: wasCancelled, objects: this.objects() };
+    });
+  }
+
+  /**
+   * "Segment everything in view": the server's SegmentVolume over `box` (inside the session's
+   * volume), its instances read back and written into the live volume under new ids (above every
+   * id the session has used), replacing earlier automatic instances inside the box but never the
+   * user's objects. Progress goes to the event stream; a newer request or the client going away
+   * cancels it (`cancelled: true`, the live volume unchanged).
+   */
+  segmentView(box: Box3, signal?: AbortSignal): Promise<SegmentViewResult> {
+    const { abort, done } = this.#startJob(signal);
+    return this.#serial(async () => {
+      const dir = this.#owner.segmentOutputDir;
+      if (dir === undefined) throw unimplemented("this bridge has no folder for automatic segmentation output (segmentOutputDir)");
+      const outDir = join(dir, `${this.id}-${++this.#segmentRuns}-${randomBytes(3).toString("hex")}`);
+      const client = this.#owner.client;
+      const progress = (p: LiveProgressEvent) => {
+        for (const fn of this.#progressListeners) fn(p);
+      };
+      let labels: BigUint64Array;
+      try {
+        abort.signal.throwIfAborted();
+        let resultUrl = "";
+        const wireBox = { offset: { z: box.offsetZyx[0], y: box.offsetZyx[1], x: box.offsetZyx[2] }, shape: { z: box.shapeZyx[0], y: box.shapeZyx[1], x: box.shapeZyx[2] } };
+        const stream = client.segmentVolume(
+          { volumeId: this.#imageServerVolumeId, box: wireBox, scale: 0, model: "", sdfModel: "", sdfVolumeId: this.#sdfServerVolumeId, outputUrl: `precomputed://file://${outDir}` },
+          abort.signal,
+        );
+        for await (const p of stream) {
+          progress({ operation: "segment", blocksDone: Number(p.blocksDone), blocksTotal: Number(p.blocksTotal), objectsFound: Number(p.objectsFound), done: p.done });
+          if (p.done) resultUrl = p.resultUrl;
+        }
+        const resultId = await client.openVolume(resultUrl, abort.signal);
+        try {
+          labels = await client.readLabels(resultId, box, abort.signal);
+        } finally {
+          await client.closeVolume(resultId).catch(() => undefined);
+        }
+      } catch (e) {
+        if (!abort.signal.aborted) throw e;
+        return { generation: this.live.generation, box, chunks: [], newObjects: [], objects: this.objects(), cancelled: true };
+      } finally {
+        done();
+        // The output is the server's; when it shares this machine, nothing of it need stay.
+        if (existsSync(outDir)) await rm(outDir, { recursive: true, force: true }).catch(() => undefined);
+      }
+      // New ids start above every id in use (prompted, automatic, or in the live volume).
+      let base = this.#highestId;
+      for (const o of this.live.objects()) if (o.objectId > base) base = o.objectId;
+      const found = new Set<bigint>();
+      for (let i = 0; i < labels.length; i++) {
+        const k = labels[i]!;
+        if (k === 0n) continue;
+        labels[i] = base + k;
+        found.add(base + k);
+      }
+      const auto = this.#autoObjects;
+      const changed = this.live.writeBlock(box, labels, (old) => old === 0n || auto.has(old));
+      for (const id of found) {
+        auto.add(id);
+        if (id > this.#highestId) this.#highestId = id;
+      }
+      const event = this.#publish(changed);
+      const present = new Set(this.live.objects().map((o) => o.objectId));
+      const newObjects = [...found].filter((id) => present.has(id)).sort((a, b) => (a < b ? -1 : 1)).map(String);
+      return { generation: event.generation, box, chunks: event.chunks, newObjects, objects: event.objects, cancelled: false };
     });
   }
 
@@ -234,20 +360,17 @@ export class LiveSession {
   }
 
   removeObject(objectId: bigint) {
-    this.#cancelPropagation();
+    this.#cancelJob();
     return this.#serial(async () => {
-      await this.#owner.client.removeObject(this.#grpcSessionId, objectId);
-      const changed = this.live.clearObject(objectId);
-      this.live.commit(changed);
-      const event = this.#event(changed.map((c) => this.live.chunkName(c)));
-      if (changed.length > 0) for (const fn of this.#listeners) fn(event);
-      return event;
+      // Automatic instances exist only here; the server's session holds the prompted objects.
+      if (!this.#autoObjects.delete(objectId)) await this.#owner.client.removeObject(this.#grpcSessionId, objectId);
+      return this.#publish(this.live.clearObject(objectId));
     });
   }
 
   /** Writes the live volume as precomputed under `dir` (atomically: a temp folder renamed into place). */
   accept(dir: string, volumes: VolumeRegistry) {
-    this.#cancelPropagation();
+    this.#cancelJob();
     return this.#serial(async () => {
       const final = join(dir, this.id);
       const tmp = `${final}.tmp-${process.pid}`;
@@ -279,10 +402,11 @@ export class LiveSession {
   /** Ends the server's session and unregisters the live volume. */
   async close(volumes: VolumeRegistry): Promise<void> {
     if (this.#closed) return;
-    this.#cancelPropagation();
+    this.#cancelJob();
     await this.#tail;
     this.#closed = true;
     this.#listeners.clear();
+    this.#progressListeners.clear();
     for (const fn of this.#onClose) fn();
     this.#onClose.clear();
     await volumes.remove(this.liveVolumeId);
@@ -320,6 +444,14 @@ export class LiveSessions {
       this.log.info({ session: id }, "idle live session closed");
       await s.close(this.#volumes);
     }
+  }
+
+  get segmentOutputDir(): string | undefined {
+    return this.#options.segmentOutputDir;
+  }
+
+  get maxSegmentVoxels(): number {
+    return this.#options.maxSegmentVoxels ?? 2 ** 22;
   }
 
   get acceptDir(): string | undefined {
@@ -369,20 +501,22 @@ export class LiveSessions {
     }
     this.#starting++;
     try {
+      const imageServerVolumeId = await this.#serverVolume(image, signal);
+      const sdfServerVolumeId = sdf === undefined ? "" : await this.#serverVolume(sdf, signal);
       const grpcSessionId = await this.client.startSession(
         {
-          volumeId: await this.#serverVolume(image, signal),
+          volumeId: imageServerVolumeId,
           box: { offset: { z: level.offsetZyx[0], y: level.offsetZyx[1], x: level.offsetZyx[2] }, shape: { z: level.shapeZyx[0], y: level.shapeZyx[1], x: level.shapeZyx[2] } },
           scale: 0,
           model: "",
           sdfModel: "",
-          sdfVolumeId: sdf === undefined ? "" : await this.#serverVolume(sdf, signal),
+          sdfVolumeId: sdfServerVolumeId,
         },
         signal,
       );
       const id = randomBytes(6).toString("hex");
       const live = new LiveLabelVolume({ level, chunkShapeZyx });
-      const session = new LiveSession({ id, image, live, scaleKey: scale.key, grpcSessionId, owner: this });
+      const session = new LiveSession({ id, image, live, scaleKey: scale.key, grpcSessionId, imageServerVolumeId, sdfServerVolumeId, owner: this });
       this.#volumes.add({ id: session.liveVolumeId, url: `live://${id}`, name: "spatial-sam", mutable: true, version: () => live.generation }, live);
       this.#sessions.set(id, session);
       this.log.info({ session: id, volumeId, grpcSessionId, target: this.client.target }, "live session started");

@@ -52,6 +52,8 @@ export class LiveLabelVolume implements VolumeSource {
   /** Per object, per slice: a box (volume coordinates) holding all its voxels on that slice. */
   readonly #extent = new Map<bigint, Map<number, SliceBox>>();
   #generation = 0;
+  /** Objects whose voxels changed since the last `commit` (announced with it: their meshes are stale). */
+  readonly #touched = new Set<bigint>();
 
   constructor(options: LiveVolumeOptions) {
     const { level, chunkShapeZyx } = options;
@@ -140,8 +142,7 @@ export class LiveLabelVolume implements VolumeSource {
                 this.#chunks.set(key, chunk);
               }
               chunk[i] = next;
-              if (old !== 0n) this.#counts.set(old, (this.#counts.get(old) ?? 0) - 1);
-              if (next !== 0n) this.#counts.set(next, (this.#counts.get(next) ?? 0) + 1);
+              this.#count(old, next);
               dirty = true;
             }
           }
@@ -152,6 +153,91 @@ export class LiveLabelVolume implements VolumeSource {
       else extents.set(m.z, newExtent);
     }
     return [...changed.values()];
+  }
+
+  #count(old: bigint, next: bigint): void {
+    if (old !== 0n) {
+      this.#counts.set(old, (this.#counts.get(old) ?? 0) - 1);
+      this.#touched.add(old);
+    }
+    if (next !== 0n) {
+      this.#counts.set(next, (this.#counts.get(next) ?? 0) + 1);
+      this.#touched.add(next);
+    }
+  }
+
+  /**
+   * Writes a labelled block (uint64, C order z, y, x; volume coordinates) inside `box`: where the
+   * block is non-zero and `replaceable(old)` holds, the voxel takes the block's id; voxels with a
+   * replaceable id that the block leaves at 0 are cleared; all others keep their id. Returns the
+   * indices (zyx) of changed chunks, as `write` does.
+   */
+  writeBlock(box: Box3, labels: BigUint64Array, replaceable: (old: bigint) => boolean): Vec3[] {
+    const { offsetZyx, shapeZyx, chunkShapeZyx } = this.#level;
+    const local = box.offsetZyx.map((o, d) => o - offsetZyx[d]!) as Vec3;
+    const [bz, by, bx] = box.shapeZyx;
+    for (let d = 0; d < 3; d++) {
+      if (!(local[d]! >= 0 && box.shapeZyx[d]! > 0 && local[d]! + box.shapeZyx[d]! <= shapeZyx[d]!)) {
+        throw invalidArgument("box", `[${box.offsetZyx.join(", ")}] + [${box.shapeZyx.join(", ")}] is outside the live volume`);
+      }
+    }
+    if (labels.length !== bz * by * bx) throw invalidArgument("labels", `${labels.length} labels for a box of ${bz * by * bx} voxels`);
+    const changed: Vec3[] = [];
+    const cLo = [0, 1, 2].map((d) => Math.floor(local[d]! / chunkShapeZyx[d]!));
+    const cHi = [0, 1, 2].map((d) => Math.ceil((local[d]! + box.shapeZyx[d]!) / chunkShapeZyx[d]!));
+    for (let cz = cLo[0]!; cz < cHi[0]!; cz++)
+      for (let cy = cLo[1]!; cy < cHi[1]!; cy++)
+        for (let cx = cLo[2]!; cx < cHi[2]!; cx++) {
+          const index: Vec3 = [cz, cy, cx];
+          const key = index.join(",");
+          const dims = this.#chunkDims(index);
+          const c0 = [cz * chunkShapeZyx[0], cy * chunkShapeZyx[1], cx * chunkShapeZyx[2]] as Vec3;
+          const lo = [0, 1, 2].map((d) => Math.max(local[d]!, c0[d]!));
+          const hi = [0, 1, 2].map((d) => Math.min(local[d]! + box.shapeZyx[d]!, c0[d]! + dims[d]!));
+          let chunk = this.#chunks.get(key);
+          let dirty = false;
+          for (let z = lo[0]!; z < hi[0]!; z++) {
+            const extents = new Map<bigint, SliceBox>();
+            for (let y = lo[1]!; y < hi[1]!; y++) {
+              const src = ((z - local[0]) * by + (y - local[1])) * bx - local[2];
+              const dst = ((z - c0[0]) * dims[1] + (y - c0[1])) * dims[2] - c0[2];
+              for (let x = lo[2]!; x < hi[2]!; x++) {
+                const old = chunk === undefined ? 0n : chunk[dst + x]!;
+                if (!replaceable(old)) continue;
+                const next = labels[src + x]!;
+                if (next !== 0n) {
+                  const vy = y + offsetZyx[1];
+                  const vx = x + offsetZyx[2];
+                  extents.set(next, union(extents.get(next) ?? EMPTY, { y0: vy, x0: vx, y1: vy + 1, x1: vx + 1 }));
+                }
+                if (next === old) continue;
+                if (chunk === undefined) {
+                  chunk = new BigUint64Array(dims[0] * dims[1] * dims[2]);
+                  this.#chunks.set(key, chunk);
+                }
+                chunk[dst + x] = next;
+                this.#count(old, next);
+                dirty = true;
+              }
+            }
+            // Extents only grow here (a cleared voxel may stay inside its old box): they bound an object's voxels, they need not be tight.
+            const vz = z + offsetZyx[0];
+            for (const [id, b] of extents) {
+              const perSlice = this.#extent.get(id) ?? new Map<number, SliceBox>();
+              this.#extent.set(id, perSlice);
+              perSlice.set(vz, union(perSlice.get(vz) ?? EMPTY, b));
+            }
+          }
+          if (dirty) changed.push(index);
+        }
+    return changed;
+  }
+
+  /** Objects whose voxels changed since the last call (ascending). */
+  takeChangedObjects(): bigint[] {
+    const out = [...this.#touched].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+    this.#touched.clear();
+    return out;
   }
 
   /** Clears every voxel of `objectId`; returns the changed chunks. */

@@ -9,10 +9,14 @@ import {
   type AddPromptsResponse,
   type PropagateRequest,
   type PropagateResponse,
+  type SegmentVolumeRequest,
+  type SegmentVolumeResponse,
   type StartSessionRequest,
 } from "#proto/spatial_sam/v1/segmentation.ts";
-import { VolumeServiceClient } from "#proto/spatial_sam/v1/volume.ts";
-import { SpatialSamError, type ErrorTag } from "#src/errors.ts";
+import { VolumeServiceClient, type ReadRegionResponse } from "#proto/spatial_sam/v1/volume.ts";
+import { DataType as WireDataType } from "#proto/spatial_sam/v1/common.ts";
+import { dataCorruption, SpatialSamError, type ErrorTag } from "#src/errors.ts";
+import type { Box3 } from "#src/volume/types.ts";
 
 const TAG_OF_CODE: Partial<Record<status, ErrorTag>> = {
   [status.INVALID_ARGUMENT]: "InvalidArgument",
@@ -44,6 +48,8 @@ export interface SegmentationClientOptions {
   target: string;
   /** Sent as `authorization: Bearer <token>` when the server requires one. */
   token?: string;
+  /** PEM CA certificate(s): talk TLS to the server, verifying its certificate against them. */
+  tlsCa?: Buffer;
 }
 
 type Callback<Res> = (err: ServiceError | null, res: Res) => void;
@@ -57,7 +63,7 @@ export class SegmentationClient {
   constructor(options: SegmentationClientOptions) {
     this.target = options.target;
     this.#token = options.token;
-    const creds = credentials.createInsecure();
+    const creds = options.tlsCa === undefined ? credentials.createInsecure() : credentials.createSsl(options.tlsCa);
     // Masks of a whole slice can exceed grpc-js's 4 MiB default on large volumes.
     const channel = { "grpc.max_receive_message_length": 64 * 1024 * 1024 };
     this.#segmentation = new SegmentationServiceClient(options.target, creds, channel);
@@ -117,16 +123,54 @@ export class SegmentationClient {
   }
 
   /** Each propagated slice as the server streams it; aborting `signal` cancels the call. */
-  async *propagate(req: PropagateRequest, signal?: AbortSignal): AsyncGenerator<PropagateResponse> {
+  propagate(req: PropagateRequest, signal?: AbortSignal): AsyncGenerator<PropagateResponse> {
+    return this.#stream("Propagate", () => this.#segmentation.propagate(req, this.#metadata()), signal);
+  }
+
+  /** Automatic segmentation of a box: the server's progress messages as it streams them. */
+  segmentVolume(req: SegmentVolumeRequest, signal?: AbortSignal): AsyncGenerator<SegmentVolumeResponse> {
+    return this.#stream("SegmentVolume", () => this.#segmentation.segmentVolume(req, this.#metadata()), signal);
+  }
+
+  /**
+   * The uint64 voxels of `box` (zyx, C order) of a volume the server has open, assembled from the
+   * pieces ReadRegion streams.
+   */
+  async readLabels(volumeId: string, box: Box3, signal?: AbortSignal): Promise<BigUint64Array> {
+    const [bz, by, bx] = box.shapeZyx;
+    const out = new BigUint64Array(bz * by * bx);
+    const wire = { offset: { z: box.offsetZyx[0], y: box.offsetZyx[1], x: box.offsetZyx[2] }, shape: { z: bz, y: by, x: bx } };
+    for await (const piece of this.#stream<ReadRegionResponse>("ReadRegion", () => this.#volumes.readRegion({ volumeId, box: wire, scale: 0 }, this.#metadata()), signal)) {
+      const o = piece.box?.offset;
+      const n = piece.box?.shape;
+      const t = piece.data;
+      if (o === undefined || n === undefined || t === undefined || t.dtype !== WireDataType.DATA_TYPE_UINT64 || t.data.byteLength !== n.z * n.y * n.x * 8) {
+        throw dataCorruption("ReadRegion", "a piece without a box or uint64 data of its size");
+      }
+      const [lz, ly, lx] = [o.z - box.offsetZyx[0], o.y - box.offsetZyx[1], o.x - box.offsetZyx[2]];
+      if (lz < 0 || ly < 0 || lx < 0 || lz + n.z > bz || ly + n.y > by || lx + n.x > bx) throw dataCorruption("ReadRegion", "a piece outside the requested box");
+      const data = new BigUint64Array(t.data.buffer.slice(t.data.byteOffset, t.data.byteOffset + t.data.byteLength));
+      for (let z = 0; z < n.z; z++)
+        for (let y = 0; y < n.y; y++) out.set(data.subarray((z * n.y + y) * n.x, (z * n.y + y + 1) * n.x), ((lz + z) * by + ly + y) * bx + lx);
+    }
+    return out;
+  }
+
+  async closeVolume(volumeId: string): Promise<void> {
+    const c = this.#volumes;
+    await this.#unary("CloseVolume", c.closeVolume.bind(c), { volumeId });
+  }
+
+  async *#stream<Res>(method: string, start: () => { cancel(): void } & AsyncIterable<unknown>, signal?: AbortSignal): AsyncGenerator<Res> {
     signal?.throwIfAborted();
-    const call = this.#segmentation.propagate(req, this.#metadata());
+    const call = start();
     const cancel = () => call.cancel();
     signal?.addEventListener("abort", cancel, { once: true });
     try {
-      for await (const msg of call as AsyncIterable<PropagateResponse>) yield msg;
+      for await (const msg of call) yield msg as Res;
     } catch (e) {
       const err = e as ServiceError;
-      throw typeof err.code === "number" ? fromServiceError(err, "Propagate") : e;
+      throw typeof err.code === "number" ? fromServiceError(err, method) : e;
     } finally {
       signal?.removeEventListener("abort", cancel);
       call.cancel();

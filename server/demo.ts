@@ -2,7 +2,7 @@
 // labels) as Neuroglancer precomputed under the demo folder, once, then serves it.
 import { existsSync } from "node:fs";
 import { mkdir, rename, rm } from "node:fs/promises";
-import { dirname, join, resolve } from "node:path";
+import { join, resolve } from "node:path";
 import { SingleBar, Presets } from "cli-progress";
 import { makeDemoVolume } from "#src/demo_volume.ts";
 import { allocate } from "#src/dtype.ts";
@@ -15,6 +15,8 @@ import { FileStore } from "#server/volume/stores.ts";
 
 export const DEMO_SHAPE_ZYX: Vec3 = [64, 256, 256];
 export const DEMO_VOXEL_NM: Vec3 = [8, 8, 8];
+/** The seed of the demo's own volume: the demo models never train or validate on it. */
+export const DEMO_SEED = 1;
 const CHUNK_ZYX: Vec3 = [32, 64, 64];
 const DEMO_VERSION = "demo-v1";
 
@@ -66,7 +68,7 @@ export async function ensureDemoVolume(demoDir: string): Promise<{ image: string
   await rm(tmp, { recursive: true, force: true });
   await mkdir(join(tmp, "image"), { recursive: true });
   await mkdir(join(tmp, "labels"), { recursive: true });
-  const volume = makeDemoVolume(DEMO_SHAPE_ZYX, 1);
+  const volume = makeDemoVolume(DEMO_SHAPE_ZYX, DEMO_SEED);
   const chunks = (DEMO_SHAPE_ZYX[0] / CHUNK_ZYX[0]) * (DEMO_SHAPE_ZYX[1] / CHUNK_ZYX[1]) * (DEMO_SHAPE_ZYX[2] / CHUNK_ZYX[2]);
   const bar = new SingleBar({ format: "demo volume [{bar}] {value}/{total} chunks", stream: process.stderr }, Presets.shades_classic);
   bar.start(chunks * 2, 0);
@@ -78,6 +80,16 @@ export async function ensureDemoVolume(demoDir: string): Promise<{ image: string
   return out;
 }
 
+/** The propagator and SDF model the demo uses from `modelsDir`: demo ones first, else Lucchi++. */
+export function demoModels(modelsDir: string): { propagator: string; sdfModel: string; more: string[] } | undefined {
+  const pairs = [
+    { propagator: join(modelsDir, "propagator_demo"), sdfModel: "sdf_unet3d_demo" },
+    { propagator: join(modelsDir, "propagator_lucchi"), sdfModel: "sdf_unet3d_lucchi" },
+  ].filter((p) => existsSync(join(p.propagator, "propagator.json")) && existsSync(join(modelsDir, p.sdfModel, "model.json")));
+  const first = pairs[0];
+  return first === undefined ? undefined : { ...first, more: pairs.slice(1).map((p) => p.propagator) };
+}
+
 export async function runDemo(o: ServerCliOptions & { demoDir: string }): Promise<void> {
   const layers = await ensureDemoVolume(o.demoDir);
   if (o.httpPort >= 0) {
@@ -85,11 +97,16 @@ export async function runDemo(o: ServerCliOptions & { demoDir: string }): Promis
     const viewer = await ensureViewerBuilt();
     if (viewer.built) process.stderr.write(`viewer bundle built in ${(viewer.ms / 1000).toFixed(1)} s (neuroglancer-layer/dist)\n`);
   }
-  // The shipped models, when present, make the demo answer prompts over gRPC too.
-  const shipped = join(resolve(o.models), "propagator_lucchi", "propagator.json");
-  if (o.propagator === undefined && existsSync(shipped)) {
-    o.propagator = dirname(shipped);
-    o.sdfModel ??= "sdf_unet3d_lucchi";
+  // The shipped models, when present, make the demo answer prompts over gRPC too: the demo models,
+  // trained on this generator's volumes (other seeds), before the Lucchi++ ones, which are kept
+  // selectable by name (StartSession's model) for Lucchi++ data.
+  if (o.propagator === undefined) {
+    const found = demoModels(resolve(o.models));
+    if (found !== undefined) {
+      o.propagator = found.propagator;
+      o.sdfModel ??= found.sdfModel;
+      if (found.more.length > 0) o.morePropagators ??= found.more;
+    }
   }
   const running = await startFromCli(o, [resolve(o.demoDir)], { volumes: demoBridgeVolumes(layers) });
   process.stdout.write(

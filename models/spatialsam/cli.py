@@ -39,6 +39,15 @@ def _load(split: str, data_root: str | None, box: str | None):
     return v.crop(*parse_box(box))
 
 
+def parse_seeds(text: str | None, name: str) -> list[int]:
+    """"101,102" -> [101, 102]."""
+    try:
+        seeds = [int(x) for x in (text or "").split(",")]
+    except ValueError as e:
+        raise ValueError(f"{name}: expected comma-separated integers, got {text!r}") from e
+    return seeds
+
+
 def _write_json(path: Path, doc: dict) -> None:
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
@@ -51,13 +60,26 @@ def cmd_train_unet(a: argparse.Namespace) -> int:
     from .train_unet import ValData, make_train_data, train_unet
 
     cfg = load_train_config(a.config, seed=a.seed, threads=a.threads, max_steps=a.max_steps, max_time_s=a.max_time)
-    vol = _load(a.split, a.data_root, a.box)
+    if a.demo_data:
+        from .data import load_demo_volumes, stack_volumes
+
+        vol = stack_volumes(load_demo_volumes(a.demo_data, parse_seeds(a.demo_seeds, "demo-seeds")))
+        data_name = f"demo generator (src/demo_volume.ts) seeds {a.demo_seeds}, stacked along z"
+    else:
+        vol = _load(a.split, a.data_root, a.box)
+        data_name = f"lucchi_pp/{a.split}" + (f"[{a.box}]" if a.box else "")
     slices = None if a.budget in ("1", "1/1") else budget_slices(vol.image.shape[0], a.budget)
     data = make_train_data(vol.image, vol.mask, vol.voxel_size_nm, slices, cfg.truncation_nm)
     val = None
-    if a.val_split:
+    val_name = None
+    if a.demo_data and a.val_demo_seeds:
+        v = stack_volumes(load_demo_volumes(a.demo_data, parse_seeds(a.val_demo_seeds, "val-demo-seeds")))
+        val = ValData(v.image, v.mask)
+        val_name = f"demo generator seeds {a.val_demo_seeds}"
+    elif a.val_split:
         v = _load(a.val_split, a.data_root, a.val_box)
         val = ValData(v.image, v.mask)
+        val_name = f"lucchi_pp/{a.val_split}[{a.val_box or ':,:,:'}]"
     t0 = time.time()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -65,8 +87,8 @@ def cmd_train_unet(a: argparse.Namespace) -> int:
     run = {
         "annotated_slices": slices if slices is not None else "all",
         "budget": a.budget,
-        "data": f"lucchi_pp/{a.split}" + (f"[{a.box}]" if a.box else ""),
-        "validation": f"lucchi_pp/{a.val_split}[{a.val_box or ':,:,:'}]" if a.val_split else None,
+        "data": data_name,
+        "validation": val_name,
         "voxel_size_nm": list(vol.voxel_size_nm),
         "command": "python -m spatialsam " + " ".join(shlex.quote(x) for x in sys.argv[1:]),
     }
@@ -195,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="run folder: checkpoint.pt, best.pt, log.jsonl, summary.json; resumes if present")
     t.add_argument("--val-split", choices=["train", "test"], help="held-out split for early stopping")
     t.add_argument("--val-box", help="sub-volume of the validation split")
+    t.add_argument("--demo-data", help="train on demo volumes written by server/bin/write_demo_training.ts (this folder) instead of Lucchi++")
+    t.add_argument("--demo-seeds", help="with --demo-data: training seeds, e.g. 101,102,103")
+    t.add_argument("--val-demo-seeds", help="with --demo-data: held-out seeds for early stopping, e.g. 201")
     t.add_argument("--seed", type=int)
     t.add_argument("--threads", type=int, help="torch.set_num_threads")
     t.add_argument("--max-steps", type=int)

@@ -210,3 +210,58 @@ def make_demo_volume(
     image[membrane] = 60.0
     image = ndimage.gaussian_filter(image, 0.8) + rng.normal(0, 8.0, shape)
     return np.clip(image, 0, 255).astype(np.uint8), labels
+
+
+@dataclass
+class InstanceVolume:
+    """An EM volume with instance labels. image: uint8 [Z, Y, X]; labels: uint64 [Z, Y, X] (0 =
+    background); voxel_size_nm: (z, y, x); name: where it came from (e.g. "demo seed 101")."""
+
+    image: np.ndarray
+    labels: np.ndarray
+    voxel_size_nm: tuple[float, float, float]
+    name: str
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self.labels > 0
+
+
+def load_demo_volumes(directory: Path | str, seeds: Sequence[int] | None = None) -> list[InstanceVolume]:
+    """The TypeScript demo generator's volumes as written by server/bin/write_demo_training.ts:
+    ``<dir>/meta.json`` and ``<dir>/seed_<n>/{image,labels}.npy``; ``seeds`` picks some (default: all
+    listed in meta.json), in the order given."""
+    d = Path(directory)
+    try:
+        meta = json.loads((d / "meta.json").read_text())
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{d / 'meta.json'}: not found; write it with server/bin/write_demo_training.ts") from e
+    vs = tuple(float(v) for v in meta["voxel_size_nm_zyx"])
+    chosen = list(meta["seeds"]) if seeds is None else [int(s) for s in seeds]
+    missing = [s for s in chosen if s not in meta["seeds"]]
+    if missing:
+        raise ValueError(f"seeds: {missing} not in {d / 'meta.json'} (has {meta['seeds']})")
+    out = []
+    for s in chosen:
+        image = np.load(d / f"seed_{s}" / "image.npy")
+        labels = np.load(d / f"seed_{s}" / "labels.npy")
+        if image.dtype != np.uint8 or labels.shape != image.shape:
+            raise ValueError(f"{d / f'seed_{s}'}: expected uint8 image and labels of the same shape, got {image.dtype} "
+                             f"{image.shape} and {labels.shape}")
+        check_volume(image, f"seed_{s}/image.npy")
+        out.append(InstanceVolume(image, labels, vs, f"demo seed {s}"))  # type: ignore[arg-type]
+    return out
+
+
+def stack_volumes(volumes: Sequence[InstanceVolume]) -> InstanceVolume:
+    """Volumes stacked along z into one training volume, instance ids renumbered to stay distinct
+    (the trainers take one volume; crops and runs that straddle a seam are a small share)."""
+    if not volumes:
+        raise ValueError("volumes: empty")
+    labels, offset = [], 0
+    for v in volumes:
+        lab = v.labels.astype(np.uint64)
+        labels.append(np.where(lab > 0, lab + np.uint64(offset), np.uint64(0)))
+        offset += int(lab.max())
+    return InstanceVolume(np.concatenate([v.image for v in volumes]), np.concatenate(labels), volumes[0].voxel_size_nm,
+                          " + ".join(v.name for v in volumes))

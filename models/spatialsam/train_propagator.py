@@ -52,6 +52,10 @@ class TrainConfig:
     corrupt_mask: bool = True  # dilate/erode/punch holes in teacher-forced memory masks
     min_area: int = 16  # an object's cross-section on the first slice must have this many pixels
     max_points: int = 3  # clicks per simulated prompt (padded to max_points + 1)
+    # Share of the extra clicks that are negatives on another object in the crop (0: negatives only
+    # in a ring around the target). Crowded slices (the demo volume) need it: a click on the object
+    # next door must remove that one, and the SDF memory is positive on every object alike.
+    p_neg_other: float = 0.0
     p_sdf_drop: float = 0.1  # memory/current SDF replaced by zeros ("unknown"): keeps the image pathway alive
     p_sdf_degrade: float = 0.5  # boundary shift U(-0.15, 0.15) + noise N(0, 0.05): the U-Net's SDF is not the GT's
     p_box: float = 0.35
@@ -132,9 +136,10 @@ class Batch:
     has_mask: torch.Tensor
 
 
-def _simulate_prompt(rng: np.random.Generator, m: np.ndarray, tcfg: TrainConfig
+def _simulate_prompt(rng: np.random.Generator, m: np.ndarray, tcfg: TrainConfig, others: np.ndarray | None = None
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Clicks/box (coords [K, 2], labels [K], K = max_points + 1) or a mask prompt from GT mask m [S, S]."""
+    """Clicks/box (coords [K, 2], labels [K], K = max_points + 1) or a mask prompt from GT mask m [S, S];
+    others [S, S]: the other objects on the slice (negative clicks there with p_neg_other)."""
     k = tcfg.max_points + 1
     coords = np.zeros((k, 2), np.float32)
     labels = np.full(k, LABEL_PAD, np.float32)
@@ -158,7 +163,12 @@ def _simulate_prompt(rng: np.random.Generator, m: np.ndarray, tcfg: TrainConfig
     n = int(rng.integers(1, tcfg.max_points + 1))
     ring = ndimage.binary_dilation(m, iterations=6) & ~m
     for j in range(1, n):
-        if rng.random() < 0.5 and ring.any():
+        # rng is drawn only when the option is on, so runs without it repeat earlier ones exactly.
+        if tcfg.p_neg_other > 0 and others is not None and others.any() and rng.random() < tcfg.p_neg_other:
+            oy, ox = np.nonzero(others)
+            q = rng.integers(len(oy))
+            coords[j], labels[j] = (ox[q], oy[q]), LABEL_NEG
+        elif rng.random() < 0.5 and ring.any():
             ry, rx = np.nonzero(ring)
             q = rng.integers(len(ry))
             coords[j], labels[j] = (rx[q], ry[q]), LABEL_NEG
@@ -197,21 +207,23 @@ def sample_batch(rng: np.random.Generator, image: np.ndarray, sdf: np.ndarray, o
         win = (zr, slice(cy, cy + s), slice(cx, cx + s))
         im = image[win].astype(np.float32)
         sd = sdf[win]
-        gt = (objs.comps[win] == i + 1).astype(np.float32)
+        comps = objs.comps[win]
+        gt = (comps == i + 1).astype(np.float32)
+        oth = ((comps > 0) & (comps != i + 1)).astype(np.float32)
         w = weights[win]
         if rng.random() < 0.5:
-            im, sd, gt, w = (a[:, :, ::-1] for a in (im, sd, gt, w))
+            im, sd, gt, w, oth = (a[:, :, ::-1] for a in (im, sd, gt, w, oth))
         if rng.random() < 0.5:
-            im, sd, gt, w = (a[:, ::-1, :] for a in (im, sd, gt, w))
+            im, sd, gt, w, oth = (a[:, ::-1, :] for a in (im, sd, gt, w, oth))
         if rng.random() < 0.5:
-            im, sd, gt, w = (a.transpose(0, 2, 1) for a in (im, sd, gt, w))
+            im, sd, gt, w, oth = (a.transpose(0, 2, 1) for a in (im, sd, gt, w, oth))
         im = im * rng.uniform(0.9, 1.1) + rng.uniform(-10, 10)
         u = rng.random()
         if u < tcfg.p_sdf_drop:
             sd = np.zeros_like(sd)
         elif u < tcfg.p_sdf_drop + tcfg.p_sdf_degrade:
             sd = np.clip(sd + rng.uniform(-0.15, 0.15) + rng.normal(0, 0.05, sd.shape), -1, 1)
-        pc, pl, pm = _simulate_prompt(rng, gt[0] > 0, tcfg)
+        pc, pl, pm = _simulate_prompt(rng, gt[0] > 0, tcfg, oth[0] > 0)
         if pm is not None:
             avg = pm.reshape(s // 4, 4, s // 4, 4).mean(axis=(1, 3))
             out["mi"].append((avg * 2 * MASK_PROMPT_LOGIT - MASK_PROMPT_LOGIT)[None])
@@ -429,7 +441,8 @@ def main(argv: list[str] | None = None) -> None:
     from spatialsam.propagator import load_propagator_config
     from spatialsam.sdf import DEFAULT_TRUNCATION_NM, sdf_target
 
-    ap = argparse.ArgumentParser(description="Train the propagator on Lucchi++ train with GT SDF memory.")
+    ap = argparse.ArgumentParser(description="Train the propagator on Lucchi++ train (or the demo generator's "
+                                             "volumes) with GT SDF memory.")
     ap.add_argument("--config", default="compact")
     ap.add_argument("--memory", choices=["sdf", "mask"], default=None)
     ap.add_argument("--steps", type=int, default=100000)
@@ -444,30 +457,63 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--train-wall-minutes", type=float, default=None,
                     help="with --finalize: wall-clock training time to record in the manifests")
     ap.add_argument("--finalize", action="store_true",
-                    help="no training: evaluate the checkpoint on Lucchi++ test and export it with metadata")
+                    help="no training: evaluate the checkpoint on Lucchi++ test (or the held-out demo seeds) and "
+                         "export it with metadata")
+    ap.add_argument("--demo-data", default=None,
+                    help="train on the demo generator's volumes in this folder (server/bin/write_demo_training.ts)")
+    ap.add_argument("--demo-seeds", default=None, help="with --demo-data: training seeds, e.g. 101,102,103")
+    ap.add_argument("--val-demo-seeds", default=None, help="with --demo-data --finalize: held-out seeds, e.g. 201")
+    ap.add_argument("--unet-run", default=None,
+                    help="with --demo-data --finalize: a train-unet run whose SDF is also evaluated as the memory")
+    ap.add_argument("--p-neg-other", type=float, default=0.0, help="TrainConfig.p_neg_other")
+    ap.add_argument("--init", default=None, help="start from this checkpoint's weights (fine-tuning); same config")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.finalize and args.demo_data:
+        finalize_demo(Path(args.ckpt_dir) / CHECKPOINT_NAME, args.export, args.demo_data, args.val_demo_seeds,
+                      args.unet_run, args.train_wall_minutes)
+        return
     if args.finalize:
         finalize(Path(args.ckpt_dir) / CHECKPOINT_NAME, args.export, args.data, args.seed, args.train_wall_minutes)
         return
     overrides = {"memory": args.memory} if args.memory else {}
     pcfg = load_propagator_config(args.config, seed=args.seed, **overrides)
-    vol = load_lucchi("train", args.data)
-    sdf = sdf_target(vol.mask, vol.voxel_size_nm)
+    if args.demo_data:
+        from spatialsam.data import load_demo_volumes, stack_volumes
+
+        vols = load_demo_volumes(args.demo_data, [int(x) for x in (args.demo_seeds or "").split(",")])
+        stacked = stack_volumes(vols)
+        image, labels, vs = stacked.image, stacked.labels, stacked.voxel_size_nm
+        # Per volume, so that no distance reaches across a seam of the stack.
+        sdf = np.concatenate([sdf_target(v.mask, v.voxel_size_nm) for v in vols])
+        data_desc = (f"demo generator (src/demo_volume.ts makeDemoVolume, 64x256x256 at 8 nm) seeds {args.demo_seeds}, "
+                     "stacked along z; instances = the generator's label ids")
+        budget = "1/1 (generated labels)"
+    else:
+        vol = load_lucchi("train", args.data)
+        image, labels, vs = vol.image, vol.mask, vol.voxel_size_nm
+        sdf = sdf_target(vol.mask, vol.voxel_size_nm)
+        data_desc = ("Lucchi++ train (../shared/data/lucchi_pp/train), all 165 labelled slices, "
+                     "instances = 3D connected components of the GT mask")
+        budget = "1/1 (full supervision; not a starting point for the 1/64 benchmark)"
     model = build_propagator(pcfg)
+    if args.init:
+        init_model, _ = load_checkpoint(args.init)
+        model.load_state_dict(init_model.state_dict())
     tcfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, crop=args.crop, seed=args.seed,
-                       max_minutes=args.minutes, ckpt_every=25)
+                       max_minutes=args.minutes, ckpt_every=25, p_neg_other=args.p_neg_other)
     t0 = time.time()
     meta = {
-        "data": "Lucchi++ train (../shared/data/lucchi_pp/train), all 165 labelled slices, "
-                "instances = 3D connected components of the GT mask",
-        "annotation_budget": "1/1 (full supervision; not a starting point for the 1/64 benchmark)",
-        "memory_input": f"GT SDF: sdf.sdf_target(mask, {list(vol.voxel_size_nm)}, T={DEFAULT_TRUNCATION_NM} nm)",
+        "data": data_desc,
+        "annotation_budget": budget,
+        "memory_input": f"GT SDF: sdf.sdf_target(mask, {list(vs)}, T={DEFAULT_TRUNCATION_NM} nm)",
         "seed": args.seed,
         "command": "nice -n 10 models/.venv/bin/python -m spatialsam.train_propagator " + " ".join(argv or sys.argv[1:]),
         "params": model.param_count(),
     }
-    hist = train_mask_track(model, vol.image, sdf, vol.mask, None, tcfg, ckpt_dir=args.ckpt_dir, progress=True,
+    if args.init:
+        meta["init"] = f"weights of {args.init}"
+    hist = train_mask_track(model, image, sdf, labels, None, tcfg, ckpt_dir=args.ckpt_dir, progress=True,
                             meta=meta)
     meta["train_seconds_this_process"] = round(time.time() - t0, 1)
     meta["steps"] = len(hist)
@@ -475,7 +521,7 @@ def main(argv: list[str] | None = None) -> None:
     meta["final_train_loss_mean_last50"] = float(np.mean([h["loss"] for h in last])) if last else None
     print(json.dumps({k: meta[k] for k in ("steps", "final_train_loss_mean_last50")}))
     if args.export:
-        export_propagator(model, args.export, training=meta, voxel_size_nm=list(vol.voxel_size_nm))
+        export_propagator(model, args.export, training=meta, voxel_size_nm=list(vs))
         print(json.dumps(check_parity(model, args.export)))
 
 
@@ -516,6 +562,55 @@ def finalize(ckpt: Path, export_dir: str | None, data: str | None, seed: int,
     if export_dir:
         vs = list(test.voxel_size_nm)
         export_propagator(model, export_dir, training=meta, voxel_size_nm=vs)
+        print(json.dumps(check_parity(model, export_dir)))
+    return meta
+
+
+def finalize_demo(ckpt: Path, export_dir: str | None, demo_data: str, val_seeds: str | None, unet_run: str | None,
+                  train_wall_minutes: float | None = None) -> dict[str, Any]:
+    """Evaluate a checkpoint on held-out demo seeds the way the demo is used (predictor.evaluate_clicks:
+    one click per object, whole slices), with the exact SDF and, given a train-unet run, the U-Net's SDF
+    as the memory; export it with its training metadata."""
+    from spatialsam.cli import run_summary
+    from spatialsam.data import load_demo_volumes
+    from spatialsam.export_propagator import check_parity, export_propagator
+    from spatialsam.predictor import evaluate_clicks
+    from spatialsam.sdf import sdf_target
+    from spatialsam.train_unet import load_unet, predict
+
+    if not val_seeds:
+        raise ValueError("--val-demo-seeds: required with --demo-data --finalize")
+    model, meta = load_checkpoint(ckpt)
+    ck = torch.load(ckpt, map_location="cpu", weights_only=False)
+    meta["steps"] = ck["step"]
+    if train_wall_minutes is not None:
+        meta["train_wall_minutes"] = train_wall_minutes
+    meta["final_train_loss_mean_last50"] = float(np.mean([h["loss"] for h in ck["history"][-50:]]))
+    t0 = time.time()
+    metrics: dict[str, Any] = {
+        "protocol": f"held-out demo seeds {val_seeds}: every object, one positive click at the deepest point of its "
+                    "largest cross-section (no box), whole 256x256 slices, propagate both ways; 3D IoU per object, "
+                    "share of predicted voxels on other objects; 'negative_click': plus one negative click on the "
+                    "nearest other object on that slice",
+    }
+    vols = load_demo_volumes(demo_data, [int(x) for x in val_seeds.split(",")])
+    unet = (load_unet(Path(unet_run) / "best.pt"), run_summary(Path(unet_run))) if unet_run else None
+    for v in vols:
+        sdfs = {"gt_sdf_memory": sdf_target(v.mask, v.voxel_size_nm)}
+        if unet is not None:
+            sdfs["unet_sdf_memory"] = predict(unet[0], v.image, unet[1]["mean"], unet[1]["std"])[0]
+            metrics[f"{v.name} unet_fg_iou"] = float((((sdfs["unet_sdf_memory"] > 0) & v.mask).sum())
+                                                      / ((sdfs["unet_sdf_memory"] > 0) | v.mask).sum())
+        for name, sdf in sdfs.items():
+            metrics[f"{v.name} {name}"] = evaluate_clicks(model, v.image, sdf, v.labels)
+            print(json.dumps({name: metrics[f"{v.name} {name}"]}), flush=True)
+        metrics[f"{v.name} gt_sdf_memory negative_click"] = evaluate_clicks(model, v.image, sdfs["gt_sdf_memory"],
+                                                                             v.labels, negative_on_neighbour=True)
+    metrics["eval_seconds"] = round(time.time() - t0, 1)
+    meta["validation"] = metrics
+    print(json.dumps(metrics, indent=2))
+    if export_dir:
+        export_propagator(model, export_dir, training=meta, voxel_size_nm=list(vols[0].voxel_size_nm))
         print(json.dumps(check_parity(model, export_dir)))
     return meta
 

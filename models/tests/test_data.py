@@ -82,3 +82,28 @@ def test_load_lucchi_test_split():
     assert v.image[~v.mask].mean() - v.image[v.mask].mean() > 15
     with pytest.raises(ValueError, match="split"):
         load_lucchi("val")
+
+
+def test_demo_volumes_load_and_stack_with_distinct_ids(tmp_path):
+    import json
+
+    from spatialsam.data import load_demo_volumes, stack_volumes
+
+    (tmp_path / "meta.json").write_text(json.dumps({"voxel_size_nm_zyx": [8, 8, 8], "seeds": [5, 6]}))
+    for s in (5, 6):
+        (tmp_path / f"seed_{s}").mkdir()
+        lab = np.zeros((2, 4, 4), np.uint64)
+        lab[:, :2, :2] = 1
+        lab[:, 2:, 2:] = 2
+        np.save(tmp_path / f"seed_{s}" / "image.npy", np.full((2, 4, 4), s, np.uint8))
+        np.save(tmp_path / f"seed_{s}" / "labels.npy", lab)
+    vols = load_demo_volumes(tmp_path)
+    assert [v.name for v in vols] == ["demo seed 5", "demo seed 6"] and vols[0].voxel_size_nm == (8.0, 8.0, 8.0)
+    st = stack_volumes(vols)
+    assert st.image.shape == (4, 4, 4) and st.image[2, 0, 0] == 6
+    assert sorted(np.unique(st.labels).tolist()) == [0, 1, 2, 3, 4]
+    assert st.mask.sum() == 2 * vols[0].mask.sum()
+    with pytest.raises(ValueError, match="seeds"):
+        load_demo_volumes(tmp_path, [7])
+    with pytest.raises(FileNotFoundError, match="meta.json"):
+        load_demo_volumes(tmp_path / "nowhere")

@@ -130,3 +130,23 @@ def test_unlabelled_slices_give_no_targets(volume):
         batch.weights[:, 0] = 0  # no labelled slice at all -> no presence loss
         _, parts = run_batch(model, batch, tcfg, np.random.default_rng(0))
     assert parts["presence"] == 0.0 and parts["loss"] == 0.0
+
+
+def test_negative_clicks_land_on_other_objects():
+    from spatialsam.prompt_encoder import LABEL_NEG
+    from spatialsam.train_propagator import _simulate_prompt
+
+    m = np.zeros((32, 32), bool)
+    m[4:12, 4:12] = True
+    others = np.zeros((32, 32), bool)
+    others[20:28, 20:28] = True
+    tcfg = TrainConfig(p_mask=0.0, p_box=0.0, p_neg_other=1.0, max_points=3)
+    hits = 0
+    for k in range(40):
+        coords, labels, _ = _simulate_prompt(np.random.default_rng(k), m, tcfg, others)
+        for (x, y), lab in zip(coords, labels):
+            if lab == LABEL_NEG:
+                assert others[int(y), int(x)]
+                hits += 1
+    assert hits > 0
+

@@ -84,7 +84,7 @@ export interface SegmentationServiceOptions {
 
 export function segmentationService({ volumes, engine, log, segment }: SegmentationServiceOptions): SegmentationServiceServer {
   return {
-    startSession: unary("StartSession", log, async (req) => {
+    startSession: unary("StartSession", log, async (req, ctx) => {
       engine.propagatorNamed(req.model, "model");
       const { source, url } = volumes.get(req.volumeId);
       const box = fromWireBox(req.box, "box");
@@ -107,7 +107,18 @@ export function segmentationService({ volumes, engine, log, segment }: Segmentat
         if (!engine.hasSdfModel(model)) throw invalidArgument("sdf_model", `no SDF model ${JSON.stringify(model)} on this server`);
         sdf = { kind: "model", model, volumeKey: url };
       }
-      return { sessionId: await engine.start({ volume: source, volumeKey: url, box, scale: req.scale, sdf, model: req.model }) };
+      const startZ = req.startZ === undefined ? undefined : localZ(req.startZ, box, "start_z");
+      return {
+        sessionId: await engine.start({
+          volume: source,
+          volumeKey: url,
+          box,
+          scale: req.scale,
+          sdf,
+          model: req.model,
+          ...(startZ === undefined ? {} : { startZ, client: clientKey(ctx) }),
+        }),
+      };
     }),
 
     addPrompts: unary("AddPrompts", log, async (req, ctx) =>
@@ -145,7 +156,10 @@ export function segmentationService({ volumes, engine, log, segment }: Segmentat
           }
           prompt.mask = full;
         }
-        const masks = await session.addPrompts(req.objectId, z, prompt, ctx.signal, clientKey(ctx, req.sessionId));
+        const client = clientKey(ctx, req.sessionId);
+        const masks = await session.addPrompts(req.objectId, z, prompt, ctx.signal, client);
+        // The user is likely to propagate from here or click a neighbour next.
+        engine.prefetch(req.sessionId, z, client);
         return { masks: masks.map((m) => toWireMask(m, box)) };
       }),
     ),

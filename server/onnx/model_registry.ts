@@ -52,6 +52,10 @@ export interface RunOptions {
   signal?: AbortSignal;
   /** Who the run is for: waiting runs are served clients in turn. "" (the default) is one anonymous client. */
   client?: string;
+  /** Speculative: runs only when nothing else waits (see PoolRunOptions.background). */
+  background?: boolean;
+  /** Called when a worker takes the run. */
+  onStart?: () => void;
 }
 
 function positiveInt(field: string, v: number, min: number): number {

@@ -46,6 +46,13 @@ export interface PoolRunOptions {
   signal?: AbortSignal;
   /** The client the request is for (a token's principal, a session, a peer); "" when unknown. */
   client?: string;
+  /**
+   * Speculative work (embedding slices nobody has asked for yet): it runs only when no other request
+   * waits, never counts as its client's turn nor against the queue bounds of the others.
+   */
+  background?: boolean;
+  /** Called when a worker takes the request (it can no longer be cancelled before it runs). */
+  onStart?: () => void;
 }
 
 interface Job {
@@ -60,6 +67,8 @@ interface Job {
   signal: AbortSignal | undefined;
   onAbort: (() => void) | undefined;
   settled: boolean;
+  background: boolean;
+  onStart: (() => void) | undefined;
   fault?: TestFault;
 }
 
@@ -73,6 +82,8 @@ const RESPAWN_MAX_MS = 30_000;
 export class WorkerPool {
   private readonly slots = new Set<Slot>();
   private readonly waiting: FairQueue<Job>;
+  /** Background requests, oldest first: handed out only when `waiting` is empty. */
+  private readonly background: Job[] = [];
   /** Waiting requests per model, and per model and client (key `model\0client`). */
   private readonly queued = new Map<string, number>();
   private readonly queuedByClient = new Map<string, number>();
@@ -148,8 +159,12 @@ export class WorkerPool {
       if (queued === undefined) return reject(notFound("model", `no model named ${JSON.stringify(model)}`));
       if (this.closing) return reject(unavailable("the model pool is shutting down"));
       if (signal?.aborted) return reject(cancelled());
-      const idle = this.idleSlot();
-      if (idle === undefined) {
+      const background = options.background === true;
+      const idle = background && this.waiting.size > 0 ? undefined : this.idleSlot();
+      if (background && idle === undefined && this.background.length >= this.options.maxQueuePerModel) {
+        return reject(resourceExhausted(`${this.background.length} background requests are waiting; this one is dropped`, "model"));
+      }
+      if (idle === undefined && !background) {
         if (queued >= this.options.maxQueuePerModel) {
           return reject(resourceExhausted(`model ${model} already has ${queued} requests waiting for a worker; try again later`, "model"));
         }
@@ -160,7 +175,7 @@ export class WorkerPool {
         }
       }
       const id = this.nextId++;
-      const job: Job = { id, seq: id, client, model, inputs, resolve, reject, signal, onAbort: undefined, settled: false };
+      const job: Job = { id, seq: id, client, model, inputs, resolve, reject, signal, onAbort: undefined, settled: false, background, onStart: options.onStart };
       if (this.faultArmed !== undefined) {
         job.fault = this.faultArmed;
         this.faultArmed = undefined;
@@ -170,8 +185,10 @@ export class WorkerPool {
         signal.addEventListener("abort", job.onAbort, { once: true });
       }
       if (idle !== undefined) {
-        this.waiting.started(client);
+        if (!background) this.waiting.started(client);
         this.dispatch(idle, job);
+      } else if (background) {
+        this.background.push(job);
       } else {
         this.waiting.push(job);
         this.count(job, 1);
@@ -204,6 +221,7 @@ export class WorkerPool {
       this.count(job, -1);
       this.settle(job, shutdown());
     }
+    for (const job of this.background.splice(0)) this.settle(job, shutdown());
     const slots = [...this.slots];
     for (const s of slots) if (s.job !== undefined) this.settle(s.job, shutdown());
     // Each worker exits by itself after its current run: terminate() during a run would abort the process.
@@ -242,7 +260,7 @@ export class WorkerPool {
       if (job === undefined || job.id !== m.id) return;
       slot.job = undefined;
       slot.state = "idle";
-      this.waiting.finished(job.client);
+      if (!job.background) this.waiting.finished(job.client);
       if (m.type === "ok") this.settle(job, undefined, m.outputs);
       // Inputs passed the manifest checks, so this is most often a dynamic size the graph cannot take.
       else this.settle(job, invalidArgument("inputs", `onnxruntime rejected the inputs of model ${job.model}: ${m.message}`));
@@ -260,7 +278,7 @@ export class WorkerPool {
     const reason = slot.error?.message ?? `exit code ${code}`;
     const job = slot.job;
     slot.job = undefined;
-    if (job !== undefined) this.waiting.finished(job.client);
+    if (job !== undefined && !job.background) this.waiting.finished(job.client);
     this.options.logger.error(
       { model: job?.model, requestId: job?.id, exitCode: code, err: slot.error },
       `ONNX worker died (${reason}); replacing it`,
@@ -284,9 +302,10 @@ export class WorkerPool {
   private pump(): void {
     for (let slot = this.idleSlot(); slot !== undefined; slot = this.idleSlot()) {
       const job = this.waiting.shift();
-      if (job === undefined) return;
-      this.count(job, -1);
-      this.dispatch(slot, job);
+      if (job !== undefined) this.count(job, -1);
+      const next = job ?? this.background.shift();
+      if (next === undefined) return;
+      this.dispatch(slot, next);
     }
   }
 
@@ -305,11 +324,15 @@ export class WorkerPool {
     const request: RunRequest = { type: "run", id: job.id, model: job.model, inputs: job.inputs };
     if (job.fault !== undefined) request.fault = job.fault;
     slot.worker.postMessage(request, Object.values(job.inputs).map((t) => t.data));
+    job.onStart?.();
   }
 
   /** A queued request is dropped; a running one is answered now and its result discarded later. */
   private abort(job: Job): void {
-    if (this.waiting.remove(job)) this.count(job, -1);
+    if (job.background) {
+      const at = this.background.indexOf(job);
+      if (at >= 0) this.background.splice(at, 1);
+    } else if (this.waiting.remove(job)) this.count(job, -1);
     this.settle(job, cancelled());
   }
 

@@ -1,16 +1,21 @@
-// Interactive propagation over gRPC against a real server: click-to-mask latency (AddPrompts round
-// trip; cold = the slice's image embedding is computed in the call, warm = it is cached) and the
-// propagation rate (slices/s, one object) of a streamed Propagate.
-// Run: nice node --import tsx test/bench/propagation.bench.ts [propagator-dir] [fixture|lucchi] [crop-yx] [slices] [workers]
-// Defaults: the golden fixture propagator on the golden 12x64x64 volume. "lucchi" reads a crop of
-// ../shared/data/lucchi_pp/test; its label stack stands in for the SDF (timing only, not quality).
-
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+// Interactive propagation over gRPC against a real server, at the propagator's default model size
+// (its training crop, from propagator.json) and at 256x256 side by side, for each engine setting
+// (A/B in one run, each on a server of its own): the first click of a session (StartSession, the
+// user's think time, then a click on a slice nobody has embedded yet), clicks on an embedded slice,
+// and the propagation rate (slices/s, one object, over slices not embedded yet).
+// Run: nice node --import tsx test/bench/propagation.bench.ts [--propagator dir] [--data lucchi|fixture]
+//   [--sizes 128,256] [--slices 32] [--workers 1] [--think-ms 300] [--settings before,read-ahead,speculative] [--rounds 3]
+// Rounds run the settings interleaved (A B C A B C ...), so load that drifts on a shared machine
+// falls on all of them; click samples are pooled over rounds, slices/s is the median of the rounds.
+// "lucchi" reads crops of ../shared/data/lucchi_pp/test; its label stack stands in for the SDF
+// (timing only, not quality). "fixture" is the golden 12x64x64 volume and propagator (sizes ignored).
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { cpus, loadavg, platform, release, tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { parseArgs } from "node:util";
 import {
-  Direction,
   PointLabel,
+  Direction,
   type AddPromptsRequest,
   type AddPromptsResponse,
   type PropagateResponse,
@@ -18,118 +23,207 @@ import {
   type StartSessionResponse,
 } from "#proto/spatial_sam/v1/segmentation.ts";
 import type { OpenVolumeRequest, OpenVolumeResponse } from "#proto/spatial_sam/v1/volume.ts";
-import type { DataType, TypedArray } from "#src/dtype.ts";
 import { silentLogger } from "#server/log.ts";
 import { serve } from "#server/serve.ts";
-import { PrecomputedWriter } from "#server/volume/precomputed_writer.ts";
-import { FileStore } from "#server/volume/stores.ts";
+import { defaultChunkCache } from "#server/volume/chunk_cache.ts";
 import { call, collect, connect } from "#test/helpers/grpc_clients.ts";
 import { readNpy } from "#test/helpers/npy.ts";
+import { writePrecomputedArray } from "#test/helpers/precomputed_array.ts";
+import { gitCommit } from "./sdf_bench_helpers.ts";
 
 const root = resolve(import.meta.dirname, "..", "..");
-const propagatorDir = resolve(process.argv[2] ?? join(root, "test", "fixtures", "propagator", "model"));
-const data = process.argv[3] ?? "fixture";
-const cropYx = Number(process.argv[4] ?? 256);
-const cropZ = Number(process.argv[5] ?? 32);
-const workers = Number(process.argv[6] ?? 1);
+const lucchi = resolve(root, "..", "shared", "data", "lucchi_pp", "test");
+const { values: args } = parseArgs({
+  options: {
+    propagator: { type: "string" },
+    data: { type: "string" },
+    sizes: { type: "string" },
+    slices: { type: "string", default: "32" },
+    workers: { type: "string", default: "1" },
+    "think-ms": { type: "string", default: "300" },
+    settings: { type: "string", default: "before,read-ahead,speculative" },
+    rounds: { type: "string", default: "3" },
+  },
+});
+const data = args.data ?? (existsSync(lucchi) ? "lucchi" : "fixture");
+const propagatorDir = resolve(args.propagator ?? (data === "lucchi" ? join(root, "models", "propagator_lucchi") : join(root, "test", "fixtures", "propagator", "model")));
+const config = JSON.parse(readFileSync(join(propagatorDir, "propagator.json"), "utf8")) as { name: string; training?: { train_config?: { crop?: number } } };
+// The default model size is the crop the propagator was trained on.
+const defaultSize = config.training?.train_config?.crop ?? 128;
+const sizes = (args.sizes ?? `${defaultSize},256`).split(",").map(Number);
+const nz = Number(args.slices);
+const workers = Number(args.workers);
 const threads = Math.max(1, Math.floor(2 / workers));
-const CLICKS = 20;
+const thinkMs = Number(args["think-ms"]);
+const EMBEDDED_CLICKS = 20;
+
+interface Setting {
+  name: string;
+  what: string;
+  readAhead: boolean;
+  prefetchRadius: number;
+}
+const SETTINGS: Setting[] = [
+  { name: "before", what: "one read at a time; next slice ahead only with 2+ workers; no speculation", readAhead: false, prefetchRadius: 0 },
+  { name: "read-ahead", what: "image, SDF and memory side by side; next slice read and encoded ahead with 1 worker too", readAhead: true, prefetchRadius: 0 },
+  { name: "speculative", what: "read-ahead + start_z and each prompted slice +-2 embedded at background priority", readAhead: true, prefetchRadius: 2 },
+];
+const settings = args.settings.split(",").map((n) => {
+  const s = SETTINGS.find((x) => x.name === n);
+  if (s === undefined) throw new Error(`--settings: unknown ${n} (${SETTINGS.map((x) => x.name).join(", ")})`);
+  return s;
+});
 
 const dir = mkdtempSync(join(tmpdir(), "propagation-bench-"));
-const server = await serve({
-  host: "127.0.0.1",
-  port: 0,
-  httpPort: -1,
-  modelsDir: join(root, "test", "fixtures", "models"),
-  roots: [dir, resolve(root, "..", "shared", "data")],
-  cacheDir: join(dir, "cache"),
-  workers,
-  intraOpThreads: threads,
-  executionProvider: "cpu",
-  maxQueuePerModel: 16,
-  log: silentLogger(),
-  propagation: { dir: propagatorDir },
-});
-const clients = connect(server.grpc.address);
-const open = async (url: string) => (await call<OpenVolumeRequest, OpenVolumeResponse>(clients.volumes, clients.volumes.openVolume, { url })).volume!;
-
-async function writeVolume(name: string, dtype: DataType, shape: [number, number, number], values: TypedArray): Promise<string> {
-  const [z, y, x] = shape;
-  const store = await FileStore.open(join(dir, name), [dir]);
-  const w = await PrecomputedWriter.create(store, {
-    type: "image",
-    dataType: dtype,
-    numChannels: 1,
-    scales: [{ key: "s0", sizeXyz: [x, y, z], resolutionXyz: [5, 5, 5], voxelOffsetXyz: [0, 0, 0], chunkSizeXyz: [x, y, z], encoding: "raw" }],
-  });
-  await w.writeChunk(0, [0, 0, 0], values);
-  return (await open(`precomputed://file://${join(dir, name)}`)).volumeId;
-}
-
-let imageId: string;
-let sdfId: string;
-let box: { offset: { z: number; y: number; x: number }; shape: { z: number; y: number; x: number } };
-if (data === "lucchi") {
-  const base = resolve(root, "..", "shared", "data", "lucchi_pp", "test");
-  const image = await open(`png://file://${join(base, "image")}`);
-  imageId = image.volumeId;
-  sdfId = (await open(`png://file://${join(base, "label")}`)).volumeId;
-  box = { offset: { z: 0, y: 0, x: 0 }, shape: { z: cropZ, y: cropYx, x: cropYx } };
-} else {
-  const g = join(root, "test", "fixtures", "propagator");
-  const shape = readNpy(join(g, "image.npy")).shape as [number, number, number];
-  imageId = await writeVolume("image", "uint8", shape, readNpy(join(g, "image.npy")).data);
-  sdfId = await writeVolume("sdf", "float32", shape, readNpy(join(g, "sdf.npy")).data);
-  box = { offset: { z: 0, y: 0, x: 0 }, shape: { z: shape[0], y: shape[1], x: shape[2] } };
-}
-
-const { sessionId } = await call<StartSessionRequest, StartSessionResponse>(clients.segmentation, clients.segmentation.startSession, {
-  volumeId: imageId,
-  box,
-  scale: 0,
-  model: "",
-  sdfModel: "",
-  sdfVolumeId: sdfId,
-});
-const click = (z: number, i: number, clearOld: boolean) =>
-  call<AddPromptsRequest, AddPromptsResponse>(clients.segmentation, clients.segmentation.addPrompts, {
-    sessionId,
-    objectId: 1n,
-    z,
-    points: [{ y: box.shape.y / 2 + (i % 5), x: box.shape.x / 2 + (i % 7), label: PointLabel.POINT_LABEL_POSITIVE }],
-    clearOld,
-  });
+const q = (a: number[], p: number) => [...a].sort((x, y) => x - y)[Math.min(a.length - 1, Math.floor(p * a.length))]!;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const time = async (fn: () => Promise<unknown>) => {
   const t = performance.now();
   await fn();
   return performance.now() - t;
 };
-// Cold clicks on the last slices, then propagation from slice 0 through the slices before them
-// (never embedded yet), then clicks on slice 0, whose embedding is cached by then.
-const nCold = Math.min(5, box.shape.z - 2);
-const cold: number[] = [];
-for (let k = 0; k < nCold; k++) cold.push(await time(() => click(box.shape.z - 1 - k, k, true)));
-await call(clients.segmentation, clients.segmentation.resetSession, { sessionId });
-const first = await time(() => click(0, 0, true));
-cold.push(first);
-let slices = 0;
-const propMs = await time(async () => {
-  const stream = clients.segmentation.propagate({ sessionId, direction: Direction.DIRECTION_FORWARD, maxSlices: box.shape.z - nCold, objectIds: [] });
-  slices = (await collect<PropagateResponse>(stream)).length;
-});
-const warm: number[] = [];
-for (let i = 0; i < CLICKS; i++) warm.push(await time(() => click(0, i, i % 4 === 0)));
 
-const q = (a: number[], p: number) => [...a].sort((x, y) => x - y)[Math.min(a.length - 1, Math.floor(p * a.length))]!;
-const fmt = (v: number) => v.toFixed(1);
-console.log(`propagation bench: ${propagatorDir} on ${data} box zyx ${box.shape.z}x${box.shape.y}x${box.shape.x}, ${workers} worker(s) x ${threads} thread(s), cpu`);
-console.log("| measure | median | p95 | n |");
-console.log("| --- | --- | --- | --- |");
-console.log(`| click-to-mask, cold slice (ms) | ${fmt(q(cold, 0.5))} | ${fmt(q(cold, 0.95))} | ${cold.length} |`);
-console.log(`| click-to-mask, embedded slice (ms) | ${fmt(q(warm, 0.5))} | ${fmt(q(warm, 0.95))} | ${warm.length} |`);
-// The start slice is the prompted one (no model run): it is yielded but not counted.
-console.log(`| propagation, slices not yet embedded (slices/s) | ${fmt((slices - 1) / (propMs / 1000))} | | ${slices - 1} slices in ${fmt(propMs)} ms |`);
+interface Row {
+  setting: string;
+  size: number;
+  first: number[];
+  embedded: number[];
+  slicesPerS: number[];
+  slices: number;
+}
 
-clients.close();
-await server.close();
+async function runSetting(setting: Setting): Promise<Row[]> {
+  const server = await serve({
+    host: "127.0.0.1",
+    port: 0,
+    httpPort: -1,
+    modelsDir: join(root, "test", "fixtures", "models"),
+    roots: [dir, resolve(root, "..", "shared", "data")],
+    cacheDir: join(dir, "cache"),
+    workers,
+    intraOpThreads: threads,
+    executionProvider: "cpu",
+    maxQueuePerModel: 16,
+    log: silentLogger(),
+    propagation: { dir: propagatorDir, readAhead: setting.readAhead, prefetchRadius: setting.prefetchRadius },
+  });
+  const clients = connect(server.grpc.address);
+  const open = async (url: string) => (await call<OpenVolumeRequest, OpenVolumeResponse>(clients.volumes, clients.volumes.openVolume, { url })).volume!;
+  try {
+    let imageId: string;
+    let sdfId: string;
+    let shape: [number, number, number];
+    if (data === "lucchi") {
+      const image = await open(`png://file://${join(lucchi, "image")}`);
+      imageId = image.volumeId;
+      sdfId = (await open(`png://file://${join(lucchi, "label")}`)).volumeId;
+      const s = image.scales[0]!.shape!;
+      shape = [s.z, s.y, s.x];
+    } else {
+      const g = join(root, "test", "fixtures", "propagator");
+      shape = readNpy(join(g, "image.npy")).shape as [number, number, number];
+      imageId = (await open(await writePrecomputedArray(dir, "image", "uint8", readNpy(join(g, "image.npy")).data, shape))).volumeId;
+      sdfId = (await open(await writePrecomputedArray(dir, "sdf", "float32", readNpy(join(g, "sdf.npy")).data, shape))).volumeId;
+    }
+    const rows: Row[] = [];
+    for (const requested of data === "lucchi" ? sizes : [shape[1]]) {
+      const size = Math.min(requested, shape[1], shape[2]);
+      const depth = Math.min(nz, shape[0]);
+      // Two crops side by side: clicks on one, propagation on the other (never embedded by the clicks).
+      const boxAt = (x: number) => ({ offset: { z: 0, y: Math.floor((shape[1] - size) / 2), x }, shape: { z: depth, y: size, x: size } });
+      const clickBox = boxAt(Math.max(0, Math.floor(shape[2] / 2) - size));
+      const propBox = boxAt(Math.min(shape[2] - size, Math.floor(shape[2] / 2)));
+      // Slices decoded by an earlier run (another setting, in this process) must not make reads look cheap.
+      defaultChunkCache().invalidate();
+      const start = (box: typeof clickBox, startZ?: number) =>
+        call<StartSessionRequest, StartSessionResponse>(clients.segmentation, clients.segmentation.startSession, {
+          volumeId: imageId,
+          box,
+          scale: 0,
+          model: "",
+          sdfModel: "",
+          sdfVolumeId: sdfId,
+          ...(startZ === undefined ? {} : { startZ }),
+        });
+      const click = (sessionId: string, box: typeof clickBox, z: number, i: number, clearOld: boolean) =>
+        call<AddPromptsRequest, AddPromptsResponse>(clients.segmentation, clients.segmentation.addPrompts, {
+          sessionId,
+          objectId: 1n,
+          z,
+          points: [{ y: box.offset.y + box.shape.y / 2 + (i % 5), x: box.offset.x + box.shape.x / 2 + (i % 7), label: PointLabel.POINT_LABEL_POSITIVE }],
+          clearOld,
+        });
+      // First clicks: a session per start slice, 6 slices apart so no speculation (+-2) overlaps.
+      const first: number[] = [];
+      for (let z = 0; z < depth; z += 6) {
+        const { sessionId } = await start(clickBox, z);
+        await sleep(thinkMs);
+        first.push(await time(() => click(sessionId, clickBox, z, z, true)));
+        await call(clients.segmentation, clients.segmentation.closeSession, { sessionId });
+      }
+      const { sessionId } = await start(clickBox);
+      const embedded: number[] = [];
+      for (let i = 0; i < EMBEDDED_CLICKS; i++) embedded.push(await time(() => click(sessionId, clickBox, 0, i, i % 4 === 0)));
+      await call(clients.segmentation, clients.segmentation.closeSession, { sessionId });
+
+      defaultChunkCache().invalidate();
+      const prop = await start(propBox);
+      await click(prop.sessionId, propBox, 0, 0, true);
+      let slices = 0;
+      const ms = await time(async () => {
+        const stream = clients.segmentation.propagate({ sessionId: prop.sessionId, direction: Direction.DIRECTION_FORWARD, maxSlices: depth, objectIds: [] });
+        slices = (await collect<PropagateResponse>(stream)).length;
+      });
+      await call(clients.segmentation, clients.segmentation.closeSession, { sessionId: prop.sessionId });
+      // The start slice is the prompted one (no model run): it is yielded but not counted.
+      rows.push({ setting: setting.name, size, first, embedded, slices: slices - 1, slicesPerS: [(slices - 1) / (ms / 1000)] });
+    }
+    return rows;
+  } finally {
+    clients.close();
+    await server.close();
+  }
+}
+
+const rows: Row[] = [];
+const rounds = Number(args.rounds);
+for (let round = 0; round < rounds; round++) {
+  for (const s of settings) {
+    for (const r of await runSetting(s)) {
+      const row = rows.find((x) => x.setting === r.setting && x.size === r.size);
+      if (row === undefined) rows.push(r);
+      else {
+        row.first.push(...r.first);
+        row.embedded.push(...r.embedded);
+        row.slicesPerS.push(...r.slicesPerS);
+      }
+    }
+  }
+}
 rmSync(dir, { recursive: true, force: true });
+
+const fmt = (v: number) => v.toFixed(1);
+const cpu = cpus();
+console.log(
+  `propagation bench: ${config.name} (${propagatorDir}) on ${data}, ${nz} slices, ${workers} ONNX worker(s) x ${threads} thread(s), cpu; think time ${thinkMs} ms before a first click; ${rounds} round(s)`,
+);
+console.log(`machine: ${cpu[0]?.model ?? "?"} x ${cpu.length}, ${platform()} ${release()}, Node ${process.version}, load average ${loadavg().map((l) => l.toFixed(1)).join(" ")}, commit ${gitCommit()}`);
+for (const s of settings) console.log(`- ${s.name}: ${s.what}`);
+console.log("");
+console.log("| setting | size | first click p50 / p95 (ms) | embedded click p50 / p95 (ms) | propagation (slices/s) |");
+console.log("| --- | --- | --- | --- | --- |");
+for (const r of rows) {
+  console.log(
+    `| ${r.setting} | ${r.size}x${r.size}${r.size === defaultSize ? " (default)" : ""} | ${fmt(q(r.first, 0.5))} / ${fmt(q(r.first, 0.95))} (n ${r.first.length}) | ${fmt(q(r.embedded, 0.5))} / ${fmt(q(r.embedded, 0.95))} (n ${r.embedded.length}) | ${fmt(q(r.slicesPerS, 0.5))} (${r.slices} slices x ${r.slicesPerS.length}; ${r.slicesPerS.map(fmt).join(", ")}) |`,
+  );
+}
+const base = rows.filter((r) => r.setting === settings[0]!.name);
+if (settings.length > 1) {
+  console.log("");
+  console.log(`| ratio to ${settings[0]!.name} | size | first click p50 | propagation |`);
+  console.log("| --- | --- | --- | --- |");
+  for (const r of rows.filter((x) => x.setting !== settings[0]!.name)) {
+    const b = base.find((x) => x.size === r.size)!;
+    console.log(`| ${r.setting} | ${r.size}x${r.size} | ${(q(r.first, 0.5) / q(b.first, 0.5)).toFixed(2)}x | ${(q(r.slicesPerS, 0.5) / q(b.slicesPerS, 0.5)).toFixed(2)}x |`);
+  }
+}

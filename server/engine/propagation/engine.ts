@@ -33,6 +33,14 @@ export interface PropagationEngineOptions {
   maxSliceVoxels?: number;
   /** Bytes of image embeddings kept across sessions. Default 1 GiB. */
   embeddingCacheBytes?: number;
+  /**
+   * Slices on each side of a session's start slice, and of each prompted slice, that are embedded
+   * speculatively at the pool's lowest priority (cancelled on close, overtaken by any real request).
+   * Default 2; 0 turns speculation off.
+   */
+  prefetchRadius?: number;
+  /** SessionOptions.readAhead for every session (default true). */
+  readAhead?: boolean;
 }
 
 /** Where a session's SDF memory comes from. */
@@ -48,6 +56,10 @@ export interface StartRequest {
   sdf: SdfSource;
   /** A propagator's name; undefined or "": the default. */
   model?: string;
+  /** Box-local slice the user starts on: it and its neighbours are embedded ahead of the first click. */
+  startZ?: number;
+  /** Who the speculative runs are for. */
+  client?: string;
 }
 
 interface Entry {
@@ -56,6 +68,8 @@ interface Entry {
   lastUsed: number;
   busy: number;
   close: () => Promise<void>;
+  /** Whether SDF slices are plain reads (worth reading ahead) rather than model runs. */
+  sdfIsRead: boolean;
 }
 
 function sliceBox(box: Box3, z: number): Box3 {
@@ -167,20 +181,37 @@ export class PropagationEngine {
       slices,
       embeddings: this.embeddings,
       maxBytes: this.options.maxSessionBytes ?? 2 ** 31,
+      readAhead: this.options.readAhead ?? true,
     });
     const id = randomUUID();
+    const sdfIsRead = req.sdf.kind === "volume";
     this.sessions.set(id, {
       session,
       box,
       lastUsed: Date.now(),
       busy: 0,
+      sdfIsRead,
       close: async () => {
         session.close();
         if (req.sdf.kind === "model" && sdfVolume !== undefined) await (await sdfVolume).close();
       },
     });
     this.options.log.info({ sessionId: id, box, scale, sdf: req.sdf.kind, model: propagator.config.name }, "session started");
+    if (req.startZ !== undefined) this.prefetch(id, req.startZ, req.client);
     return id;
+  }
+
+  /**
+   * Embeds slice z of session `id` and its neighbours (z, z+1, z-1, z+2, ... within the radius) at
+   * the lowest priority, and reads their SDF slices when those are reads. Nothing waits for it.
+   */
+  prefetch(id: string, z: number, client?: string): void {
+    const r = this.options.prefetchRadius ?? 2;
+    const e = this.sessions.get(id);
+    if (e === undefined || r <= 0) return;
+    const zs = [z];
+    for (let i = 1; i <= r; i++) zs.push(z + i, z - i);
+    e.session.prefetch(zs, { sdf: e.sdfIsRead, ...(client === undefined ? {} : { client }) });
   }
 
   /** Runs `fn` on a session, which counts as in use (never evicted) until it settles. */

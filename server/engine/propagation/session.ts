@@ -76,6 +76,12 @@ export interface SessionOptions {
   maxBytes?: number;
   /** Keep each output's mask logits and return them with its SliceMask. */
   keepLogits?: boolean;
+  /**
+   * Read ahead (default true): a slice's image, SDF and memory entries are fetched side by side, and
+   * propagation reads and encodes the next slice while this one decodes even with one ONNX worker.
+   * false: one at a time, and the next slice ahead only with several workers (kept to measure).
+   */
+  readAhead?: boolean;
 }
 
 interface SliceOutput {
@@ -170,8 +176,12 @@ export class PropagationSession {
   private readonly cfg: PropagatorConfig;
   private readonly objects = new Map<bigint, ObjectTrack>();
   private readonly sdfSlices = new Map<number, Float32Array>();
+  /** SDF slices being read (a read-ahead and a decode may ask at once). */
+  private readonly sdfReads = new Map<number, Promise<Float32Array>>();
   private readonly lock = new Mutex();
   private closed = false;
+  /** Fires on close: cancels the session's speculative work. */
+  private readonly closing = new AbortController();
   private readonly maxBytes: number;
 
   constructor(private readonly options: SessionOptions) {
@@ -221,18 +231,26 @@ export class PropagationSession {
     return out;
   }
 
+  private featureKey(z: number): string {
+    const { name, version } = this.options.propagator.config;
+    return `${this.options.slices.imageKey}|${name}@${version}|${z}`;
+  }
+
+  private async encode(z: number, run: RunOptions, onRead?: () => void): Promise<Embedding> {
+    const p = this.options.propagator;
+    const raw = await this.options.slices.image(z, run.signal);
+    onRead?.();
+    const { normMean, normStd } = this.cfg;
+    // Padding is 0 after normalisation (the mean intensity).
+    const image = this.pad(raw, 0, (v) => (v - normMean) / normStd);
+    const [hp, wp] = this.paddedHw;
+    return p.registry.run(p.graphs.image_encoder, { image: f32([1, 1, hp, wp], image) }, run);
+  }
+
   private async features(z: number, run: RunOptions): Promise<Embedding> {
     const { signal } = run;
-    const p = this.options.propagator;
-    const key = `${this.options.slices.imageKey}|${p.config.name}@${p.config.version}|${z}`;
-    const compute = async () => {
-      const raw = await this.options.slices.image(z, signal);
-      const { normMean, normStd } = this.cfg;
-      // Padding is 0 after normalisation (the mean intensity).
-      const image = this.pad(raw, 0, (v) => (v - normMean) / normStd);
-      const [hp, wp] = this.paddedHw;
-      return p.registry.run(p.graphs.image_encoder, { image: f32([1, 1, hp, wp], image) }, run);
-    };
+    const key = this.featureKey(z);
+    const compute = () => this.encode(z, run);
     for (let attempt = 1; ; attempt++) {
       try {
         return await this.options.embeddings.get(key, compute);
@@ -245,13 +263,54 @@ export class PropagationSession {
   }
 
   private async sdfSlice(z: number, run: RunOptions): Promise<Float32Array> {
-    let s = this.sdfSlices.get(z);
-    if (s === undefined) {
+    const s = this.sdfSlices.get(z);
+    if (s !== undefined) return s;
+    let reading = this.sdfReads.get(z);
+    if (reading === undefined) {
       // Padding is -1: background.
-      s = this.pad(await this.options.slices.sdf(z, run.signal, run.client), -1);
-      this.sdfSlices.set(z, s);
+      reading = this.options.slices.sdf(z, run.signal, run.client).then((v) => this.pad(v, -1));
+      this.sdfReads.set(z, reading);
+      const done = () => {
+        if (this.sdfReads.get(z) === reading) this.sdfReads.delete(z);
+      };
+      reading.then((v) => {
+        done();
+        if (!this.closed) this.sdfSlices.set(z, v);
+      }, done);
     }
-    return s;
+    return reading;
+  }
+
+  /**
+   * Speculatively encodes slices `zs` at the pool's background priority, so a later click or
+   * propagation finds them embedded; with `sdf` also reads their SDF slices (only when that is a
+   * read, not a model run). Slices go one after the other, each read before the next starts, so the
+   * first is ready first and reads (on the main thread) do not pile up. Nothing waits for it; a
+   * request for one of the slices overtakes it, and `signal` (or closing the session) cancels what
+   * has not run yet. Slices outside the box or already embedded are skipped.
+   */
+  prefetch(zs: number[], options: { signal?: AbortSignal; client?: string; sdf?: boolean } = {}): void {
+    if (this.closed) return;
+    const signal = options.signal === undefined ? this.closing.signal : AbortSignal.any([options.signal, this.closing.signal]);
+    const client = options.client === undefined ? {} : { client: options.client };
+    const one = async (z: number) => {
+      let read!: () => void;
+      const wasRead = new Promise<void>((r) => (read = r));
+      const started = this.options.embeddings.prefetch(
+        this.featureKey(z),
+        (sig, onStart) => this.encode(z, { signal: sig, background: true, onStart, ...client }, read),
+        signal,
+      );
+      // Until its image is read (or the computation ended early: cancelled, overtaken).
+      if (started !== undefined) await Promise.race([wasRead, started]);
+      if (options.sdf && !signal.aborted) await this.sdfSlice(z, { signal });
+    };
+    void (async () => {
+      for (const z of zs) {
+        if (signal.aborted) return;
+        if (Number.isInteger(z) && z >= 0 && z < this.shapeZyx[0]) await one(z).catch(() => undefined);
+      }
+    })();
   }
 
   private async memory(z: number, out: SliceOutput, run: RunOptions): Promise<Float32Array> {
@@ -309,13 +368,30 @@ export class PropagationSession {
     const memDz = new Float32Array(n);
     const memCond = new Float32Array(n);
     const memValid = new Float32Array(n);
-    for (let j = 0; j < spatial.length; j++) {
-      const e = spatial[j]!;
-      mem.set(await this.memory(e.z, e.out, run), j * per);
+    const sdf = this.cfg.memory === "sdf";
+    let feats: Embedding;
+    let sdfSlice: Float32Array | undefined;
+    if (this.options.readAhead ?? true) {
+      // Image, SDF and memory entries side by side: the slice reads (main thread) overlap the
+      // encoder runs (worker threads). The results are the same as one at a time.
+      const [f, s, memories] = await Promise.all([
+        this.features(z, run),
+        sdf ? this.sdfSlice(z, run) : undefined,
+        Promise.all(spatial.map((e) => this.memory(e.z, e.out, run))),
+      ]);
+      feats = f;
+      sdfSlice = s;
+      memories.forEach((m, j) => mem.set(m, j * per));
+    } else {
+      for (let j = 0; j < spatial.length; j++) mem.set(await this.memory(spatial[j]!.z, spatial[j]!.out, run), j * per);
+      feats = await this.features(z, run);
+      if (sdf) sdfSlice = await this.sdfSlice(z, run);
+    }
+    spatial.forEach((e, j) => {
       memDz[j] = e.z - z;
       memCond[j] = e.isCond ? 1 : 0;
       memValid[j] = 1;
-    }
+    });
     const ptrs = new Float32Array(np * dim);
     const ptrDz = new Float32Array(np);
     const ptrValid = new Float32Array(np);
@@ -324,7 +400,6 @@ export class PropagationSession {
       ptrDz[j] = e.z - z;
       ptrValid[j] = 1;
     });
-    const feats = await this.features(z, run);
     const k = labels.length;
     const inputs: Record<string, TensorData> = {
       feat: feats.feat!,
@@ -342,7 +417,7 @@ export class PropagationSession {
       mask_input: f32([1, 1, hp / 4, wp / 4], maskInput ?? new Float32Array((hp / 4) * (wp / 4))),
       has_mask_input: f32([1], Float32Array.of(maskInput === undefined ? 0 : 1)),
     };
-    if (this.cfg.memory === "sdf") inputs.sdf_slice = f32([1, 1, hp, wp], await this.sdfSlice(z, run));
+    if (sdfSlice !== undefined) inputs.sdf_slice = f32([1, 1, hp, wp], sdfSlice);
     const res = await p.registry.run(p.graphs.memory_decoder, inputs, run);
     const logits = tensor(res, "mask_logits");
     const mask = new Uint8Array(logits.length);
@@ -519,12 +594,14 @@ export class PropagationSession {
           count++;
           throwIfAborted(signal);
           this.checkOpen();
-          // With more than one ONNX worker, the next slice's image is encoded while this one decodes,
-          // and the objects of a slice decode side by side (their banks are independent).
+          // The next slice is read and encoded while this one decodes (with one worker the reads
+          // still overlap the runs); with more than one ONNX worker the objects of a slice decode
+          // side by side (their banks are independent).
           const parallel = this.options.propagator.registry.stats().ready > 1;
           const next = z + d;
-          if (parallel && next >= 0 && next < nz && (options.maxSlices === undefined || count < options.maxSlices)) {
+          if ((parallel || (this.options.readAhead ?? true)) && next >= 0 && next < nz && (options.maxSlices === undefined || count < options.maxSlices)) {
             this.features(next, run).catch(() => undefined);
+            if (this.cfg.memory === "sdf" && (this.options.readAhead ?? true)) this.sdfSlice(next, run).catch(() => undefined);
           }
           const todo = tracks.filter((t) => !t.cond.has(z));
           const decodeOne = (t: ObjectTrack) => this.decode(z, this.bank(t, z, d, true), [0, 0], [LABEL_PAD], undefined, run);
@@ -568,6 +645,7 @@ export class PropagationSession {
   /** Frees the session's state at once; a running propagation stops at its next slice. */
   close(): void {
     this.closed = true;
+    this.closing.abort();
     this.objects.clear();
     this.sdfSlices.clear();
   }

@@ -18,6 +18,9 @@ export interface PropagationServeOptions {
   idleTimeoutMs?: number;
   maxSessionBytes?: number;
   embeddingCacheBytes?: number;
+  /** Speculative embedding around start and prompted slices (PropagationEngineOptions.prefetchRadius). */
+  prefetchRadius?: number;
+  readAhead?: boolean;
 }
 
 export async function startPropagation(

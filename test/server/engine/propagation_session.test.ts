@@ -68,8 +68,9 @@ function iou(a: ArrayLike<number>, b: ArrayLike<number>): number {
 }
 
 /** Replays session.json through a session of `p`, checking every mask against the golden .npy. */
-async function replayGolden(p: LoadedPropagator): Promise<void> {
-  const s = new PropagationSession({ propagator: p, slices: fixtureSlices(), embeddings: new EmbeddingCache(64 << 20) });
+async function replayGolden(p: LoadedPropagator, options: { readAhead?: boolean; prefetch?: boolean } = {}): Promise<EmbeddingCache> {
+  const embeddings = new EmbeddingCache(64 << 20);
+  const s = new PropagationSession({ propagator: p, slices: fixtureSlices(), embeddings, ...(options.readAhead === undefined ? {} : { readAhead: options.readAhead }) });
   const [, y, x] = session.shape_zyx;
   const n = y * x;
   let compared = 0;
@@ -83,6 +84,8 @@ async function replayGolden(p: LoadedPropagator): Promise<void> {
       if (want.some((v) => v !== 0)) nonEmpty++;
     };
     if (op.op === "add_prompts") {
+      // Speculation around the slice about to be clicked, as the server does (not awaited).
+      if (options.prefetch) s.prefetch([op.z!, op.z! + 1, op.z! - 1, op.z! + 2, op.z! - 2], { sdf: true });
       const masks = await s.addPrompts(BigInt(op.obj_id!), op.z!, {
         points: (op.points ?? []).map(([px, py], i) => ({ x: px, y: py, label: op.labels![i] as 0 | 1 })),
         ...(op.box ? { box: op.box } : {}),
@@ -108,6 +111,7 @@ async function replayGolden(p: LoadedPropagator): Promise<void> {
   expect(compared).toBe(2 + (9 + 9 + 8) * 2);
   // The fixture is only a test if the model finds the objects on most slices.
   expect(nonEmpty).toBeGreaterThan(compared / 2);
+  return embeddings;
 }
 
 describe("golden session replay", () => {
@@ -121,6 +125,39 @@ describe("golden session replay", () => {
       await replayGolden(two);
     } finally {
       await two.close();
+    }
+  });
+
+  it("does so too reading one thing at a time (readAhead off, the engine's earlier behaviour)", async () => {
+    await replayGolden(propagator, { readAhead: false });
+  });
+
+  it("does so too with slices embedded speculatively before each click, and those embeddings are used", async () => {
+    const cache = await replayGolden(propagator, { prefetch: true });
+    expect(cache.stats().prefetched).toBeGreaterThan(0);
+    expect(cache.stats().prefetchUsed).toBeGreaterThan(0);
+  });
+
+  it("a click overtakes a speculative embedding still waiting for the worker; close cancels the rest", async () => {
+    const one = await loadPropagator(join(dir, "model"), { logger: silentLogger(), workers: 1, intraOpThreads: 1 });
+    try {
+      const embeddings = new EmbeddingCache(64 << 20);
+      const s = new PropagationSession({ propagator: one, slices: fixtureSlices(), embeddings });
+      const before = one.registry.stats().dispatched;
+      // Every slice queued at background priority, slice 11 last; the click on 11 must not wait for 0-10.
+      s.prefetch([...Array(12).keys()]);
+      const masks = await s.addPrompts(1n, 11, { points: [{ x: 30, y: 30, label: 1 }] });
+      expect(masks.length).toBe(1);
+      const ranBeforeClick = one.registry.stats().dispatched - before;
+      // The click's own encoder and decoder runs plus the few speculative ones a worker had taken.
+      expect(ranBeforeClick).toBeLessThan(12);
+      s.close();
+      await new Promise((r) => setTimeout(r, 200));
+      // At most the one a worker had taken when the session closed; the queued ones never ran.
+      expect(one.registry.stats().dispatched - before).toBeLessThanOrEqual(ranBeforeClick + 1);
+      expect(one.registry.stats().busy).toBe(0);
+    } finally {
+      await one.close();
     }
   });
 

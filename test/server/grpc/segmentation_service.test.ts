@@ -205,6 +205,16 @@ describe("golden session over gRPC", () => {
 });
 
 describe("errors and lifecycle", () => {
+  it("a session started with start_z (slices embedded ahead of the click) answers the same masks", async () => {
+    const op = session.ops[0]!;
+    const { sessionId } = await startSession({ startZ: op.z! });
+    // Give the speculative work time to run, so the click finds its slice embedded.
+    await new Promise((r) => setTimeout(r, 200));
+    const res = await addPrompts({ sessionId, ...promptOf(op) });
+    expect(iou(uncrop(res.masks[0]!), goldenSlice(op.masks, 0))).toBeGreaterThanOrEqual(session.tolerance.mask_iou_min);
+    await call<CloseSessionRequest, CloseSessionResponse>(clients.segmentation, clients.segmentation.closeSession, { sessionId });
+  });
+
   it("refuses bad prompts with INVALID_ARGUMENT naming the field", async () => {
     const { sessionId } = await startSession({});
     const cases: [Partial<AddPromptsRequest>, string][] = [
@@ -231,6 +241,8 @@ describe("errors and lifecycle", () => {
     expect(outside.details).toMatch(/^box\.shape: /);
     const noSdf = await grpcError(startSession({ sdfVolumeId: "", sdfModel: "no_such_unet" }));
     expect(noSdf.details).toMatch(/^sdf_model: /);
+    const startZ = await grpcError(startSession({ startZ: Z }));
+    expect([startZ.code, startZ.details.split(":")[0]]).toEqual([status.INVALID_ARGUMENT, "start_z"]);
     await call<CloseSessionRequest, CloseSessionResponse>(clients.segmentation, clients.segmentation.closeSession, { sessionId });
   });
 

@@ -242,3 +242,31 @@ describe("worker pool: clients take turns", () => {
     }
   });
 });
+
+describe("worker pool: background requests", () => {
+  it("run only when nothing else waits, never take a client's turn, and a queued one can be cancelled", async () => {
+    const registry = await load({ maxQueuePerModel: 2 });
+    try {
+      const { order, track } = tracker();
+      const started: string[] = [];
+      const bg = (name: string, signal?: AbortSignal) =>
+        track(name, registry.run("slow_conv3d", volume(32), { client: "S", background: true, onStart: () => started.push(name), ...(signal ? { signal } : {}) }));
+      // The worker is idle and nothing waits: the first background request runs at once.
+      const s0 = bg("S0");
+      expect(started).toEqual(["S0"]);
+      const s1 = bg("S1");
+      const cancel = new AbortController();
+      const s2 = bg("S2", cancel.signal);
+      // Background requests do not count against the model's queue (2 here): A's and B's fit.
+      const a = track("A", registry.run("slow_conv3d", volume(32), { client: "A" }));
+      const b = track("B", registry.run("slow_conv3d", volume(32), { client: "S" }));
+      cancel.abort();
+      await Promise.allSettled([s0, s1, s2, a, b]);
+      // S0 was running; A and the foreground request of S (its client's) go before S1; S2 never runs.
+      expect(order).toEqual(["S2:Cancelled", "S0:ok", "A:ok", "B:ok", "S1:ok"]);
+      expect(started).toEqual(["S0", "S1"]);
+    } finally {
+      await registry.close();
+    }
+  });
+});

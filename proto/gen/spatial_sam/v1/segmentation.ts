@@ -123,6 +123,11 @@ export interface StartSessionRequest {
    * grid as volume_id's level `scale`; when set it is the memory and sdf_model is not used.
    */
   sdfVolumeId: string;
+  /**
+   * The slice the user is looking at (volume coordinates, inside the box): the server embeds it and
+   * its neighbours ahead of the first click, at the lowest priority. Unset: nothing ahead of time.
+   */
+  startZ?: number | undefined;
 }
 
 export interface StartSessionResponse {
@@ -238,7 +243,7 @@ export interface SegmentVolumeResponse {
 }
 
 function createBaseStartSessionRequest(): StartSessionRequest {
-  return { volumeId: "", box: undefined, scale: 0, model: "", sdfModel: "", sdfVolumeId: "" };
+  return { volumeId: "", box: undefined, scale: 0, model: "", sdfModel: "", sdfVolumeId: "", startZ: undefined };
 }
 
 export const StartSessionRequest: MessageFns<StartSessionRequest> = {
@@ -260,6 +265,9 @@ export const StartSessionRequest: MessageFns<StartSessionRequest> = {
     }
     if (message.sdfVolumeId !== "") {
       writer.uint32(50).string(message.sdfVolumeId);
+    }
+    if (message.startZ !== undefined) {
+      writer.uint32(56).int32(message.startZ);
     }
     return writer;
   },
@@ -325,6 +333,14 @@ export const StartSessionRequest: MessageFns<StartSessionRequest> = {
             message.sdfVolumeId = reader.string();
             continue;
           }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.startZ = reader.int32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -357,6 +373,11 @@ export const StartSessionRequest: MessageFns<StartSessionRequest> = {
         : isSet(object.sdf_volume_id)
         ? globalThis.String(object.sdf_volume_id)
         : "",
+      startZ: isSet(object.startZ)
+        ? globalThis.Number(object.startZ)
+        : isSet(object.start_z)
+        ? globalThis.Number(object.start_z)
+        : undefined,
     };
   },
 
@@ -380,6 +401,9 @@ export const StartSessionRequest: MessageFns<StartSessionRequest> = {
     if (message.sdfVolumeId !== "") {
       obj.sdfVolumeId = message.sdfVolumeId;
     }
+    if (message.startZ !== undefined) {
+      obj.startZ = Math.round(message.startZ);
+    }
     return obj;
   },
 
@@ -394,6 +418,7 @@ export const StartSessionRequest: MessageFns<StartSessionRequest> = {
     message.model = object.model ?? "";
     message.sdfModel = object.sdfModel ?? "";
     message.sdfVolumeId = object.sdfVolumeId ?? "";
+    message.startZ = object.startZ ?? undefined;
     return message;
   },
 };

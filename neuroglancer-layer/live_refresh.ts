@@ -12,6 +12,26 @@ export interface InvalidateChunksMessage {
   chunks: string[];
 }
 
+/**
+ * Page -> worker: `{queue, url: <mesh URL>, objects: [segment ids]}`: the named objects' mesh
+ * manifests and fragments are fetched again (their voxels changed).
+ */
+export const INVALIDATE_MESHES_RPC = "spatialsam.invalidateMeshes";
+
+export interface InvalidateMeshesMessage {
+  queue: number;
+  /** The mesh source's base URL as Neuroglancer fetches it: `<origin>/volumes/<id>/mesh`. */
+  url: string;
+  /** Decimal uint64 segment ids. */
+  objects: string[];
+}
+
+/** Neuroglancer 2.40.1's key of a segment's mesh manifest chunk (`getObjectKey`: low,high 32-bit words). */
+export function meshObjectKey(id: string): string {
+  const v = BigInt(id);
+  return `${v & 0xffffffffn},${v >> 32n}`;
+}
+
 /** The geometry of a worker-side volume chunk source (its `spec`), in Neuroglancer's xyz order. */
 export interface ChunkGridSpec {
   chunkDataSize: ArrayLike<number>;

@@ -1,23 +1,28 @@
 // The Spatial-SAM prompt tool of the viewer: a click on the image in a 2D panel adds a positive
-// point at the voxel under the mouse, shift+click a negative one; each prompt is sent to the
-// bridge's live session (started on the first click) and propagated through z. Masks appear in a
-// live segmentation layer; the bridge's event stream names the chunks that changed and only those
-// are fetched again (live_worker.ts). Prompts are kept as points of a local annotation layer, so
-// they are part of the URL state and a shared link replays them.
+// point at the voxel under the mouse, shift+click a negative one, ctrl+shift+drag a box; each
+// prompt is sent to the bridge's live session (started on the first prompt) and propagated through
+// z. "segment view" has the server segment every mitochondrion in the xy panel's view. Masks
+// appear in a live segmentation layer; the bridge's event stream names the chunks and objects that
+// changed and only those chunks and those objects' meshes are fetched again (live_worker.ts).
+// Prompts are kept as annotations of a local annotation layer, so they are part of the URL state
+// and a shared link replays them.
 import { ChunkState } from "neuroglancer/unstable/chunk_manager/base.js";
 import { ChunkSource } from "neuroglancer/unstable/chunk_manager/frontend.js";
-import { AnnotationType, type Point } from "neuroglancer/unstable/annotation/index.js";
+import { AnnotationType, type AxisAlignedBoundingBox, type Point } from "neuroglancer/unstable/annotation/index.js";
 import { makeLayer, type ManagedUserLayer } from "neuroglancer/unstable/layer/index.js";
-import { registerActionListener } from "neuroglancer/unstable/util/event_action_map.js";
+import { registerActionListener, type ActionEvent } from "neuroglancer/unstable/util/event_action_map.js";
+import { startRelativeMouseDrag } from "neuroglancer/unstable/util/mouse_drag.js";
+import { Uint64 } from "neuroglancer/unstable/util/uint64.js";
 import type { Viewer } from "neuroglancer/unstable/viewer.js";
-import { CLIENT_ID_HEADER, SESSIONS_API_PATH, type LiveChangeEvent } from "#src/bridge_api.ts";
-import { INVALIDATE_CHUNKS_RPC, type InvalidateChunksMessage } from "#layer/live_refresh.ts";
+import { CLIENT_ID_HEADER, SEGMENT_VIEW_PATH, SESSIONS_API_PATH, type LiveChangeEvent, type LiveProgressEvent } from "#src/bridge_api.ts";
+import { INVALIDATE_CHUNKS_RPC, INVALIDATE_MESHES_RPC, type InvalidateChunksMessage, type InvalidateMeshesMessage } from "#layer/live_refresh.ts";
 import { SCHEME } from "#layer/spatialsam_url.ts";
 
 export const PROMPTS_LAYER = "spatial-sam prompts";
 export const LIVE_LAYER = "spatial-sam live";
 const POSITIVE_ACTION = "spatialsam-prompt-positive";
 const NEGATIVE_ACTION = "spatialsam-prompt-negative";
+const BOX_ACTION = "spatialsam-prompt-box";
 
 /**
  * When a chunk is downloaded again, Neuroglancer 2.40.1 puts the new chunk in the source's map
@@ -38,6 +43,8 @@ interface Session {
   scaleKey: string;
   source: string;
   box: { offsetZyx: number[]; shapeZyx: number[] };
+  /** Largest segment-in-view box (voxels). */
+  maxSegmentVoxels: number;
 }
 
 interface Prompt {
@@ -45,6 +52,23 @@ interface Prompt {
   label: "positive" | "negative";
   /** Volume voxel coordinates (x, y, z), continuous. */
   point: [number, number, number];
+}
+
+/** A box prompt: half-open voxels on slice z. */
+interface BoxPrompt {
+  objectId: string;
+  z: number;
+  box: { x0: number; y0: number; x1: number; y1: number };
+}
+
+/** A segment-in-view box (half-open voxels). */
+export interface ViewBox {
+  x0: number;
+  y0: number;
+  z0: number;
+  x1: number;
+  y1: number;
+  z1: number;
 }
 
 /** What the page exposes as `window.spatialSam` (used by the browser test and handy in a console). */
@@ -60,6 +84,12 @@ export interface LiveToolDebug {
   errors: string[];
   /** The bridge volume id of the last accepted result (`spatialsam://<id>`). */
   accepted?: string;
+  /** The automatic segmentation's progress events, and the box and answer of the last one. */
+  progress: LiveProgressEvent[];
+  segmentBox?: ViewBox;
+  segmented?: { newObjects: string[]; cancelled: boolean };
+  /** Mesh refreshes sent to the worker (objects per message). */
+  meshRefreshes: string[][];
 }
 
 function tabId(): string {
@@ -82,7 +112,7 @@ function spatialsamId(layer: ManagedUserLayer): string | undefined {
 }
 
 export class LiveTool {
-  readonly debug: LiveToolDebug = { session: undefined, pending: 0, generation: 0, answered: 0, events: [], objectId: "1", errors: [] };
+  readonly debug: LiveToolDebug = { session: undefined, pending: 0, generation: 0, answered: 0, events: [], objectId: "1", errors: [], progress: [], meshRefreshes: [] };
   readonly #viewer: Viewer;
   readonly #clientId = tabId();
   #tail: Promise<unknown> = Promise.resolve();
@@ -96,6 +126,16 @@ export class LiveTool {
   #objectLabel: HTMLElement;
   #enabled: HTMLInputElement;
   #reach: HTMLInputElement;
+  #depth: HTMLInputElement;
+  #segmentButton: HTMLButtonElement;
+  /** The running segment-in-view request (aborting it cancels the server's run). */
+  #segmenting: AbortController | undefined;
+  /** Objects the live layer shows (selected, so the 3D panel meshes them). */
+  #shown = new Set<string>();
+  #staleMeshes = new Set<string>();
+  /** The highest object id seen in the session's object lists. */
+  #maxListed = 0n;
+  #boxOverlay: HTMLElement;
 
   constructor(viewer: Viewer) {
     this.#viewer = viewer;
@@ -111,7 +151,10 @@ export class LiveTool {
       <label title="slices each way a click propagates (empty: to the volume's edges); the button always goes to the edges">reach <input data-role="reach" type="number" min="1" placeholder="all" style="width:4em"></label>
       <button data-role="propagate">propagate</button>
       <button data-role="accept" title="save the live volume on the server as a precomputed volume">accept</button>
-      <table data-role="objects" style="margin-top:4px;border-collapse:collapse"></table>
+      <div style="margin:4px 0" title="every mitochondrion in the xy panel's view, over this many slices each way of the current one (fewer when the box would exceed the server's voxel limit); again while it runs: cancel">
+        <button data-role="segment-view">segment view</button> &plusmn;<input data-role="depth" type="number" min="0" value="8" style="width:3em"> slices</div>
+      <div style="color:#aaa">ctrl+shift+drag: box prompt</div>
+      <table data-role="objects" style="margin-top:4px;border-collapse:collapse;display:block;max-height:150px;overflow-y:auto"></table>
       <div data-role="status" style="margin-top:4px;color:#aaa"></div>`;
     const q = <T extends HTMLElement>(role: string) => this.#panel.querySelector(`[data-role="${role}"]`) as T;
     this.#enabled = q<HTMLInputElement>("enabled");
@@ -119,6 +162,9 @@ export class LiveTool {
     // Kept per browser (not per link): how far a click propagates is the user's habit, not data.
     this.#reach.value = localStorage.getItem("spatialsam-reach") ?? "";
     this.#reach.addEventListener("change", () => localStorage.setItem("spatialsam-reach", this.#reach.value));
+    this.#depth = q<HTMLInputElement>("depth");
+    this.#segmentButton = q<HTMLButtonElement>("segment-view");
+    this.#segmentButton.addEventListener("click", () => void this.segmentView());
     this.#objectLabel = q("object");
     this.#objectList = q("objects");
     this.#status = q("status");
@@ -131,6 +177,51 @@ export class LiveTool {
     viewer.inputEventBindings.sliceView.set("at:shift+click0", { action: NEGATIVE_ACTION, stopPropagation: false });
     registerActionListener(viewer.element, POSITIVE_ACTION, () => this.#onClick("positive"));
     registerActionListener(viewer.element, NEGATIVE_ACTION, () => this.#onClick("negative"));
+    // ctrl+drag is Neuroglancer's annotate, alt+drag moves annotations: ctrl+shift+drag is free.
+    viewer.inputEventBindings.sliceView.set("at:control+shift+mousedown0", { action: BOX_ACTION, stopPropagation: true, preventDefault: true });
+    registerActionListener(viewer.element, BOX_ACTION, (e: ActionEvent<MouseEvent>) => this.#onBoxDrag(e.detail));
+    this.#boxOverlay = document.createElement("div");
+    this.#boxOverlay.style.cssText = "position:fixed;border:1px dashed #ff0;pointer-events:none;display:none;z-index:99";
+    document.body.appendChild(this.#boxOverlay);
+  }
+
+  /** The voxel position under the mouse (global coordinates), or undefined outside the data. */
+  #mouseVoxel(): [number, number, number] | undefined {
+    const mouse = this.#viewer.mouseState;
+    mouse.updateUnconditionally();
+    if (!mouse.active) return undefined;
+    const p = mouse.position;
+    return [p[0]!, p[1]!, p[2]!];
+  }
+
+  /** ctrl+shift+drag: a rectangle on the slice, sent as a box prompt on release. */
+  #onBoxDrag(down: MouseEvent): void {
+    if (!this.#enabled.checked) return;
+    const start = this.#mouseVoxel();
+    if (start === undefined) return;
+    const [cx, cy] = [down.clientX, down.clientY];
+    const overlay = this.#boxOverlay;
+    const draw = (e: MouseEvent) => {
+      overlay.style.left = `${Math.min(cx, e.clientX)}px`;
+      overlay.style.top = `${Math.min(cy, e.clientY)}px`;
+      overlay.style.width = `${Math.abs(e.clientX - cx)}px`;
+      overlay.style.height = `${Math.abs(e.clientY - cy)}px`;
+      overlay.style.display = "block";
+    };
+    startRelativeMouseDrag(down, (e) => draw(e), () => {
+      overlay.style.display = "none";
+      const end = this.#mouseVoxel();
+      if (end === undefined) return;
+      const box = { x0: Math.floor(Math.min(start[0], end[0])), y0: Math.floor(Math.min(start[1], end[1])), x1: Math.ceil(Math.max(start[0], end[0])), y1: Math.ceil(Math.max(start[1], end[1])) };
+      // The server needs at least 2 x 2 voxels; a smaller drag is taken for a slip.
+      if (box.x1 - box.x0 < 2 || box.y1 - box.y0 < 2) return;
+      const prompt: BoxPrompt = { objectId: this.debug.objectId, z: Math.floor(start[2]), box };
+      void this.#run("box prompt", async () => {
+        await this.#addBoxAnnotation(prompt);
+        await this.#sendBox(prompt);
+        await this.#propagate(this.#clickReach());
+      });
+    });
   }
 
   #setObject(id: string): void {
@@ -139,8 +230,9 @@ export class LiveTool {
   }
 
   #nextObjectId(): bigint {
-    let max = 0n;
-    for (const p of this.#prompts()) if (BigInt(p.objectId) > max) max = BigInt(p.objectId);
+    // Above the prompted objects and the listed ones (segment-in-view's instances have ids too).
+    let max = this.#maxListed;
+    for (const p of [...this.#prompts(), ...this.#boxPrompts()]) if (BigInt(p.objectId) > max) max = BigInt(p.objectId);
     return max + 1n;
   }
 
@@ -218,15 +310,38 @@ export class LiveTool {
     spec.add(makeLayer(spec, LIVE_LAYER, { type: "segmentation", source: s.source, selectedAlpha: 0.6 }));
     this.#events = new EventSource(new URL(`${SESSIONS_API_PATH}/${s.sessionId}/events`, window.location.href));
     this.#events.addEventListener("chunks", (e) => this.#onChange(JSON.parse((e as MessageEvent<string>).data) as LiveChangeEvent));
+    this.#events.addEventListener("progress", (e) => this.#onProgress(JSON.parse((e as MessageEvent<string>).data) as LiveProgressEvent));
     return s;
+  }
+
+  #onProgress(p: LiveProgressEvent): void {
+    this.debug.progress.push(p);
+    this.#status.textContent = `segmenting: ${p.blocksDone}/${p.blocksTotal} blocks, ${p.objectsFound} objects${p.done ? ", reading them" : ""}`;
+  }
+
+  /** The live layer's selected segments follow its objects, so the 3D panel shows their meshes. */
+  #showObjects(objects: LiveChangeEvent["objects"]): void {
+    const layer = this.#viewer.layerManager.getLayerByName(LIVE_LAYER)?.layer as unknown as
+      | { displayState?: { segmentationGroupState: { value: { visibleSegments: { add(x: Uint64): void; delete(x: Uint64): void } } } } }
+      | null
+      | undefined;
+    const visible = layer?.displayState?.segmentationGroupState.value.visibleSegments;
+    if (visible === undefined) return;
+    const now = new Set(objects.map((o) => o.objectId));
+    for (const id of this.#shown) if (!now.has(id)) visible.delete(Uint64.parseString(id));
+    for (const id of now) if (!this.#shown.has(id)) visible.add(Uint64.parseString(id));
+    this.#shown = now;
   }
 
   #onChange(e: LiveChangeEvent): void {
     this.debug.events.push(e);
     this.debug.generation = Math.max(this.debug.generation, e.generation);
     this.#renderObjects(e.objects);
+    for (const o of e.objects) if (BigInt(o.objectId) > this.#maxListed) this.#maxListed = BigInt(o.objectId);
+    this.#showObjects(e.objects);
     if (e.chunks.length === 0) return;
     for (const c of e.chunks) this.#stale.add(c);
+    for (const o of e.changedObjects ?? []) this.#staleMeshes.add(o);
     // Coalesced for a moment, so a chunk changed by several slices in a row is fetched once.
     this.#flush ??= setTimeout(() => {
       this.#flush = undefined;
@@ -238,6 +353,13 @@ export class LiveTool {
       };
       this.#stale.clear();
       queue.rpc!.invoke(INVALIDATE_CHUNKS_RPC, msg);
+      if (this.#staleMeshes.size > 0) {
+        // Neuroglancer caches meshes by segment id: refetch the changed objects' manifests and fragments.
+        const meshes: InvalidateMeshesMessage = { queue: queue.rpcId!, url: `${window.location.origin}/volumes/${e.volumeId}/mesh`, objects: [...this.#staleMeshes] };
+        this.#staleMeshes.clear();
+        this.debug.meshRefreshes.push(meshes.objects);
+        queue.rpc!.invoke(INVALIDATE_MESHES_RPC, meshes);
+      }
     }, 100);
   }
 
@@ -267,6 +389,88 @@ export class LiveTool {
     });
   }
 
+  async #sendBox(p: BoxPrompt): Promise<void> {
+    const s = await this.#ensureSession();
+    await this.#answered("POST", `${SESSIONS_API_PATH}/${s.sessionId}/prompts`, { objectId: p.objectId, z: p.z, box: p.box });
+  }
+
+  /**
+   * The box "segment view" asks for: the xy panel's visible extent (its four corners mapped to
+   * voxels) times the depth input's slices each way of the current one, clamped to the volume, with
+   * fewer slices where it would exceed the bridge's voxel limit.
+   */
+  viewBox(s: Session): ViewBox {
+    let xy: { invViewMatrix: Float32Array; logicalWidth: number; logicalHeight: number } | undefined;
+    for (const panel of this.#viewer.display.panels) {
+      const params = (panel as unknown as { sliceView?: { projectionParameters: { value: { invViewMatrix: Float32Array; logicalWidth: number; logicalHeight: number; viewportNormalInGlobalCoordinates: Float32Array } } } }).sliceView?.projectionParameters.value;
+      if (params !== undefined && Math.abs(params.viewportNormalInGlobalCoordinates[2]!) > 0.999 && params.logicalWidth > 0) xy = params;
+    }
+    if (xy === undefined) throw new Error("segment view needs an xy panel in the layout");
+    const m = xy.invViewMatrix;
+    const lo = [Infinity, Infinity];
+    const hi = [-Infinity, -Infinity];
+    for (const sx of [-xy.logicalWidth / 2, xy.logicalWidth / 2])
+      for (const sy of [-xy.logicalHeight / 2, xy.logicalHeight / 2])
+        for (let d = 0; d < 2; d++) {
+          const g = m[d]! * sx + m[4 + d]! * sy + m[12 + d]!;
+          lo[d] = Math.min(lo[d]!, g);
+          hi[d] = Math.max(hi[d]!, g);
+        }
+    const [oz, oy, ox] = s.box.offsetZyx as [number, number, number];
+    const [sz, sy, sx] = s.box.shapeZyx as [number, number, number];
+    const x0 = Math.max(ox, Math.floor(lo[0]!));
+    const x1 = Math.min(ox + sx, Math.ceil(hi[0]!));
+    const y0 = Math.max(oy, Math.floor(lo[1]!));
+    const y1 = Math.min(oy + sy, Math.ceil(hi[1]!));
+    if (x1 <= x0 || y1 <= y0) throw new Error("the view does not show the volume");
+    const area = (x1 - x0) * (y1 - y0);
+    if (area > s.maxSegmentVoxels) throw new Error(`the view holds ${area} voxels per slice; segment view is limited to ${s.maxSegmentVoxels}: zoom in`);
+    const z = Math.floor(m[14]!);
+    const wanted = Math.max(0, Math.floor(Number(this.#depth.value) || 0));
+    const depth = Math.min(wanted, Math.floor((Math.floor(s.maxSegmentVoxels / area) - 1) / 2));
+    return { x0, y0, x1, y1, z0: Math.max(oz, z - depth), z1: Math.min(oz + sz, z + depth + 1) };
+  }
+
+  /**
+   * "segment view": every mitochondrion in view becomes a live object. Runs beside the prompt
+   * queue, so pressing it again (or closing the tab) cancels the running one on the server.
+   */
+  async segmentView(): Promise<void> {
+    if (this.#segmenting !== undefined) {
+      this.#segmenting.abort();
+      return;
+    }
+    const abort = new AbortController();
+    this.#segmenting = abort;
+    this.#segmentButton.textContent = "cancel";
+    this.debug.pending++;
+    try {
+      const s = await this.#ensureSession();
+      const box = this.viewBox(s);
+      this.debug.segmentBox = box;
+      this.#status.textContent = `segmenting ${box.x1 - box.x0} x ${box.y1 - box.y0} x ${box.z1 - box.z0}...`;
+      const res = await fetch(new URL(`${SESSIONS_API_PATH}/${s.sessionId}/${SEGMENT_VIEW_PATH}`, window.location.href), {
+        method: "POST",
+        headers: { "Content-Type": "application/json", [CLIENT_ID_HEADER]: this.#clientId },
+        body: JSON.stringify({ box }),
+        signal: abort.signal,
+      });
+      const json = (await res.json()) as { generation: number; newObjects: string[]; cancelled: boolean; message?: string };
+      if (!res.ok) throw new Error(`segment view: HTTP ${res.status}${json.message ? `: ${json.message}` : ""}`);
+      this.debug.answered = Math.max(this.debug.answered, json.generation);
+      this.debug.segmented = { newObjects: json.newObjects, cancelled: json.cancelled };
+      this.#status.textContent = json.cancelled ? "segment view cancelled" : `segment view: ${json.newObjects.length} objects`;
+    } catch (e) {
+      const msg = abort.signal.aborted ? "segment view cancelled" : e instanceof Error ? e.message : String(e);
+      if (!abort.signal.aborted) this.debug.errors.push(msg);
+      this.#status.textContent = msg;
+    } finally {
+      this.#segmenting = undefined;
+      this.#segmentButton.textContent = "segment view";
+      this.debug.pending--;
+    }
+  }
+
   /** Slices each way a click propagates; undefined: to the volume's edges. */
   #clickReach(): number | undefined {
     const n = Number(this.#reach.value);
@@ -290,7 +494,7 @@ export class LiveTool {
     await this.#answered("DELETE", `${SESSIONS_API_PATH}/${s.sessionId}/objects/${objectId}`);
     const layer = this.#promptsLayer(false);
     if (layer === undefined) return;
-    for (const a of [...layer.localAnnotations]) if (a.description?.slice(1) === objectId) layer.localAnnotations.delete(layer.localAnnotations.getReference(a.id));
+    for (const a of [...layer.localAnnotations]) if (/^(?:box)?[+-]([0-9]+)$/.exec(a.description ?? "")?.[1] === objectId) layer.localAnnotations.delete(layer.localAnnotations.getReference(a.id));
   }
 
   /** The local annotation layer holding the prompts (its state is in the URL). */
@@ -324,6 +528,41 @@ export class LiveTool {
     layer.localAnnotations.add(point);
   }
 
+  async #addBoxAnnotation(p: BoxPrompt): Promise<void> {
+    let layer = this.#promptsLayer(true);
+    for (let i = 0; layer === undefined && i < 250; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      layer = this.#promptsLayer(true);
+    }
+    if (layer === undefined) throw new Error(`the ${PROMPTS_LAYER} layer did not load`);
+    const box: AxisAlignedBoundingBox = {
+      type: AnnotationType.AXIS_ALIGNED_BOUNDING_BOX,
+      id: "",
+      pointA: Float32Array.of(p.box.x0, p.box.y0, p.z),
+      pointB: Float32Array.of(p.box.x1, p.box.y1, p.z + 1),
+      description: `box+${p.objectId}`,
+      properties: [],
+    };
+    layer.localAnnotations.add(box);
+  }
+
+  #boxPrompts(): BoxPrompt[] {
+    const layer = this.#promptsLayer(false);
+    if (layer === undefined) return [];
+    const out: BoxPrompt[] = [];
+    for (const a of layer.localAnnotations) {
+      const m = /^box\+([0-9]{1,20})$/.exec(a.description ?? "");
+      if (a.type !== AnnotationType.AXIS_ALIGNED_BOUNDING_BOX || m === null) continue;
+      const { pointA, pointB } = a as unknown as AxisAlignedBoundingBox;
+      out.push({
+        objectId: m[1]!,
+        z: Math.floor(Math.min(pointA[2]!, pointB[2]!)),
+        box: { x0: Math.min(pointA[0]!, pointB[0]!), y0: Math.min(pointA[1]!, pointB[1]!), x1: Math.max(pointA[0]!, pointB[0]!), y1: Math.max(pointA[1]!, pointB[1]!) },
+      });
+    }
+    return out;
+  }
+
   #prompts(): Prompt[] {
     const layer = this.#promptsLayer(false);
     if (layer === undefined) return [];
@@ -340,7 +579,8 @@ export class LiveTool {
   /** A shared link's prompts: start a session, send them per (object, slice), propagate once. */
   replayPrompts(): Promise<void> {
     const prompts = this.#prompts();
-    if (prompts.length === 0) return Promise.resolve();
+    const boxes = this.#boxPrompts();
+    if (prompts.length === 0 && boxes.length === 0) return Promise.resolve();
     this.#setObject(String(this.#nextObjectId() - 1n));
     return this.#run("replay", async () => {
       const groups = new Map<string, Prompt[]>();
@@ -349,14 +589,15 @@ export class LiveTool {
         groups.set(key, [...(groups.get(key) ?? []), p]);
       }
       for (const g of groups.values()) await this.#sendPrompts(g[0]!.objectId, g[0]!.point[2], g);
+      for (const b of boxes) await this.#sendBox(b);
       await this.#propagate(this.#clickReach());
     });
   }
 }
 
 /** The local annotation source's API used here (iterable, add, delete). */
-interface PromptAnnotations extends Iterable<Point & { description?: string | null }> {
-  add(a: Point): void;
+interface PromptAnnotations extends Iterable<(Point | AxisAlignedBoundingBox) & { description?: string | null }> {
+  add(a: Point | AxisAlignedBoundingBox): void;
   delete(ref: unknown): void;
   getReference(id: string): unknown;
 }

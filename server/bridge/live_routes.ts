@@ -182,7 +182,7 @@ function parseSegmentView(body: Json, s: LiveSession, maxVoxels: number): Box3 {
   return { offsetZyx, shapeZyx };
 }
 
-function describeSession(s: LiveSession) {
+function describeSession(s: LiveSession, maxSegmentVoxels: number) {
   return {
     sessionId: s.id,
     volumeId: s.image.id,
@@ -193,6 +193,7 @@ function describeSession(s: LiveSession) {
     chunkCount: s.live.chunkCount,
     generation: s.live.generation,
     objects: s.objects(),
+    maxSegmentVoxels,
   };
 }
 
@@ -256,7 +257,7 @@ export function liveSessionRoutes(options: LiveRoutesOptions): { router: Router;
       };
       const s = await sessions.create(volumeId("volumeId"), body["sdfVolumeId"] === undefined ? undefined : volumeId("sdfVolumeId"), clientGone(res));
       res.setHeader("Cache-Control", "no-store");
-      res.status(201).json(describeSession(s));
+      res.status(201).json(describeSession(s, sessions.maxSegmentVoxels));
     }),
   );
 
@@ -264,7 +265,7 @@ export function liveSessionRoutes(options: LiveRoutesOptions): { router: Router;
     `/${SESSIONS_API_PATH}/:sessionId`,
     handle(log, "session", (req, res) => {
       res.setHeader("Cache-Control", "no-store");
-      res.json(describeSession(sessionOf(sessions, req)));
+      res.json(describeSession(sessionOf(sessions, req), sessions.maxSegmentVoxels));
     }),
   );
 

@@ -5,10 +5,14 @@
 // and the propagation rate (slices/s, one object, over slices not embedded yet).
 // Run: nice node --import tsx test/bench/propagation.bench.ts [--propagator dir] [--data lucchi|fixture]
 //   [--sizes 128,256] [--slices 32] [--workers 1] [--think-ms 300] [--settings before,read-ahead,speculative] [--rounds 3]
+//   [--formats png,precomputed]
 // Rounds run the settings interleaved (A B C A B C ...), so load that drifts on a shared machine
 // falls on all of them; click samples are pooled over rounds, slices/s is the median of the rounds.
 // "lucchi" reads crops of ../shared/data/lucchi_pp/test; its label stack stands in for the SDF
 // (timing only, not quality). "fixture" is the golden 12x64x64 volume and propagator (sizes ignored).
+// --formats png,precomputed: the Lucchi++ PNG stack as shipped (every slice read decodes a whole
+// 768x1024 PNG), and the same slices copied to a temporary precomputed volume in 32x64x64 raw chunks
+// (how a deployment stores volumes), so the engine's cost shows apart from the PNG decoder's.
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { cpus, loadavg, platform, release, tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -26,6 +30,7 @@ import type { OpenVolumeRequest, OpenVolumeResponse } from "#proto/spatial_sam/v
 import { silentLogger } from "#server/log.ts";
 import { serve } from "#server/serve.ts";
 import { defaultChunkCache } from "#server/volume/chunk_cache.ts";
+import { openVolume } from "#server/volume/open_volume.ts";
 import { call, collect, connect } from "#test/helpers/grpc_clients.ts";
 import { readNpy } from "#test/helpers/npy.ts";
 import { writePrecomputedArray } from "#test/helpers/precomputed_array.ts";
@@ -43,6 +48,7 @@ const { values: args } = parseArgs({
     "think-ms": { type: "string", default: "300" },
     settings: { type: "string", default: "before,read-ahead,speculative" },
     rounds: { type: "string", default: "3" },
+    formats: { type: "string", default: "png,precomputed" },
   },
 });
 const data = args.data ?? (existsSync(lucchi) ? "lucchi" : "fixture");
@@ -85,6 +91,7 @@ const time = async (fn: () => Promise<unknown>) => {
 
 interface Row {
   setting: string;
+  format: string;
   size: number;
   first: number[];
   embedded: number[];
@@ -110,73 +117,63 @@ async function runSetting(setting: Setting): Promise<Row[]> {
   const clients = connect(server.grpc.address);
   const open = async (url: string) => (await call<OpenVolumeRequest, OpenVolumeResponse>(clients.volumes, clients.volumes.openVolume, { url })).volume!;
   try {
-    let imageId: string;
-    let sdfId: string;
-    let shape: [number, number, number];
-    if (data === "lucchi") {
-      const image = await open(`png://file://${join(lucchi, "image")}`);
-      imageId = image.volumeId;
-      sdfId = (await open(`png://file://${join(lucchi, "label")}`)).volumeId;
-      const s = image.scales[0]!.shape!;
-      shape = [s.z, s.y, s.x];
-    } else {
-      const g = join(root, "test", "fixtures", "propagator");
-      shape = readNpy(join(g, "image.npy")).shape as [number, number, number];
-      imageId = (await open(await writePrecomputedArray(dir, "image", "uint8", readNpy(join(g, "image.npy")).data, shape))).volumeId;
-      sdfId = (await open(await writePrecomputedArray(dir, "sdf", "float32", readNpy(join(g, "sdf.npy")).data, shape))).volumeId;
-    }
     const rows: Row[] = [];
-    for (const requested of data === "lucchi" ? sizes : [shape[1]]) {
-      const size = Math.min(requested, shape[1], shape[2]);
-      const depth = Math.min(nz, shape[0]);
-      // Two crops side by side: clicks on one, propagation on the other (never embedded by the clicks).
-      const boxAt = (x: number) => ({ offset: { z: 0, y: Math.floor((shape[1] - size) / 2), x }, shape: { z: depth, y: size, x: size } });
-      const clickBox = boxAt(Math.max(0, Math.floor(shape[2] / 2) - size));
-      const propBox = boxAt(Math.min(shape[2] - size, Math.floor(shape[2] / 2)));
-      // Slices decoded by an earlier run (another setting, in this process) must not make reads look cheap.
-      defaultChunkCache().invalidate();
-      const start = (box: typeof clickBox, startZ?: number) =>
-        call<StartSessionRequest, StartSessionResponse>(clients.segmentation, clients.segmentation.startSession, {
-          volumeId: imageId,
-          box,
-          scale: 0,
-          model: "",
-          sdfModel: "",
-          sdfVolumeId: sdfId,
-          ...(startZ === undefined ? {} : { startZ }),
-        });
-      const click = (sessionId: string, box: typeof clickBox, z: number, i: number, clearOld: boolean) =>
-        call<AddPromptsRequest, AddPromptsResponse>(clients.segmentation, clients.segmentation.addPrompts, {
-          sessionId,
-          objectId: 1n,
-          z,
-          points: [{ y: box.offset.y + box.shape.y / 2 + (i % 5), x: box.offset.x + box.shape.x / 2 + (i % 7), label: PointLabel.POINT_LABEL_POSITIVE }],
-          clearOld,
-        });
-      // First clicks: a session per start slice, 6 slices apart so no speculation (+-2) overlaps.
-      const first: number[] = [];
-      for (let z = 0; z < depth; z += 6) {
-        const { sessionId } = await start(clickBox, z);
-        await sleep(thinkMs);
-        first.push(await time(() => click(sessionId, clickBox, z, z, true)));
+    for (const format of data === "lucchi" ? formats : ["precomputed"]) {
+      const { image: imageUrl, sdf: sdfUrl, shape } = await volumesFor(format);
+      const imageId = (await open(imageUrl)).volumeId;
+      const sdfId = (await open(sdfUrl)).volumeId;
+      for (const requested of data === "lucchi" ? sizes : [shape[1]]) {
+        const size = Math.min(requested, shape[1], shape[2]);
+        const depth = Math.min(nz, shape[0]);
+        // Two crops side by side: clicks on one, propagation on the other (never embedded by the clicks).
+        const boxAt = (x: number) => ({ offset: { z: 0, y: Math.floor((shape[1] - size) / 2), x }, shape: { z: depth, y: size, x: size } });
+        const clickBox = boxAt(Math.max(0, Math.floor(shape[2] / 2) - size));
+        const propBox = boxAt(Math.min(shape[2] - size, Math.floor(shape[2] / 2)));
+        // Slices decoded by an earlier run (another setting, in this process) must not make reads look cheap.
+        defaultChunkCache().invalidate();
+        const start = (box: typeof clickBox, startZ?: number) =>
+          call<StartSessionRequest, StartSessionResponse>(clients.segmentation, clients.segmentation.startSession, {
+            volumeId: imageId,
+            box,
+            scale: 0,
+            model: "",
+            sdfModel: "",
+            sdfVolumeId: sdfId,
+            ...(startZ === undefined ? {} : { startZ }),
+          });
+        const click = (sessionId: string, box: typeof clickBox, z: number, i: number, clearOld: boolean) =>
+          call<AddPromptsRequest, AddPromptsResponse>(clients.segmentation, clients.segmentation.addPrompts, {
+            sessionId,
+            objectId: 1n,
+            z,
+            points: [{ y: box.offset.y + box.shape.y / 2 + (i % 5), x: box.offset.x + box.shape.x / 2 + (i % 7), label: PointLabel.POINT_LABEL_POSITIVE }],
+            clearOld,
+          });
+        // First clicks: a session per start slice, 6 slices apart so no speculation (+-2) overlaps.
+        const first: number[] = [];
+        for (let z = 0; z < depth; z += 6) {
+          const { sessionId } = await start(clickBox, z);
+          await sleep(thinkMs);
+          first.push(await time(() => click(sessionId, clickBox, z, z, true)));
+          await call(clients.segmentation, clients.segmentation.closeSession, { sessionId });
+        }
+        const { sessionId } = await start(clickBox);
+        const embedded: number[] = [];
+        for (let i = 0; i < EMBEDDED_CLICKS; i++) embedded.push(await time(() => click(sessionId, clickBox, 0, i, i % 4 === 0)));
         await call(clients.segmentation, clients.segmentation.closeSession, { sessionId });
-      }
-      const { sessionId } = await start(clickBox);
-      const embedded: number[] = [];
-      for (let i = 0; i < EMBEDDED_CLICKS; i++) embedded.push(await time(() => click(sessionId, clickBox, 0, i, i % 4 === 0)));
-      await call(clients.segmentation, clients.segmentation.closeSession, { sessionId });
 
-      defaultChunkCache().invalidate();
-      const prop = await start(propBox);
-      await click(prop.sessionId, propBox, 0, 0, true);
-      let slices = 0;
-      const ms = await time(async () => {
-        const stream = clients.segmentation.propagate({ sessionId: prop.sessionId, direction: Direction.DIRECTION_FORWARD, maxSlices: depth, objectIds: [] });
-        slices = (await collect<PropagateResponse>(stream)).length;
-      });
-      await call(clients.segmentation, clients.segmentation.closeSession, { sessionId: prop.sessionId });
-      // The start slice is the prompted one (no model run): it is yielded but not counted.
-      rows.push({ setting: setting.name, size, first, embedded, slices: slices - 1, slicesPerS: [(slices - 1) / (ms / 1000)] });
+        defaultChunkCache().invalidate();
+        const prop = await start(propBox);
+        await click(prop.sessionId, propBox, 0, 0, true);
+        let slices = 0;
+        const ms = await time(async () => {
+          const stream = clients.segmentation.propagate({ sessionId: prop.sessionId, direction: Direction.DIRECTION_FORWARD, maxSlices: depth, objectIds: [] });
+          slices = (await collect<PropagateResponse>(stream)).length;
+        });
+        await call(clients.segmentation, clients.segmentation.closeSession, { sessionId: prop.sessionId });
+        // The start slice is the prompted one (no model run): it is yielded but not counted.
+        rows.push({ setting: setting.name, format, size, first, embedded, slices: slices - 1, slicesPerS: [(slices - 1) / (ms / 1000)] });
+      }
     }
     return rows;
   } finally {
@@ -187,10 +184,48 @@ async function runSetting(setting: Setting): Promise<Row[]> {
 
 const rows: Row[] = [];
 const rounds = Number(args.rounds);
+const formats = args.formats.split(",");
+const made = new Map<string, { image: string; sdf: string; shape: [number, number, number] }>();
+/** The image and SDF volume URLs of a format (copies made once, before any timing, reused by every setting). */
+async function volumesFor(format: string): Promise<{ image: string; sdf: string; shape: [number, number, number] }> {
+  const have = made.get(format);
+  if (have !== undefined) return have;
+  let v: { image: string; sdf: string; shape: [number, number, number] };
+  if (data !== "lucchi") {
+    const g = join(root, "test", "fixtures", "propagator");
+    const shape = readNpy(join(g, "image.npy")).shape as [number, number, number];
+    v = {
+      image: await writePrecomputedArray(dir, "image", "uint8", readNpy(join(g, "image.npy")).data, shape),
+      sdf: await writePrecomputedArray(dir, "sdf", "float32", readNpy(join(g, "sdf.npy")).data, shape),
+      shape,
+    };
+  } else {
+    const png = { image: `png://file://${join(lucchi, "image")}`, sdf: `png://file://${join(lucchi, "label")}` };
+    const image = await openVolume(png.image, { roots: [lucchi] });
+    const [, y, x] = image.metadata.scales[0]!.shapeZyx;
+    const shape: [number, number, number] = [Math.min(nz, image.metadata.scales[0]!.shapeZyx[0]), y, x];
+    if (format === "png") v = { ...png, shape };
+    else if (format === "precomputed") {
+      const box = { offsetZyx: [0, 0, 0] as [number, number, number], shapeZyx: shape };
+      const label = await openVolume(png.sdf, { roots: [lucchi] });
+      const chunkZyx: [number, number, number] = [32, 64, 64];
+      v = {
+        image: await writePrecomputedArray(dir, "image", "uint8", (await image.read(box, 0)) as Uint8Array, shape, [5, 5, 5], { chunkZyx }),
+        sdf: await writePrecomputedArray(dir, "sdf", "float32", Float32Array.from((await label.read(box, 0)) as Uint8Array), shape, [5, 5, 5], { chunkZyx }),
+        shape,
+      };
+      await label.close();
+    } else throw new Error(`--formats: unknown ${format} (png, precomputed)`);
+    await image.close();
+  }
+  made.set(format, v);
+  return v;
+}
+
 for (let round = 0; round < rounds; round++) {
   for (const s of settings) {
     for (const r of await runSetting(s)) {
-      const row = rows.find((x) => x.setting === r.setting && x.size === r.size);
+      const row = rows.find((x) => x.setting === r.setting && x.size === r.size && x.format === r.format);
       if (row === undefined) rows.push(r);
       else {
         row.first.push(...r.first);
@@ -210,20 +245,21 @@ console.log(
 console.log(`machine: ${cpu[0]?.model ?? "?"} x ${cpu.length}, ${platform()} ${release()}, Node ${process.version}, load average ${loadavg().map((l) => l.toFixed(1)).join(" ")}, commit ${gitCommit()}`);
 for (const s of settings) console.log(`- ${s.name}: ${s.what}`);
 console.log("");
-console.log("| setting | size | first click p50 / p95 (ms) | embedded click p50 / p95 (ms) | propagation (slices/s) |");
-console.log("| --- | --- | --- | --- | --- |");
+console.log("| data | setting | size | first click p50 / p95 (ms) | embedded click p50 / p95 (ms) | propagation (slices/s) |");
+console.log("| --- | --- | --- | --- | --- | --- |");
+rows.sort((a, b) => formats.indexOf(a.format) - formats.indexOf(b.format) || a.size - b.size || settings.findIndex((s) => s.name === a.setting) - settings.findIndex((s) => s.name === b.setting));
 for (const r of rows) {
   console.log(
-    `| ${r.setting} | ${r.size}x${r.size}${r.size === defaultSize ? " (default)" : ""} | ${fmt(q(r.first, 0.5))} / ${fmt(q(r.first, 0.95))} (n ${r.first.length}) | ${fmt(q(r.embedded, 0.5))} / ${fmt(q(r.embedded, 0.95))} (n ${r.embedded.length}) | ${fmt(q(r.slicesPerS, 0.5))} (${r.slices} slices x ${r.slicesPerS.length}; ${r.slicesPerS.map(fmt).join(", ")}) |`,
+    `| ${r.format} | ${r.setting} | ${r.size}x${r.size}${r.size === defaultSize ? " (default)" : ""} | ${fmt(q(r.first, 0.5))} / ${fmt(q(r.first, 0.95))} (n ${r.first.length}) | ${fmt(q(r.embedded, 0.5))} / ${fmt(q(r.embedded, 0.95))} (n ${r.embedded.length}) | ${fmt(q(r.slicesPerS, 0.5))} (${r.slices} slices x ${r.slicesPerS.length}; ${r.slicesPerS.map(fmt).join(", ")}) |`,
   );
 }
 const base = rows.filter((r) => r.setting === settings[0]!.name);
 if (settings.length > 1) {
   console.log("");
-  console.log(`| ratio to ${settings[0]!.name} | size | first click p50 | propagation |`);
-  console.log("| --- | --- | --- | --- |");
+  console.log(`| data | ratio to ${settings[0]!.name} | size | first click p50 | propagation |`);
+  console.log("| --- | --- | --- | --- | --- |");
   for (const r of rows.filter((x) => x.setting !== settings[0]!.name)) {
-    const b = base.find((x) => x.size === r.size)!;
-    console.log(`| ${r.setting} | ${r.size}x${r.size} | ${(q(r.first, 0.5) / q(b.first, 0.5)).toFixed(2)}x | ${(q(r.slicesPerS, 0.5) / q(b.slicesPerS, 0.5)).toFixed(2)}x |`);
+    const b = base.find((x) => x.size === r.size && x.format === r.format)!;
+    console.log(`| ${r.format} | ${r.setting} | ${r.size}x${r.size} | ${(q(r.first, 0.5) / q(b.first, 0.5)).toFixed(2)}x | ${(q(r.slicesPerS, 0.5) / q(b.slicesPerS, 0.5)).toFixed(2)}x |`);
   }
 }

@@ -82,11 +82,13 @@ export class EmbeddingCache {
     if (this.entries.has(key) || this.pending.has(key) || signal?.aborted) return undefined;
     const controller = new AbortController();
     const speculative = { controller, started: false };
-    const both = signal === undefined ? controller.signal : AbortSignal.any([signal, controller.signal]);
+    // A listener removed when done, not AbortSignal.any: `signal` (a session's) outlives many prefetches.
+    const onAbort = () => controller.abort();
+    signal?.addEventListener("abort", onAbort, { once: true });
     this.prefetched++;
-    return this.track(key, compute(both, () => (speculative.started = true)), speculative).then(
-      () => undefined,
-      () => undefined,
+    return this.track(key, compute(controller.signal, () => (speculative.started = true)), speculative).then(
+      () => signal?.removeEventListener("abort", onAbort),
+      () => signal?.removeEventListener("abort", onAbort),
     );
   }
 

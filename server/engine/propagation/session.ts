@@ -7,6 +7,7 @@
 // memory, never overwritten by propagation) and `noncond` (propagated slices). An output keeps the
 // padded binary mask, the object pointer and, once a later slice needs it, its memory encoding.
 import { cancelled, failedPrecondition, invalidArgument, notFound, resourceExhausted, SpatialSamError, throwIfAborted } from "#src/errors.ts";
+import { setMaxListeners } from "node:events";
 import type { Vec3 } from "#src/volume/types.ts";
 import type { RunOptions, TensorData } from "#server/onnx/model_registry.ts";
 import type { Embedding, EmbeddingCache } from "./embedding_cache.ts";
@@ -180,7 +181,7 @@ export class PropagationSession {
   private readonly sdfReads = new Map<number, Promise<Float32Array>>();
   private readonly lock = new Mutex();
   private closed = false;
-  /** Fires on close: cancels the session's speculative work. */
+  /** Fires on close: cancels the session's speculative work (one listener per prefetch call in progress). */
   private readonly closing = new AbortController();
   private readonly maxBytes: number;
 
@@ -193,6 +194,8 @@ export class PropagationSession {
     const m = this.cfg.multipleOf;
     this.paddedHw = [Math.ceil(y / m) * m, Math.ceil(x / m) * m];
     this.maxBytes = options.maxBytes ?? Number.POSITIVE_INFINITY;
+    // Quick clicks can leave many prefetch calls in progress, each listening until it ends.
+    setMaxListeners(1000, this.closing.signal);
   }
 
   /** User object ids in batch-index order. */
@@ -291,8 +294,20 @@ export class PropagationSession {
    */
   prefetch(zs: number[], options: { signal?: AbortSignal; client?: string; sdf?: boolean } = {}): void {
     if (this.closed) return;
-    const signal = options.signal === undefined ? this.closing.signal : AbortSignal.any([options.signal, this.closing.signal]);
+    // One signal for this call, fired by closing the session or by the caller's signal; each slice
+    // waiting for a worker listens to it, so it may have as many listeners as slices.
+    const batch = new AbortController();
+    const signal = batch.signal;
+    setMaxListeners(zs.length + 10, signal);
+    const sources = [this.closing.signal, ...(options.signal === undefined ? [] : [options.signal])];
+    const abort = () => batch.abort();
+    for (const s of sources) s.addEventListener("abort", abort, { once: true });
+    if (sources.some((s) => s.aborted)) batch.abort();
+    const untie = () => {
+      for (const s of sources) s.removeEventListener("abort", abort);
+    };
     const client = options.client === undefined ? {} : { client: options.client };
+    const computing: Promise<void>[] = [];
     const one = async (z: number) => {
       let read!: () => void;
       const wasRead = new Promise<void>((r) => (read = r));
@@ -302,14 +317,20 @@ export class PropagationSession {
         signal,
       );
       // Until its image is read (or the computation ended early: cancelled, overtaken).
-      if (started !== undefined) await Promise.race([wasRead, started]);
+      if (started !== undefined) {
+        computing.push(started);
+        await Promise.race([wasRead, started]);
+      }
       if (options.sdf && !signal.aborted) await this.sdfSlice(z, { signal });
     };
     void (async () => {
       for (const z of zs) {
-        if (signal.aborted) return;
+        if (signal.aborted) break;
         if (Number.isInteger(z) && z >= 0 && z < this.shapeZyx[0]) await one(z).catch(() => undefined);
       }
+      // Encoder runs may still wait for a worker: closing must reach them until they end.
+      await Promise.all(computing);
+      untie();
     })();
   }
 

@@ -244,6 +244,33 @@ describe("segment everything in view", () => {
     for (let i = 0; i < live.length; i++) if (live[i] !== 0n) expect(Math.floor(i / X) % Y).toBeGreaterThanOrEqual(32);
   }, 60_000);
 
+  it("a client that goes away cancels its run: nothing is written, and the session goes on", async () => {
+    const { sessionId, liveVolumeId } = (await api("POST", "/api/sessions", { volumeId: "image" })).json as { sessionId: string; liveVolumeId: string };
+    const stream = await events(`/api/sessions/${sessionId}/events`);
+    await stream.next();
+    const abort = new AbortController();
+    const gone = fetch(`${base}/api/sessions/${sessionId}/segment-view`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ box: { x0: 0, y0: 0, z0: 0, x1: 64, y1: 64, z1: 8 } }),
+      signal: abort.signal,
+    }).catch((e: unknown) => e);
+    // The tab closes once the server has reported progress (the run is under way).
+    expect((await stream.next()).event).toBe("progress");
+    abort.abort();
+    expect(await gone).toBeInstanceOf(Error);
+    // The next request runs after the cancelled one has ended: the live volume is still empty.
+    const objects = await api("GET", `/api/sessions/${sessionId}/objects`);
+    expect(objects.json).toEqual([]);
+    const next = await api("POST", `/api/sessions/${sessionId}/segment-view`, { box: { x0: 0, y0: 0, z0: 0, x1: 8, y1: 8, z1: 2 } });
+    expect(next.status).toBe(200);
+    expect(next.json["cancelled"]).toBe(false);
+    // Only the small second box can hold voxels.
+    const live = await liveRead(liveVolumeId);
+    for (let i = 0; i < live.length; i++) if (live[i] !== 0n) expect([Math.floor(i / (Y * X)) < 2, Math.floor(i / X) % Y < 8, i % X < 8]).toEqual([true, true, true]);
+    stream.close();
+  }, 60_000);
+
   it("refuses boxes beyond the voxel limit or outside the volume, naming the field", async () => {
     const { sessionId } = (await api("POST", "/api/sessions", { volumeId: "image" })).json as { sessionId: string };
     const path = `/api/sessions/${sessionId}/segment-view`;

@@ -295,10 +295,11 @@ export class LiveSession {
    * cancels it (`cancelled: true`, the live volume unchanged).
    */
   segmentView(box: Box3, signal?: AbortSignal): Promise<SegmentViewResult> {
+    const dir = this.#owner.segmentOutputDir;
+    // Refused before it cancels anything running.
+    if (dir === undefined) return Promise.reject(unimplemented("this bridge has no folder for automatic segmentation output (segmentOutputDir)"));
     const { abort, done } = this.#startJob(signal);
     return this.#serial(async () => {
-      const dir = this.#owner.segmentOutputDir;
-      if (dir === undefined) throw unimplemented("this bridge has no folder for automatic segmentation output (segmentOutputDir)");
       const outDir = join(dir, `${this.id}-${++this.#segmentRuns}-${randomBytes(3).toString("hex")}`);
       const client = this.#owner.client;
       const progress = (p: LiveProgressEvent) => {
@@ -317,6 +318,7 @@ export class LiveSession {
           progress({ operation: "segment", blocksDone: Number(p.blocksDone), blocksTotal: Number(p.blocksTotal), objectsFound: Number(p.objectsFound), done: p.done });
           if (p.done) resultUrl = p.resultUrl;
         }
+        if (resultUrl === "") throw new Error("SegmentVolume ended without a result");
         const resultId = await client.openVolume(resultUrl, abort.signal);
         try {
           labels = await client.readLabels(resultId, box, abort.signal);

@@ -6,8 +6,8 @@
 // with its prompts per slice and two output maps, `cond` (prompted slices: always in the object's
 // memory, never overwritten by propagation) and `noncond` (propagated slices). An output keeps the
 // padded binary mask, the object pointer and, once a later slice needs it, its memory encoding.
+import { getMaxListeners, setMaxListeners } from "node:events";
 import { cancelled, failedPrecondition, invalidArgument, notFound, resourceExhausted, SpatialSamError, throwIfAborted } from "#src/errors.ts";
-import { setMaxListeners } from "node:events";
 import type { Vec3 } from "#src/volume/types.ts";
 import type { RunOptions, TensorData } from "#server/onnx/model_registry.ts";
 import type { Embedding, EmbeddingCache } from "./embedding_cache.ts";
@@ -119,6 +119,7 @@ interface BankEntry {
   out: SliceOutput;
 }
 
+const LISTENERS = 1000;
 const MASK_PROMPT_LOGIT = 10; // |logit| of a user-given mask, input and output (propagator.json loop rules)
 const LABEL_PAD = -1;
 const LABEL_BOX_TL = 2;
@@ -127,10 +128,15 @@ const LABEL_BOX_BR = 3;
 const f32 = (dims: number[], data: Float32Array): TensorData => ({ dtype: "float32", dims, data });
 
 // exactOptionalPropertyTypes: absent, not undefined.
-const runOptions = (signal: AbortSignal | undefined, client: string | undefined): RunOptions => ({
-  ...(signal === undefined ? {} : { signal }),
-  ...(client === undefined ? {} : { client }),
-});
+const runOptions = (signal: AbortSignal | undefined, client: string | undefined): RunOptions => {
+  // Every chunk read in flight listens to the signal: a slice read ahead and one being decoded
+  // (16 chunks each at 256x256 in 64x64 chunks) pass Node's default of 10, a false leak warning.
+  if (signal !== undefined && getMaxListeners(signal) < LISTENERS) setMaxListeners(LISTENERS, signal);
+  return {
+    ...(signal === undefined ? {} : { signal }),
+    ...(client === undefined ? {} : { client }),
+  };
+};
 
 function tensor(outputs: Record<string, TensorData>, name: string): Float32Array {
   const t = outputs[name];
@@ -195,7 +201,7 @@ export class PropagationSession {
     this.paddedHw = [Math.ceil(y / m) * m, Math.ceil(x / m) * m];
     this.maxBytes = options.maxBytes ?? Number.POSITIVE_INFINITY;
     // Quick clicks can leave many prefetch calls in progress, each listening until it ends.
-    setMaxListeners(1000, this.closing.signal);
+    setMaxListeners(LISTENERS, this.closing.signal);
   }
 
   /** User object ids in batch-index order. */
@@ -295,10 +301,10 @@ export class PropagationSession {
   prefetch(zs: number[], options: { signal?: AbortSignal; client?: string; sdf?: boolean } = {}): void {
     if (this.closed) return;
     // One signal for this call, fired by closing the session or by the caller's signal; each slice
-    // waiting for a worker listens to it, so it may have as many listeners as slices.
+    // waiting for a worker and each chunk being read listens to it.
     const batch = new AbortController();
     const signal = batch.signal;
-    setMaxListeners(zs.length + 10, signal);
+    setMaxListeners(LISTENERS, signal);
     const sources = [this.closing.signal, ...(options.signal === undefined ? [] : [options.signal])];
     const abort = () => batch.abort();
     for (const s of sources) s.addEventListener("abort", abort, { once: true });

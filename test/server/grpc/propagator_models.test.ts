@@ -1,8 +1,10 @@
 // Several propagators on one server, chosen per session by StartSession's `model` (the name in
 // propagator.json): a real server with the shipped propagator as the default and the golden tiny
 // propagator as a second one. The tiny one answers the Python golden masks, the default answers what
-// the shipped graphs give in this process, and an unknown name is NOT_FOUND naming `model`.
+// the shipped graphs give in this process, and an unknown name is NOT_FOUND naming `model`; the CLI's
+// --more-propagators loads the extra folders.
 import { status } from "@grpc/grpc-js";
+import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -160,4 +162,39 @@ describe("StartSession's model", () => {
     expect(s.code).toBe(status.NOT_FOUND);
     expect(s.details).toMatch(/^model: /);
   });
+
+  it("`spatial-sam serve --propagator A --more-propagators B` loads both", async () => {
+    const child = spawn(
+      process.execPath,
+      [join(root, "server", "bin", "spatial-sam.js"), "serve", "--port", "0", "--http-port", "-1", "--models", join(root, "test", "fixtures", "models"), "--roots", dir, "--cache-dir", join(dir, "cli-cache"), "--threads", "1", "--propagator", shipped, "--more-propagators", join(golden, "model")],
+      { cwd: root, stdio: ["ignore", "pipe", "pipe"] },
+    );
+    try {
+      let out = "";
+      const address = await new Promise<string>((resolve, reject) => {
+        const t = setTimeout(() => reject(new Error(`serve did not start: ${out}`)), 90_000);
+        child.stdout.on("data", (d: Buffer) => {
+          out += d.toString();
+          const m = /gRPC (\S+)/.exec(out);
+          if (m) {
+            clearTimeout(t);
+            resolve(m[1]!.replace(/,$/, ""));
+          }
+        });
+        child.once("exit", (code) => reject(new Error(`serve exited with ${code}: ${out}`)));
+      });
+      const c = connect(address);
+      try {
+        const e = await grpcError(
+          call<StartSessionRequest, StartSessionResponse>(c.segmentation, c.segmentation.startSession, { volumeId: "x", box, scale: 0, model: "nope", sdfModel: "", sdfVolumeId: "" }),
+        );
+        expect(e.code).toBe(status.NOT_FOUND);
+        expect(e.details).toContain('"propagator_compact", "propagator_tiny"');
+      } finally {
+        c.close();
+      }
+    } finally {
+      child.kill("SIGTERM");
+    }
+  }, 120_000);
 });

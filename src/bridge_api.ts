@@ -26,7 +26,7 @@ export interface LiveChangeEvent {
   scaleKey: string;
   chunks: string[];
   objects: { objectId: string; voxels: number }[];
-  /** Objects whose voxels changed (their meshes are stale); absent on a reconnect's catch-up event. */
+  /** Objects whose voxels changed (their meshes are stale); after a reconnect, every current object. */
   changedObjects?: string[];
 }
 

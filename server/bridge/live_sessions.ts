@@ -176,7 +176,9 @@ export class LiveSession {
     for (let z = 0; z * cz < Z; z++)
       for (let y = 0; y * cy < Y; y++)
         for (let x = 0; x * cx < X; x++) if (this.live.chunkGeneration([z, y, x]) > since) chunks.push(this.live.chunkName([z, y, x]));
-    return this.#event(chunks);
+    const event = this.#event(chunks);
+    // Which objects changed meanwhile is not kept: after a gap, every object's mesh may be stale.
+    return chunks.length === 0 ? event : { ...event, changedObjects: event.objects.map((o) => o.objectId) };
   }
 
   #event(chunks: string[]): ChangeEvent {

@@ -277,6 +277,8 @@ describe("live sessions over the bridge", () => {
     replay.close();
     expect(since["generation"]).toBe((p.json as { generation: number }).generation);
     expect(new Set(since["chunks"] as string[])).toEqual(announcedAfterFirst);
+    // Which objects changed during the gap is not kept: every current object's mesh is called stale.
+    expect(since["changedObjects"]).toEqual(["1", "2"]);
 
     // Deleting object 2 clears exactly its voxels.
     const del = await api("DELETE", `/api/sessions/${sessionId}/objects/2`);

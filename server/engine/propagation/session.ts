@@ -128,10 +128,14 @@ const LABEL_BOX_BR = 3;
 const f32 = (dims: number[], data: Float32Array): TensorData => ({ dtype: "float32", dims, data });
 
 // exactOptionalPropertyTypes: absent, not undefined.
-const runOptions = (signal: AbortSignal | undefined, client: string | undefined): RunOptions => {
-  // Every chunk read in flight listens to the signal: a slice read ahead and one being decoded
-  // (16 chunks each at 256x256 in 64x64 chunks) pass Node's default of 10, a false leak warning.
+// Every chunk read in flight listens to the signal: a slice read ahead and one being decoded
+// (16 chunks each at 256x256 in 64x64 chunks) pass Node's default of 10, a false leak warning.
+function roomForReads(signal: AbortSignal | undefined): void {
   if (signal !== undefined && getMaxListeners(signal) < LISTENERS) setMaxListeners(LISTENERS, signal);
+}
+
+const runOptions = (signal: AbortSignal | undefined, client: string | undefined): RunOptions => {
+  roomForReads(signal);
   return {
     ...(signal === undefined ? {} : { signal }),
     ...(client === undefined ? {} : { client }),
@@ -247,6 +251,7 @@ export class PropagationSession {
 
   private async encode(z: number, run: RunOptions, onRead?: () => void): Promise<Embedding> {
     const p = this.options.propagator;
+    roomForReads(run.signal);
     const raw = await this.options.slices.image(z, run.signal);
     onRead?.();
     const { normMean, normStd } = this.cfg;

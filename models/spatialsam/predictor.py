@@ -508,16 +508,22 @@ def evaluate_clicks(
     *,
     negative_on_neighbour: bool = False,
     patience: int = 3,
+    object_ids: Sequence[int] | None = None,
+    window: int | None = None,
 ) -> dict[str, float | int]:
     """The demo's use: per instance of labels (ids, uint [Z, Y, X]), one positive click at the deepest
-    point of its largest cross-section, no box, whole slices as the window, propagated both ways.
+    point of its largest cross-section, no box, propagated both ways in whole slices (window None) or
+    in a window of at least `window` px around that cross-section.
     With negative_on_neighbour, a negative click at the deepest point of the nearest other object on
-    that slice is added (objects alone on their slice are skipped). Returns the number of objects,
+    that slice is added (objects alone on their slice are skipped). object_ids: a subset (default all).
+    Returns the number of objects,
     mean and minimum 3D IoU, and mean share of predicted voxels lying on other instances."""
     pred = Predictor(model)
-    win = (slice(0, image.shape[1]), slice(0, image.shape[2]))
+    # Whole slices: one session, reset per object, so image features are encoded once.
+    whole = pred.init_state(image, sdf) if window is None else None
     ious, leaks = [], []
-    for obj_id in [int(i) for i in np.unique(labels) if i != 0]:
+    ids = [int(i) for i in np.unique(labels) if i != 0] if object_ids is None else [int(i) for i in object_ids]
+    for obj_id in ids:
         gt = labels == obj_id
         z0 = int(np.argmax(gt.sum(axis=(1, 2))))
         d = ndimage.distance_transform_edt(gt[z0])
@@ -535,9 +541,28 @@ def evaluate_clicks(
             dn = ndimage.distance_transform_edt(nb)
             ny, nx = np.unravel_index(int(np.argmax(dn)), dn.shape)
             prompt = {"points": [[float(x), float(y)], [float(nx), float(ny)]], "labels": [1, 0]}
+        if whole is not None:
+            pred.reset_state(whole)
+            st, oy, ox = whole, 0, 0
+        else:
+            ys, xs = np.nonzero(gt[z0])
+            win = _crop_window(((ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2),
+                               (int(np.ptp(ys)) + 1, int(np.ptp(xs)) + 1), image.shape[1:], window, model.stride)
+            st = pred.init_state(np.ascontiguousarray(image[:, win[0], win[1]]), np.ascontiguousarray(sdf[:, win[0], win[1]]))
+            oy, ox = win[0].start, win[1].start
+            prompt["points"] = [[px - ox, py - oy] for px, py in prompt["points"]]  # type: ignore[attr-defined]
+        pred.add_prompts(st, z0, 1, **prompt)  # type: ignore[arg-type]
         p = np.zeros(gt.shape, bool)
-        for z, lg in _propagate_object(pred, image, sdf, z0, win, prompt, patience).items():
-            p[z] = lg > model.cfg.mask_threshold
+        hw = st.image.shape[1:]
+        view = p[:, oy:oy + hw[0], ox:ox + hw[1]]
+        view[z0] = pred.mask_logits(st, 1, z0) > model.cfg.mask_threshold  # type: ignore[operator]
+        for direction in ("forward", "backward"):
+            misses = 0
+            for z, masks in pred.propagate(st, start_z=z0, direction=direction):
+                view[z] = masks[1]
+                misses = 0 if masks[1].any() else misses + 1
+                if misses >= patience:
+                    break
         ious.append(float((p & gt).sum() / (p | gt).sum()))
         leaks.append(float((p & (labels != 0) & ~gt).sum() / max(1, p.sum())))
     return {"objects": len(ious), "mean_iou_3d": float(np.mean(ious)) if ious else float("nan"),

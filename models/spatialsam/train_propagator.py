@@ -567,10 +567,10 @@ def finalize(ckpt: Path, export_dir: str | None, data: str | None, seed: int,
 
 
 def finalize_demo(ckpt: Path, export_dir: str | None, demo_data: str, val_seeds: str | None, unet_run: str | None,
-                  train_wall_minutes: float | None = None) -> dict[str, Any]:
+                  train_wall_minutes: float | None = None, window: int = 128) -> dict[str, Any]:
     """Evaluate a checkpoint on held-out demo seeds the way the demo is used (predictor.evaluate_clicks:
-    one click per object, whole slices), with the exact SDF and, given a train-unet run, the U-Net's SDF
-    as the memory; export it with its training metadata."""
+    one click per object, in a `window` px window around it and in whole slices), with the exact SDF
+    and, given a train-unet run, the U-Net's SDF as the memory; export it with its training metadata."""
     from spatialsam.cli import run_summary
     from spatialsam.data import load_demo_volumes
     from spatialsam.export_propagator import check_parity, export_propagator
@@ -589,9 +589,10 @@ def finalize_demo(ckpt: Path, export_dir: str | None, demo_data: str, val_seeds:
     t0 = time.time()
     metrics: dict[str, Any] = {
         "protocol": f"held-out demo seeds {val_seeds}: every object, one positive click at the deepest point of its "
-                    "largest cross-section (no box), whole 256x256 slices, propagate both ways; 3D IoU per object, "
-                    "share of predicted voxels on other objects; 'negative_click': plus one negative click on the "
-                    "nearest other object on that slice",
+                    f"largest cross-section (no box), a window of {window} px around that cross-section (or whole "
+                    "256x256 slices: 'whole_slices'), propagate both ways; mean/min 3D IoU per object, share of "
+                    "predicted voxels on other objects; 'negative_click': plus one negative click on the nearest "
+                    "other object on that slice",
     }
     vols = load_demo_volumes(demo_data, [int(x) for x in val_seeds.split(",")])
     unet = (load_unet(Path(unet_run) / "best.pt"), run_summary(Path(unet_run))) if unet_run else None
@@ -601,11 +602,12 @@ def finalize_demo(ckpt: Path, export_dir: str | None, demo_data: str, val_seeds:
             sdfs["unet_sdf_memory"] = predict(unet[0], v.image, unet[1]["mean"], unet[1]["std"])[0]
             metrics[f"{v.name} unet_fg_iou"] = float((((sdfs["unet_sdf_memory"] > 0) & v.mask).sum())
                                                       / ((sdfs["unet_sdf_memory"] > 0) | v.mask).sum())
-        for name, sdf in sdfs.items():
-            metrics[f"{v.name} {name}"] = evaluate_clicks(model, v.image, sdf, v.labels)
+        runs = [(f"{name}", sdf, {"window": window}) for name, sdf in sdfs.items()]
+        runs += [("gt_sdf_memory negative_click", sdfs["gt_sdf_memory"], {"window": window, "negative_on_neighbour": True}),
+                 ("gt_sdf_memory whole_slices", sdfs["gt_sdf_memory"], {})]
+        for name, sdf, kw in runs:
+            metrics[f"{v.name} {name}"] = evaluate_clicks(model, v.image, sdf, v.labels, **kw)  # type: ignore[arg-type]
             print(json.dumps({name: metrics[f"{v.name} {name}"]}), flush=True)
-        metrics[f"{v.name} gt_sdf_memory negative_click"] = evaluate_clicks(model, v.image, sdfs["gt_sdf_memory"],
-                                                                             v.labels, negative_on_neighbour=True)
     metrics["eval_seconds"] = round(time.time() - t0, 1)
     meta["validation"] = metrics
     print(json.dumps(metrics, indent=2))

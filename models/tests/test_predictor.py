@@ -184,3 +184,22 @@ def test_evaluate_tracking_scores_a_perfect_and_an_empty_tracker(model, vol):
     res = evaluate_tracking(model, image, sdf, sdf > 0, crop=32, min_slices=3)
     assert res["objects"] == 1 and 0.0 <= res["mean_iou_3d"] <= 1.0 and 0.0 <= res["mean_slice_iou"] <= 1.0
     assert evaluate_tracking(model, image, sdf, np.zeros_like(sdf, bool))["objects"] == 0
+
+
+def test_evaluate_clicks_counts_objects_whole_slices_and_windows(model, vol):
+    from spatialsam.predictor import evaluate_clicks
+
+    image, sdf = vol
+    labels = np.zeros(image.shape, np.uint64)
+    labels[:, 20:30, 10:20] = 3
+    labels[2:6, 30:40, 40:50] = 8  # on slices 2-5 beside 3: a neighbour for negative clicks
+    for kw in ({}, {"window": 32}):
+        res = evaluate_clicks(model, image, sdf, labels, **kw)
+        assert res["objects"] == 2
+        assert 0.0 <= res["min_iou_3d"] <= res["mean_iou_3d"] <= 1.0
+        assert 0.0 <= res["mean_share_on_other_objects"] <= 1.0
+    assert evaluate_clicks(model, image, sdf, labels, object_ids=[8])["objects"] == 1
+    # 3's largest cross-section is the first of its equal ones, slice 0, where 8 is absent: skipped.
+    assert evaluate_clicks(model, image, sdf, labels, negative_on_neighbour=True)["objects"] == 1
+    lone = np.where(labels == 3, labels, 0)
+    assert evaluate_clicks(model, image, sdf, lone, negative_on_neighbour=True)["objects"] == 0

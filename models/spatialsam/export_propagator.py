@@ -165,9 +165,11 @@ def export_propagator(
     example_hw: tuple[int, int] = (64, 64),
     voxel_size_nm: list[float] | None = None,
     training: dict[str, Any] | None = None,
+    name: str | None = None,
 ) -> dict[str, Any]:
     """Write out_dir/{image_encoder,memory_encoder,memory_decoder}/{model.onnx,model.json} and
-    out_dir/propagator.json; returns the propagator.json content."""
+    out_dir/propagator.json; returns the propagator.json content. ``name``: the propagator's name
+    (servers with several pick by it, so it must differ between them); default propagator_<config>."""
     out = Path(out_dir)
     model = model.eval()
     cfg = model.cfg
@@ -196,7 +198,7 @@ def export_propagator(
         write_json(gdir / "model.json", manifest)
         manifests[kind] = manifest
     top = {
-        "name": f"propagator_{cfg.name}",
+        "name": name or f"propagator_{cfg.name}",
         "version": version,
         "manifest_version": MANIFEST_VERSION,
         "opset": OPSET,

@@ -528,29 +528,31 @@ def evaluate_clicks(
         z0 = int(np.argmax(gt.sum(axis=(1, 2))))
         d = ndimage.distance_transform_edt(gt[z0])
         y, x = np.unravel_index(int(np.argmax(d)), d.shape)
-        prompt: dict[str, object] = {"points": [[float(x), float(y)]], "labels": [1]}
-        if negative_on_neighbour:
-            others = (labels[z0] != 0) & ~gt[z0]
-            if not others.any():
-                continue
-            near = ndimage.distance_transform_edt(~gt[z0])
-            cc, _ = ndimage.label(others)
-            oy, ox = np.nonzero(others)
-            k = int(np.argmin(near[oy, ox]))
-            nb = cc == cc[oy[k], ox[k]]
-            dn = ndimage.distance_transform_edt(nb)
-            ny, nx = np.unravel_index(int(np.argmax(dn)), dn.shape)
-            prompt = {"points": [[float(x), float(y)], [float(nx), float(ny)]], "labels": [1, 0]}
         if whole is not None:
             pred.reset_state(whole)
-            st, oy, ox = whole, 0, 0
+            st, win = whole, (slice(0, image.shape[1]), slice(0, image.shape[2]))
         else:
             ys, xs = np.nonzero(gt[z0])
             win = _crop_window(((ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2),
                                (int(np.ptp(ys)) + 1, int(np.ptp(xs)) + 1), image.shape[1:], window, model.stride)
             st = pred.init_state(np.ascontiguousarray(image[:, win[0], win[1]]), np.ascontiguousarray(sdf[:, win[0], win[1]]))
-            oy, ox = win[0].start, win[1].start
-            prompt["points"] = [[px - ox, py - oy] for px, py in prompt["points"]]  # type: ignore[attr-defined]
+        oy, ox = win[0].start, win[1].start
+        points, point_labels = [[float(x - ox), float(y - oy)]], [1]
+        if negative_on_neighbour:
+            # The nearest other object inside the window; its deepest point there gets the click.
+            g = gt[z0][win]
+            others = (labels[z0][win] != 0) & ~g
+            if not others.any():
+                continue
+            near = ndimage.distance_transform_edt(~g)
+            cc, _ = ndimage.label(others)
+            ny_, nx_ = np.nonzero(others)
+            k = int(np.argmin(near[ny_, nx_]))
+            dn = ndimage.distance_transform_edt(cc == cc[ny_[k], nx_[k]])
+            ny, nx = np.unravel_index(int(np.argmax(dn)), dn.shape)
+            points.append([float(nx), float(ny)])
+            point_labels.append(0)
+        prompt: dict[str, object] = {"points": points, "labels": point_labels}
         pred.add_prompts(st, z0, 1, **prompt)  # type: ignore[arg-type]
         p = np.zeros(gt.shape, bool)
         hw = st.image.shape[1:]

@@ -612,7 +612,9 @@ def finalize_demo(ckpt: Path, export_dir: str | None, demo_data: str, val_seeds:
     meta["validation"] = metrics
     print(json.dumps(metrics, indent=2))
     if export_dir:
-        export_propagator(model, export_dir, training=meta, voxel_size_nm=list(vols[0].voxel_size_nm))
+        # Named after its folder: the demo serves it beside propagator_lucchi (propagator_compact).
+        export_propagator(model, export_dir, training=meta, voxel_size_nm=list(vols[0].voxel_size_nm),
+                          name=Path(export_dir).name)
         print(json.dumps(check_parity(model, export_dir)))
     return meta
 

@@ -4,10 +4,10 @@
 // object, from 4 slices above to 4 below it (the window the propagator was trained and validated at). One click at the
 // deepest point of an object's largest cross-section (chosen by scipy in a spawned Python) must
 // segment that object in 3D and leave its neighbours alone.
-// Thresholds: on the held-out seed 201 the shipped pair reaches the IoU recorded in
-// models/propagator_demo/propagator.json (see models/README.md, "Demo models"); the bounds sit
-// below it with margin and far above what the Lucchi++ models give here (IoU 0.17, every
-// mitochondrion of the slice marked).
+// Thresholds: on the held-out seed 201 (models/README.md, "Demo models"; the manifest's validation)
+// the pair reaches a mean 3D IoU of 0.85 with the U-Net's SDF as memory, 11% of the predicted voxels
+// on other objects (a few objects account for most of it); this object measured 0.987 and 0.000. The
+// Lucchi++ propagator scores 0.19 and 72% with the exact SDF under the same protocol.
 import { execFileSync } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -152,7 +152,7 @@ describe.skipIf(!haveModels)("demo models on the demo volume", () => {
     }
     const s = score(pred, target.id);
     process.stdout.write(`e2e demo: object ${target.id} clicked at z ${target.z}: 3D IoU ${s.iou.toFixed(3)}, share on other objects ${s.onOthers.toFixed(3)}\n`);
-    expect(s.iou).toBeGreaterThan(0.7);
-    expect(s.onOthers).toBeLessThan(0.05);
+    expect(s.iou).toBeGreaterThan(0.8);
+    expect(s.onOthers).toBeLessThan(0.1);
   }, 120_000);
 });

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -508,7 +509,8 @@ def main(argv: list[str] | None = None) -> None:
         "annotation_budget": budget,
         "memory_input": f"GT SDF: sdf.sdf_target(mask, {list(vs)}, T={DEFAULT_TRUNCATION_NM} nm)",
         "seed": args.seed,
-        "command": "nice -n 10 models/.venv/bin/python -m spatialsam.train_propagator " + " ".join(argv or sys.argv[1:]),
+        "command": f"nice -n {os.nice(0)} models/.venv/bin/python -m spatialsam.train_propagator "
+                   + " ".join(argv or sys.argv[1:]),
         "params": model.param_count(),
     }
     if args.init:

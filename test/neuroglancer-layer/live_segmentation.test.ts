@@ -1,5 +1,5 @@
 // Live segmentation in a real browser: Debian's chromium (playwright-core) on the viewer served by a
-// real server with the shipped propagator (models/propagator_lucchi). A real mouse click on a demo
+// real server with the demo's propagator (models/propagator_demo, what `npm start` serves). A real mouse click on a demo
 // mitochondrion starts a session, segments and propagates; the live layer's pixels in the screenshot
 // are checked against the live volume read back through the bridge's API; a shift+click (negative
 // point) changes the mask without a reload, and only the chunks the event stream announced are
@@ -24,7 +24,7 @@ import { launchChromium, requireChromium } from "#test/helpers/browser.ts";
 const ROOT = join(import.meta.dirname, "..", "..");
 const ARTIFACTS = join(ROOT, "test-artifacts", "neuroglancer-layer");
 const PYTHON = join(ROOT, "models", ".venv", "bin", "python");
-const PROPAGATOR = join(ROOT, "models", "propagator_lucchi");
+const PROPAGATOR = join(ROOT, "models", "propagator_demo");
 const VIEWPORT = { width: 1000, height: 700 };
 const Z = 32;
 const REACH = 6;
@@ -252,7 +252,8 @@ describe("live segmentation in the viewer", () => {
       const png1 = PNG.sync.read(await page.screenshot({ path: join(ARTIFACTS, "live_positive.png") }));
       const c1 = checkPixels(png1, cal, first, 1n);
       expect(c1.inside).toBeGreaterThan(100);
-      expect(c1.insideColoured / c1.inside).toBeGreaterThan(0.97);
+      // Not 1: the prompt's marker sits on the mask (a few percent of a small mitochondrion's pixels).
+      expect(c1.insideColoured / c1.inside).toBeGreaterThan(0.9);
       expect(c1.outsideColoured / c1.outside).toBeLessThan(0.01);
       // The prompt is a point of the prompts annotation layer, so it is in the URL state.
       await page.waitForFunction(() => decodeURIComponent(window.location.hash).includes('"description":"+1"'), null, { timeout: 10_000, polling: 100 });
@@ -268,7 +269,17 @@ describe("live segmentation in the viewer", () => {
           while (d < 30 && [[d, 0], [-d, 0], [0, d], [0, -d]].every(([dy, dx]) => first[(y + dy!) * X + x + dx!] === 1n && labels[(y + dy!) * X + x + dx!] !== target)) d++;
           if (d > best) [best, neg] = [d, { x, y }];
         }
-      expect(neg, "the mask leaks outside the clicked object: a negative click has a place").toBeDefined();
+      if (neg === undefined) {
+        // No leak to correct: the negative point goes on the clicked object's own mask, as far from
+        // the click as the mask reaches, which must shrink the mask all the same.
+        let far = -1;
+        for (let y = 0; y < Y; y++)
+          for (let x = 0; x < X; x++) {
+            const d = (y - click.y) ** 2 + (x - click.x) ** 2;
+            if (first[y * X + x] === 1n && d > far) [far, neg] = [d, { x, y }];
+          }
+      }
+      expect(neg).toBeDefined();
       const loadedBefore = new Set(requests.map((r) => r.path));
       const requestsBefore = requests.length;
       const eventsBefore = tool.events;
@@ -319,7 +330,7 @@ describe("live segmentation in the viewer", () => {
       expect(Math.min(...framesColoured)).toBeGreaterThan(0.9);
       const png2 = PNG.sync.read(await page.screenshot({ path: join(ARTIFACTS, "live_negative.png") }));
       const c2 = checkPixels(png2, cal, second, 1n);
-      expect(c2.insideColoured / c2.inside).toBeGreaterThan(0.97);
+      expect(c2.insideColoured / c2.inside).toBeGreaterThan(0.9);
       expect(c2.outsideColoured / c2.outside).toBeLessThan(0.01);
       expect(pageErrors).toEqual([]);
 
@@ -377,6 +388,8 @@ describe("live segmentation in the viewer", () => {
           `pixels coloured ${c2.insideColoured}/${c2.inside}, background coloured ${c2.outsideColoured}/${c2.outside}; ` +
           `${during.length} frames during the refresh, mask pixels coloured in each: min ${(Math.min(...framesColoured) * 100).toFixed(1)} %`,
       );
+      // The demo's propagator segments the clicked mitochondrion itself (not its neighbours).
+      expect(iouWithTarget(first)).toBeGreaterThan(0.7);
     } finally {
       await context.close();
     }

@@ -14,8 +14,9 @@ import { registerActionListener, type ActionEvent } from "neuroglancer/unstable/
 import { startRelativeMouseDrag } from "neuroglancer/unstable/util/mouse_drag.js";
 import { Uint64 } from "neuroglancer/unstable/util/uint64.js";
 import type { Viewer } from "neuroglancer/unstable/viewer.js";
-import { CLIENT_ID_HEADER, SEGMENT_VIEW_PATH, SESSIONS_API_PATH, type LiveChangeEvent, type LiveProgressEvent } from "#src/bridge_api.ts";
+import { CLIENT_ID_HEADER, DEFAULT_MAX_SESSION_VOXELS, SEGMENT_VIEW_PATH, SESSIONS_API_PATH, volumePath, type LiveChangeEvent, type LiveProgressEvent } from "#src/bridge_api.ts";
 import { INVALIDATE_CHUNKS_RPC, INVALIDATE_MESHES_RPC, type InvalidateChunksMessage, type InvalidateMeshesMessage } from "#layer/live_refresh.ts";
+import { inSessionBox, sessionBox } from "#layer/session_box.ts";
 import { SCHEME } from "#layer/spatialsam_url.ts";
 
 export const PROMPTS_LAYER = "spatial-sam prompts";
@@ -45,6 +46,8 @@ interface Session {
   box: { offsetZyx: number[]; shapeZyx: number[] };
   /** Largest segment-in-view box (voxels). */
   maxSegmentVoxels: number;
+  /** The bridge's largest session box (voxels). */
+  maxSessionVoxels: number;
 }
 
 interface Prompt {
@@ -123,6 +126,10 @@ export class LiveTool {
   #panel: HTMLElement;
   #objectList: HTMLElement;
   #status: HTMLElement;
+  /** Said after each request's status (e.g. that a new session replaced the last one). */
+  #note = "";
+  /** The bridge's session limit: its default until a session tells the bridge's own. */
+  #maxSessionVoxels = DEFAULT_MAX_SESSION_VOXELS;
   #objectLabel: HTMLElement;
   #enabled: HTMLInputElement;
   #reach: HTMLInputElement;
@@ -256,7 +263,8 @@ export class LiveTool {
     this.#status.textContent = `${what}...`;
     const run = this.#tail.then(fn).then(
       () => {
-        this.#status.textContent = `generation ${this.debug.generation}${this.debug.accepted === undefined ? "" : `, saved as ${this.debug.accepted}`}`;
+        this.#status.textContent = `generation ${this.debug.generation}${this.debug.accepted === undefined ? "" : `, saved as ${this.debug.accepted}`}${this.#note}`;
+        this.#note = "";
       },
       (e: unknown) => {
         const msg = e instanceof Error ? e.message : String(e);
@@ -299,9 +307,37 @@ export class LiveTool {
     throw new Error(`no image layer with a ${SCHEME}:// source to segment`);
   }
 
-  async #ensureSession(): Promise<Session> {
-    if (this.debug.session !== undefined) return this.debug.session;
-    const s = await this.#api<Session>("POST", SESSIONS_API_PATH, { volumeId: this.#imageVolumeId() });
+  /**
+   * The live session, started on first use around `at` (a prompt's voxel; default the xy panel's
+   * centre) with `startZ` the slice looked at. On a volume over the bridge's session limit the
+   * session covers a box (session_box.ts); a prompt outside it closes that session and starts one
+   * around the prompt.
+   */
+  async #ensureSession(at?: readonly [number, number, number]): Promise<Session> {
+    const current = this.debug.session;
+    if (current !== undefined) {
+      if (at === undefined || inSessionBox(current.box, at)) return current;
+      this.debug.session = undefined;
+      this.#events?.close();
+      this.#events = undefined;
+      // The next live layer starts with nothing shown.
+      this.#shown = new Set();
+      await this.#api("DELETE", `${SESSIONS_API_PATH}/${current.sessionId}`).catch(() => undefined);
+      // The old session's objects lived in its live volume, which closed with it.
+      this.#note = "; a new session around the last prompt (the previous box's objects were dropped: accept before leaving a box to keep them)";
+    }
+    const volumeId = this.#imageVolumeId();
+    const view = this.#viewXy();
+    const pos = at ?? (view === undefined ? Array.from(this.#viewer.navigationState.position.value.slice(0, 3)) : [(view.x0 + view.x1) / 2, (view.y0 + view.y1) / 2, view.z]);
+    const info = await this.#api<{ scales: { size: number[]; voxel_offset?: number[] }[] }>("GET", `${volumePath(volumeId)}/info`);
+    const scale = info.scales[0]!;
+    const offset = scale.voxel_offset ?? [0, 0, 0];
+    const level = { offsetZyx: [offset[2]!, offset[1]!, offset[0]!], shapeZyx: [scale.size[2]!, scale.size[1]!, scale.size[0]!] };
+    const box = sessionBox(level, this.#maxSessionVoxels, [pos[0]!, pos[1]!, pos[2]!], view);
+    const [z0, z1] = box === undefined ? [level.offsetZyx[0]!, level.offsetZyx[0]! + level.shapeZyx[0]!] : [box.z0, box.z1];
+    const startZ = Math.min(z1 - 1, Math.max(z0, Math.floor(pos[2]!)));
+    const s = await this.#api<Session>("POST", SESSIONS_API_PATH, { volumeId, startZ, ...(box === undefined ? {} : { box }) });
+    this.#maxSessionVoxels = s.maxSessionVoxels;
     this.debug.session = s;
     // A live layer left from a shared link names a session of another time: replace it.
     const old = this.#viewer.layerManager.getLayerByName(LIVE_LAYER);
@@ -381,7 +417,7 @@ export class LiveTool {
   }
 
   async #sendPrompts(objectId: string, z: number, prompts: Prompt[]): Promise<void> {
-    const s = await this.#ensureSession();
+    const s = await this.#ensureSession([prompts[0]!.point[0], prompts[0]!.point[1], z]);
     await this.#answered("POST", `${SESSIONS_API_PATH}/${s.sessionId}/prompts`, {
       objectId,
       z,
@@ -390,7 +426,7 @@ export class LiveTool {
   }
 
   async #sendBox(p: BoxPrompt): Promise<void> {
-    const s = await this.#ensureSession();
+    const s = await this.#ensureSession([(p.box.x0 + p.box.x1) / 2, (p.box.y0 + p.box.y1) / 2, p.z]);
     await this.#answered("POST", `${SESSIONS_API_PATH}/${s.sessionId}/prompts`, { objectId: p.objectId, z: p.z, box: p.box });
   }
 
@@ -399,13 +435,14 @@ export class LiveTool {
    * voxels) times the depth input's slices each way of the current one, clamped to the volume, with
    * fewer slices where it would exceed the bridge's voxel limit.
    */
-  viewBox(s: Session): ViewBox {
+  /** The xy panel's visible extent (its four corners mapped to voxels) and its slice; undefined without an xy panel. */
+  #viewXy(): { x0: number; y0: number; x1: number; y1: number; z: number } | undefined {
     let xy: { invViewMatrix: Float32Array; logicalWidth: number; logicalHeight: number } | undefined;
     for (const panel of this.#viewer.display.panels) {
       const params = (panel as unknown as { sliceView?: { projectionParameters: { value: { invViewMatrix: Float32Array; logicalWidth: number; logicalHeight: number; viewportNormalInGlobalCoordinates: Float32Array } } } }).sliceView?.projectionParameters.value;
       if (params !== undefined && Math.abs(params.viewportNormalInGlobalCoordinates[2]!) > 0.999 && params.logicalWidth > 0) xy = params;
     }
-    if (xy === undefined) throw new Error("segment view needs an xy panel in the layout");
+    if (xy === undefined) return undefined;
     const m = xy.invViewMatrix;
     const lo = [Infinity, Infinity];
     const hi = [-Infinity, -Infinity];
@@ -416,16 +453,23 @@ export class LiveTool {
           lo[d] = Math.min(lo[d]!, g);
           hi[d] = Math.max(hi[d]!, g);
         }
+    return { x0: lo[0]!, y0: lo[1]!, x1: hi[0]!, y1: hi[1]!, z: m[14]! };
+  }
+
+  viewBox(s: Session): ViewBox {
+    const view = this.#viewXy();
+    if (view === undefined) throw new Error("segment view needs an xy panel in the layout");
+    // Inside the session's box: on a large volume that is less than the volume.
     const [oz, oy, ox] = s.box.offsetZyx as [number, number, number];
     const [sz, sy, sx] = s.box.shapeZyx as [number, number, number];
-    const x0 = Math.max(ox, Math.floor(lo[0]!));
-    const x1 = Math.min(ox + sx, Math.ceil(hi[0]!));
-    const y0 = Math.max(oy, Math.floor(lo[1]!));
-    const y1 = Math.min(oy + sy, Math.ceil(hi[1]!));
+    const x0 = Math.max(ox, Math.floor(view.x0));
+    const x1 = Math.min(ox + sx, Math.ceil(view.x1));
+    const y0 = Math.max(oy, Math.floor(view.y0));
+    const y1 = Math.min(oy + sy, Math.ceil(view.y1));
     if (x1 <= x0 || y1 <= y0) throw new Error("the view does not show the volume");
     const area = (x1 - x0) * (y1 - y0);
     if (area > s.maxSegmentVoxels) throw new Error(`the view holds ${area} voxels per slice; segment view is limited to ${s.maxSegmentVoxels}: zoom in`);
-    const z = Math.floor(m[14]!);
+    const z = Math.floor(view.z);
     const wanted = Math.max(0, Math.floor(Number(this.#depth.value) || 0));
     const depth = Math.min(wanted, Math.floor((Math.floor(s.maxSegmentVoxels / area) - 1) / 2));
     return { x0, y0, x1, y1, z0: Math.max(oz, z - depth), z1: Math.min(oz + sz, z + depth + 1) };

@@ -19,6 +19,9 @@ export const SESSIONS_API_PATH = "api/sessions";
 /** Header with a random id per viewer tab: the bridge rate-limits prompts per tab. */
 export const CLIENT_ID_HEADER = "x-client-id";
 
+/** The bridge's default largest live session box, in voxels (sessions echo the bridge's own as `maxSessionVoxels`). */
+export const DEFAULT_MAX_SESSION_VOXELS = 512 ** 3;
+
 /** The push channel's message: the live volume's chunks (precomputed names) that changed. */
 export interface LiveChangeEvent {
   generation: number;

@@ -153,12 +153,10 @@ function parsePropagate(body: Json, s: LiveSession): PropagateRequest {
 }
 
 /**
- * The segment-in-view box `{x0, y0, z0, x1, y1, z1}` (half-open voxels, as the viewer's visible
- * extent), clamped to the session's volume, at most `maxVoxels`.
+ * A box `{x0, y0, z0, x1, y1, z1}` (half-open voxels, e.g. the viewer's visible extent), clamped
+ * to the level `level` (the view may reach past the volume: only its part inside counts).
  */
-function parseSegmentView(body: Json, s: LiveSession, maxVoxels: number): Box3 {
-  KNOWN(body, ["box"]);
-  const b = body["box"];
+function parseBox(b: unknown, level: Box3): Box3 {
   if (typeof b !== "object" || b === null || Array.isArray(b)) throw invalidArgument("box", "expected {x0, y0, z0, x1, y1, z1} (half-open voxels)");
   const o = b as Json;
   KNOWN(o, ["x0", "y0", "z0", "x1", "y1", "z1"]);
@@ -168,21 +166,38 @@ function parseSegmentView(body: Json, s: LiveSession, maxVoxels: number): Box3 {
   (["z", "y", "x"] as const).forEach((axis, d) => {
     const lo = int(o[`${axis}0`], `box.${axis}0`, -lim, lim);
     const hi = int(o[`${axis}1`], `box.${axis}1`, lo + 1, lim);
-    // The view may reach past the volume: only its part inside is segmented.
-    const v0 = s.box.offsetZyx[d]!;
-    const v1 = v0 + s.box.shapeZyx[d]!;
+    const v0 = level.offsetZyx[d]!;
+    const v1 = v0 + level.shapeZyx[d]!;
     const a = Math.max(lo, v0);
     const e = Math.min(hi, v1);
     if (e <= a) throw invalidArgument(`box.${axis}0`, `[${lo}, ${hi}) does not meet the volume's [${v0}, ${v1})`);
     offsetZyx[d] = a;
     shapeZyx[d] = e - a;
   });
-  const voxels = shapeZyx[0] * shapeZyx[1] * shapeZyx[2];
-  if (voxels > maxVoxels) throw invalidArgument("box", `${shapeZyx[2]} x ${shapeZyx[1]} x ${shapeZyx[0]} = ${voxels} voxels inside the volume; segment-in-view is limited to ${maxVoxels} (zoom in or narrow the z range)`);
   return { offsetZyx, shapeZyx };
 }
 
-function describeSession(s: LiveSession, maxSegmentVoxels: number) {
+/**
+ * The segment-in-view box (see parseBox), clamped to the volume, at most `maxVoxels`, and inside
+ * the session's box (the server's session covers no more).
+ */
+function parseSegmentView(body: Json, s: LiveSession, maxVoxels: number): Box3 {
+  KNOWN(body, ["box"]);
+  const level = s.live.metadata.scales[0]!;
+  const { offsetZyx, shapeZyx } = parseBox(body["box"], level);
+  const voxels = shapeZyx[0] * shapeZyx[1] * shapeZyx[2];
+  if (voxels > maxVoxels) throw invalidArgument("box", `${shapeZyx[2]} x ${shapeZyx[1]} x ${shapeZyx[0]} = ${voxels} voxels inside the volume; segment-in-view is limited to ${maxVoxels} (zoom in or narrow the z range)`);
+  for (let d = 0; d < 3; d++) {
+    const lo = s.box.offsetZyx[d]!;
+    const hi = lo + s.box.shapeZyx[d]!;
+    if (offsetZyx[d]! < lo || offsetZyx[d]! + shapeZyx[d]! > hi) {
+      throw invalidArgument("box", `axis ${"zyx"[d]} [${offsetZyx[d]!}, ${offsetZyx[d]! + shapeZyx[d]!}) reaches outside the session's box [${lo}, ${hi}); start a session around it`);
+    }
+  }
+  return { offsetZyx, shapeZyx };
+}
+
+function describeSession(s: LiveSession, maxSegmentVoxels: number, maxSessionVoxels: number) {
   return {
     sessionId: s.id,
     volumeId: s.image.id,
@@ -190,6 +205,9 @@ function describeSession(s: LiveSession, maxSegmentVoxels: number) {
     source: `spatialsam://${s.liveVolumeId}`,
     scaleKey: s.scaleKey,
     box: s.box,
+    /** The image's first level (the live volume's grid), which the session box lies in. */
+    level: { offsetZyx: s.live.metadata.scales[0]!.offsetZyx, shapeZyx: s.live.metadata.scales[0]!.shapeZyx },
+    maxSessionVoxels,
     chunkCount: s.live.chunkCount,
     generation: s.live.generation,
     objects: s.objects(),
@@ -249,15 +267,24 @@ export function liveSessionRoutes(options: LiveRoutesOptions): { router: Router;
     json,
     handle(log, "create session", async (req, res) => {
       const body = bodyOf(req);
-      KNOWN(body, ["volumeId", "sdfVolumeId"]);
+      KNOWN(body, ["volumeId", "sdfVolumeId", "box", "startZ"]);
       const volumeId = (field: string) => {
         const id = body[field];
         if (typeof id !== "string" || !VOLUME_ID_PATTERN.test(id)) throw invalidArgument(field, `expected ${VOLUME_ID_PATTERN.source}, got ${JSON.stringify(id)?.slice(0, 100)}`);
         return id;
       };
-      const s = await sessions.create(volumeId("volumeId"), body["sdfVolumeId"] === undefined ? undefined : volumeId("sdfVolumeId"), clientGone(res));
+      const imageId = volumeId("volumeId");
+      const opts: { sdfVolumeId?: string; box?: Box3; startZ?: number } = {};
+      if (body["sdfVolumeId"] !== undefined) opts.sdfVolumeId = volumeId("sdfVolumeId");
+      const level = options.volumes.get(imageId).source.metadata.scales[0]!;
+      if (body["box"] !== undefined) opts.box = parseBox(body["box"], level);
+      if (body["startZ"] !== undefined) {
+        const z0 = (opts.box ?? level).offsetZyx[0];
+        opts.startZ = int(body["startZ"], "startZ", z0, z0 + (opts.box ?? level).shapeZyx[0] - 1);
+      }
+      const s = await sessions.create(imageId, opts, clientGone(res));
       res.setHeader("Cache-Control", "no-store");
-      res.status(201).json(describeSession(s, sessions.maxSegmentVoxels));
+      res.status(201).json(describeSession(s, sessions.maxSegmentVoxels, sessions.maxSessionVoxels));
     }),
   );
 
@@ -265,7 +292,7 @@ export function liveSessionRoutes(options: LiveRoutesOptions): { router: Router;
     `/${SESSIONS_API_PATH}/:sessionId`,
     handle(log, "session", (req, res) => {
       res.setHeader("Cache-Control", "no-store");
-      res.json(describeSession(sessionOf(sessions, req), sessions.maxSegmentVoxels));
+      res.json(describeSession(sessionOf(sessions, req), sessions.maxSegmentVoxels, sessions.maxSessionVoxels));
     }),
   );
 

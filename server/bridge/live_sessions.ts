@@ -7,7 +7,7 @@ import { existsSync } from "node:fs";
 import { mkdir, rename, rm } from "node:fs/promises";
 import { join } from "node:path";
 import type { Box2 } from "#proto/spatial_sam/v1/common.ts";
-import type { LiveChangeEvent, LiveProgressEvent } from "#src/bridge_api.ts";
+import { DEFAULT_MAX_SESSION_VOXELS, type LiveChangeEvent, type LiveProgressEvent } from "#src/bridge_api.ts";
 import { Direction, PointLabel, type ObjectMask, type PointPrompt } from "#proto/spatial_sam/v1/segmentation.ts";
 import { cancelled, invalidArgument, notFound, resourceExhausted, unimplemented } from "#src/errors.ts";
 import type { Box3, Vec3 } from "#src/volume/types.ts";
@@ -129,14 +129,15 @@ export class LiveSession {
     imageServerVolumeId: string;
     sdfServerVolumeId: string;
     owner: LiveSessions;
+    /** The server session's box (volume coordinates); the live volume spans the whole level. */
+    box: Box3;
   }) {
     this.id = init.id;
     this.liveVolumeId = `live-${init.id}`;
     this.image = init.image;
     this.live = init.live;
     this.scaleKey = init.scaleKey;
-    const level = init.live.metadata.scales[0]!;
-    this.box = { offsetZyx: level.offsetZyx, shapeZyx: level.shapeZyx };
+    this.box = { offsetZyx: init.box.offsetZyx, shapeZyx: init.box.shapeZyx };
     this.#grpcSessionId = init.grpcSessionId;
     this.#imageServerVolumeId = init.imageServerVolumeId;
     this.#sdfServerVolumeId = init.sdfServerVolumeId;
@@ -170,7 +171,8 @@ export class LiveSession {
 
   /** All chunks changed after generation `since` (for a viewer that reconnects). */
   changesSince(since: number): ChangeEvent {
-    const [Z, Y, X] = this.box.shapeZyx;
+    // Over the live volume's whole grid, not the session box: chunk indices start at the level's origin.
+    const [Z, Y, X] = this.live.metadata.scales[0]!.shapeZyx;
     const [cz, cy, cx] = this.live.metadata.scales[0]!.chunkShapeZyx;
     const chunks: string[] = [];
     for (let z = 0; z * cz < Z; z++)
@@ -477,20 +479,42 @@ export class LiveSessions {
     return id;
   }
 
+  get maxSessionVoxels(): number {
+    return this.#options.maxSessionVoxels ?? DEFAULT_MAX_SESSION_VOXELS;
+  }
+
   /**
-   * Starts a session over the whole first level of the bridge volume `volumeId`, with the SDF
-   * memory from the bridge volume `sdfVolumeId` (or the configured one, or the server's model).
+   * Starts a session on `box` (volume voxel coordinates of the first level; default the whole
+   * level, when it fits `maxSessionVoxels`) of the bridge volume `volumeId`, with the SDF memory
+   * from the bridge volume `sdfVolumeId` (or the configured one, or the server's model). `startZ`,
+   * the slice the user looks at, lets the server embed it and its neighbours ahead of the first click.
    */
-  async create(volumeId: string, sdfVolumeId?: string, signal?: AbortSignal): Promise<LiveSession> {
+  async create(volumeId: string, opts: { sdfVolumeId?: string; box?: Box3; startZ?: number } = {}, signal?: AbortSignal): Promise<LiveSession> {
+    const { sdfVolumeId } = opts;
     const max = this.#options.maxSessions ?? 8;
     if (this.#sessions.size + this.#starting >= max) await this.evictIdle();
     if (this.#sessions.size + this.#starting >= max) throw resourceExhausted(`${max} live sessions are open; close one first`, "session");
     const image = this.#volumes.get(volumeId);
     if (image.info.type !== "image") throw invalidArgument("volumeId", `volume ${volumeId} is a ${image.info.type} volume; a session segments an image`);
     const level = image.source.metadata.scales[0]!;
-    const voxels = level.shapeZyx[0] * level.shapeZyx[1] * level.shapeZyx[2];
-    const maxVoxels = this.#options.maxSessionVoxels ?? 512 ** 3;
-    if (voxels > maxVoxels) throw invalidArgument("volumeId", `volume ${volumeId} has ${voxels} voxels; sessions are limited to ${maxVoxels}`);
+    const box: Box3 = opts.box ?? { offsetZyx: level.offsetZyx, shapeZyx: level.shapeZyx };
+    for (let d = 0; d < 3; d++) {
+      const lo = level.offsetZyx[d]!;
+      const hi = lo + level.shapeZyx[d]!;
+      const a = box.offsetZyx[d]!;
+      if (!(Number.isInteger(a) && Number.isInteger(box.shapeZyx[d]) && box.shapeZyx[d]! > 0 && a >= lo && a + box.shapeZyx[d]! <= hi)) {
+        throw invalidArgument("box", `axis ${"zyx"[d]} [${a}, ${a + box.shapeZyx[d]!}) is not a non-empty part of the level's [${lo}, ${hi})`);
+      }
+    }
+    const voxels = box.shapeZyx[0] * box.shapeZyx[1] * box.shapeZyx[2];
+    const maxVoxels = this.maxSessionVoxels;
+    if (voxels > maxVoxels) {
+      throw invalidArgument("box", opts.box === undefined ? `volume ${volumeId} has ${voxels} voxels; sessions are limited to ${maxVoxels}: give a box around the part to segment` : `the box has ${voxels} voxels; sessions are limited to ${maxVoxels}`);
+    }
+    const { startZ } = opts;
+    if (startZ !== undefined && !(Number.isInteger(startZ) && startZ >= box.offsetZyx[0] && startZ < box.offsetZyx[0] + box.shapeZyx[0])) {
+      throw invalidArgument("startZ", `expected an integer slice in [${box.offsetZyx[0]}, ${box.offsetZyx[0] + box.shapeZyx[0]}), got ${startZ}`);
+    }
     const scale = image.info.scales[0]!;
     const edge = this.#options.maxChunkEdge ?? 64;
     const chunkShapeZyx = [2, 1, 0].map((d) => Math.min(edge, scale.chunkSizeXyz[d]!)) as Vec3;
@@ -510,20 +534,23 @@ export class LiveSessions {
       const grpcSessionId = await this.client.startSession(
         {
           volumeId: imageServerVolumeId,
-          box: { offset: { z: level.offsetZyx[0], y: level.offsetZyx[1], x: level.offsetZyx[2] }, shape: { z: level.shapeZyx[0], y: level.shapeZyx[1], x: level.shapeZyx[2] } },
+          box: { offset: { z: box.offsetZyx[0], y: box.offsetZyx[1], x: box.offsetZyx[2] }, shape: { z: box.shapeZyx[0], y: box.shapeZyx[1], x: box.shapeZyx[2] } },
           scale: 0,
           model: "",
           sdfModel: "",
           sdfVolumeId: sdfServerVolumeId,
+          ...(startZ === undefined ? {} : { startZ }),
         },
         signal,
       );
       const id = randomBytes(6).toString("hex");
+      // On the level's whole grid (chunks are allocated on first write): the server's masks come in
+      // volume coordinates and land where they are, whatever the session box.
       const live = new LiveLabelVolume({ level, chunkShapeZyx });
-      const session = new LiveSession({ id, image, live, scaleKey: scale.key, grpcSessionId, imageServerVolumeId, sdfServerVolumeId, owner: this });
+      const session = new LiveSession({ id, image, live, scaleKey: scale.key, grpcSessionId, imageServerVolumeId, sdfServerVolumeId, owner: this, box });
       this.#volumes.add({ id: session.liveVolumeId, url: `live://${id}`, name: "spatial-sam", mutable: true, version: () => live.generation }, live);
       this.#sessions.set(id, session);
-      this.log.info({ session: id, volumeId, grpcSessionId, target: this.client.target }, "live session started");
+      this.log.info({ session: id, volumeId, grpcSessionId, target: this.client.target, box, startZ }, "live session started");
       return session;
     } finally {
       this.#starting--;

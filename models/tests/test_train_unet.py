@@ -114,7 +114,7 @@ def test_cpu_budget_stops_the_run_and_is_recorded(demo, tmp_path):
     out = train_unet(data, _cfg(max_steps=10_000, max_cpu_s=0.5), tmp_path, progress=False)
     assert out["stopped"] == "max_cpu" and out["cpu_s"] >= 0.5 and out["step"] < 10_000
     log = [json.loads(ln) for ln in (tmp_path / "log.jsonl").read_text().splitlines()]
-    assert all(r["cpu_s"] <= out["cpu_s"] for r in log)
+    assert all(r["cpu_s"] <= out["cpu_s"] + 0.05 for r in log)  # summary rounds to 0.1 s, the log to 0.01 s
     # a resumed run keeps counting from the checkpoint's CPU time instead of starting over
     again = train_unet(data, _cfg(max_steps=10_000, max_cpu_s=0.5), tmp_path, progress=False)
     assert again["step"] - out["step"] <= 1

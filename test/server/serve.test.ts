@@ -4,29 +4,15 @@ import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, expect, it } from "vitest";
-import { silentLogger } from "#server/log.ts";
 import { serve, type RunningServer, type ServeOptions } from "#server/serve.ts";
+import { testServerOptions } from "#test/helpers/test_server.ts";
 
-const root = join(import.meta.dirname, "..", "..");
 const TOKEN = "metrics-token-0123456789abcdef";
 let dir: string;
 let running: RunningServer;
 
 function options(extra: Partial<ServeOptions>): ServeOptions {
-  return {
-    host: "127.0.0.1",
-    port: 0,
-    httpPort: 0,
-    modelsDir: join(root, "test", "fixtures", "models"),
-    roots: [dir],
-    cacheDir: join(dir, "cache"),
-    workers: 1,
-    intraOpThreads: 1,
-    executionProvider: "cpu",
-    maxQueuePerModel: 4,
-    log: silentLogger(),
-    ...extra,
-  };
+  return testServerOptions(dir, { httpPort: 0, ...extra });
 }
 
 beforeAll(async () => {

@@ -14,7 +14,8 @@ import type { Box3, Vec3 } from "#src/volume/types.ts";
 import { createBridge, type Bridge } from "#server/bridge/bridge.ts";
 import { SegmentationClient } from "#server/bridge/segmentation_client.ts";
 import { silentLogger } from "#server/log.ts";
-import { serve, type RunningServer } from "#server/serve.ts";
+import type { RunningServer } from "#server/serve.ts";
+import { startTestServer } from "#test/helpers/test_server.ts";
 import { readNpy } from "#test/helpers/npy.ts";
 import { writePrecomputedArray } from "#test/helpers/precomputed_array.ts";
 
@@ -73,20 +74,7 @@ const inBox = (z: number, y: number, x: number) =>
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), "live-session-box-test-"));
-  server = await serve({
-    host: "127.0.0.1",
-    port: 0,
-    httpPort: -1,
-    modelsDir: join(root, "test", "fixtures", "models"),
-    roots: [dir],
-    cacheDir: join(dir, "cache"),
-    workers: 1,
-    intraOpThreads: 1,
-    executionProvider: "cpu",
-    maxQueuePerModel: 4,
-    log: silentLogger(),
-    propagation: { dir: join(golden, "model"), maxSessions: 8 },
-  });
+  server = await startTestServer(dir, { propagation: { dir: join(golden, "model"), maxSessions: 8 } });
   imageUrl = await writePrecomputedArray(dir, "image", "uint8", readNpy(join(golden, "image.npy")).data, [Z, Y, X], [5, 5, 5], { chunkZyx: CHUNK_ZYX, offsetZyx: OFFSET });
   sdfUrl = await writePrecomputedArray(dir, "sdf", "float32", readNpy(join(golden, "sdf.npy")).data, [Z, Y, X], [5, 5, 5], { chunkZyx: CHUNK_ZYX, offsetZyx: OFFSET });
   bridge = await createBridge({

@@ -14,7 +14,8 @@ import { decodeCompressedSegmentation } from "#src/codecs/compressed_segmentatio
 import type { Vec3 } from "#src/volume/types.ts";
 import { createBridge, type Bridge } from "#server/bridge/bridge.ts";
 import { silentLogger } from "#server/log.ts";
-import { serve, type RunningServer } from "#server/serve.ts";
+import type { RunningServer } from "#server/serve.ts";
+import { startTestServer } from "#test/helpers/test_server.ts";
 import { openVolume } from "#server/volume/open_volume.ts";
 import { readNpy } from "#test/helpers/npy.ts";
 import { writePrecomputedArray } from "#test/helpers/precomputed_array.ts";
@@ -159,20 +160,7 @@ const promptBody = (op: (typeof session.ops)[number]) => ({
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), "live-sessions-test-"));
-  server = await serve({
-    host: "127.0.0.1",
-    port: 0,
-    httpPort: -1,
-    modelsDir: join(root, "test", "fixtures", "models"),
-    roots: [dir],
-    cacheDir: join(dir, "cache"),
-    workers: 1,
-    intraOpThreads: 1,
-    executionProvider: "cpu",
-    maxQueuePerModel: 4,
-    log: silentLogger(),
-    propagation: { dir: join(golden, "model"), maxSessions: 8 },
-  });
+  server = await startTestServer(dir, { propagation: { dir: join(golden, "model"), maxSessions: 8 } });
   const image = await writePrecomputedArray(dir, "image", "uint8", readNpy(join(golden, "image.npy")).data, [Z, Y, X], [5, 5, 5], { chunkZyx: CHUNK_ZYX });
   const sdf = await writePrecomputedArray(dir, "sdf", "float32", readNpy(join(golden, "sdf.npy")).data, [Z, Y, X], [5, 5, 5], { chunkZyx: CHUNK_ZYX });
   // An SDF on another grid: the inference server, not the bridge, refuses it.

@@ -15,7 +15,8 @@ import type { OpenVolumeRequest, OpenVolumeResponse } from "#proto/spatial_sam/v
 import type { Box3, Vec3 } from "#src/volume/types.ts";
 import { createBridge, type Bridge } from "#server/bridge/bridge.ts";
 import { silentLogger } from "#server/log.ts";
-import { serve, type RunningServer } from "#server/serve.ts";
+import type { RunningServer } from "#server/serve.ts";
+import { startTestServer } from "#test/helpers/test_server.ts";
 import { openVolume } from "#server/volume/open_volume.ts";
 import { call, collect, connect, type Clients } from "#test/helpers/grpc_clients.ts";
 import { readNpy } from "#test/helpers/npy.ts";
@@ -112,20 +113,7 @@ function chunksDiffering(a: BigUint64Array, b: BigUint64Array): string[] {
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), "segment-view-test-"));
-  server = await serve({
-    host: "127.0.0.1",
-    port: 0,
-    httpPort: -1,
-    modelsDir: join(root, "test", "fixtures", "models"),
-    roots: [dir],
-    cacheDir: join(dir, "cache"),
-    workers: 1,
-    intraOpThreads: 1,
-    executionProvider: "cpu",
-    maxQueuePerModel: 4,
-    log: silentLogger(),
-    propagation: { dir: join(golden, "model"), maxSessions: 8 },
-  });
+  server = await startTestServer(dir, { propagation: { dir: join(golden, "model"), maxSessions: 8 } });
   clients = connect(server.grpc.address);
   imageUrl = await writePrecomputedArray(dir, "image", "uint8", readNpy(join(golden, "image.npy")).data, [Z, Y, X], [5, 5, 5], { chunkZyx: CHUNK_ZYX });
   sdfUrl = await writePrecomputedArray(dir, "sdf", "float32", readNpy(join(golden, "sdf.npy")).data, [Z, Y, X], [5, 5, 5], { chunkZyx: CHUNK_ZYX });

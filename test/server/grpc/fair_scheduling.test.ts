@@ -8,12 +8,11 @@ import { join } from "node:path";
 import { Metadata, type ServiceError } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { ModelServiceClient, RunModelRequest, RunModelResponse } from "#proto/spatial_sam/v1/model.ts";
-import { silentLogger } from "#server/log.ts";
-import { serve, type RunningServer } from "#server/serve.ts";
+import type { RunningServer } from "#server/serve.ts";
 import { toWireTensor } from "#server/grpc/convert.ts";
 import { connect, type Clients } from "#test/helpers/grpc_clients.ts";
+import { startTestServer } from "#test/helpers/test_server.ts";
 
-const root = join(import.meta.dirname, "..", "..", "..");
 const TOKENS = ["token-of-client-a-0123456789", "token-of-client-b-0123456789"] as const;
 const BURST = 6;
 
@@ -24,21 +23,7 @@ beforeAll(() => {
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 function start(fairShare: boolean, tokenFile?: string): Promise<RunningServer> {
-  return serve({
-    host: "127.0.0.1",
-    port: 0,
-    httpPort: -1,
-    modelsDir: join(root, "test", "fixtures", "models"),
-    roots: [dir],
-    cacheDir: join(dir, "cache"),
-    workers: 1,
-    intraOpThreads: 1,
-    executionProvider: "cpu",
-    maxQueuePerModel: 16,
-    fairShare,
-    log: silentLogger(),
-    ...(tokenFile === undefined ? {} : { tokenFile }),
-  });
+  return startTestServer(dir, { maxQueuePerModel: 16, fairShare, ...(tokenFile === undefined ? {} : { tokenFile }) });
 }
 
 function runSlow(client: ModelServiceClient, token?: string): Promise<RunModelResponse> {

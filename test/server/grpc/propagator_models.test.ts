@@ -24,7 +24,8 @@ import { silentLogger } from "#server/log.ts";
 import { EmbeddingCache } from "#server/engine/propagation/embedding_cache.ts";
 import { loadPropagator } from "#server/engine/propagation/propagator.ts";
 import { PropagationSession } from "#server/engine/propagation/session.ts";
-import { serve, type RunningServer } from "#server/serve.ts";
+import type { RunningServer } from "#server/serve.ts";
+import { startTestServer } from "#test/helpers/test_server.ts";
 import { call, collect, connect, grpcError, type Clients } from "#test/helpers/grpc_clients.ts";
 import { readNpy } from "#test/helpers/npy.ts";
 import { writePrecomputedArray } from "#test/helpers/precomputed_array.ts";
@@ -47,20 +48,7 @@ let sdfId: string;
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), "propagator-models-"));
-  server = await serve({
-    host: "127.0.0.1",
-    port: 0,
-    httpPort: -1,
-    modelsDir: join(root, "test", "fixtures", "models"),
-    roots: [dir],
-    cacheDir: join(dir, "cache"),
-    workers: 1,
-    intraOpThreads: 1,
-    executionProvider: "cpu",
-    maxQueuePerModel: 4,
-    log: silentLogger(),
-    propagation: { dir: shipped, extraDirs: [join(golden, "model")] },
-  });
+  server = await startTestServer(dir, { propagation: { dir: shipped, extraDirs: [join(golden, "model")] } });
   clients = connect(server.grpc.address);
   const open = async (url: string) => (await call<OpenVolumeRequest, OpenVolumeResponse>(clients.volumes, clients.volumes.openVolume, { url })).volume!.volumeId;
   imageId = await open(await writePrecomputedArray(dir, "image", "uint8", image.data, [Z, Y, X]));

@@ -18,7 +18,8 @@ import { segmentVolume } from "#server/engine/auto/segment.ts";
 import { loadPropagator } from "#server/engine/propagation/propagator.ts";
 import { SdfEngine } from "#server/engine/sdf_engine.ts";
 import { ModelRegistry } from "#server/onnx/model_registry.ts";
-import { serve, type RunningServer } from "#server/serve.ts";
+import type { RunningServer } from "#server/serve.ts";
+import { startTestServer } from "#test/helpers/test_server.ts";
 import { openVolume } from "#server/volume/open_volume.ts";
 import { PrecomputedWriter } from "#server/volume/precomputed_writer.ts";
 import { FileStore } from "#server/volume/stores.ts";
@@ -48,20 +49,7 @@ beforeAll(async () => {
     scales: [{ key: "s0", sizeXyz: [X, Y, Z], resolutionXyz: [5, 5, 5], voxelOffsetXyz: [0, 0, 0], chunkSizeXyz: [X, Y, Z], encoding: "raw" }],
   });
   await writer.writeChunk(0, [0, 0, 0], image.data);
-  server = await serve({
-    host: "127.0.0.1",
-    port: 0,
-    httpPort: -1,
-    modelsDir: models,
-    roots: [dir],
-    cacheDir: join(dir, "cache"),
-    workers: 1,
-    intraOpThreads: 1,
-    executionProvider: "cpu",
-    maxQueuePerModel: 4,
-    log: silentLogger(),
-    propagation: { dir: join(golden, "model") },
-  });
+  server = await startTestServer(dir, { propagation: { dir: join(golden, "model") } });
   clients = connect(server.grpc.address);
   imageUrl = `precomputed://file://${join(dir, "image")}`;
   const opened = await call<OpenVolumeRequest, OpenVolumeResponse>(clients.volumes, clients.volumes.openVolume, { url: imageUrl });

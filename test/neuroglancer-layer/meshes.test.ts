@@ -11,9 +11,9 @@ import { PNG } from "pngjs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ensureViewerBuilt } from "#server/bridge/viewer_build.ts";
 import { demoBridgeVolumes, DEMO_SHAPE_ZYX, ensureDemoVolume } from "#server/demo.ts";
-import { silentLogger } from "#server/log.ts";
-import { serve, type RunningServer } from "#server/serve.ts";
+import type { RunningServer } from "#server/serve.ts";
 import { launchChromium, requireChromium } from "#test/helpers/browser.ts";
+import { startTestServer } from "#test/helpers/test_server.ts";
 
 const ROOT = join(import.meta.dirname, "..", "..");
 const ARTIFACTS = join(ROOT, "test-artifacts", "neuroglancer-layer");
@@ -28,20 +28,7 @@ beforeAll(async () => {
   await ensureViewerBuilt();
   const layers = await ensureDemoVolume(join(ROOT, ".cache", "demo"));
   modelsDir = mkdtempSync(join(tmpdir(), "meshes-test-models-"));
-  server = await serve({
-    host: "127.0.0.1",
-    port: 0,
-    httpPort: 0,
-    modelsDir,
-    roots: [join(ROOT, ".cache", "demo")],
-    cacheDir: join(modelsDir, "cache"),
-    workers: 1,
-    intraOpThreads: 1,
-    executionProvider: "cpu",
-    maxQueuePerModel: 1,
-    log: silentLogger(),
-    bridge: { volumes: demoBridgeVolumes(layers) },
-  });
+  server = await startTestServer(modelsDir, { httpPort: 0, modelsDir, roots: [join(ROOT, ".cache", "demo")], maxQueuePerModel: 1, bridge: { volumes: demoBridgeVolumes(layers) } });
   base = `http://127.0.0.1:${server.httpPort!}`;
   browser = await launchChromium();
   mkdirSync(ARTIFACTS, { recursive: true });

@@ -3,11 +3,10 @@
 // masks land in the live volume exactly where the inference server's own session on that box puts
 // them (volume coordinates), nothing outside the box is written, and prompts, propagation and
 // segment-in-view outside the box are refused naming the field.
-import { createServer, type Server } from "node:http";
+import type { Server } from "node:http";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import express from "express";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { decodeCompressedSegmentation } from "#src/codecs/compressed_segmentation.ts";
 import type { Box3, Vec3 } from "#src/volume/types.ts";
@@ -15,7 +14,7 @@ import { createBridge, type Bridge } from "#server/bridge/bridge.ts";
 import { SegmentationClient } from "#server/bridge/segmentation_client.ts";
 import { silentLogger } from "#server/log.ts";
 import type { RunningServer } from "#server/serve.ts";
-import { startTestServer } from "#test/helpers/test_server.ts";
+import { listenRouter, startTestServer } from "#test/helpers/test_server.ts";
 import { readNpy } from "#test/helpers/npy.ts";
 import { writePrecomputedArray } from "#test/helpers/precomputed_array.ts";
 
@@ -86,12 +85,7 @@ beforeAll(async () => {
     ],
     live: { grpcTarget: server.grpc.address, sdfVolumes: { image: "sdf" }, maxSessionVoxels: MAX_SESSION_VOXELS, segmentOutputDir: join(dir, "segment") },
   });
-  const app = express();
-  app.use(bridge.router);
-  http = createServer(app);
-  await new Promise<void>((resolve) => http.listen(0, "127.0.0.1", resolve));
-  const a = http.address();
-  base = `http://127.0.0.1:${typeof a === "object" && a !== null ? a.port : 0}`;
+  ({ http, base } = await listenRouter(bridge.router));
 });
 
 afterAll(async () => {

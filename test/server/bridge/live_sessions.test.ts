@@ -15,7 +15,7 @@ import type { Vec3 } from "#src/volume/types.ts";
 import { createBridge, type Bridge } from "#server/bridge/bridge.ts";
 import { silentLogger } from "#server/log.ts";
 import type { RunningServer } from "#server/serve.ts";
-import { startTestServer } from "#test/helpers/test_server.ts";
+import { listenRouter, startTestServer } from "#test/helpers/test_server.ts";
 import { openVolume } from "#server/volume/open_volume.ts";
 import { readNpy } from "#test/helpers/npy.ts";
 import { writePrecomputedArray } from "#test/helpers/precomputed_array.ts";
@@ -176,12 +176,7 @@ beforeAll(async () => {
     ],
     live: { grpcTarget: server.grpc.address, sdfVolumes: { image: "sdf" }, acceptDir: join(dir, "accepted"), rateLimit: { burst: 3, perSecond: 0.001 }, maxSessions: 4, idleTimeoutMs: 60_000 },
   });
-  const app = express();
-  app.use(bridge.router);
-  http = createServer(app);
-  await new Promise<void>((resolve) => http.listen(0, "127.0.0.1", resolve));
-  const a = http.address();
-  base = `http://127.0.0.1:${typeof a === "object" && a !== null ? a.port : 0}`;
+  ({ http, base } = await listenRouter(bridge.router));
 });
 
 afterAll(async () => {

@@ -13,6 +13,7 @@ import type { Vec3 } from "#src/volume/types.ts";
 import { createBridge, type Bridge } from "#server/bridge/bridge.ts";
 import { silentLogger } from "#server/log.ts";
 import { writePrecomputedArray } from "#test/helpers/precomputed_array.ts";
+import { listenRouter } from "#test/helpers/test_server.ts";
 import { PYTHON, tempDir } from "#test/server/volume/precomputed_helpers.ts";
 
 const SHAPE: Vec3 = [30, 50, 60];
@@ -49,12 +50,7 @@ beforeAll(async () => {
   const seg = await writePrecomputedArray(dir, "labels", "uint64", labels, SHAPE, VOXEL_NM, { type: "segmentation", chunkZyx: CHUNK, offsetZyx: OFFSET });
   const img = await writePrecomputedArray(dir, "image", "uint8", new Uint8Array(8 * 8 * 8), [8, 8, 8]);
   bridge = await createBridge({ roots: [dir], log: silentLogger(), volumes: [{ id: "seg", url: seg }, { id: "img", url: img }] });
-  const app = express();
-  app.use(bridge.router);
-  http = createServer(app);
-  await new Promise<void>((res) => http.listen(0, "127.0.0.1", () => res()));
-  const a = http.address();
-  base = `http://127.0.0.1:${typeof a === "object" && a !== null ? a.port : 0}`;
+  ({ http, base } = await listenRouter(bridge.router));
 });
 
 afterAll(async () => {

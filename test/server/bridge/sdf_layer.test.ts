@@ -1,10 +1,9 @@
 // The SDF companion layer over a real socket with a real ONNX model (the tiny_conv3d fixture):
 // nothing is computed until a chunk is requested, one chunk runs the model on exactly one block,
 // its values are the SdfEngine's own output for that box, and a repeated request is a cache hit.
-import { createServer, type Server } from "node:http";
+import type { Server } from "node:http";
 import { existsSync, readdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
-import express from "express";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { makeDemoVolume } from "#src/demo_volume.ts";
 import { parsePrecomputedInfo } from "#src/volume/precomputed_info.ts";
@@ -15,6 +14,7 @@ import { silentLogger } from "#server/log.ts";
 import { ModelRegistry } from "#server/onnx/model_registry.ts";
 import { openVolume } from "#server/volume/open_volume.ts";
 import { writePrecomputedArray } from "#test/helpers/precomputed_array.ts";
+import { listenRouter } from "#test/helpers/test_server.ts";
 import { tempDir } from "#test/server/volume/precomputed_helpers.ts";
 
 const ROOT = join(import.meta.dirname, "..", "..", "..");
@@ -47,12 +47,7 @@ beforeAll(async () => {
     ],
     sdf: { engine, registry, model: MODEL },
   });
-  const app = express();
-  app.use(bridge.router);
-  http = createServer(app);
-  await new Promise<void>((res) => http.listen(0, "127.0.0.1", () => res()));
-  const a = http.address();
-  base = `http://127.0.0.1:${typeof a === "object" && a !== null ? a.port : 0}`;
+  ({ http, base } = await listenRouter(bridge.router));
 });
 
 afterAll(async () => {

@@ -5,10 +5,9 @@
 // reports progress and names exactly the chunks and objects that changed; a newer request cancels
 // a running one; bad boxes are 400 naming the field.
 import { mkdtempSync, readdirSync, rmSync } from "node:fs";
-import { createServer, type Server } from "node:http";
+import type { Server } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import express from "express";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { SegmentVolumeRequest, SegmentVolumeResponse } from "#proto/spatial_sam/v1/segmentation.ts";
 import type { OpenVolumeRequest, OpenVolumeResponse } from "#proto/spatial_sam/v1/volume.ts";
@@ -16,7 +15,7 @@ import type { Box3, Vec3 } from "#src/volume/types.ts";
 import { createBridge, type Bridge } from "#server/bridge/bridge.ts";
 import { silentLogger } from "#server/log.ts";
 import type { RunningServer } from "#server/serve.ts";
-import { startTestServer } from "#test/helpers/test_server.ts";
+import { listenRouter, startTestServer } from "#test/helpers/test_server.ts";
 import { openVolume } from "#server/volume/open_volume.ts";
 import { call, collect, connect, type Clients } from "#test/helpers/grpc_clients.ts";
 import { readNpy } from "#test/helpers/npy.ts";
@@ -126,12 +125,7 @@ beforeAll(async () => {
     ],
     live: { grpcTarget: server.grpc.address, sdfVolumes: { image: "sdf" }, segmentOutputDir: join(dir, "segment-view"), maxSegmentVoxels: MAX_VOXELS },
   });
-  const app = express();
-  app.use(bridge.router);
-  http = createServer(app);
-  await new Promise<void>((resolve) => http.listen(0, "127.0.0.1", resolve));
-  const a = http.address();
-  base = `http://127.0.0.1:${typeof a === "object" && a !== null ? a.port : 0}`;
+  ({ http, base } = await listenRouter(bridge.router));
 }, 60_000);
 
 afterAll(async () => {

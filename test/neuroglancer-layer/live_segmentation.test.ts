@@ -6,7 +6,6 @@
 // fetched again. The propagator's memory is the demo's exact SDF (scipy, from the demo labels), so
 // the test takes seconds and does not depend on the SDF U-Net. Screenshots go to
 // test-artifacts/neuroglancer-layer/; the negative-click one is also neuroglancer-layer/screenshot_live.png.
-import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -17,13 +16,13 @@ import { decodeCompressedSegmentation } from "#src/codecs/compressed_segmentatio
 import type { Vec3 } from "#src/volume/types.ts";
 import { ensureViewerBuilt, LAYER_DIR } from "#server/bridge/viewer_build.ts";
 import { demoBridgeVolumes, DEMO_SHAPE_ZYX, ensureDemoVolume } from "#server/demo.ts";
-import { silentLogger } from "#server/log.ts";
-import { serve, type RunningServer } from "#server/serve.ts";
+import type { RunningServer } from "#server/serve.ts";
 import { launchChromium, requireChromium } from "#test/helpers/browser.ts";
+import { writeDemoSdf } from "#test/helpers/demo_sdf.ts";
+import { startTestServer } from "#test/helpers/test_server.ts";
 
 const ROOT = join(import.meta.dirname, "..", "..");
 const ARTIFACTS = join(ROOT, "test-artifacts", "neuroglancer-layer");
-const PYTHON = join(ROOT, "models", ".venv", "bin", "python");
 const PROPAGATOR = join(ROOT, "models", "propagator_demo");
 const VIEWPORT = { width: 1000, height: 700 };
 const Z = 32;
@@ -35,22 +34,6 @@ let dir: string;
 let browser: Browser;
 let base: string;
 
-/** The demo's normalised SDF (spatialsam.sdf, scipy's EDT) from its labels, read by tensorstore. */
-function writeDemoSdf(labelsDir: string, out: string): void {
-  const script = `
-import sys, numpy as np, tensorstore as ts
-from spatialsam.sdf import sdf_target
-lab = np.asarray(ts.open({"driver": "neuroglancer_precomputed", "kvstore": "file://" + sys.argv[1]}).result().read().result())[..., 0]
-sdf = np.transpose(sdf_target(np.transpose(lab, (2, 1, 0)) > 0, (8.0, 8.0, 8.0)).astype(np.float32), (2, 1, 0))
-out = ts.open({"driver": "neuroglancer_precomputed", "kvstore": "file://" + sys.argv[2],
-  "multiscale_metadata": {"type": "image", "data_type": "float32", "num_channels": 1},
-  "scale_metadata": {"size": list(lab.shape[:3]), "resolution": [8, 8, 8], "encoding": "raw", "chunk_size": [64, 64, 32]},
-  "create": True}).result()
-out[..., 0].write(sdf).result()
-`;
-  execFileSync(PYTHON, ["-c", script, labelsDir, out]);
-}
-
 beforeAll(async () => {
   requireChromium();
   await ensureViewerBuilt();
@@ -59,18 +42,12 @@ beforeAll(async () => {
   writeDemoSdf(layers.labels, join(dir, "sdf"));
   // No ONNX models of its own: the propagator has its graphs, the SDF comes from the volume above.
   mkdirSync(join(dir, "no-models"));
-  server = await serve({
-    host: "127.0.0.1",
-    port: 0,
+  server = await startTestServer(dir, {
     httpPort: 0,
     modelsDir: join(dir, "no-models"),
     roots: [join(ROOT, ".cache", "demo"), dir],
-    cacheDir: join(dir, "cache"),
-    workers: 1,
     intraOpThreads: 2,
-    executionProvider: "cpu",
     maxQueuePerModel: 8,
-    log: silentLogger(),
     propagation: { dir: PROPAGATOR },
     bridge: {
       volumes: [...demoBridgeVolumes(layers), { id: "demo-sdf", name: "sdf", url: `precomputed://file://${join(dir, "sdf")}` }],

@@ -4,7 +4,7 @@
 import type { SegmentVolumeRequest, SegmentVolumeResponse } from "#proto/spatial_sam/v1/segmentation.ts";
 import { DATA_TYPES } from "#src/dtype.ts";
 import { invalidArgument, notFound, SpatialSamError } from "#src/errors.ts";
-import type { VolumeSource } from "#src/volume/types.ts";
+import type { Box3, VolumeSource } from "#src/volume/types.ts";
 import { openOutput } from "#server/engine/auto/output.ts";
 import { checkSegmentBox, segmentVolume, type AutoSdfSource, type SegmentProgress } from "#server/engine/auto/segment.ts";
 import { PropagationEngine } from "#server/engine/propagation/engine.ts";
@@ -32,6 +32,21 @@ const toWire = (p: SegmentProgress, done = false, resultUrl = ""): SegmentVolume
   done,
 });
 
+/** The open volume `id` as an SDF for `box` at `scale` (field `sdf_volume_id`): it must exist,
+ * cover the box and hold floats. Used by StartSession and SegmentVolume alike. */
+export function openSdfVolume(volumes: VolumeRegistry, id: string, box: Box3, scale: number): ReturnType<VolumeRegistry["get"]> {
+  let v: ReturnType<VolumeRegistry["get"]>;
+  try {
+    v = volumes.get(id);
+  } catch (e) {
+    if (e instanceof SpatialSamError && e._tag === "NotFound") throw notFound("sdf_volume_id", `no open volume "${id}"`);
+    throw e;
+  }
+  PropagationEngine.checkBox(v.source, box, scale, "sdf_volume_id");
+  if (DATA_TYPES[v.source.metadata.dtype].isBigInt) throw invalidArgument("sdf_volume_id", "an SDF must be a float volume");
+  return v;
+}
+
 export function segmentVolumeCall(deps: SegmentVolumeDeps) {
   return async function* (req: SegmentVolumeRequest, ctx: CallContext): AsyncGenerator<SegmentVolumeResponse> {
     const { engine, volumes } = deps;
@@ -42,15 +57,7 @@ export function segmentVolumeCall(deps: SegmentVolumeDeps) {
     let sdf: AutoSdfSource;
     if (req.sdfVolumeId !== "") {
       // A precomputed SDF: no SDF model runs, and sdf_model is not looked at.
-      let v: ReturnType<VolumeRegistry["get"]>;
-      try {
-        v = volumes.get(req.sdfVolumeId);
-      } catch (e) {
-        if (e instanceof SpatialSamError && e._tag === "NotFound") throw notFound("sdf_volume_id", `no open volume "${req.sdfVolumeId}"`);
-        throw e;
-      }
-      PropagationEngine.checkBox(v.source, box, req.scale, "sdf_volume_id");
-      if (DATA_TYPES[v.source.metadata.dtype].isBigInt) throw invalidArgument("sdf_volume_id", "an SDF must be a float volume");
+      const v = openSdfVolume(volumes, req.sdfVolumeId, box, req.scale);
       sdf = { kind: "volume", volume: v.source, scale: req.scale, key: v.url };
     } else {
       const model = req.sdfModel || engine.defaultSdfModel;

@@ -8,14 +8,13 @@ import {
   type PropagateResponse,
   type SegmentationServiceServer,
 } from "#proto/spatial_sam/v1/segmentation.ts";
-import { DATA_TYPES } from "#src/dtype.ts";
-import { invalidArgument, notFound, SpatialSamError } from "#src/errors.ts";
+import { invalidArgument } from "#src/errors.ts";
 import type { Box3 } from "#src/volume/types.ts";
 import type { Logger } from "#server/log.ts";
 import { PropagationEngine, type SdfSource } from "#server/engine/propagation/engine.ts";
 import type { Direction, PointInput, PromptInput, SliceMask } from "#server/engine/propagation/session.ts";
 import { clientKey, serverStreaming, unary } from "#server/grpc/handlers.ts";
-import { segmentVolumeCall, type SegmentVolumeDeps } from "#server/grpc/segment_volume.ts";
+import { openSdfVolume, segmentVolumeCall, type SegmentVolumeDeps } from "#server/grpc/segment_volume.ts";
 import { fromWireBox } from "#server/grpc/convert.ts";
 import type { VolumeRegistry } from "#server/grpc/volume_service.ts";
 
@@ -91,16 +90,7 @@ export function segmentationService({ volumes, engine, log, segment }: Segmentat
       PropagationEngine.checkBox(source, box, req.scale);
       let sdf: SdfSource;
       if (req.sdfVolumeId !== "") {
-        let v: ReturnType<VolumeRegistry["get"]>;
-        try {
-          v = volumes.get(req.sdfVolumeId);
-        } catch (e) {
-          if (e instanceof SpatialSamError && e._tag === "NotFound") throw notFound("sdf_volume_id", `no open volume "${req.sdfVolumeId}"`);
-          throw e;
-        }
-        PropagationEngine.checkBox(v.source, box, req.scale, "sdf_volume_id");
-        if (DATA_TYPES[v.source.metadata.dtype].isBigInt) throw invalidArgument("sdf_volume_id", "an SDF must be a float volume");
-        sdf = { kind: "volume", volume: v.source };
+        sdf = { kind: "volume", volume: openSdfVolume(volumes, req.sdfVolumeId, box, req.scale).source };
       } else {
         const model = req.sdfModel || engine.defaultSdfModel;
         if (model === undefined) throw invalidArgument("sdf_model", "is required: this server has no default SDF model (or pass sdf_volume_id)");

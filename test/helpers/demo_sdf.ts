@@ -1,9 +1,14 @@
 // The demo volume's exact SDF for the live browser tests' propagator memory: computed in Python
 // (spatialsam.sdf) from the demo labels, so the tests do not depend on the SDF U-Net.
 import { execFileSync } from "node:child_process";
+import { mkdirSync } from "node:fs";
 import { join } from "node:path";
+import { demoBridgeVolumes, ensureDemoVolume } from "#server/demo.ts";
+import type { RunningServer } from "#server/serve.ts";
+import { startTestServer } from "#test/helpers/test_server.ts";
 
-const PYTHON = join(import.meta.dirname, "..", "..", "models", ".venv", "bin", "python");
+const ROOT = join(import.meta.dirname, "..", "..");
+const PYTHON = join(ROOT, "models", ".venv", "bin", "python");
 
 /** The demo's normalised SDF (spatialsam.sdf, scipy's EDT) from its labels, read by tensorstore. */
 export function writeDemoSdf(labelsDir: string, out: string): void {
@@ -19,4 +24,27 @@ out = ts.open({"driver": "neuroglancer_precomputed", "kvstore": "file://" + sys.
 out[..., 0].write(sdf).result()
 `;
   execFileSync(PYTHON, ["-c", script, labelsDir, out]);
+}
+
+/**
+ * The live browser tests' server: the demo volume served by the bridge, live sessions whose
+ * propagator (`propagatorDir`) takes its memory from the demo's exact SDF (written under `dir`);
+ * no ONNX models of its own.
+ */
+export async function startLiveDemoServer(dir: string, propagatorDir: string): Promise<RunningServer> {
+  const layers = await ensureDemoVolume(join(ROOT, ".cache", "demo"));
+  writeDemoSdf(layers.labels, join(dir, "sdf"));
+  mkdirSync(join(dir, "no-models"));
+  return startTestServer(dir, {
+    httpPort: 0,
+    modelsDir: join(dir, "no-models"),
+    roots: [join(ROOT, ".cache", "demo"), dir],
+    intraOpThreads: 2,
+    maxQueuePerModel: 8,
+    propagation: { dir: propagatorDir },
+    bridge: {
+      volumes: [...demoBridgeVolumes(layers), { id: "demo-sdf", name: "sdf", url: `precomputed://file://${join(dir, "sdf")}` }],
+      live: { sdfVolumes: { "demo-image": "demo-sdf" } },
+    },
+  });
 }

@@ -13,11 +13,10 @@ import type { Browser, Page } from "playwright-core";
 import { PNG } from "pngjs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ensureViewerBuilt } from "#server/bridge/viewer_build.ts";
-import { demoBridgeVolumes, DEMO_SHAPE_ZYX, ensureDemoVolume } from "#server/demo.ts";
+import { DEMO_SHAPE_ZYX } from "#server/demo.ts";
 import type { RunningServer } from "#server/serve.ts";
 import { launchChromium, requireChromium } from "#test/helpers/browser.ts";
-import { writeDemoSdf } from "#test/helpers/demo_sdf.ts";
-import { startTestServer } from "#test/helpers/test_server.ts";
+import { startLiveDemoServer } from "#test/helpers/demo_sdf.ts";
 
 const ROOT = join(import.meta.dirname, "..", "..");
 const ARTIFACTS = join(ROOT, "test-artifacts", "neuroglancer-layer");
@@ -36,22 +35,8 @@ let base: string;
 beforeAll(async () => {
   requireChromium();
   await ensureViewerBuilt();
-  const layers = await ensureDemoVolume(join(ROOT, ".cache", "demo"));
   dir = mkdtempSync(join(tmpdir(), "live-box-view-test-"));
-  writeDemoSdf(layers.labels, join(dir, "sdf"));
-  mkdirSync(join(dir, "no-models"));
-  server = await startTestServer(dir, {
-    httpPort: 0,
-    modelsDir: join(dir, "no-models"),
-    roots: [join(ROOT, ".cache", "demo"), dir],
-    intraOpThreads: 2,
-    maxQueuePerModel: 8,
-    propagation: { dir: PROPAGATOR },
-    bridge: {
-      volumes: [...demoBridgeVolumes(layers), { id: "demo-sdf", name: "sdf", url: `precomputed://file://${join(dir, "sdf")}` }],
-      live: { sdfVolumes: { "demo-image": "demo-sdf" } },
-    },
-  });
+  server = await startLiveDemoServer(dir, PROPAGATOR);
   base = `http://127.0.0.1:${server.httpPort!}`;
   browser = await launchChromium();
   mkdirSync(ARTIFACTS, { recursive: true });

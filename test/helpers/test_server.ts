@@ -40,3 +40,10 @@ export async function listenRouter(router: Router): Promise<{ http: Server; base
   const a = http.address();
   return { http, base: `http://127.0.0.1:${typeof a === "object" && a !== null ? a.port : 0}` };
 }
+
+/** Closes a server from `listenRouter` (undefined when set-up failed first), dropping kept-alive connections. */
+export async function closeHttp(http: Server | undefined): Promise<void> {
+  if (http === undefined) return;
+  http.closeAllConnections();
+  await new Promise<void>((resolve) => http.close(() => resolve()));
+}

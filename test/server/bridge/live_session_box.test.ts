@@ -14,7 +14,7 @@ import { createBridge, type Bridge } from "#server/bridge/bridge.ts";
 import { SegmentationClient } from "#server/bridge/segmentation_client.ts";
 import { silentLogger } from "#server/log.ts";
 import type { RunningServer } from "#server/serve.ts";
-import { listenRouter, startTestServer } from "#test/helpers/test_server.ts";
+import { closeHttp, listenRouter, startTestServer } from "#test/helpers/test_server.ts";
 import { readNpy } from "#test/helpers/npy.ts";
 import { writePrecomputedArray } from "#test/helpers/precomputed_array.ts";
 
@@ -89,8 +89,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  http?.closeAllConnections();
-  await new Promise<void>((resolve) => (http ? http.close(() => resolve()) : resolve()));
+  await closeHttp(http);
   await bridge?.close();
   await server?.close();
   if (dir) rmSync(dir, { recursive: true, force: true });

@@ -15,7 +15,7 @@ import type { Vec3 } from "#src/volume/types.ts";
 import { createBridge, type Bridge } from "#server/bridge/bridge.ts";
 import { silentLogger } from "#server/log.ts";
 import type { RunningServer } from "#server/serve.ts";
-import { listenRouter, startTestServer } from "#test/helpers/test_server.ts";
+import { closeHttp, listenRouter, startTestServer } from "#test/helpers/test_server.ts";
 import { openVolume } from "#server/volume/open_volume.ts";
 import { readNpy } from "#test/helpers/npy.ts";
 import { writePrecomputedArray } from "#test/helpers/precomputed_array.ts";
@@ -180,8 +180,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  http?.closeAllConnections();
-  await new Promise<void>((resolve) => (http ? http.close(() => resolve()) : resolve()));
+  await closeHttp(http);
   await bridge?.close();
   await server?.close();
   if (dir) rmSync(dir, { recursive: true, force: true });

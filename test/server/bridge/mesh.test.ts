@@ -13,7 +13,7 @@ import type { Vec3 } from "#src/volume/types.ts";
 import { createBridge, type Bridge } from "#server/bridge/bridge.ts";
 import { silentLogger } from "#server/log.ts";
 import { writePrecomputedArray } from "#test/helpers/precomputed_array.ts";
-import { listenRouter } from "#test/helpers/test_server.ts";
+import { closeHttp, listenRouter } from "#test/helpers/test_server.ts";
 import { PYTHON, tempDir } from "#test/server/volume/precomputed_helpers.ts";
 
 const SHAPE: Vec3 = [30, 50, 60];
@@ -54,7 +54,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  await new Promise<void>((res) => (http ? http.close(() => res()) : res()));
+  await closeHttp(http);
   await bridge?.close();
   rmSync(dir, { recursive: true, force: true });
 });

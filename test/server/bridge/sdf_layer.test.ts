@@ -14,7 +14,7 @@ import { silentLogger } from "#server/log.ts";
 import { ModelRegistry } from "#server/onnx/model_registry.ts";
 import { openVolume } from "#server/volume/open_volume.ts";
 import { writePrecomputedArray } from "#test/helpers/precomputed_array.ts";
-import { listenRouter } from "#test/helpers/test_server.ts";
+import { closeHttp, listenRouter } from "#test/helpers/test_server.ts";
 import { tempDir } from "#test/server/volume/precomputed_helpers.ts";
 
 const ROOT = join(import.meta.dirname, "..", "..", "..");
@@ -51,7 +51,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  await new Promise<void>((res) => (http ? http.close(() => res()) : res()));
+  await closeHttp(http);
   await bridge?.close();
   await registry?.close();
   rmSync(dir, { recursive: true, force: true });

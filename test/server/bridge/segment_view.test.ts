@@ -15,7 +15,7 @@ import type { Box3, Vec3 } from "#src/volume/types.ts";
 import { createBridge, type Bridge } from "#server/bridge/bridge.ts";
 import { silentLogger } from "#server/log.ts";
 import type { RunningServer } from "#server/serve.ts";
-import { listenRouter, startTestServer } from "#test/helpers/test_server.ts";
+import { closeHttp, listenRouter, startTestServer } from "#test/helpers/test_server.ts";
 import { openVolume } from "#server/volume/open_volume.ts";
 import { call, collect, connect, type Clients } from "#test/helpers/grpc_clients.ts";
 import { readNpy } from "#test/helpers/npy.ts";
@@ -129,8 +129,7 @@ beforeAll(async () => {
 }, 60_000);
 
 afterAll(async () => {
-  http?.closeAllConnections();
-  await new Promise<void>((resolve) => (http ? http.close(() => resolve()) : resolve()));
+  await closeHttp(http);
   await bridge?.close();
   clients?.close();
   await server?.close();

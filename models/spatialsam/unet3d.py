@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -26,6 +27,11 @@ class UNetConfig:
     norm: "batch" (BatchNorm, fixed statistics at inference, so blockwise results are seamless)
         or "none". Instance/group norm are deliberately not offered: their statistics depend on
         the block and break seamless blockwise inference.
+    stem: () or a factor per axis, e.g. (2, 2, 2): the U-Net runs on the image average-pooled by
+        this factor and its two output maps (before tanh) are upsampled back by (tri)linear
+        interpolation, so input and output stay at the volume's resolution. On 5 nm FIB-SEM this
+        costs 1/8 of the compute for mitochondria that are still 20-50 voxels wide at 10 nm
+        (Lucchi++ test: downsampling the true mask by 2 and upsampling it back keeps fg-IoU 0.97).
     """
 
     spatial_dims: int = 3
@@ -35,10 +41,12 @@ class UNetConfig:
     convs_per_block: int = 2
     kernel_size: int = 3
     norm: str = "batch"
+    stem: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
         self.pool = tuple(tuple(int(p) for p in f) for f in self.pool)
+        self.stem = tuple(int(f) for f in self.stem)
         if self.spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims: must be 2 or 3, got {self.spatial_dims}")
         if len(self.channels) < 1 or min(self.channels) < 1:
@@ -47,6 +55,8 @@ class UNetConfig:
             raise ValueError(f"pool: need {len(self.channels) - 1} factors (one per level transition), got {len(self.pool)}")
         if any(len(p) != self.spatial_dims or min(p) < 1 for p in self.pool):
             raise ValueError(f"pool: each factor needs {self.spatial_dims} positive ints, got {self.pool}")
+        if self.stem and (len(self.stem) != self.spatial_dims or min(self.stem) < 1):
+            raise ValueError(f"stem: need () or {self.spatial_dims} positive ints, got {self.stem}")
         if self.norm not in ("batch", "none"):
             raise ValueError(f"norm: must be 'batch' or 'none', got {self.norm!r}")
         if self.kernel_size % 2 != 1:
@@ -54,7 +64,7 @@ class UNetConfig:
 
     def size_multiple(self) -> tuple[int, ...]:
         """Every input spatial size must be a multiple of this (product of the pool factors per axis)."""
-        m = [1] * self.spatial_dims
+        m = list(self.stem) if self.stem else [1] * self.spatial_dims
         for f in self.pool:
             m = [a * b for a, b in zip(m, f)]
         return tuple(m)
@@ -65,7 +75,11 @@ class UNetConfig:
 
 def receptive_field(cfg: UNetConfig) -> tuple[int, ...]:
     """Receptive field of one output voxel, in voxels per axis, computed from the layers:
-    each conv adds (k-1) * scale, each pooling and upsampling step is exact (kernel == stride)."""
+    each conv adds (k-1) * scale, each pooling and upsampling step is exact (kernel == stride).
+    With a stem of factor s, an output voxel interpolates two neighbouring coarse voxels per axis;
+    their fields together span at most rf_coarse + m coarse voxels (m = the coarse net's pooling
+    product: neighbours on either side of a pooling cell see windows shifted by up to m), each of
+    s input voxels: s * (rf_coarse + m)."""
     rf = [1] * cfg.spatial_dims
     scale = [1] * cfg.spatial_dims
     k = cfg.kernel_size
@@ -82,6 +96,11 @@ def receptive_field(cfg: UNetConfig) -> tuple[int, ...]:
         scale = [s // p for s, p in zip(scale, cfg.pool[level])]
         for _ in range(cfg.convs_per_block):
             rf = [r + (k - 1) * s for r, s in zip(rf, scale)]
+    if cfg.stem:
+        inner = [1] * cfg.spatial_dims
+        for f in cfg.pool:
+            inner = [a * b for a, b in zip(inner, f)]
+        rf = [s * (r + m) if s > 1 else r for r, s, m in zip(rf, cfg.stem, inner)]
     return tuple(rf)
 
 
@@ -128,6 +147,10 @@ class UNet(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        stem = self.cfg.stem if self.cfg.stem and max(self.cfg.stem) > 1 else None
+        if stem is not None:
+            pool = F.avg_pool3d if self.cfg.spatial_dims == 3 else F.avg_pool2d
+            x = pool(x, stem, stem)
         skips = []
         for i, block in enumerate(self.down):
             x = block(x)
@@ -138,6 +161,9 @@ class UNet(nn.Module):
             x = self.ups[i](x)
             x = self.up_blocks[i](torch.cat([skips[i], x], 1))
         out = self.head(x)
+        if stem is not None:
+            mode = "trilinear" if self.cfg.spatial_dims == 3 else "bilinear"
+            out = F.interpolate(out, scale_factor=tuple(float(f) for f in stem), mode=mode, align_corners=False)
         return torch.tanh(out[:, :1]), out[:, 1:2]
 
 

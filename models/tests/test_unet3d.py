@@ -63,3 +63,40 @@ def test_blockwise_prediction_is_seamless():
     torch.testing.assert_close(a_fg, b_fg, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="image: contains NaN"):
         predict_volume(m, torch.full((4, 8, 8), float("nan")))
+
+
+def test_stem_runs_coarse_and_returns_full_resolution():
+    cfg = UNetConfig(channels=(2, 4), pool=((2, 2, 2),), norm="none", stem=(2, 2, 2))
+    assert cfg.size_multiple() == (4, 4, 4)
+    torch.manual_seed(0)
+    m = build_unet3d(cfg).eval()
+    sdf, fg = m(torch.randn(1, 1, 8, 16, 12))
+    assert sdf.shape == fg.shape == (1, 1, 8, 16, 12)
+    with pytest.raises(ValueError, match="stem"):
+        UNetConfig(stem=(2, 2))
+
+
+def test_stem_receptive_field_matches_gradient_support():
+    torch.manual_seed(0)
+    cfg = UNetConfig(channels=(2, 4), pool=((2, 2, 2),), norm="none", stem=(2, 2, 2))
+    m = build_unet3d(cfg).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(p.abs() + 0.01)
+    x = torch.randn(1, 1, 64, 64, 64, requires_grad=True)
+    _, fg = m(x)
+    fg[0, 0, 32, 32, 32].backward()
+    nz = x.grad[0, 0].abs() > 0
+    extent = [int(nz.any(dim=tuple(d for d in range(3) if d != a)).sum()) for a in range(3)]
+    rf = receptive_field(cfg)
+    assert all(r - 4 <= e <= r for e, r in zip(extent, rf)), (extent, rf)
+
+
+def test_stem_blockwise_prediction_is_seamless():
+    torch.manual_seed(2)
+    m = build_unet3d(UNetConfig(channels=(2, 4), pool=((1, 2, 2),), convs_per_block=1, norm="none", stem=(2, 2, 2))).eval()
+    img = torch.randn(12, 24, 20)
+    a_sdf, a_fg = predict_volume(m, img, block_zyx=(4, 8, 8))
+    b_sdf, b_fg = predict_volume(m, img, block_zyx=(12, 24, 20))
+    torch.testing.assert_close(a_sdf, b_sdf, atol=1e-5, rtol=0)
+    torch.testing.assert_close(a_fg, b_fg, atol=1e-5, rtol=0)

@@ -77,9 +77,15 @@ def cmd_train_unet(a: argparse.Namespace) -> int:
         val = ValData(v.image, v.mask)
         val_name = f"demo generator seeds {a.val_demo_seeds}"
     elif a.val_split:
-        v = _load(a.val_split, a.data_root, a.val_box)
-        val = ValData(v.image, v.mask)
-        val_name = f"lucchi_pp/{a.val_split}[{a.val_box or ':,:,:'}]"
+        box = a.val_box
+        if a.val_context:
+            if not box:
+                raise SystemExit("--val-context: needs --val-box (the scored slices)")
+            (z0, z1), rest = (int(v) for v in box.split(",")[0].split(":")), box.split(",")[1:]
+            box = ",".join([f"{z0 - a.val_context}:{z1 + a.val_context}", *rest])
+        v = _load(a.val_split, a.data_root, box)
+        val = ValData(v.image, v.mask, a.val_context)
+        val_name = f"lucchi_pp/{a.val_split}[{a.val_box or ':,:,:'}]" + (f", {a.val_context} slices of context on each side" if a.val_context else "")
     t0 = time.time()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -192,10 +198,13 @@ def cmd_adapt(a: argparse.Namespace) -> int:
 
     vol = _load(a.split, a.data_root, a.box)
     slices = [int(s) for s in a.slices.split(",")] if a.slices else budget_slices(vol.image.shape[0], a.budget)
-    cfg = DualTrackConfig(rounds=a.rounds, seed=a.seed, threads=a.threads, unet_steps=a.unet_steps, mask_steps=a.mask_steps)
+    cfg = DualTrackConfig(rounds=a.rounds, seed=a.seed, threads=a.threads, unet_config=a.unet_config,
+                          bootstrap_unet_steps=a.bootstrap_unet_steps, unet_steps=a.unet_steps,
+                          bootstrap_mask_steps=a.bootstrap_mask_steps, mask_steps=a.mask_steps, propagator_memory=a.memory)
     labels = np.zeros(vol.mask.shape, bool)
     labels[slices] = vol.mask[slices]  # only the annotated slices are ever read
-    result = run_dualtrack(vol.image, labels, slices, vol.voxel_size_nm, cfg, Path(a.out), progress=not a.no_progress)
+    result = run_dualtrack(vol.image, labels, slices, vol.voxel_size_nm, cfg, Path(a.out), progress=not a.no_progress,
+                           bootstrap_unet=a.bootstrap_unet)
     print(json.dumps({k: v for k, v in result.items() if k != "pseudo"}))
     return 0
 
@@ -217,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="run folder: checkpoint.pt, best.pt, log.jsonl, summary.json; resumes if present")
     t.add_argument("--val-split", choices=["train", "test"], help="held-out split for early stopping")
     t.add_argument("--val-box", help="sub-volume of the validation split")
+    t.add_argument("--val-context", type=int, default=0,
+                   help="also read this many slices before and after --val-box's z-range as input (not scored)")
     t.add_argument("--demo-data", help="train on demo volumes written by server/bin/write_demo_training.ts (this folder) instead of Lucchi++")
     t.add_argument("--demo-seeds", help="with --demo-data: training seeds, e.g. 101,102,103")
     t.add_argument("--val-demo-seeds", help="with --demo-data: held-out seeds for early stopping, e.g. 201")
@@ -245,9 +256,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--budget", default="1/64", help="annotated fraction of slices (default 1/64)")
     d.add_argument("--slices", help="explicit annotated z-indices, comma separated (overrides --budget)")
     d.add_argument("--out", required=True, help="run folder; resumes from its last finished round")
-    d.add_argument("--rounds", type=int, default=3)
-    d.add_argument("--unet-steps", type=int, default=300, help="SDF-track steps per round")
-    d.add_argument("--mask-steps", type=int, default=300, help="mask-track steps per round")
+    d.add_argument("--rounds", type=int, default=2, help="rounds after the bootstrap round")
+    d.add_argument("--unet-config", default="unet3d_lucchi", help="the SDF track's training config (name or YAML)")
+    d.add_argument("--bootstrap-unet-steps", type=int, default=1500, help="SDF-track steps in the bootstrap round")
+    d.add_argument("--unet-steps", type=int, default=800, help="SDF-track steps per later round")
+    d.add_argument("--bootstrap-mask-steps", type=int, default=800, help="mask-track steps in the bootstrap round")
+    d.add_argument("--mask-steps", type=int, default=400, help="mask-track steps per later round")
+    d.add_argument("--memory", choices=["sdf", "mask"], default="sdf",
+                   help="the propagator's memory: sdf (Spatial-SAM) or mask (SAM2's, the ablation)")
+    d.add_argument("--bootstrap-unet", help="a finished train-unet run on the same annotated slices: round 0's SDF track")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--threads", type=int, default=1)
     d.set_defaults(func=cmd_adapt)

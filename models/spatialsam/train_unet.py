@@ -9,6 +9,7 @@ early-stopping state), ``best.pt`` (model weights with the best validation fg-Io
 
 from __future__ import annotations
 
+import copy
 import json
 import signal
 import threading
@@ -58,10 +59,28 @@ class TrainConfig:
     # Share of crops centred on a labelled foreground voxel. Mitochondria are ~7% of Lucchi++:
     # uniform batch-1 crops taught the net to predict background everywhere.
     fg_crop_fraction: float = 0.5
+    # "bf16": forward and backward under CPU autocast to bfloat16 (weights, optimizer and losses
+    # stay float32). 2.5-3x faster per step on CPUs with AVX512-BF16; inference stays float32.
+    amp: str = "none"
+    # Exponential moving average of the weights (0 = off), used for validation, best.pt and the
+    # result: batch-1 crops make consecutive weights noisy (validation fg-IoU swung 0.3-0.5 between
+    # checks 100 steps apart on Lucchi++), their average is not.
+    ema_decay: float = 0.0
+    # Probability of a random intensity change per crop (contrast x U(0.8, 1.2), brightness
+    # + U(-0.2, 0.2) std, Gaussian noise of sd U(0, 0.1) std): imaging varies within and between
+    # volumes, and with a few annotated slices the net otherwise learns their exact grey levels.
+    intensity_augment: float = 0.0
+    # Gradient-norm clipping (0 = off). A step whose loss or gradient is not finite is skipped and
+    # counted (state "skipped_steps"): one such step under bf16 at lr 2e-3 once turned every weight NaN.
+    grad_clip: float = 0.0
 
     def __post_init__(self) -> None:
         if self.model not in ("unet3d", "unet2d"):
             raise ValueError(f"model: must be 'unet3d' or 'unet2d', got {self.model!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay: must be in [0, 1), got {self.ema_decay}")
+        if self.amp not in ("none", "bf16"):
+            raise ValueError(f"amp: must be 'none' or 'bf16', got {self.amp!r}")
         self.crop_zyx = tuple(int(c) for c in self.crop_zyx)  # type: ignore[assignment]
         for name in ("batch_size", "max_steps", "checkpoint_every", "val_every", "patience", "threads"):
             if int(getattr(self, name)) < 1:
@@ -98,15 +117,26 @@ class TrainData:
 
 @dataclass
 class ValData:
-    """Held-out volume: image uint8 [Z, Y, X], mask bool [Z, Y, X]."""
+    """Held-out volume: image uint8 [Z, Y, X], mask bool [Z, Y, X]. The first and last
+    ``context_z`` slices are input only (not scored): a 3D net scored on a thin slab without the
+    slices around it is judged on its zero padding (Lucchi++, 48 slices: fg-IoU 0.58 without
+    context, 0.62 with 16 slices on each side, same weights)."""
 
     image: np.ndarray
     mask: np.ndarray
+    context_z: int = 0
 
     def __post_init__(self) -> None:
         check_volume(self.image, "val image")
         if self.mask.shape != self.image.shape:
             raise ValueError(f"val mask: shape {self.mask.shape} does not match val image shape {self.image.shape}")
+        if not (0 <= self.context_z and 2 * self.context_z < self.image.shape[0]):
+            raise ValueError(f"val context_z: {self.context_z} leaves no slice of {self.image.shape[0]} to score")
+
+    def score(self, pred_mask: np.ndarray) -> float:
+        """fg-IoU of a prediction (bool [Z, Y, X] over the whole image) on the scored slices."""
+        inner = slice(self.context_z, self.image.shape[0] - self.context_z)
+        return foreground_iou(pred_mask[inner], self.mask[inner])
 
 
 def make_train_data(
@@ -172,6 +202,12 @@ def _augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
+def _jitter_intensity(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random contrast, brightness and noise on a normalised image crop (units of the volume's std)."""
+    noise = rng.normal(0.0, rng.uniform(0.0, 0.1), x.shape).astype(np.float32)
+    return (x * rng.uniform(0.8, 1.2) + rng.uniform(-0.2, 0.2) + noise).astype(np.float32)
+
+
 def _foreground_voxels(data: TrainData, stride: int = 7) -> np.ndarray:
     """int64 [N, 3] coordinates of (every ``stride``-th) labelled foreground voxel (weight > 0, SDF > 0)."""
     flat = np.flatnonzero(((data.weight > 0) & (data.target_sdf > 0)).ravel()[::stride]) * stride
@@ -197,6 +233,8 @@ def _batch(data: TrainData, cfg: TrainConfig, rng: np.random.Generator, slice_w:
         ])
         if cfg.augment:
             stack = _augment(stack, rng)
+        if cfg.intensity_augment > 0 and rng.random() < cfg.intensity_augment:
+            stack[0] = _jitter_intensity(stack[0], rng)
         xs.append(stack[0])
         ts.append(stack[1])
         ws.append(stack[2])
@@ -232,6 +270,7 @@ def train_unet(
     spatial = cfg.crop_zyx if cfg.model == "unet3d" else cfg.crop_zyx[1:]
     check_input_shape(model.cfg, spatial)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ema = copy.deepcopy(model) if cfg.ema_decay > 0 else None
     ckpt_path, best_path, log_path = out / "checkpoint.pt", out / "best.pt", out / "log.jsonl"
     # Crops are drawn where the weight is: annotated slices (weight 1) more than pseudo-labels.
     slice_w = data.weight.sum(axis=(1, 2), dtype=np.float64)
@@ -242,6 +281,8 @@ def train_unet(
     if ckpt_path.exists():
         ck = torch.load(ckpt_path, weights_only=False)
         model.load_state_dict(ck["model"])
+        if ema is not None:
+            ema.load_state_dict(ck["ema"])
         opt.load_state_dict(ck["optimizer"])
         torch.set_rng_state(ck["torch_rng"])
         rng.bit_generator.state = ck["numpy_rng"]
@@ -253,6 +294,8 @@ def train_unet(
     else:
         if init_weights is not None:
             model.load_state_dict(init_weights)
+            if ema is not None:
+                ema.load_state_dict(init_weights)
         write_text(out / "config.json", json.dumps(asdict(cfg), indent=1))
         if log_path.exists():
             log_path.unlink()
@@ -261,6 +304,7 @@ def train_unet(
         torch_save(
             {
                 "model": model.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None,
                 "optimizer": opt.state_dict(),
                 "torch_rng": torch.get_rng_state(),
                 "numpy_rng": rng.bit_generator.state,
@@ -287,6 +331,7 @@ def train_unet(
     # shares the machine, so budgets in CPU time stay comparable between runs.
     cpu_start = time.process_time() - state.get("cpu_s", 0.0)
     stopped = "max_steps"
+    result = ema if ema is not None else model  # the weights that are validated and kept
     bar = tqdm(total=cfg.max_steps, initial=state["step"], disable=not progress, desc=f"train {cfg.model}", unit="step")
     while state["step"] < cfg.max_steps:
         model.train()
@@ -295,11 +340,19 @@ def train_unet(
             # A crop can miss every labelled voxel after all (weights inside a slice); skip it.
             loss_parts = None
         else:
-            sdf, fg = model(img)
-            loss, loss_parts = unet_loss(sdf, fg, tgt, w, cfg.sdf_weight, cfg.sign_weight)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.amp == "bf16"):
+                sdf, fg = model(img)
+            loss, loss_parts = unet_loss(sdf.float(), fg.float(), tgt, w, cfg.sdf_weight, cfg.sign_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+            if torch.isfinite(loss) and torch.isfinite(norm):
+                opt.step()
+                if ema is not None:
+                    _ema_update(ema, model, cfg.ema_decay, state["step"])
+            else:
+                state["skipped_steps"] = state.get("skipped_steps", 0) + 1
+                loss_parts = None
         state["step"] += 1
         state["time_s"] = time.monotonic() - t_start
         state["cpu_s"] = time.process_time() - cpu_start
@@ -317,14 +370,14 @@ def train_unet(
             stopped, done = "sigterm", True
         # Validate on schedule, and once more at the end so best.pt always exists.
         if val is not None and (step % cfg.val_every == 0 or done or step == cfg.max_steps):
-            s, _ = predict(model, val.image, data.mean, data.std)  # type: ignore[arg-type]
-            iou = foreground_iou(s > 0, val.mask)
+            s, _ = predict(result, val.image, data.mean, data.std)  # type: ignore[arg-type]
+            iou = val.score(s > 0)
             log({"step": step, "time_s": round(state["time_s"], 2), "cpu_s": round(state["cpu_s"], 2), "val_fg_iou": iou})
             if on_validation is not None:
                 on_validation(step, iou)
             if iou > state["best_val_iou"]:
                 state.update(best_val_iou=iou, best_step=step, bad_vals=0)
-                torch_save({"model": model.state_dict(), "unet_config": model.cfg.to_dict(), "step": step}, best_path)
+                torch_save({"model": result.state_dict(), "unet_config": model.cfg.to_dict(), "step": step}, best_path)
             else:
                 state["bad_vals"] += 1
                 if state["bad_vals"] >= cfg.patience:
@@ -342,7 +395,7 @@ def train_unet(
     if old_handler is not None:
         signal.signal(signal.SIGTERM, old_handler)
     if val is None:
-        torch_save({"model": model.state_dict(), "unet_config": model.cfg.to_dict(), "step": state["step"]}, best_path)
+        torch_save({"model": result.state_dict(), "unet_config": model.cfg.to_dict(), "step": state["step"]}, best_path)
     return {
         "step": state["step"],
         "best_val_iou": state["best_val_iou"] if val is not None else None,
@@ -350,9 +403,24 @@ def train_unet(
         "stopped": stopped,
         "time_s": round(state["time_s"], 1),
         "cpu_s": round(state.get("cpu_s", 0.0), 1),
+        "skipped_steps": state.get("skipped_steps", 0),
         "mean": data.mean,
         "std": data.std,
     }
+
+
+@torch.no_grad()
+def _ema_update(ema: UNet, model: UNet, decay: float, step: int) -> None:
+    """ema = d * ema + (1 - d) * model, with d ramped up over the first steps (a young average
+    would otherwise remember the random initialisation). BatchNorm's running statistics are averaged
+    the same way; integer buffers are copied."""
+    d = min(decay, (1 + step) / (10 + step))
+    target = model.state_dict()
+    for k, v in ema.state_dict().items():
+        if v.is_floating_point():
+            v.mul_(d).add_(target[k].detach(), alpha=1 - d)
+        else:
+            v.copy_(target[k])
 
 
 def load_unet(path: Path | str) -> UNet:

@@ -118,3 +118,25 @@ def test_cpu_budget_stops_the_run_and_is_recorded(demo, tmp_path):
     # a resumed run keeps counting from the checkpoint's CPU time instead of starting over
     again = train_unet(data, _cfg(max_steps=10_000, max_cpu_s=0.5), tmp_path, progress=False)
     assert again["step"] - out["step"] <= 1
+
+
+def test_ema_and_bf16_resume_matches_uninterrupted_run(demo, tmp_path):
+    """The weight average is checkpointed with the model: a killed and resumed run ends with the same
+    average (and best.pt holds the average, not the last weights)."""
+    img, mask = demo
+    data = make_train_data(img, mask, (5, 5, 5), [4, 11])
+    cfg = _cfg(max_steps=8, ema_decay=0.9, amp="bf16")
+    train_unet(data, cfg, tmp_path / "a", progress=False)
+    train_unet(data, cfg, tmp_path / "b", progress=False, _kill_at_step=5)
+    train_unet(data, cfg, tmp_path / "b", progress=False)
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    for k in a["ema"]:
+        torch.testing.assert_close(a["ema"][k], b["ema"][k], rtol=0, atol=0)
+    best = torch.load(tmp_path / "a" / "best.pt", weights_only=False)["model"]
+    assert all(torch.equal(best[k], a["ema"][k]) for k in best)
+    assert any(not torch.equal(a["ema"][k], a["model"][k]) for k in best)
+    with pytest.raises(ValueError, match="ema_decay"):
+        _cfg(ema_decay=1.0)
+    with pytest.raises(ValueError, match="amp"):
+        _cfg(amp="fp16")

@@ -205,6 +205,13 @@ def sample_batch(rng: np.random.Generator, image: np.ndarray, sdf: np.ndarray, o
         ys, xs = np.nonzero(objs.comps[z0] == i + 1)
         cy = int(np.clip(ys.mean() + rng.normal(0, s / 8) - s / 2, 0, y_n - s))
         cx = int(np.clip(xs.mean() + rng.normal(0, s / 8) - s / 2, 0, x_n - s))
+        inside = (ys >= cy) & (ys < cy + s) & (xs >= cx) & (xs < cx + s)
+        if inside.sum() < tcfg.min_area:
+            # A cross-section wider than the crop whose centre of mass lies outside it (a U-shape, or
+            # objects merged by pseudo-labels): centre the crop on one of its pixels instead.
+            q = int(rng.integers(len(ys)))
+            cy = int(np.clip(ys[q] - s // 2, 0, y_n - s))
+            cx = int(np.clip(xs[q] - s // 2, 0, x_n - s))
         win = (zr, slice(cy, cy + s), slice(cx, cx + s))
         im = image[win].astype(np.float32)
         sd = sdf[win]

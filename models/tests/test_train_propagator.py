@@ -150,3 +150,20 @@ def test_negative_clicks_land_on_other_objects():
                 hits += 1
     assert hits > 0
 
+
+
+def test_crops_hold_objects_whose_centre_of_mass_is_outside_them():
+    """A U-shaped cross-section much wider than the crop (pseudo-labels can merge objects like this):
+    its centre of mass lies in the empty middle, and every sampled run must still start on the object."""
+    labels = np.zeros((6, 160, 160), np.uint8)
+    labels[:, 4:10, 4:156] = 1  # the bottom of the U
+    labels[:, 4:156, 4:10] = 1
+    labels[:, 4:156, 150:156] = 1
+    image = np.where(labels > 0, 90, 170).astype(np.uint8)
+    model = build_propagator("tiny")
+    tcfg = TrainConfig(batch_size=4, crop=32, run_length=3, p_box=0.0, p_mask=0.0)
+    objs = find_objects(labels)
+    for k in range(8):
+        batch = sample_batch(np.random.default_rng(k), image, np.zeros(image.shape, np.float32), objs,
+                             np.ones(image.shape, np.float32), tcfg, model)
+        assert bool((batch.gt[:, 0].flatten(1).sum(1) > 0).all())

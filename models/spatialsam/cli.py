@@ -39,6 +39,17 @@ def _load(split: str, data_root: str | None, box: str | None):
     return v.crop(*parse_box(box))
 
 
+def parse_zyx(text: str, name: str) -> tuple[int, int, int]:
+    """"32,48,48" -> (32, 48, 48)."""
+    try:
+        v = tuple(int(x) for x in text.split(","))
+    except ValueError as e:
+        raise ValueError(f"{name}: expected three comma-separated integers z,y,x, got {text!r}") from e
+    if len(v) != 3 or min(v) < 0:
+        raise ValueError(f"{name}: expected three non-negative integers z,y,x, got {text!r}")
+    return v  # type: ignore[return-value]
+
+
 def parse_seeds(text: str | None, name: str) -> list[int]:
     """"101,102" -> [101, 102]."""
     try:
@@ -162,6 +173,17 @@ def cmd_export_unet(a: argparse.Namespace) -> int:
         m = evaluate(s > 0, v.mask)
         training["metrics"].update({f"{a.eval_split}_{k}": v_ for k, v_ in m.items()})
         training["metrics"]["evaluated_on"] = f"lucchi_pp/{a.eval_split}[{a.eval_box or ':,:,:'}]"
+    patch = parse_zyx(a.patch, "patch") if a.patch else tuple(cfg["crop_zyx"])
+    context = parse_zyx(a.context, "context") if a.context else None
+    if context is not None:
+        from .export_unet import blockwise_deviation
+        from .train_unet import normalise_image
+
+        # Blockwise with the chosen halo against one pass over a whole test slab.
+        v = _load("test", a.data_root, "40:104,0:256,0:384")
+        block = tuple(p - 2 * c for p, c in zip(patch, context))
+        x = normalise_image(v.image, summary["mean"], summary["std"]).numpy()
+        training["blockwise_check"] = blockwise_deviation(model, x, block, context)
     doc = export_unet(
         model,
         a.out,
@@ -169,8 +191,9 @@ def cmd_export_unet(a: argparse.Namespace) -> int:
         summary["mean"],
         summary["std"],
         tuple(summary["voxel_size_nm"]),
-        tuple(cfg["crop_zyx"]),
+        patch,
         training,
+        context,
     )
     mult = model.cfg.size_multiple()
     rng = np.random.default_rng(0)
@@ -244,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-root")
     e.add_argument("--eval-split", choices=["train", "test"], help="also evaluate on this split and record the metrics")
     e.add_argument("--eval-box", help="sub-volume of the evaluation split")
+    e.add_argument("--patch", help="patch_shape_zyx for the server's blocks, e.g. 96,256,256 (default: the training crop)")
+    e.add_argument("--context", help="halo per side, e.g. 32,48,48 (default: half the receptive field); the deviation "
+                                     "from whole-volume inference is measured on a test slab and recorded")
     e.set_defaults(func=cmd_export_unet)
 
     v = sub.add_parser("eval", help="evaluate a trained U-Net run on a Lucchi++ split (JSON metrics)")

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .atomic_files import sha256_file
-from .unet3d import UNet, context_zyx
+from .unet3d import UNet, context_zyx, predict_volume, receptive_field
 
 OPSET = 17
 VERSION = "1.0.0"
@@ -55,6 +55,20 @@ def export_onnx(model: UNet, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def check_context(model: UNet, context: tuple[int, ...] | None) -> tuple[int, ...]:
+    """The halo the server reads around each block: ``context_zyx(cfg)`` (half the receptive field:
+    blockwise = whole-volume inference exactly) unless a smaller one is given, as multiples of the
+    size multiple. A U-Net's effective field is far smaller than its theoretical one, and a 112-voxel
+    halo around every 32-voxel block would make the server read 100 times what it writes."""
+    if context is None:
+        return context_zyx(model.cfg)
+    mult = model.cfg.size_multiple()
+    ctx = tuple(int(c) for c in context)
+    if len(ctx) != 3 or any(c < 0 or c % m for c, m in zip(ctx, mult)):
+        raise ValueError(f"context: {context} must be 3 non-negative multiples of {mult}")
+    return ctx
+
+
 def manifest(
     model: UNet,
     name: str,
@@ -64,9 +78,10 @@ def manifest(
     voxel_size_nm: tuple[float, float, float],
     patch_shape_zyx: tuple[int, int, int],
     training: dict,
+    context: tuple[int, ...] | None = None,
 ) -> dict:
     """The model.json document. Dynamic dimensions are -1; spatial sizes must be multiples of
-    ``size_multiple_zyx``."""
+    ``size_multiple_zyx``; ``context`` overrides the halo (see ``check_context``)."""
     spec = {"dtype": "float32", "shape": [1, 1, -1, -1, -1], "axes": "NCZYX"}
     return {
         "name": name,
@@ -77,13 +92,14 @@ def manifest(
         "inputs": [{"name": "image", **spec}],
         "outputs": [{"name": "sdf", **spec}, {"name": "fg_logit", **spec}],
         "normalization": {"mean": mean, "std": std},
-        "context_zyx": list(context_zyx(model.cfg)),
+        "context_zyx": list(check_context(model, context)),
         "patch_shape_zyx": list(patch_shape_zyx),
         "size_multiple_zyx": list(model.cfg.size_multiple()),
         "voxel_size_nm": list(voxel_size_nm),
         "training": {
             "normalization_note": "image = (raw_uint8 / 255 - mean) / std; zero outside the volume",
             "unet": model.cfg.to_dict(),
+            "receptive_field_zyx": list(receptive_field(model.cfg)),
             **training,
         },
     }
@@ -98,13 +114,16 @@ def export_unet(
     voxel_size_nm: tuple[float, float, float],
     patch_shape_zyx: tuple[int, int, int],
     training: dict,
+    context: tuple[int, ...] | None = None,
 ) -> dict:
     """Write ``out_dir/model.onnx`` and ``out_dir/model.json``; return the manifest."""
+    check_context(model, context)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = out / "model.onnx"
     export_onnx(model, onnx_path)
-    text = json.dumps(manifest(model, name, sha256_file(onnx_path), mean, std, voxel_size_nm, patch_shape_zyx, training), indent=2)
+    doc = manifest(model, name, sha256_file(onnx_path), mean, std, voxel_size_nm, patch_shape_zyx, training, context)
+    text = json.dumps(doc, indent=2)
     tmp = out / f"model.json.{os.getpid()}.tmp"
     tmp.write_text(text + "\n")
     os.replace(tmp, out / "model.json")
@@ -120,3 +139,16 @@ def onnx_parity(model: UNet, onnx_path: Path, image: np.ndarray) -> float:
     with torch.no_grad():
         want = model.eval()(torch.from_numpy(image.astype(np.float32)))
     return float(max(np.abs(g - w.numpy()).max() for g, w in zip(got, want)))
+
+
+def blockwise_deviation(model: UNet, image: np.ndarray, block_zyx: tuple[int, ...], context: tuple[int, ...]) -> dict:
+    """How far blockwise inference with a halo of ``context`` lies from inference on the whole of
+    ``image`` (float32 [Z, Y, X], normalised): max |SDF difference| and the share of voxels whose
+    sign (the mask) differs. Recorded in the manifest when the halo is smaller than the theoretical one."""
+    x = torch.from_numpy(np.ascontiguousarray(image, np.float32))
+    mult = model.cfg.size_multiple()
+    whole = [-(-s // m) * m for s, m in zip(x.shape, mult)]
+    a, _ = predict_volume(model, x, block_zyx, context)
+    b, _ = predict_volume(model, x, whole, context)
+    return {"block_zyx": list(block_zyx), "context_zyx": list(context), "shape_zyx": list(x.shape),
+            "max_abs_sdf": float((a - b).abs().max()), "sign_changed_fraction": float(((a > 0) != (b > 0)).float().mean())}

@@ -83,3 +83,19 @@ def test_stem_model_parity_on_dynamic_shapes(tmp_path, shape):
     assert doc["size_multiple_zyx"] == [4, 4, 4]
     x = np.random.default_rng(2).normal(size=shape).astype(np.float32)
     assert onnx_parity(model, tmp_path / "model.onnx", x) < 1e-4
+
+
+def test_smaller_context_is_checked_and_recorded(tmp_path):
+    from spatialsam.export_unet import blockwise_deviation
+
+    torch.manual_seed(0)
+    model = build_unet3d(UNetConfig(channels=(4, 8), pool=((2, 2, 2),), norm="none", stem=(2, 2, 2))).eval()
+    doc = export_unet(model, tmp_path, "halo", 0.5, 0.1, (5.0, 5.0, 5.0), (32, 64, 64), {}, context=(8, 8, 8))
+    assert doc["context_zyx"] == [8, 8, 8] and doc["training"]["receptive_field_zyx"] == [40, 40, 40]
+    with pytest.raises(ValueError, match="context"):
+        export_unet(model, tmp_path, "halo", 0.5, 0.1, (5.0, 5.0, 5.0), (32, 64, 64), {}, context=(6, 8, 8))
+    x = np.random.default_rng(0).normal(size=(16, 32, 48)).astype(np.float32)
+    full = blockwise_deviation(model, x, (8, 16, 16), tuple(context_zyx(model.cfg)))
+    assert full["max_abs_sdf"] < 1e-5  # the theoretical halo: blockwise equals one pass
+    small = blockwise_deviation(model, x, (8, 16, 16), (4, 4, 4))
+    assert small["max_abs_sdf"] > full["max_abs_sdf"]

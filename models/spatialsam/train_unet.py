@@ -73,6 +73,10 @@ class TrainConfig:
     # Gradient-norm clipping (0 = off). A step whose loss or gradient is not finite is skipped and
     # counted (state "skipped_steps"): one such step under bf16 at lr 2e-3 once turned every weight NaN.
     grad_clip: float = 0.0
+    # Share of crops that overhang a face of the volume (zero input and zero weight outside). Without
+    # them the net never sees the zero padding of blockwise inference: on Lucchi++ train the first and
+    # last 6 slices scored fg-IoU 0.40-0.47 against 0.85 in between.
+    border_crop_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         if self.model not in ("unet3d", "unet2d"):
@@ -223,14 +227,23 @@ def _batch(data: TrainData, cfg: TrainConfig, rng: np.random.Generator, slice_w:
             jitter = rng.integers(0, crop, 3) if cfg.model == "unet3d" else np.array([0, *rng.integers(0, crop[1:], 2)])
             hi = np.asarray(data.image.shape) - np.asarray(crop)
             origins[i] = np.clip(c - jitter, 0, hi)
+    shape = np.asarray(data.image.shape)
+    axes = (0, 1, 2) if cfg.model == "unet3d" else (1, 2)
+    for i in range(cfg.batch_size):
+        if cfg.border_crop_fraction > 0 and rng.random() < cfg.border_crop_fraction:
+            # Overhang one face of the volume by up to half the crop: the net sees the zero input
+            # (the mean intensity) that blockwise inference feeds it beyond the volume's faces.
+            ax = axes[int(rng.integers(len(axes)))]
+            over = int(rng.integers(1, crop[ax] // 2 + 1))
+            origins[i, ax] = -over if rng.random() < 0.5 else shape[ax] - crop[ax] + over
     xs, ts, ws = [], [], []
-    for z, y, x in origins:
-        sl = (slice(z, z + crop[0]), slice(y, y + crop[1]), slice(x, x + crop[2]))
-        stack = np.stack([
-            (data.image[sl].astype(np.float32) / 255.0 - data.mean) / data.std,
-            data.target_sdf[sl],
-            data.weight[sl],
-        ])
+    for origin in origins:
+        stack = np.zeros((3, *crop), np.float32)
+        src = tuple(slice(max(o, 0), min(o + c, n)) for o, c, n in zip(origin, crop, shape))
+        dst = tuple(slice(s.start - o, s.stop - o) for s, o in zip(src, origin))
+        stack[(0, *dst)] = (data.image[src].astype(np.float32) / 255.0 - data.mean) / data.std
+        stack[(1, *dst)] = data.target_sdf[src]
+        stack[(2, *dst)] = data.weight[src]
         if cfg.augment:
             stack = _augment(stack, rng)
         if cfg.intensity_augment > 0 and rng.random() < cfg.intensity_augment:

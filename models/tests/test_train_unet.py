@@ -140,3 +140,23 @@ def test_ema_and_bf16_resume_matches_uninterrupted_run(demo, tmp_path):
         _cfg(ema_decay=1.0)
     with pytest.raises(ValueError, match="amp"):
         _cfg(amp="fp16")
+
+
+def test_border_crops_overhang_the_volume_with_zero_weight(demo):
+    """Crops that overhang a face: zero input and zero weight outside the volume, the volume's own
+    values inside; none of them reaches more than half a crop out."""
+    from spatialsam.train_unet import _batch
+
+    img, mask = demo
+    data = make_train_data(img, mask, (5, 5, 5))
+    cfg = _cfg(batch_size=8, border_crop_fraction=1.0, augment=False, fg_crop_fraction=0.0)
+    rng = np.random.default_rng(0)
+    outside = 0
+    for _ in range(4):
+        x, t, w = _batch(data, cfg, rng, data.weight.sum(axis=(1, 2), dtype=np.float64), np.zeros((0, 3), np.int64))
+        for k in range(x.shape[0]):
+            zero_w = w[k, 0] == 0
+            assert zero_w.any() and not zero_w.all()
+            assert float(x[k, 0][zero_w].abs().max()) == 0.0
+            outside += int(zero_w.sum())
+    assert outside > 0

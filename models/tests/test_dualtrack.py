@@ -1,4 +1,4 @@
-"""Dual-track loop: the agreement rule, bad inputs, and a tiny seeded run that is killed after its
+"""Dual-track loop: the pseudo-label rules, bad inputs, and a tiny seeded run that is killed after its
 bootstrap round, resumed, and ends with a better U-Net than its initialisation."""
 
 import json
@@ -8,21 +8,45 @@ import pytest
 import torch
 
 from spatialsam.data import make_demo_volume
-from spatialsam.dualtrack import DualTrackConfig, agreement_pseudo_labels, run_dualtrack
+from spatialsam.dualtrack import DualTrackConfig, fuse_pseudo_labels, run_dualtrack, unet_pseudo_labels
+from spatialsam.train_unet import make_train_data, train_unet
 
 
-def test_agreement_rule():
-    pu = np.array([[[0.9, 0.9, 0.1, 0.2]], [[0.6, 0.1, 0.3, 0.9]]], np.float32)
-    pp = np.array([[[0.8, 0.2, 0.1, 0.7]], [[0.0, 0.0, 0.0, 0.0]]], np.float32)
-    labels = np.array([[[0, 0, 0, 0]], [[1, 1, 0, 0]]], np.uint8)
-    mask, w = agreement_pseudo_labels(pu, pp, labels, [1], annotated_weight=1.0, pseudo_weight=0.5)
-    # Slice 0: agree fg (conf min(0.8, 0.6)), disagree, agree bg (0.8), disagree. The annotated
-    # slice is half foreground (ratio 1), so background weight 0.4 is scaled down to fg's 0.3.
-    assert mask[0, 0].tolist() == [True, False, False, False]
-    np.testing.assert_allclose(w[0, 0], [0.5 * 0.6, 0, 0.5 * 0.6, 0], atol=1e-6)
-    # Slice 1 is annotated: its labels, highest weight.
-    assert mask[1, 0].tolist() == [True, True, False, False]
-    assert np.all(w[1] == 1.0)
+def test_fuse_rule():
+    """The U-Net's mask, kept for its components that a propagated object overlaps; weights from the
+    U-Net's confidence, lowered where the tracks disagree; dropped components: full background."""
+    pu = np.full((3, 1, 8), 0.1, np.float32)
+    pp = np.zeros((3, 1, 8), np.float32)
+    pu[0, 0, 0:3] = 0.9  # component A (voxels 0-2): the propagator carries it on voxels 1-3
+    pp[0, 0, 1:4] = 0.8
+    pu[0, 0, 5:7] = 0.7  # component B: no propagated object reaches it -> background
+    pu[2, 0, 0] = 0.9  # annotated slice 2 overrides everything
+    labels = np.zeros((3, 1, 8), np.uint8)
+    labels[2, 0, 4] = 1
+    mask, w = fuse_pseudo_labels(pu, pp, labels, [2], annotated_weight=1.0, pseudo_weight=0.5, disagreement_weight=0.5)
+    assert mask[0, 0].tolist() == [True, True, True, False, False, False, False, False]
+    conf = 0.5 * np.abs(2 * pu[0, 0] - 1)
+    want = conf.copy()
+    want[0] *= 0.5  # A, not propagated there
+    want[3] *= 0.5  # propagated, but outside the U-Net's mask: background, at half weight
+    want[5:7] = 0.5  # B dropped: background at full pseudo weight
+    np.testing.assert_allclose(w[0, 0], want, atol=1e-6)
+    assert not mask[1].any()
+    assert mask[2, 0].tolist() == [False] * 4 + [True] + [False] * 3 and np.all(w[2] == 1.0)
+    with pytest.raises(ValueError, match="p_prop"):
+        fuse_pseudo_labels(pu, pp[:1], labels, [2])
+
+
+def test_unet_pseudo_labels_drop_specks():
+    pu = np.full((3, 8, 8), 0.1, np.float32)
+    pu[0, 1:4, 1:4] = 0.9  # 9 voxels: kept
+    pu[2, 6, 6] = 0.8  # 1 voxel: dropped
+    labels = np.zeros(pu.shape, np.uint8)
+    labels[1, 0, 0] = 1
+    mask, w = unet_pseudo_labels(pu, labels, [1], annotated_weight=1.0, pseudo_weight=0.5, min_object_voxels=5)
+    assert mask[0].sum() == 9 and not mask[2].any()
+    assert mask[1].sum() == 1 and mask[1, 0, 0] and np.all(w[1] == 1.0)
+    np.testing.assert_allclose(w[0, 2, 2], 0.5 * 0.8, atol=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +55,13 @@ def demo():
     return img, lab > 0
 
 
+TINY_UNET = {"unet": {"channels": [8, 16], "pool": [[2, 2, 2]], "norm": "none"}, "crop_zyx": (8, 48, 48), "lr": 5e-3,
+             "batch_size": 1, "amp": "none", "ema_decay": 0.0, "intensity_augment": 0.0, "fg_crop_fraction": 0.5}
+
+
 def _cfg(**kw):
-    base = dict(rounds=1, threads=1, unet={"channels": [8, 16], "pool": [[2, 2, 2]]}, unet_crop_zyx=(8, 48, 48), unet_lr=5e-3,
-                unet_steps=30, mask_steps=2, mask_batch_size=1, mask_crop=64, mask_run_length=3, seed=1)
+    base = dict(rounds=1, threads=1, unet_overrides=TINY_UNET, bootstrap_unet_steps=30, unet_steps=30, bootstrap_mask_steps=2,
+                mask_steps=2, mask_batch_size=1, mask_crop=64, mask_run_length=3, min_object_voxels=10, seed=1)
     base.update(kw)
     return DualTrackConfig(**base)
 
@@ -50,6 +78,8 @@ def test_bad_inputs(demo, tmp_path):
         run_dualtrack(img, np.zeros_like(gt), [3], (5, 5, 5), _cfg(), tmp_path)
     with pytest.raises(ValueError, match="pseudo_weight"):
         _cfg(pseudo_weight=2.0)
+    with pytest.raises(ValueError, match="disagreement_weight"):
+        _cfg(disagreement_weight=-0.1)
 
 
 def test_tiny_run_killed_resumed_and_improving(demo, tmp_path):
@@ -70,3 +100,22 @@ def test_tiny_run_killed_resumed_and_improving(demo, tmp_path):
     assert pseudo["mask"].shape == gt.shape and pseudo["weight"].dtype == np.float32
     assert np.array_equal(pseudo["mask"][slices], gt[slices])
     assert torch.load(res["unet"], weights_only=False)["step"] == cfg.unet_steps
+
+
+def test_bootstrap_from_a_finished_sparse_run(demo, tmp_path):
+    """Round 0's SDF track can be a finished U-Net run on the same annotated slices (the benchmark
+    reuses method (b)'s): no U-Net is trained in round 0, round 1 continues from its weights."""
+    img, gt = demo
+    slices = [4, 11]
+    labels = np.zeros_like(gt)
+    labels[slices] = gt[slices]
+    cfg = _cfg()
+    data = make_train_data(img, gt, (5, 5, 5), slices)
+    summary = train_unet(data, cfg.unet_train_config(0), tmp_path / "b", progress=False)
+    (tmp_path / "b" / "summary.json").write_text(json.dumps(summary))
+    res = run_dualtrack(img, labels, slices, (5, 5, 5), cfg, tmp_path / "a", progress=False, bootstrap_unet=tmp_path / "b")
+    assert not (tmp_path / "a" / "round_0" / "unet").exists()
+    assert res["unet"].endswith("round_1/unet/best.pt") and res["mean"] == summary["mean"]
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["bootstrap_unet"] == str(tmp_path / "b")
+    with pytest.raises(ValueError, match="bootstrap_unet"):
+        run_dualtrack(img, labels, slices, (5, 5, 5), cfg, tmp_path / "c", bootstrap_unet=tmp_path / "missing")

@@ -29,18 +29,23 @@ def test_anisotropic_size_multiple_and_bad_shapes():
         UNetConfig(norm="group")
 
 
-def test_receptive_field_matches_gradient_support():
-    torch.manual_seed(0)
-    cfg = UNetConfig(channels=(2, 4, 8), pool=((1, 2, 2), (2, 2, 2)), norm="none")
+def _gradient_extent(cfg, shape):
+    """Per axis, how many input voxels the central output voxel's foreground logit depends on."""
     m = build_unet3d(cfg).eval()
     with torch.no_grad():
         for p in m.parameters():  # positive weights: no accidental cancellation in the gradient
             p.copy_(p.abs() + 0.01)
-    x = torch.randn(1, 1, 40, 64, 64, requires_grad=True)
+    x = torch.randn(1, 1, *shape, requires_grad=True)
     _, fg = m(x)
-    fg[0, 0, 20, 32, 32].backward()
+    fg[(0, 0, *(s // 2 for s in shape))].backward()
     nz = x.grad[0, 0].abs() > 0
-    extent = [int(nz.any(dim=tuple(d for d in range(3) if d != a)).sum()) for a in range(3)]
+    return [int(nz.any(dim=tuple(d for d in range(3) if d != a)).sum()) for a in range(3)]
+
+
+def test_receptive_field_matches_gradient_support():
+    torch.manual_seed(0)
+    cfg = UNetConfig(channels=(2, 4, 8), pool=((1, 2, 2), (2, 2, 2)), norm="none")
+    extent = _gradient_extent(cfg, (40, 64, 64))
     rf = receptive_field(cfg)
     assert all(e <= r for e, r in zip(extent, rf)), (extent, rf)
     assert all(e >= r - 4 for e, r in zip(extent, rf)), (extent, rf)
@@ -79,15 +84,7 @@ def test_stem_runs_coarse_and_returns_full_resolution():
 def test_stem_receptive_field_matches_gradient_support():
     torch.manual_seed(0)
     cfg = UNetConfig(channels=(2, 4), pool=((2, 2, 2),), norm="none", stem=(2, 2, 2))
-    m = build_unet3d(cfg).eval()
-    with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(p.abs() + 0.01)
-    x = torch.randn(1, 1, 64, 64, 64, requires_grad=True)
-    _, fg = m(x)
-    fg[0, 0, 32, 32, 32].backward()
-    nz = x.grad[0, 0].abs() > 0
-    extent = [int(nz.any(dim=tuple(d for d in range(3) if d != a)).sum()) for a in range(3)]
+    extent = _gradient_extent(cfg, (64, 64, 64))
     rf = receptive_field(cfg)
     assert all(r - 4 <= e <= r for e, r in zip(extent, rf)), (extent, rf)
 

@@ -64,7 +64,7 @@ class DualTrackConfig:
     unet_config: str = "unet3d_lucchi"
     unet_overrides: dict = field(default_factory=dict)
     bootstrap_unet_steps: int = 1500
-    unet_steps: int = 800
+    unet_steps: int = 600
     propagator: str = "compact"
     # "sdf" (Spatial-SAM) or "mask": SAM2's memory of the propagator's own masks, for the ablation
     # (the U-Net's SDF then reaches the mask track only through the pseudo-labels).

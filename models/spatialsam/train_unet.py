@@ -309,9 +309,10 @@ def train_unet(
             model.load_state_dict(init_weights)
             if ema is not None:
                 ema.load_state_dict(init_weights)
-        write_text(out / "config.json", json.dumps(asdict(cfg), indent=1))
         if log_path.exists():
             log_path.unlink()
+    # The config in force (a resumed run may carry a new budget, e.g. a larger max_cpu_s).
+    write_text(out / "config.json", json.dumps(asdict(cfg), indent=1))
 
     def save_checkpoint() -> None:
         torch_save(

@@ -118,6 +118,10 @@ def test_cpu_budget_stops_the_run_and_is_recorded(demo, tmp_path):
     # a resumed run keeps counting from the checkpoint's CPU time instead of starting over
     again = train_unet(data, _cfg(max_steps=10_000, max_cpu_s=0.5), tmp_path, progress=False)
     assert again["step"] - out["step"] <= 1
+    # a larger budget continues the run, and config.json records the budget in force
+    more = train_unet(data, _cfg(max_steps=again["step"] + 2, max_cpu_s=1e6), tmp_path, progress=False)
+    assert more["stopped"] == "max_steps" and more["step"] == again["step"] + 2
+    assert json.loads((tmp_path / "config.json").read_text())["max_cpu_s"] == 1e6
 
 
 def test_ema_and_bf16_resume_matches_uninterrupted_run(demo, tmp_path):

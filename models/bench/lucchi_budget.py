@@ -139,9 +139,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="(b), (b2): CPU-minute cap of each U-Net's training (CPU time: the machine is shared)")
     p.add_argument("--b-steps", type=int, default=1500, help="(b): training steps (no validation: fixed budget)")
     p.add_argument("--b2-steps", type=int, default=2000, help="(b2): training steps (no validation: fixed budget)")
-    p.add_argument("--d-minutes", type=float, default=100.0,
+    p.add_argument("--d-minutes", type=float, default=60.0,
                    help="(d): CPU-minute cap; it stops earlier once validation fg-IoU stops improving (patience in its config)")
-    p.add_argument("--rounds", type=int, default=2, help="(a), (c): dual-track rounds after the bootstrap")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="(a), (c): dual-track rounds after the bootstrap (a second round moved the train pseudo-labels "
+                        "0.868 -> 0.863 fg-IoU in a development run: one keeps the comparison within 3 hours)")
     p.add_argument("--unet-steps", type=int, default=600, help="(a), (c): U-Net steps per dual-track round")
     p.add_argument("--mask-steps", type=int, default=400, help="(a), (c): propagator steps per round after the bootstrap")
     p.add_argument("--bootstrap-mask-steps", type=int, default=800, help="(a), (c): propagator steps in the bootstrap round")

@@ -121,7 +121,9 @@ def run_summary(run: Path) -> dict:
     """summary.json of a finished train-unet run; for a run that was killed, the same fields from
     run.json (provenance) and checkpoint.pt (step, early-stopping state, normalisation)."""
     if (run / "summary.json").exists():
-        return json.loads((run / "summary.json").read_text())
+        # The benchmark writes provenance to run.json and train_unet's summary apart: merge them.
+        prov = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else {}
+        return {**prov, **json.loads((run / "summary.json").read_text())}
     import torch
 
     if not (run / "run.json").exists() or not (run / "checkpoint.pt").exists():

@@ -1,5 +1,6 @@
 """`python -m spatialsam`: help for every subcommand, argument parsing, errors as exit code 2."""
 
+import json
 import subprocess
 import sys
 
@@ -35,3 +36,14 @@ def test_bad_arguments_give_a_clear_error(tmp_path, capsys):
     assert "config" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         build_parser().parse_args(["adapt"])  # --out is required
+
+
+def test_run_summary_merges_the_benchmarks_run_json(tmp_path):
+    # lucchi_budget.py writes provenance (run.json) and train_unet's summary.json apart;
+    # export-unet needs both (a missing "data" key once stopped the export of its (d) run).
+    from spatialsam.cli import run_summary
+
+    (tmp_path / "run.json").write_text(json.dumps({"data": "lucchi_pp/train", "budget": "1", "command": "x"}))
+    (tmp_path / "summary.json").write_text(json.dumps({"step": 7, "budget": "1"}))
+    s = run_summary(tmp_path)
+    assert s["data"] == "lucchi_pp/train" and s["step"] == 7 and s["command"] == "x"

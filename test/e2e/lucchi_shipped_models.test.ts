@@ -2,7 +2,7 @@
 // gRPC clients against a real server: the 3D U-Net's SDF is computed on demand as the session's
 // memory, one click segments a mitochondrion, propagation follows it through z, and SegmentVolume
 // finds the mitochondria of the crop. Ground truth and the click come from scipy (a spawned Python).
-// Thresholds sit below what the shipped (under-trained) models reach, 0.67-0.69 IoU measured, and far
+// Thresholds sit below what the shipped models reached with the previous U-Net, 0.67-0.69 IoU, and far
 // above what a broken pipeline gives (about 0): raise them as the models improve.
 import { execFileSync } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";

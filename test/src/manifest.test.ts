@@ -134,8 +134,8 @@ describe("parseManifest", () => {
 describe("size_multiple_zyx", () => {
   const base = JSON.parse(readFileSync(join(import.meta.dirname, "..", "..", "models", "sdf_unet3d_lucchi", "model.json"), "utf8")) as Record<string, unknown>;
 
-  it("is read from the shipped U-Net manifest (its pooling factor)", () => {
-    expect(parseManifest(base).sizeMultipleZyx).toEqual([8, 8, 8]);
+  it("is read from the shipped U-Net manifest (its stem times its pooling factors)", () => {
+    expect(parseManifest(base).sizeMultipleZyx).toEqual([16, 16, 16]);
   });
 
   it("must be three positive integers, named in the error", () => {

@@ -118,20 +118,20 @@ def cmd_train_unet(a: argparse.Namespace) -> int:
 
 
 def run_summary(run: Path) -> dict:
-    """summary.json of a finished train-unet run; for a run that was killed, the same fields from
-    run.json (provenance) and checkpoint.pt (step, early-stopping state, normalisation)."""
+    """Provenance (run.json) merged with summary.json of a finished run (the benchmark writes the two
+    apart; train-unet's summary.json repeats run.json); for a run that was killed, summary.json's
+    fields come from checkpoint.pt (step, early-stopping state, normalisation)."""
+    prov = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else None
     if (run / "summary.json").exists():
-        # The benchmark writes provenance to run.json and train_unet's summary apart: merge them.
-        prov = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else {}
-        return {**prov, **json.loads((run / "summary.json").read_text())}
+        return {**(prov or {}), **json.loads((run / "summary.json").read_text())}
     import torch
 
-    if not (run / "run.json").exists() or not (run / "checkpoint.pt").exists():
+    if prov is None or not (run / "checkpoint.pt").exists():
         raise FileNotFoundError(f"{run}: neither summary.json nor run.json + checkpoint.pt")
     ck = torch.load(run / "checkpoint.pt", weights_only=False)
     st = ck["state"]
     return {
-        **json.loads((run / "run.json").read_text()),
+        **prov,
         "step": st["step"],
         "best_val_iou": st["best_val_iou"] if st["best_step"] >= 0 else None,
         "best_step": st["best_step"],

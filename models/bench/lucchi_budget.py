@@ -318,7 +318,32 @@ def table(rows: list[dict], runs: list[dict]) -> str:
             f"| {r['name']} | {r['budget']} | {sl} | {r['fg_iou']:.3f} | {r['dice']:.3f} | {r['ap50']:.3f} | {r['ap75']:.3f} "
             f"| {r['flicker_slices']} ({r['flicker_objects']} / {r['matched']}) | {r['cpu_min']} ({r['wall_min']}) |"
         )
+    lines += errors_table(rows)
     return "\n".join(lines) + "\n"
+
+
+def errors_table(rows: list[dict]) -> list[str]:
+    """Markdown lines: where each method's voxel errors are (metrics.error_breakdown), including
+    what its fg-IoU would be without its largest false object; [] when no row has the breakdown
+    (results written before it existed)."""
+    rows = [r for r in rows if r.get("errors")]
+    if not rows:
+        return []
+    lines = ["", "Where the errors are (raw masks): false-positive voxels and the share of them in predicted objects "
+             "that touch no true mitochondrion; false negatives and the share in true objects missed entirely; the "
+             "largest false object (voxels, z/y/x box of the test volume) and the fg-IoU without it (a diagnostic, "
+             "not a score: no method knows which object that is).", "",
+             "| method | budget | FP voxels (in false objects) | FN voxels (in missed objects) | largest false object | fg-IoU without it |",
+             "|" + "---|" * 6]
+    for r in rows:
+        e = r["errors"]
+        big = e["largest_false_object"]
+        size = big["voxels"] if big else 0
+        where = f"{size}, " + " / ".join(f"{a}-{b}" for a, b in big["box"]) if big else "none"
+        without = e["tp"] / max(e["tp"] + e["fp"] + e["fn"] - size, 1)
+        lines.append(f"| {r['name']} | {r['budget']} | {e['fp']} ({e['fp_false_objects'] / max(e['fp'], 1):.0%}) "
+                     f"| {e['fn']} ({e['fn_missed_objects'] / max(e['fn'], 1):.0%}) | {where} | {without:.3f} |")
+    return lines
 
 
 def merge(paths: list[str], out: Path) -> str:

@@ -128,6 +128,38 @@ def flicker(pred: np.ndarray, gt: np.ndarray, match_iou: float = 0.5, cover: flo
     return {"flicker_slices": total, "flicker_objects": int(objects), "matched": matched}
 
 
+def error_breakdown(pred: np.ndarray, gt: np.ndarray) -> dict:
+    """Where a mask's voxel errors are, for reading a fg-IoU: {"tp": true-positive voxels, "fp": false-positive voxels,
+    "fp_false_objects": of them, those in predicted 3D components that touch no ground-truth voxel
+    (objects that are not there at all, as opposed to boundaries drawn too wide), "fn": false
+    negatives, "fn_missed_objects": of them, those in ground-truth components no predicted voxel
+    touches, "largest_false_object": {"voxels", "box": [[z0, z1], [y0, y1], [x0, x1]]} or None}."""
+    p, g = _pair(pred, gt)
+    pl, n_p = connected_components(p)
+    gl, n_g = connected_components(g)
+    both = p & g
+    real_p = np.zeros(n_p + 1, bool)
+    real_p[np.unique(pl[both])] = True
+    real_g = np.zeros(n_g + 1, bool)
+    real_g[np.unique(gl[both])] = True
+    real_p[0] = real_g[0] = True
+    false_obj = ~real_p[pl]
+    sizes = np.bincount(pl[false_obj], minlength=n_p + 1)
+    largest = None
+    if sizes.any():
+        k = int(np.argmax(sizes))
+        box = ndimage.find_objects((pl == k).astype(np.uint8))[0]
+        largest = {"voxels": int(sizes[k]), "box": [[int(b.start), int(b.stop)] for b in box]}
+    return {
+        "tp": int(np.count_nonzero(both)),
+        "fp": int(np.count_nonzero(p & ~g)),
+        "fp_false_objects": int(np.count_nonzero(false_obj)),
+        "fn": int(np.count_nonzero(g & ~p)),
+        "fn_missed_objects": int(np.count_nonzero(~real_g[gl])),
+        "largest_false_object": largest,
+    }
+
+
 def remove_small_components(mask: np.ndarray, min_size: int) -> np.ndarray:
     """``mask`` without its 6-connected 3D components of fewer than ``min_size`` voxels."""
     if min_size < 0:
@@ -149,7 +181,8 @@ def evaluate(pred: np.ndarray, gt: np.ndarray, min_size: int = 0) -> dict[str, f
     instance metrics (AP, flicker): a voxel-wise prediction leaves specks that would each count as
     a false-positive instance, and Lucchi++'s labels hold a few one-voxel specks that no method
     could match. Foreground IoU and Dice are on the raw masks (``fg_iou``, ``dice``); the
-    prediction's filtered mask is scored too (``fg_iou_filtered``, against the raw ground truth)."""
+    prediction's filtered mask is scored too (``fg_iou_filtered``, against the raw ground truth).
+    ``errors``: ``error_breakdown`` of the raw masks."""
     raw = np.asarray(pred, bool)
     filtered = remove_small_components(raw, min_size)
     gt_f = remove_small_components(gt, min_size)
@@ -165,4 +198,5 @@ def evaluate(pred: np.ndarray, gt: np.ndarray, min_size: int = 0) -> dict[str, f
         "n_gt": ap["n_gt"],
         "n_pred": ap["n_pred"],
         **fl,
+        "errors": error_breakdown(raw, gt),
     }

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from spatialsam.metrics import dice, evaluate, flicker, foreground_iou, instance_ap, remove_small_components
+from spatialsam.metrics import dice, error_breakdown, evaluate, flicker, foreground_iou, instance_ap, remove_small_components
 
 
 def _cubes(shape, boxes):
@@ -77,3 +77,18 @@ def test_min_size_drops_specks_for_instance_metrics_only():
     assert remove_small_components(gt, 48).sum() == 48 and remove_small_components(gt, 49).sum() == 0
     with pytest.raises(ValueError, match="min_size"):
         remove_small_components(gt, -1)
+
+
+def test_error_breakdown_separates_false_objects_from_boundaries():
+    shape = (6, 40, 40)
+    gt = _cubes(shape, [np.s_[:, 0:10, 0:10], np.s_[:, 20:30, 20:30]])
+    pred = _cubes(shape, [np.s_[:, 0:10, 0:12],  # one object 2 columns too wide: 120 boundary FP
+                          np.s_[1:4, 30:36, 0:5],  # a false object of 90 voxels
+                          np.s_[5:6, 0:2, 30:32]])  # and one of 4
+    e = error_breakdown(pred, gt)  # the second GT object (600 voxels) is missed entirely
+    assert e["tp"] == 600 and e["fp"] == 120 + 90 + 4 and e["fp_false_objects"] == 94
+    assert e["fn"] == 600 and e["fn_missed_objects"] == 600
+    assert e["largest_false_object"] == {"voxels": 90, "box": [[1, 4], [30, 36], [0, 5]]}
+    assert error_breakdown(gt, gt) == {"tp": 1200, "fp": 0, "fp_false_objects": 0, "fn": 0, "fn_missed_objects": 0,
+                                       "largest_false_object": None}
+    assert evaluate(pred, gt)["errors"] == e

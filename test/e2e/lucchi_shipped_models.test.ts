@@ -2,7 +2,8 @@
 // gRPC clients against a real server: the 3D U-Net's SDF is computed on demand as the session's
 // memory, one click segments a mitochondrion, propagation follows it through z, and SegmentVolume
 // finds the mitochondria of the crop. Ground truth and the click come from scipy (a spawned Python).
-// Thresholds sit below what the shipped models reached with the previous U-Net, 0.67-0.69 IoU, and far
+// Thresholds sit below what the shipped models reach (2026-12-02, sdf_unet3d_lucchi fg-IoU 0.786:
+// click 0.953, per-slice mean 0.961, SegmentVolume 0.961; the U-Net before it gave 0.67-0.69) and far
 // above what a broken pipeline gives (about 0): raise them as the models improve.
 import { execFileSync } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
@@ -132,8 +133,8 @@ describe.skipIf(!haveData)("shipped models on a Lucchi++ crop", () => {
     const mean = ious.reduce((a, b) => a + b, 0) / ious.length;
     process.stdout.write(`e2e: click IoU ${clicked.toFixed(3)}, per-slice IoU ${ious.map((v) => v.toFixed(2)).join(" ")} (mean ${mean.toFixed(3)})\n`);
     expect(byZ.size).toBe(16);
-    expect(clicked).toBeGreaterThan(0.55);
-    expect(mean).toBeGreaterThan(0.55);
+    expect(clicked).toBeGreaterThan(0.85);
+    expect(mean).toBeGreaterThan(0.85);
   });
 
   it("SegmentVolume finds the crop's mitochondria as uint64 instances", async () => {
@@ -150,7 +151,7 @@ describe.skipIf(!haveData)("shipped models on a Lucchi++ crop", () => {
       const fg = Uint8Array.from(labels, (v) => (v !== 0n ? 1 : 0));
       const score = iou(fg, gtAll);
       process.stdout.write(`e2e: SegmentVolume ${last.objectsFound} objects, foreground IoU ${score.toFixed(3)}\n`);
-      expect(score).toBeGreaterThan(0.5);
+      expect(score).toBeGreaterThan(0.85);
     } finally {
       await seg.close();
     }

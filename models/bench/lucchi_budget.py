@@ -185,25 +185,27 @@ def main(argv: list[str] | None = None) -> int:
     run = {"command": " ".join(sys.argv), "machine": machine(), "quick": a.quick, "threads": a.threads, "min_size": a.min_size}
     results_path = out / "results.json"
 
-    def record(method: str, budget: str, slices, pred: np.ndarray, clock: Clock, extra: dict) -> None:
+    def record(method: str, budget: str, slices, pred: np.ndarray, clock: Clock, train: tuple[float, float], extra: dict) -> None:
+        """``clock``: started before this method's test-volume prediction; ``train``: (CPU s, wall s)
+        of its training as its run folders record them (so a resumed or skipped run counts in full)."""
         m = evaluate(pred, test.mask, a.min_size)
-        cpu_min = clock.cpu() / 60 + extra.get("b_train_cpu_min", 0.0)
         row = {"method": method, "name": NAMES[method], "budget": budget, "annotated_slices": slices,
-               "cpu_min": round(cpu_min, 1), "wall_min": round(clock.wall() / 60, 1), **m, **extra}
+               "cpu_min": round((train[0] + clock.cpu()) / 60, 1), "wall_min": round((train[1] + clock.wall()) / 60, 1),
+               "train_cpu_min": round(train[0] / 60, 1), **m, **extra}
         rows.append(row)
         print(json.dumps(row), flush=True)
         _write(results_path, json.dumps({"run": run, "rows": rows}, indent=1))
 
     if "d" in methods:
-        clock = Clock()
         if a.d_run:
             model, s = load_unet(Path(a.d_run) / "best.pt"), json.loads((Path(a.d_run) / "summary.json").read_text())
             mean, std, summ = s["mean"], s["std"], s
         else:
             model, mean, std, summ = _unet("unet3d", train, None, work / "d", a, val, a.d_minutes, None)
+        clock = Clock()
         sdf, _ = predict(model, test.image, mean, std)
-        record("d", "1", "all", sdf > 0, clock, {"steps": summ["step"], "best_step": summ["best_step"],
-                                                 "stopped": summ["stopped"], "train_cpu_s": summ.get("cpu_s")})
+        record("d", "1", "all", sdf > 0, clock, _spent(summ), {"steps": summ["step"], "best_step": summ["best_step"],
+                                                               "best_val_iou": summ.get("best_val_iou"), "stopped": summ["stopped"]})
 
     for budget in a.budgets.split(","):
         slices = budget_slices(train.image.shape[0], budget)
@@ -214,38 +216,46 @@ def main(argv: list[str] | None = None) -> int:
             while not (b_run / "summary.json").exists():
                 time.sleep(30)
         if any(m in methods for m in ("b", "a", "c")):
-            clock = Clock()
-            b_model, mean, std, summ = _unet("unet3d", train, slices, b_run, a, None, a.minutes, a.b_steps)
+            b_model, mean, std, b_summ = _unet("unet3d", train, slices, b_run, a, None, a.minutes, a.b_steps)
             if "b" in methods:
+                clock = Clock()
                 b_sdf, _ = predict(b_model, test.image, mean, std)
-                record("b", budget, slices, b_sdf > 0, clock, {"steps": summ["step"], "train_cpu_s": summ.get("cpu_s")})
+                record("b", budget, slices, b_sdf > 0, clock, _spent(b_summ), {"steps": b_summ["step"]})
         if "b2" in methods:
-            clock = Clock()
             m2, mean, std, summ = _unet("unet2d", train, slices, work / f"b2_{tag}", a, None, a.minutes, a.b2_steps)
+            clock = Clock()
             s2, _ = predict(m2, test.image, mean, std)
-            record("b2", budget, slices, s2 > 0, clock, {"steps": summ["step"], "train_cpu_s": summ.get("cpu_s")})
+            record("b2", budget, slices, s2 > 0, clock, _spent(summ), {"steps": summ["step"]})
         for method, memory in (("a", "sdf"), ("c", "mask")):
             if method not in methods:
                 continue
             from spatialsam.predictor import segment_volume
             from spatialsam.train_propagator import load_checkpoint
 
-            clock = Clock()
             res = _dualtrack(memory, train, slices, b_run, work / f"{method}_{tag}", a)
+            clock = Clock()
             sdf, _ = predict(load_unet(res["unet"]), test.image, res["mean"], res["std"])
-            # Round 0's SDF track is (b)'s run: its training CPU time is part of this method's cost.
-            b_cpu_min = json.loads((b_run / "summary.json").read_text()).get("cpu_s", 0.0) / 60
+            # Round 0's SDF track is (b)'s run: its training is part of this method's cost. Runs
+            # written before the dual-track loop recorded CPU time count its wall time instead.
+            b_cpu, b_wall = _spent(json.loads((b_run / "summary.json").read_text()))
+            dt_cpu = res.get("cpu_s") if res.get("cpu_s") is not None else res["time_s"]
             extra = {"rounds": res["rounds"], "round_metrics": res["metrics"], "dualtrack_time_s": res["time_s"],
-                     "b_train_cpu_min": round(b_cpu_min, 1)}
-            record(method, budget, slices, sdf > 0, clock, extra)
+                     "dualtrack_cpu_s": res.get("cpu_s"), "b_train_cpu_min": round(b_cpu / 60, 1)}
+            spent = (b_cpu + dt_cpu, b_wall + res["time_s"])
+            record(method, budget, slices, sdf > 0, clock, spent, extra)
             prop, _ = load_checkpoint(res["propagator"])
             with torch.no_grad():
                 inst = segment_volume(prop, test.image, np.ascontiguousarray(sdf), crop=64 if a.quick else 128)
-            record(f"{method}_auto", budget, slices, inst > 0, clock, extra)
+            record(f"{method}_auto", budget, slices, inst > 0, clock, spent, extra)
 
     _write(out / "results.md", table(rows, [run]))
     print((out / "results.md").read_text())
     return 0
+
+
+def _spent(summary: dict) -> tuple[float, float]:
+    """(CPU s, wall s) of a U-Net run's training from its summary.json (all its processes)."""
+    return float(summary.get("cpu_s") or 0.0), float(summary.get("time_s") or 0.0)
 
 
 def run_lanes(a: argparse.Namespace, methods: list[str], work: Path, out: Path, argv: list[str]) -> int:
@@ -304,9 +314,9 @@ def table(rows: list[dict], runs: list[dict]) -> str:
         lines.append(f"Command: `{r['command']}` ({r['machine']}, {r['threads']} thread(s) per model).")
     lines += [
         f"AP and flicker on 3D 6-connected components after dropping components under {runs[0]['min_size']} voxels on "
-        "both sides; fg-IoU and Dice on the raw masks. CPU minutes: training plus prediction on the test volume, "
-        "this process only; (a) and (c) add the CPU time of (b)'s training, which is their round 0 SDF track (their "
-        "wall minutes do not); each automatic-mode row adds that pass to its method's time.",
+        "both sides; fg-IoU and Dice on the raw masks. CPU and wall minutes: training as the run folders record it "
+        "(all processes of a resumed run) plus prediction on the test volume; (a) and (c) include (b)'s training, "
+        "which is their round 0 SDF track; each automatic-mode row adds that pass to its method's time.",
         "",
         head,
         "|" + "---|" * 9,

@@ -179,7 +179,8 @@ def run_dualtrack(
 
     Returns {"rounds": finished rounds incl. bootstrap, "unet": path of the final U-Net weights
     (best.pt), "propagator": path of the final propagator checkpoint, "mean", "std", "metrics":
-    last round's metrics, "time_s"}.
+    last round's metrics, "time_s": wall seconds, "cpu_s": CPU seconds of the finished rounds (None for
+    runs written before it was recorded)}.
     """
     from .propagator import build_propagator, load_propagator_config
     from .train_propagator import TrainConfig as MaskTrainConfig
@@ -217,6 +218,7 @@ def run_dualtrack(
     ann_labels[slices] = labels[slices] > 0
 
     t0 = time.monotonic() - state["time_s"]
+    c0 = time.process_time() - state.get("cpu_s", 0.0)
     total = cfg.rounds + 1
     bar = tqdm(total=total, initial=state["done"] + 1, desc="dual-track rounds", disable=not progress)
     metrics: dict = {}
@@ -266,6 +268,7 @@ def run_dualtrack(
         metrics = {
             "round": r,
             "time_s": round(time.monotonic() - t0, 1),
+            "cpu_s": round(time.process_time() - c0, 1),
             "unet_steps": unet_steps,
             "mask_steps": len(hist),
             "mask_loss_last": float(np.mean([h["loss"] for h in hist[-10:]])) if hist else None,
@@ -281,7 +284,7 @@ def run_dualtrack(
             )
         with open(log_path, "a") as f:
             f.write(json.dumps(metrics) + "\n")
-        state = {"done": r, "time_s": metrics["time_s"]}
+        state = {"done": r, "time_s": metrics["time_s"], "cpu_s": metrics["cpu_s"]}
         write_text(state_path, json.dumps(state, indent=1))
         bar.update(1)
         if _kill_after_round is not None and r == _kill_after_round:
@@ -299,6 +302,7 @@ def run_dualtrack(
         "std": std,
         "metrics": metrics,
         "time_s": state["time_s"],
+        "cpu_s": state.get("cpu_s"),
     }
 
 

@@ -93,6 +93,8 @@ def test_tiny_run_killed_resumed_and_improving(demo, tmp_path):
     res = run_dualtrack(img, labels, slices, (5, 5, 5), cfg, tmp_path, progress=False, eval_mask=gt)
     rounds = [json.loads(x) for x in (tmp_path / "rounds.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rounds] == [0, 1]
+    # CPU time accumulates across the kill: round 1's total includes round 0's.
+    assert 0 < rounds[0]["cpu_s"] < rounds[1]["cpu_s"] == res["cpu_s"]
     assert res["rounds"] == 2 and res["unet"].endswith("round_1/unet/best.pt")
     # The SDF track of round 1 continued from round 0's U-Net and beats its initialisation.
     assert rounds[1]["unet_iou"] > rounds[0]["unet_iou"]

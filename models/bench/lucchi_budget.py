@@ -18,7 +18,8 @@ resumable run folder under --work, and a re-run skips what is finished):
     nice models/.venv/bin/python models/bench/lucchi_budget.py --jobs 2 --work /work/runs/bench  # the 1/64 comparison
 
 ``--jobs 2`` runs the methods in two worker processes (one thread each) along ``--lanes`` (default
-"b,a,b2:d,c": (a) and (c) start from (b)'s run, so (c) waits for (b)) and merges their results.
+"b,a,c:d,b2": (a) and (c) start from (b)'s run; (d), the longest, runs beside them) and merges
+their results.
 Budgets are steps and CPU minutes of the training process, never wall time, so a busy machine
 changes how long a run takes but not what it learns.
 """
@@ -57,7 +58,7 @@ ROW_ORDER = ("d", "a", "a_auto", "b", "b2", "c", "c_auto")
 QUICK_BOX = (slice(0, 32), slice(256, 448), slice(256, 448))  # has mitochondria in both splits
 VAL_BOX = (slice(40, 88), slice(None), slice(None))
 VAL_CONTEXT = 16
-DEFAULT_LANES = "b,a,b2:d,c"
+DEFAULT_LANES = "b,a,c:d,b2"
 
 
 class Clock:
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="(b), (b2): CPU-minute cap of each U-Net's training (CPU time: the machine is shared)")
     p.add_argument("--b-steps", type=int, default=1500, help="(b): training steps (no validation: fixed budget)")
     p.add_argument("--b2-steps", type=int, default=2000, help="(b2): training steps (no validation: fixed budget)")
-    p.add_argument("--d-minutes", type=float, default=60.0,
+    p.add_argument("--d-minutes", type=float, default=140.0,
                    help="(d): CPU-minute cap; it stops earlier once validation fg-IoU stops improving (patience in its config)")
     p.add_argument("--rounds", type=int, default=1,
                    help="(a), (c): dual-track rounds after the bootstrap (a second round moved the train pseudo-labels "

@@ -367,6 +367,7 @@ def merge(paths: list[str], out: Path) -> str:
     order = {m: i for i, m in enumerate(ROW_ORDER)}
     rows.sort(key=lambda r: (r["budget"] != "1", r["budget"], order[r["method"]]))
     text = table(rows, runs)
+    out.parent.mkdir(parents=True, exist_ok=True)
     _write(out, text)
     return text
 

@@ -31,8 +31,8 @@ def test_merge_writes_both_tables(tmp_path):
         p = tmp_path / f"r{i}.json"
         p.write_text(json.dumps({"run": run, "rows": rows}))
         paths.append(str(p))
-    text = bench.merge(paths, tmp_path / "results.md")
-    assert (tmp_path / "results.md").read_text() == text
+    text = bench.merge(paths, tmp_path / "merged" / "results.md")  # the folder is created
+    assert (tmp_path / "merged" / "results.md").read_text() == text
     main, errors = text.split("Where the errors are")
     assert main.index("(d) 3D U-Net") < main.index("(a) Spatial-SAM")  # row order: (d) first
     assert f"| {144 / 244:.3f} |" in main  # fg-IoU 144 / (144 + 100)

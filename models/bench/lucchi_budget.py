@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             sdf, _ = predict(load_unet(res["unet"]), test.image, res["mean"], res["std"])
             # Round 0's SDF track is (b)'s run: its training is part of this method's cost. Runs
             # written before the dual-track loop recorded CPU time count its wall time instead.
-            b_cpu, b_wall = _spent(json.loads((b_run / "summary.json").read_text()))
+            b_cpu, b_wall = _spent(b_summ)
             dt_cpu = res.get("cpu_s") if res.get("cpu_s") is not None else res["time_s"]
             extra = {"rounds": res["rounds"], "round_metrics": res["metrics"], "dualtrack_time_s": res["time_s"],
                      "dualtrack_cpu_s": res.get("cpu_s"), "b_train_cpu_min": round(b_cpu / 60, 1)}

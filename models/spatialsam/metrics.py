@@ -148,7 +148,7 @@ def error_breakdown(pred: np.ndarray, gt: np.ndarray) -> dict:
     largest = None
     if sizes.any():
         k = int(np.argmax(sizes))
-        box = ndimage.find_objects((pl == k).astype(np.uint8))[0]
+        box = ndimage.find_objects(pl, max_label=k)[k - 1]
         largest = {"voxels": int(sizes[k]), "box": [[int(b.start), int(b.stop)] for b in box]}
     return {
         "tp": int(np.count_nonzero(both)),

@@ -32,6 +32,11 @@ class UNetConfig:
         interpolation, so input and output stay at the volume's resolution. On 5 nm FIB-SEM this
         costs 1/8 of the compute for mitochondria that are still 20-50 voxels wide at 10 nm
         (Lucchi++ test: downsampling the true mask by 2 and upsampling it back keeps fg-IoU 0.97).
+    stem_mode: how the stem reduces the image. "average": average pooling (no weights). "learned":
+        a kernel_size conv with ``stem_channels`` filters at full resolution, then a conv with
+        kernel = stride = stem (each followed by the norm and ReLU), so texture finer than the coarse
+        grid (membranes, cristae, myelin lamellae at 5 nm) reaches the net as features instead of
+        being averaged away. The outputs are upsampled the same way in both modes.
     """
 
     spatial_dims: int = 3
@@ -42,6 +47,8 @@ class UNetConfig:
     kernel_size: int = 3
     norm: str = "batch"
     stem: tuple[int, ...] = ()
+    stem_mode: str = "average"
+    stem_channels: int = 8
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
@@ -57,6 +64,13 @@ class UNetConfig:
             raise ValueError(f"pool: each factor needs {self.spatial_dims} positive ints, got {self.pool}")
         if self.stem and (len(self.stem) != self.spatial_dims or min(self.stem) < 1):
             raise ValueError(f"stem: need () or {self.spatial_dims} positive ints, got {self.stem}")
+        if self.stem_mode not in ("average", "learned"):
+            raise ValueError(f"stem_mode: must be 'average' or 'learned', got {self.stem_mode!r}")
+        if self.stem_mode == "learned" and (not self.stem or max(self.stem) < 2):
+            raise ValueError(f"stem_mode: 'learned' needs a stem factor > 1, got stem {self.stem}")
+        if int(self.stem_channels) < 1:
+            raise ValueError(f"stem_channels: must be >= 1, got {self.stem_channels}")
+        self.stem_channels = int(self.stem_channels)
         if self.norm not in ("batch", "none"):
             raise ValueError(f"norm: must be 'batch' or 'none', got {self.norm!r}")
         if self.kernel_size % 2 != 1:
@@ -79,7 +93,8 @@ def receptive_field(cfg: UNetConfig) -> tuple[int, ...]:
     With a stem of factor s, an output voxel interpolates two neighbouring coarse voxels per axis;
     their fields together span at most rf_coarse + m coarse voxels (m = the coarse net's pooling
     product: neighbours on either side of a pooling cell see windows shifted by up to m), each of
-    s input voxels: s * (rf_coarse + m)."""
+    s input voxels: s * (rf_coarse + m). A learned stem's full-resolution conv adds k - 1 on every axis
+    (its strided conv, kernel == stride, is exact like the pooling it replaces)."""
     rf = [1] * cfg.spatial_dims
     scale = [1] * cfg.spatial_dims
     k = cfg.kernel_size
@@ -101,6 +116,8 @@ def receptive_field(cfg: UNetConfig) -> tuple[int, ...]:
         for f in cfg.pool:
             inner = [a * b for a, b in zip(inner, f)]
         rf = [s * (r + m) if s > 1 else r for r, s, m in zip(rf, cfg.stem, inner)]
+        if cfg.stem_mode == "learned":
+            rf = [r + k - 1 for r in rf]
     return tuple(rf)
 
 
@@ -135,7 +152,18 @@ class UNet(nn.Module):
         up = nn.ConvTranspose3d if cfg.spatial_dims == 3 else nn.ConvTranspose2d
         conv = nn.Conv3d if cfg.spatial_dims == 3 else nn.Conv2d
         ch = cfg.channels
-        self.down = nn.ModuleList([_Block(cfg, cfg.in_channels if i == 0 else ch[i - 1], ch[i]) for i in range(len(ch))])
+        first_in = cfg.in_channels
+        self.stem_net: nn.Module | None = None
+        if cfg.stem_mode == "learned":
+            bn = nn.BatchNorm3d if cfg.spatial_dims == 3 else nn.BatchNorm2d
+            sc, bias = cfg.stem_channels, cfg.norm == "none"
+            layers: list[nn.Module] = []
+            for c in (conv(cfg.in_channels, sc, cfg.kernel_size, padding=cfg.kernel_size // 2, bias=bias),
+                      conv(sc, sc, cfg.stem, stride=cfg.stem, bias=bias)):
+                layers += [c, bn(sc), nn.ReLU(inplace=True)] if cfg.norm == "batch" else [c, nn.ReLU(inplace=True)]
+            self.stem_net = nn.Sequential(*layers)
+            first_in = sc
+        self.down = nn.ModuleList([_Block(cfg, first_in if i == 0 else ch[i - 1], ch[i]) for i in range(len(ch))])
         self.pools = nn.ModuleList([pool(f, f) for f in cfg.pool])
         self.ups = nn.ModuleList([up(ch[i + 1], ch[i], f, f) for i, f in enumerate(cfg.pool)])
         self.up_blocks = nn.ModuleList([_Block(cfg, 2 * ch[i], ch[i]) for i in range(len(cfg.pool))])
@@ -148,7 +176,9 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         stem = self.cfg.stem if self.cfg.stem and max(self.cfg.stem) > 1 else None
-        if stem is not None:
+        if self.stem_net is not None:
+            x = self.stem_net(x)
+        elif stem is not None:
             pool = F.avg_pool3d if self.cfg.spatial_dims == 3 else F.avg_pool2d
             x = pool(x, stem, stem)
         skips = []

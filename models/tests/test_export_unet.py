@@ -73,12 +73,15 @@ def test_rejects_2d_model(tmp_path):
         export_unet(build_unet2d(), tmp_path, "x", 0, 1, (5, 5, 5), (1, 64, 64), {})
 
 
+@pytest.mark.parametrize("mode", ["average", "learned"])
 @pytest.mark.parametrize("shape", [(1, 1, 8, 16, 16), (1, 1, 12, 24, 40)])
-def test_stem_model_parity_on_dynamic_shapes(tmp_path, shape):
-    """A U-Net with a stem (average pooling in, trilinear upsampling out) exports to AveragePool and
-    Resize, which onnxruntime evaluates like PyTorch on any multiple of the size."""
+def test_stem_model_parity_on_dynamic_shapes(tmp_path, shape, mode):
+    """A U-Net with a stem (average pooling or learned strided convs in, trilinear upsampling out)
+    exports to AveragePool or Conv and Resize, which onnxruntime evaluates like PyTorch on any
+    multiple of the size."""
     torch.manual_seed(0)
-    model = build_unet3d(UNetConfig(channels=(4, 8), pool=((2, 2, 2),), norm="none", stem=(2, 2, 2))).eval()
+    cfg = UNetConfig(channels=(4, 8), pool=((2, 2, 2),), norm="batch", stem=(2, 2, 2), stem_mode=mode)
+    model = build_unet3d(cfg).eval()
     doc = export_unet(model, tmp_path, "stem", 0.5, 0.1, (5.0, 5.0, 5.0), (16, 64, 64), {})
     assert doc["size_multiple_zyx"] == [4, 4, 4]
     x = np.random.default_rng(2).normal(size=shape).astype(np.float32)

@@ -81,19 +81,43 @@ def test_stem_runs_coarse_and_returns_full_resolution():
         UNetConfig(stem=(2, 2))
 
 
-def test_stem_receptive_field_matches_gradient_support():
+@pytest.mark.parametrize("mode", ["average", "learned"])
+def test_stem_receptive_field_matches_gradient_support(mode):
     torch.manual_seed(0)
-    cfg = UNetConfig(channels=(2, 4), pool=((2, 2, 2),), norm="none", stem=(2, 2, 2))
+    cfg = UNetConfig(channels=(2, 4), pool=((2, 2, 2),), norm="none", stem=(2, 2, 2), stem_mode=mode)
     extent = _gradient_extent(cfg, (64, 64, 64))
     rf = receptive_field(cfg)
     assert all(r - 4 <= e <= r for e, r in zip(extent, rf)), (extent, rf)
 
 
-def test_stem_blockwise_prediction_is_seamless():
+@pytest.mark.parametrize("mode", ["average", "learned"])
+def test_stem_blockwise_prediction_is_seamless(mode):
     torch.manual_seed(2)
-    m = build_unet3d(UNetConfig(channels=(2, 4), pool=((1, 2, 2),), convs_per_block=1, norm="none", stem=(2, 2, 2))).eval()
+    cfg = UNetConfig(channels=(2, 4), pool=((1, 2, 2),), convs_per_block=1, norm="none", stem=(2, 2, 2), stem_mode=mode)
+    m = build_unet3d(cfg).eval()
     img = torch.randn(12, 24, 20)
     a_sdf, a_fg = predict_volume(m, img, block_zyx=(4, 8, 8))
     b_sdf, b_fg = predict_volume(m, img, block_zyx=(12, 24, 20))
     torch.testing.assert_close(a_sdf, b_sdf, atol=1e-5, rtol=0)
     torch.testing.assert_close(a_fg, b_fg, atol=1e-5, rtol=0)
+
+
+def test_learned_stem_has_weights_at_full_resolution():
+    """The learned stem sees texture finer than the coarse grid: a pattern that averages to the same
+    value in every 2x2x2 cell changes its output, while the average-pooling stem cannot tell it from a
+    flat image. Bad stem settings are named."""
+    torch.manual_seed(0)
+    base = dict(channels=(2, 4), pool=((2, 2, 2),), norm="batch", stem=(2, 2, 2))
+    avg, learned = build_unet3d(UNetConfig(**base)).eval(), build_unet3d(UNetConfig(**base, stem_mode="learned")).eval()
+    assert sum(p.numel() for p in learned.parameters()) > sum(p.numel() for p in avg.parameters())
+    flat = torch.zeros(1, 1, 8, 16, 16)
+    checker = (torch.arange(16)[None, None, :] + torch.arange(16)[None, :, None] + torch.arange(8)[:, None, None]) % 2
+    texture = (checker.float() * 2 - 1)[None, None]  # +1/-1 alternating: every 2x2x2 mean is 0
+    torch.testing.assert_close(avg(flat)[0], avg(texture)[0])
+    assert (learned(flat)[0] - learned(texture)[0]).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="stem_mode"):
+        UNetConfig(stem_mode="max", stem=(2, 2, 2))
+    with pytest.raises(ValueError, match="stem_mode"):
+        UNetConfig(stem_mode="learned")
+    with pytest.raises(ValueError, match="stem_channels"):
+        UNetConfig(stem=(2, 2, 2), stem_mode="learned", stem_channels=0)

@@ -33,10 +33,11 @@ class UNetConfig:
         costs 1/8 of the compute for mitochondria that are still 20-50 voxels wide at 10 nm
         (Lucchi++ test: downsampling the true mask by 2 and upsampling it back keeps fg-IoU 0.97).
     stem_mode: how the stem reduces the image. "average": average pooling (no weights). "learned":
-        a kernel_size conv with ``stem_channels`` filters at full resolution, then a conv with
-        kernel = stride = stem (each followed by the norm and ReLU), so texture finer than the coarse
-        grid (membranes, cristae, myelin lamellae at 5 nm) reaches the net as features instead of
-        being averaged away. The outputs are upsampled the same way in both modes.
+        a patch embedding: a conv with kernel = stride = stem and ``stem_channels`` filters (then the
+        norm and ReLU), so texture inside each stem cell (membranes, cristae, myelin lamellae at 5 nm)
+        reaches the net as features instead of being averaged away, at the cost of one layer on the
+        coarse grid (a full-resolution conv before it doubled the step time on Lucchi++ crops).
+        The outputs are upsampled the same way in both modes.
     """
 
     spatial_dims: int = 3
@@ -93,8 +94,8 @@ def receptive_field(cfg: UNetConfig) -> tuple[int, ...]:
     With a stem of factor s, an output voxel interpolates two neighbouring coarse voxels per axis;
     their fields together span at most rf_coarse + m coarse voxels (m = the coarse net's pooling
     product: neighbours on either side of a pooling cell see windows shifted by up to m), each of
-    s input voxels: s * (rf_coarse + m). A learned stem's full-resolution conv adds k - 1 on every axis
-    (its strided conv, kernel == stride, is exact like the pooling it replaces)."""
+    s input voxels: s * (rf_coarse + m). A learned stem (kernel == stride) covers the same cells as
+    the pooling it replaces."""
     rf = [1] * cfg.spatial_dims
     scale = [1] * cfg.spatial_dims
     k = cfg.kernel_size
@@ -116,8 +117,6 @@ def receptive_field(cfg: UNetConfig) -> tuple[int, ...]:
         for f in cfg.pool:
             inner = [a * b for a, b in zip(inner, f)]
         rf = [s * (r + m) if s > 1 else r for r, s, m in zip(rf, cfg.stem, inner)]
-        if cfg.stem_mode == "learned":
-            rf = [r + k - 1 for r in rf]
     return tuple(rf)
 
 
@@ -156,12 +155,10 @@ class UNet(nn.Module):
         self.stem_net: nn.Module | None = None
         if cfg.stem_mode == "learned":
             bn = nn.BatchNorm3d if cfg.spatial_dims == 3 else nn.BatchNorm2d
-            sc, bias = cfg.stem_channels, cfg.norm == "none"
-            layers: list[nn.Module] = []
-            for c in (conv(cfg.in_channels, sc, cfg.kernel_size, padding=cfg.kernel_size // 2, bias=bias),
-                      conv(sc, sc, cfg.stem, stride=cfg.stem, bias=bias)):
-                layers += [c, bn(sc), nn.ReLU(inplace=True)] if cfg.norm == "batch" else [c, nn.ReLU(inplace=True)]
-            self.stem_net = nn.Sequential(*layers)
+            sc = cfg.stem_channels
+            embed = conv(cfg.in_channels, sc, cfg.stem, stride=cfg.stem, bias=cfg.norm == "none")
+            norm = [bn(sc)] if cfg.norm == "batch" else []
+            self.stem_net = nn.Sequential(embed, *norm, nn.ReLU(inplace=True))
             first_in = sc
         self.down = nn.ModuleList([_Block(cfg, first_in if i == 0 else ch[i - 1], ch[i]) for i in range(len(ch))])
         self.pools = nn.ModuleList([pool(f, f) for f in cfg.pool])

@@ -287,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--rounds", type=int, default=2, help="rounds after the bootstrap round")
     d.add_argument("--unet-config", default="unet3d_lucchi", help="the SDF track's training config (name or YAML)")
     d.add_argument("--bootstrap-unet-steps", type=int, default=1500, help="SDF-track steps in the bootstrap round")
-    d.add_argument("--unet-steps", type=int, default=600, help="SDF-track steps per later round")
+    d.add_argument("--unet-steps", type=int, default=2400, help="SDF-track steps per later round")
     d.add_argument("--bootstrap-mask-steps", type=int, default=800, help="mask-track steps in the bootstrap round")
     d.add_argument("--mask-steps", type=int, default=400, help="mask-track steps per later round")
     d.add_argument("--memory", choices=["sdf", "mask"], default="sdf",

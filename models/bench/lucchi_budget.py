@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="(b), (b2): CPU-minute cap of each U-Net's training (CPU time: the machine is shared)")
     p.add_argument("--b-steps", type=int, default=1500, help="(b): training steps (no validation: fixed budget)")
     p.add_argument("--b2-steps", type=int, default=2000, help="(b2): training steps (no validation: fixed budget)")
-    p.add_argument("--d-minutes", type=float, default=140.0,
+    p.add_argument("--d-minutes", type=float, default=180.0,
                    help="(d): CPU-minute cap; it stops earlier once validation fg-IoU stops improving (patience in its config)")
     p.add_argument("--rounds", type=int, default=1,
                    help="(a), (c): dual-track rounds after the bootstrap (a second round moved the train pseudo-labels "

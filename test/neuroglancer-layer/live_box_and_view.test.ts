@@ -166,7 +166,7 @@ describe("box prompts, segment view and live meshes", () => {
     try {
       const phases: [string, number][] = [["start", Date.now()]];
       await page.goto(`${base}/#!${encodeURIComponent(JSON.stringify(state))}`);
-      await page.waitForFunction(() => (window as unknown as { viewer?: { isReady(): boolean } }).viewer?.isReady() === true, null, { timeout: 45_000, polling: 200 });
+      await page.waitForFunction(() => (window as unknown as { viewer?: { isReady(): boolean } }).viewer?.isReady() === true, null, { timeout: 120_000, polling: 200 });
       const { xy, perspective } = await panels(page);
       const toScreen = await calibrate(page, xy);
       await page.fill('[data-role="reach"]', String(REACH));

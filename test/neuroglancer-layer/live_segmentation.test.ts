@@ -193,7 +193,7 @@ describe("live segmentation in the viewer", () => {
     });
     try {
       await page.goto(`${base}/#!${encodeURIComponent(JSON.stringify(state))}`);
-      await page.waitForFunction(() => (window as unknown as { viewer?: { isReady(): boolean; layerManager: { managedLayers: unknown[] } } }).viewer?.isReady() === true, null, { timeout: 45_000, polling: 200 });
+      await page.waitForFunction(() => (window as unknown as { viewer?: { isReady(): boolean; layerManager: { managedLayers: unknown[] } } }).viewer?.isReady() === true, null, { timeout: 120_000, polling: 200 });
       const cal = await calibrate(page);
       // Clicks propagate 6 slices each way (the panel's "reach"), so the test takes seconds.
       await page.fill('[data-role="reach"]', String(REACH));
@@ -357,5 +357,5 @@ describe("live segmentation in the viewer", () => {
     } finally {
       await context.close();
     }
-  }, 180_000);
+  }, 300_000);
 });

@@ -3,8 +3,8 @@
 // memory, one click segments a mitochondrion, propagation follows it through z, and SegmentVolume
 // finds the mitochondria of the crop. Ground truth and the click come from scipy (a spawned Python).
 // Thresholds sit below what the shipped models reach (2026-12-03, sdf_unet3d_lucchi whole-test fg-IoU
-// 0.855: click 0.955, per-slice mean 0.961, SegmentVolume 0.962; the 0.786 U-Net before it gave
-// 0.953 / 0.961 / 0.961, an older 351k-parameter one 0.67-0.69) and far
+// 0.862: click 0.959, per-slice mean 0.963, SegmentVolume 0.964; the 0.855 and 0.786 U-Nets before
+// it gave 0.955 / 0.961 / 0.962 and 0.953 / 0.961 / 0.961, an older 351k-parameter one 0.67-0.69) and far
 // above what a broken pipeline gives (about 0): raise them as the models improve.
 import { execFileSync } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";

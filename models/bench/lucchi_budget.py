@@ -144,9 +144,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="(d): CPU-minute cap; it stops earlier once validation fg-IoU stops improving (patience in its config)")
     p.add_argument("--rounds", type=int, default=1,
                    help="(a), (c): dual-track rounds after the bootstrap (a second round moved the train pseudo-labels "
-                        "0.868 -> 0.863 fg-IoU in a development run; one round keeps the comparison near 3.5 hours)")
+                        "0.868 -> 0.863 fg-IoU in a development run; one round keeps the comparison near 3 h 45 min)")
     p.add_argument("--unet-steps", type=int, default=2400,
-                   help="(a), (c): U-Net steps per dual-track round (with (b)'s 1500, about the 4000 steps (d) needs)")
+                   help="(a), (c): U-Net steps per dual-track round (with (b)'s 1500: 3900, about as many as (d) trains)")
     p.add_argument("--mask-steps", type=int, default=400, help="(a), (c): propagator steps per round after the bootstrap")
     p.add_argument("--bootstrap-mask-steps", type=int, default=800, help="(a), (c): propagator steps in the bootstrap round")
     p.add_argument("--seed", type=int, default=0)

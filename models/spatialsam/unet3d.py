@@ -69,9 +69,9 @@ class UNetConfig:
             raise ValueError(f"stem_mode: must be 'average' or 'learned', got {self.stem_mode!r}")
         if self.stem_mode == "learned" and (not self.stem or max(self.stem) < 2):
             raise ValueError(f"stem_mode: 'learned' needs a stem factor > 1, got stem {self.stem}")
-        if int(self.stem_channels) < 1:
-            raise ValueError(f"stem_channels: must be >= 1, got {self.stem_channels}")
         self.stem_channels = int(self.stem_channels)
+        if self.stem_channels < 1:
+            raise ValueError(f"stem_channels: must be >= 1, got {self.stem_channels}")
         if self.norm not in ("batch", "none"):
             raise ValueError(f"norm: must be 'batch' or 'none', got {self.norm!r}")
         if self.kernel_size % 2 != 1:

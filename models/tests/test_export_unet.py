@@ -76,7 +76,7 @@ def test_rejects_2d_model(tmp_path):
 @pytest.mark.parametrize("mode", ["average", "learned"])
 @pytest.mark.parametrize("shape", [(1, 1, 8, 16, 16), (1, 1, 12, 24, 40)])
 def test_stem_model_parity_on_dynamic_shapes(tmp_path, shape, mode):
-    """A U-Net with a stem (average pooling or learned strided convs in, trilinear upsampling out)
+    """A U-Net with a stem (average pooling or a learned strided conv in, trilinear upsampling out)
     exports to AveragePool or Conv and Resize, which onnxruntime evaluates like PyTorch on any
     multiple of the size."""
     torch.manual_seed(0)

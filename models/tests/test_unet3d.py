@@ -102,7 +102,7 @@ def test_stem_blockwise_prediction_is_seamless(mode):
     torch.testing.assert_close(a_fg, b_fg, atol=1e-5, rtol=0)
 
 
-def test_learned_stem_has_weights_at_full_resolution():
+def test_learned_stem_sees_texture_inside_stem_cells():
     """The learned stem sees texture finer than the coarse grid: a pattern that averages to the same
     value in every 2x2x2 cell changes its output, while the average-pooling stem cannot tell it from a
     flat image. Bad stem settings are named."""

@@ -7,6 +7,10 @@ resumable run folder under --work, and a re-run skips what is finished):
   (d)  3D U-Net on all 165 train slices, early-stopped on a slab of the test volume (test slices
        40-87, with 16 slices of context on each side): an optimistic upper bound.
   (b)  3D U-Net on the annotated slices only (fixed step budget, no validation).
+  (b=) the control of equal compute: (b)'s run continued (from its last checkpoint, exactly as an
+       uninterrupted run) to as many steps as (a)'s SDF track trains in all: --b-steps plus
+       --rounds x --unet-steps. Without it the table credits the dual-track with what is only
+       longer training.
   (b2) 2D U-Net on the annotated slices only, applied slice by slice.
   (a)  Spatial-SAM dual-track (dualtrack.py), its round 0 SDF track being (b)'s run. Scored twice:
        "a" = its final 3D U-Net (the SDF track), "a_auto" = its final propagator (the mask track)
@@ -30,6 +34,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -38,27 +43,29 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from spatialsam.atomic_files import replace_with
 from spatialsam.config import load_train_config
 from spatialsam.data import Volume, budget_slices, load_lucchi
 from spatialsam.dualtrack import DualTrackConfig, run_dualtrack
 from spatialsam.metrics import evaluate
 from spatialsam.train_unet import ValData, load_unet, make_train_data, predict, train_unet
 
-METHODS = ("a", "b", "b2", "c", "d")
+METHODS = ("a", "b", "b_eq", "b2", "c", "d")
 NAMES = {
     "a": "(a) Spatial-SAM dual-track: final 3D U-Net (SDF track)",
     "a_auto": "(a) Spatial-SAM dual-track: final propagator (mask track), automatic mode",
     "b": "(b) 3D U-Net, annotated slices only",
+    "b_eq": "(b=) 3D U-Net, annotated slices only, as many steps as (a)'s SDF track",
     "b2": "(b2) 2D U-Net, annotated slices only",
     "c": "(c) dual-track with mask memory: final 3D U-Net",
     "c_auto": "(c) dual-track with mask memory: final propagator, automatic mode",
     "d": "(d) 3D U-Net, all 165 train slices",
 }
-ROW_ORDER = ("d", "a", "a_auto", "b", "b2", "c", "c_auto")
+ROW_ORDER = ("d", "a", "a_auto", "b", "b_eq", "b2", "c", "c_auto")
 QUICK_BOX = (slice(0, 32), slice(256, 448), slice(256, 448))  # has mitochondria in both splits
 VAL_BOX = (slice(40, 88), slice(None), slice(None))
 VAL_CONTEXT = 16
-DEFAULT_LANES = "b,a,c:d,b2"
+DEFAULT_LANES = "b,a,c:d,b2,b_eq"
 
 
 class Clock:
@@ -86,12 +93,13 @@ def _write(path: Path, text: str) -> None:
 
 
 def _unet(kind: str, vol: Volume, slices: list[int] | None, run: Path, a: argparse.Namespace, val: ValData | None,
-          minutes: float, steps: int | None):
-    """Train (or resume) one U-Net run; return (model, mean, std, summary)."""
+          minutes: float, steps: int | None, quick_steps: int | None = None):
+    """Train (or resume) one U-Net run; return (model, mean, std, summary). With --quick the run
+    takes ``quick_steps`` steps (default --quick-steps) instead of ``steps``."""
     name = "unet3d_lucchi" if kind == "unet3d" else "unet2d_lucchi"
     over: dict = {"seed": a.seed, "threads": a.threads, "max_cpu_s": minutes * 60, "max_steps": steps}
     if a.quick:
-        over.update(max_steps=a.quick_steps, val_every=max(1, a.quick_steps // 2), checkpoint_every=5)
+        over.update(max_steps=quick_steps or a.quick_steps, val_every=max(1, a.quick_steps // 2), checkpoint_every=5)
         over["crop_zyx"] = (16, 64, 64) if kind == "unet3d" else (1, 96, 96)
     cfg = load_train_config(name, **over)
     if (run / "summary.json").exists():  # finished earlier: a re-run skips it
@@ -112,6 +120,25 @@ def _unet(kind: str, vol: Volume, slices: list[int] | None, run: Path, a: argpar
     summary = train_unet(data, cfg, run, val=val, progress=not a.no_progress)
     _write(run / "summary.json", json.dumps(summary, indent=1))
     return load_unet(run / "best.pt"), data.mean, data.std, summary
+
+
+def equal_compute_steps(a: argparse.Namespace) -> tuple[int, int]:
+    """(steps, quick steps) of (b=): what (a)'s SDF track trains in all, its bootstrap being (b)."""
+    return a.b_steps + a.rounds * a.unet_steps, a.quick_steps * 2  # --quick runs one round of quick_steps
+
+
+def continue_run(src: Path, dst: Path) -> None:
+    """Start the run folder ``dst`` as a continuation of the finished run ``src``: its checkpoint
+    (weights, optimiser, EMA, RNG states, step and CPU counters) and log, so training ``dst`` to
+    more steps equals one uninterrupted run (train_unet's resume is exact). Does nothing once
+    ``dst`` has a checkpoint of its own (a killed continuation resumes from that)."""
+    if (dst / "checkpoint.pt").exists():
+        return
+    if not (src / "summary.json").exists():
+        raise ValueError(f"continue_run: {src} is not a finished run (no summary.json)")
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in ("log.jsonl", "checkpoint.pt"):  # the checkpoint last: it marks dst as started
+        replace_with(dst / name, lambda tmp, f=name: shutil.copyfile(src / f, tmp))
 
 
 def _dualtrack(memory: str, train: Volume, slices: list[int], b_run: Path, run: Path, a: argparse.Namespace) -> dict:
@@ -139,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=45.0,
                    help="(b), (b2): CPU-minute cap of each U-Net's training (CPU time: the machine is shared)")
     p.add_argument("--b-steps", type=int, default=1500, help="(b): training steps (no validation: fixed budget)")
+    p.add_argument("--b-eq-minutes", type=float, default=120.0,
+                   help="(b=): CPU minutes it may spend beyond --minutes (it continues (b)'s run, whose CPU counts)")
     p.add_argument("--b2-steps", type=int, default=2000, help="(b2): training steps (no validation: fixed budget)")
     p.add_argument("--d-minutes", type=float, default=180.0,
                    help="(d): CPU-minute cap; it stops earlier once validation fg-IoU stops improving (patience in its config)")
@@ -213,16 +242,25 @@ def main(argv: list[str] | None = None) -> int:
         slices = budget_slices(train.image.shape[0], budget)
         tag = budget.replace("/", "_")
         b_run = work / f"b_{tag}"
-        if a.lane_worker and "b" not in methods and any(m in methods for m in ("a", "c")):
+        if a.lane_worker and "b" not in methods and any(m in methods for m in ("a", "c", "b_eq")):
             # Another lane trains (b); this one only starts from it once it is finished.
             while not (b_run / "summary.json").exists():
                 time.sleep(30)
-        if any(m in methods for m in ("b", "a", "c")):
+        if any(m in methods for m in ("b", "b_eq", "a", "c")):
             b_model, mean, std, b_summ = _unet("unet3d", train, slices, b_run, a, None, a.minutes, a.b_steps)
             if "b" in methods:
                 clock = Clock()
                 b_sdf, _ = predict(b_model, test.image, mean, std)
                 record("b", budget, slices, b_sdf > 0, clock, _spent(b_summ), {"steps": b_summ["step"]})
+        if "b_eq" in methods:
+            eq_run = work / f"b_eq_{tag}"
+            continue_run(b_run, eq_run)
+            steps, quick_steps = equal_compute_steps(a)
+            m_eq, mean, std, summ = _unet("unet3d", train, slices, eq_run, a, None, a.minutes + a.b_eq_minutes, steps,
+                                          quick_steps)
+            clock = Clock()
+            s_eq, _ = predict(m_eq, test.image, mean, std)
+            record("b_eq", budget, slices, s_eq > 0, clock, _spent(summ), {"steps": summ["step"]})
         if "b2" in methods:
             m2, mean, std, summ = _unet("unet2d", train, slices, work / f"b2_{tag}", a, None, a.minutes, a.b2_steps)
             clock = Clock()

@@ -1,0 +1,63 @@
+"""The Lucchi++ benchmark's run folders (models/bench/lucchi_budget.py): the equal-compute control
+(b=) continues (b)'s finished run and equals one uninterrupted run of its length."""
+
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from spatialsam.data import Volume, make_demo_volume
+
+_spec = importlib.util.spec_from_file_location("lucchi_budget_runs", Path(__file__).parents[1] / "bench" / "lucchi_budget.py")
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
+
+def _args(**kw) -> argparse.Namespace:
+    base = dict(seed=0, threads=1, quick=True, quick_steps=2, no_progress=True, b_steps=1500, rounds=1, unet_steps=2400)
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+def test_equal_compute_steps_match_the_dual_tracks_sdf_track():
+    assert bench.equal_compute_steps(_args(quick=False)) == (3900, 4)
+    assert bench.equal_compute_steps(_args(quick=False, rounds=2, unet_steps=600))[0] == 2700
+
+
+def test_continued_b_equals_one_uninterrupted_run(tmp_path, monkeypatch):
+    # fp32: under the Lucchi configs' bf16 autocast this CPU's conv3d weight gradients differ in
+    # the last bits from call to call, so no two bf16 runs are bit-identical (resumed or not).
+    real = bench.load_train_config
+    monkeypatch.setattr(bench, "load_train_config", lambda name, **kw: real(name, amp="none", **kw))
+    img, lab = make_demo_volume((20, 72, 72), seed=1)
+    vol = Volume(img, lab > 0, (5.0, 5.0, 5.0))
+    a, slices = _args(), [4, 15]
+    bench._unet("unet3d", vol, slices, tmp_path / "b", a, None, 60.0, None)  # (b): quick_steps = 2
+    assert json.loads((tmp_path / "b" / "summary.json").read_text())["step"] == 2
+    bench.continue_run(tmp_path / "b", tmp_path / "b_eq")
+    _, _, _, cont = bench._unet("unet3d", vol, slices, tmp_path / "b_eq", a, None, 60.0, None, quick_steps=4)
+    _, _, _, once = bench._unet("unet3d", vol, slices, tmp_path / "once", a, None, 60.0, None, quick_steps=4)
+    assert cont["step"] == once["step"] == 4
+    c = torch.load(tmp_path / "b_eq" / "checkpoint.pt", weights_only=False)
+    o = torch.load(tmp_path / "once" / "checkpoint.pt", weights_only=False)
+    for k in o["model"]:
+        torch.testing.assert_close(c["model"][k], o["model"][k], rtol=0, atol=0)
+    for k in o["ema"]:
+        torch.testing.assert_close(c["ema"][k], o["ema"][k], rtol=0, atol=0)
+    # (b)'s own folder is untouched: (a) and (c) still bootstrap from its step-2 weights.
+    assert torch.load(tmp_path / "b" / "best.pt", weights_only=False)["step"] == 2
+    # Its CPU counts: the continuation's record includes (b)'s.
+    assert cont["cpu_s"] > json.loads((tmp_path / "b" / "summary.json").read_text())["cpu_s"]
+    # A second call keeps the continuation's own (newer) checkpoint.
+    bench.continue_run(tmp_path / "b", tmp_path / "b_eq")
+    assert torch.load(tmp_path / "b_eq" / "checkpoint.pt", weights_only=False)["state"]["step"] == 4
+
+
+def test_continue_run_refuses_an_unfinished_run(tmp_path):
+    (tmp_path / "b").mkdir()
+    with pytest.raises(ValueError, match="not a finished run"):
+        bench.continue_run(tmp_path / "b", tmp_path / "b_eq")
+    assert not (tmp_path / "b_eq").exists()

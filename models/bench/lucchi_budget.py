@@ -138,7 +138,8 @@ def continue_run(src: Path, dst: Path) -> None:
         raise ValueError(f"continue_run: {src} is not a finished run (no summary.json)")
     dst.mkdir(parents=True, exist_ok=True)
     for name in ("log.jsonl", "checkpoint.pt"):  # the checkpoint last: it marks dst as started
-        replace_with(dst / name, lambda tmp, f=name: shutil.copyfile(src / f, tmp))
+        if name == "checkpoint.pt" or (src / name).exists():  # a run may end before logging a loss
+            replace_with(dst / name, lambda tmp, f=name: shutil.copyfile(src / f, tmp))
 
 
 def _dualtrack(memory: str, train: Volume, slices: list[int], b_run: Path, run: Path, a: argparse.Namespace) -> dict:

@@ -65,7 +65,7 @@ class DualTrackConfig:
     unet_overrides: dict = field(default_factory=dict)
     bootstrap_unet_steps: int = 1500
     # Later rounds: with the bootstrap's 1500 the SDF track gets 3900 steps, about as many as the fully
-    # supervised U-Net's 4024-step run (which was still improving at 5063). Lucchi++ 1/64, one round:
+    # supervised U-Net's 4024-step run (it early-stopped at 6150, best at 5063). Lucchi++ 1/64, one round:
     # 600 steps gave test fg-IoU 0.768 (train U-Net 0.858), 2400 gave 0.820 (train 0.884); the sparse
     # U-Net alone trained the same 3900 steps scored 0.833, so the gain is the length, not the labels.
     unet_steps: int = 2400

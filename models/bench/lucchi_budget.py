@@ -164,8 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=1, help="worker processes; > 1 runs the methods along --lanes in parallel")
     p.add_argument("--lanes", default=DEFAULT_LANES,
                    help=f"with --jobs > 1: colon-separated lanes of methods, each run in order by one worker (default {DEFAULT_LANES})")
-    p.add_argument("--minutes", type=float, default=45.0,
-                   help="(b), (b2): CPU-minute cap of each U-Net's training (CPU time: the machine is shared)")
+    p.add_argument("--minutes", type=float, default=60.0,
+                   help="(b), (b2): CPU-minute cap of each U-Net's training, a safety ceiling: their budget is steps. "
+                        "CPU time per step rises about 15%% when both cores are busy (a 45-minute cap once stopped "
+                        "(b) at step 1439 of 1500)")
     p.add_argument("--b-steps", type=int, default=1500, help="(b): training steps (no validation: fixed budget)")
     p.add_argument("--b-eq-minutes", type=float, default=120.0,
                    help="(b=): CPU minutes it may spend beyond --minutes (it continues (b)'s run, whose CPU counts)")

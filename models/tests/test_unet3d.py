@@ -121,3 +121,19 @@ def test_learned_stem_sees_texture_inside_stem_cells():
         UNetConfig(stem_mode="learned")
     with pytest.raises(ValueError, match="stem_channels"):
         UNetConfig(stem=(2, 2, 2), stem_mode="learned", stem_channels=0)
+
+
+def test_learned_lucchi_config_differs_from_the_benchmark_config_only_in_its_stem():
+    """unet3d_lucchi_learned is the A/B arm of unet3d_lucchi: everything but the stem must match,
+    or the comparison in its header stops meaning anything."""
+    from dataclasses import asdict
+
+    from spatialsam.config import load_train_config
+
+    base, learned = asdict(load_train_config("unet3d_lucchi")), asdict(load_train_config("unet3d_lucchi_learned"))
+    ub, ul = base.pop("unet"), learned.pop("unet")
+    assert base == learned
+    assert ul.pop("stem_mode") == "learned" and ub.pop("stem_mode", "average") == "average"
+    assert ul.pop("stem_channels") == 8
+    ub.pop("stem_channels", None)
+    assert ub == ul

@@ -7,8 +7,8 @@ resumable run folder under --work, and a re-run skips what is finished):
   (d)  3D U-Net on all 165 train slices, early-stopped on a slab of the test volume (test slices
        40-87, with 16 slices of context on each side): an optimistic upper bound.
   (b)  3D U-Net on the annotated slices only (fixed step budget, no validation).
-  (b=) the control of equal compute: (b)'s run continued (from its last checkpoint, exactly as an
-       uninterrupted run) to as many steps as (a)'s SDF track trains in all: --b-steps plus
+  (b=) the control of equal compute: (b)'s run continued (from its last checkpoint, as the same
+       run would go on) to as many steps as (a)'s SDF track trains in all: --b-steps plus
        --rounds x --unet-steps. Without it the table credits the dual-track with what is only
        longer training.
   (b2) 2D U-Net on the annotated slices only, applied slice by slice.
@@ -130,16 +130,18 @@ def equal_compute_steps(a: argparse.Namespace) -> tuple[int, int]:
 def continue_run(src: Path, dst: Path) -> None:
     """Start the run folder ``dst`` as a continuation of the finished run ``src``: its checkpoint
     (weights, optimiser, EMA, RNG states, step and CPU counters) and log, so training ``dst`` to
-    more steps equals one uninterrupted run (train_unet's resume is exact). Does nothing once
-    ``dst`` has a checkpoint of its own (a killed continuation resumes from that)."""
+    more steps continues that run (bit-exact in fp32; under bf16 as exact as bf16 is, see
+    models/README "Training"). Does nothing once ``dst`` has a checkpoint of its own (a killed
+    continuation resumes from that)."""
     if (dst / "checkpoint.pt").exists():
         return
     if not (src / "summary.json").exists():
         raise ValueError(f"continue_run: {src} is not a finished run (no summary.json)")
     dst.mkdir(parents=True, exist_ok=True)
-    for name in ("log.jsonl", "checkpoint.pt"):  # the checkpoint last: it marks dst as started
-        if name == "checkpoint.pt" or (src / name).exists():  # a run may end before logging a loss
-            replace_with(dst / name, lambda tmp, f=name: shutil.copyfile(src / f, tmp))
+    if (src / "log.jsonl").exists():  # a run may end before logging a loss
+        replace_with(dst / "log.jsonl", lambda tmp: shutil.copyfile(src / "log.jsonl", tmp))
+    # The checkpoint last: it marks dst as started.
+    replace_with(dst / "checkpoint.pt", lambda tmp: shutil.copyfile(src / "checkpoint.pt", tmp))
 
 
 def _dualtrack(memory: str, train: Volume, slices: list[int], b_run: Path, run: Path, a: argparse.Namespace) -> dict:

@@ -23,11 +23,22 @@ def config_path(name_or_path: str | Path) -> Path:
     raise ValueError(f"config: no file {name_or_path!r} and no built-in config of that name (known: {known})")
 
 
-def load_yaml(name_or_path: str | Path) -> dict:
+def load_yaml(name_or_path: str | Path, _seen: tuple[str, ...] = ()) -> dict:
+    """The config's mapping. ``base: <name or path>`` starts from that config instead and applies
+    this file's keys on top (mappings such as ``unet`` merged key by key), so a variant states only
+    what it changes."""
     doc = yaml.safe_load(config_path(name_or_path).read_text())
     if not isinstance(doc, dict):
         raise ValueError(f"config: {name_or_path} must hold a mapping")
-    return doc
+    if "base" not in doc:
+        return doc
+    base_name = str(doc.pop("base"))
+    if base_name in _seen or base_name == str(name_or_path):
+        raise ValueError(f"config: base: {name_or_path} inherits from itself through {base_name!r}")
+    merged = load_yaml(base_name, (*_seen, str(name_or_path)))
+    for k, v in doc.items():
+        merged[k] = {**merged[k], **v} if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
+    return merged
 
 
 def load_train_config(name_or_path: str | Path, **overrides: object) -> TrainConfig:

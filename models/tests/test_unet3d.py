@@ -137,3 +137,20 @@ def test_learned_lucchi_config_differs_from_the_benchmark_config_only_in_its_ste
     assert ul.pop("stem_channels") == 8
     ub.pop("stem_channels", None)
     assert ub == ul
+
+
+def test_config_base_merges_mappings_and_rejects_cycles(tmp_path):
+    """``base:`` starts from another config: mappings merge key by key, scalars replace, and a
+    config that inherits from itself is named instead of recursing forever."""
+    from spatialsam.config import load_train_config
+
+    child = tmp_path / "child.yaml"
+    child.write_text("base: unet3d_lucchi\nlr: 0.001\nunet:\n  channels: [8, 16, 32, 64]\n")
+    cfg = load_train_config(child)
+    assert cfg.lr == 0.001 and cfg.unet["channels"] == [8, 16, 32, 64]
+    assert cfg.unet["norm"] == "batch" and cfg.crop_zyx == load_train_config("unet3d_lucchi").crop_zyx
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text(f"base: {b}\n")
+    b.write_text(f"base: {a}\n")
+    with pytest.raises(ValueError, match="inherits from itself"):
+        load_train_config(a)

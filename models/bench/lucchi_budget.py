@@ -2,7 +2,7 @@
 evaluate on the whole test volume (fg-IoU, Dice, AP@0.5/0.75 on 3D connected components, flicker),
 write a markdown table and JSON.
 
-Methods (every 3D U-Net is the same `unet3d_lucchi` config; each method trains in its own
+Methods (every 3D U-Net is the same config, `unet3d_lucchi` unless --unet-config names another; each method trains in its own
 resumable run folder under --work, and a re-run skips what is finished):
   (d)  3D U-Net on all 165 train slices, early-stopped on a slab of the test volume (test slices
        40-87, with 16 slices of context on each side): an optimistic upper bound.
@@ -96,7 +96,7 @@ def _unet(kind: str, vol: Volume, slices: list[int] | None, run: Path, a: argpar
           minutes: float, steps: int | None, quick_steps: int | None = None):
     """Train (or resume) one U-Net run; return (model, mean, std, summary). With --quick the run
     takes ``quick_steps`` steps (default --quick-steps) instead of ``steps``."""
-    name = "unet3d_lucchi" if kind == "unet3d" else "unet2d_lucchi"
+    name = a.unet_config if kind == "unet3d" else "unet2d_lucchi"
     over: dict = {"seed": a.seed, "threads": a.threads, "max_cpu_s": minutes * 60, "max_steps": steps}
     if a.quick:
         over.update(max_steps=quick_steps or a.quick_steps, val_every=max(1, a.quick_steps // 2), checkpoint_every=5)
@@ -148,7 +148,7 @@ def _dualtrack(memory: str, train: Volume, slices: list[int], b_run: Path, run: 
     labels = np.zeros(train.mask.shape, bool)
     labels[slices] = train.mask[slices]
     kw: dict = dict(rounds=a.rounds, seed=a.seed, threads=a.threads, unet_steps=a.unet_steps, mask_steps=a.mask_steps,
-                    bootstrap_mask_steps=a.bootstrap_mask_steps, propagator_memory=memory)
+                    bootstrap_mask_steps=a.bootstrap_mask_steps, propagator_memory=memory, unet_config=a.unet_config)
     if a.quick:
         kw.update(rounds=1, unet_steps=a.quick_steps, mask_steps=a.quick_steps, bootstrap_mask_steps=a.quick_steps,
                   unet_overrides={"crop_zyx": (16, 64, 64)}, mask_crop=64, mask_batch_size=2, min_object_voxels=100)
@@ -184,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="(a), (c): U-Net steps per dual-track round (with (b)'s 1500: 3900, about as many as (d) trains)")
     p.add_argument("--mask-steps", type=int, default=400, help="(a), (c): propagator steps per round after the bootstrap")
     p.add_argument("--bootstrap-mask-steps", type=int, default=800, help="(a), (c): propagator steps in the bootstrap round")
+    p.add_argument("--unet-config", default="unet3d_lucchi",
+                   help="config of every 3D U-Net ((b), (b=), (d) and the SDF track of (a), (c)), e.g. "
+                        "unet3d_lucchi_learned for the learned-stem arm")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data-root")
@@ -219,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         v = test.crop(slice(z0, z1), *VAL_BOX[1:])
         val = ValData(v.image, v.mask, VAL_CONTEXT)
     rows: list[dict] = []
-    run = {"command": " ".join(sys.argv), "machine": machine(), "quick": a.quick, "threads": a.threads, "min_size": a.min_size}
+    run = {"command": " ".join(sys.argv), "machine": machine(), "quick": a.quick, "threads": a.threads, "min_size": a.min_size,
+           "unet_config": a.unet_config}
     results_path = out / "results.json"
 
     def record(method: str, budget: str, slices, pred: np.ndarray, clock: Clock, train: tuple[float, float], extra: dict) -> None:

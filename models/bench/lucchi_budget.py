@@ -144,16 +144,21 @@ def continue_run(src: Path, dst: Path) -> None:
     replace_with(dst / "checkpoint.pt", lambda tmp: shutil.copyfile(src / "checkpoint.pt", tmp))
 
 
-def _dualtrack(memory: str, train: Volume, slices: list[int], b_run: Path, run: Path, a: argparse.Namespace) -> dict:
-    labels = np.zeros(train.mask.shape, bool)
-    labels[slices] = train.mask[slices]
+def dualtrack_config(memory: str, a: argparse.Namespace) -> DualTrackConfig:
+    """(a) (memory "sdf") or (c) (memory "mask"): the dual-track schedule these arguments ask for."""
     kw: dict = dict(rounds=a.rounds, seed=a.seed, threads=a.threads, unet_steps=a.unet_steps, mask_steps=a.mask_steps,
                     bootstrap_mask_steps=a.bootstrap_mask_steps, propagator_memory=memory, unet_config=a.unet_config)
     if a.quick:
         kw.update(rounds=1, unet_steps=a.quick_steps, mask_steps=a.quick_steps, bootstrap_mask_steps=a.quick_steps,
                   unet_overrides={"crop_zyx": (16, 64, 64)}, mask_crop=64, mask_batch_size=2, min_object_voxels=100)
+    return DualTrackConfig(**kw)
+
+
+def _dualtrack(memory: str, train: Volume, slices: list[int], b_run: Path, run: Path, a: argparse.Namespace) -> dict:
+    labels = np.zeros(train.mask.shape, bool)
+    labels[slices] = train.mask[slices]
     # The train labels of the unannotated slices are read only to log the pseudo-labels' quality.
-    return run_dualtrack(train.image, labels, slices, train.voxel_size_nm, DualTrackConfig(**kw), run,
+    return run_dualtrack(train.image, labels, slices, train.voxel_size_nm, dualtrack_config(memory, a), run,
                          progress=not a.no_progress, eval_mask=train.mask, bootstrap_unet=b_run)
 
 

@@ -17,7 +17,8 @@ _spec.loader.exec_module(bench)
 
 
 def _args(**kw) -> argparse.Namespace:
-    base = dict(seed=0, threads=1, quick=True, quick_steps=2, no_progress=True, b_steps=1500, rounds=1, unet_steps=2400)
+    base = dict(seed=0, threads=1, quick=True, quick_steps=2, no_progress=True, b_steps=1500, rounds=1, unet_steps=2400,
+                unet_config="unet3d_lucchi", mask_steps=400, bootstrap_mask_steps=800)
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -61,3 +62,19 @@ def test_continue_run_refuses_an_unfinished_run(tmp_path):
     with pytest.raises(ValueError, match="not a finished run"):
         bench.continue_run(tmp_path / "b", tmp_path / "b_eq")
     assert not (tmp_path / "b_eq").exists()
+
+
+def test_unet_config_reaches_every_3d_unet(tmp_path):
+    # --unet-config (e.g. the learned-stem arm) must reach (b)/(b=)/(d)'s runs and (a)/(c)'s SDF
+    # track alike, or the A/B would compare different U-Nets across rows.
+    a = _args(unet_config="unet3d_lucchi_learned")
+    img, lab = make_demo_volume((20, 72, 72), seed=1)
+    model, _, _, summ = bench._unet("unet3d", Volume(img, lab > 0, (5.0, 5.0, 5.0)), [4, 15], tmp_path / "b", a, None, 60.0, None)
+    assert model.cfg.stem_mode == "learned" and summ["step"] == 2
+    saved = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert saved["unet"]["stem_mode"] == "learned"
+    for memory in ("sdf", "mask"):
+        cfg = bench.dualtrack_config(memory, _args(unet_config="unet3d_lucchi_learned", quick=False))
+        assert cfg.unet_config == "unet3d_lucchi_learned" and cfg.propagator_memory == memory
+        assert cfg.unet_train_config(1).unet["stem_mode"] == "learned"
+    assert bench.dualtrack_config("sdf", _args(quick=False)).unet_train_config(1).unet.get("stem_mode", "average") == "average"

@@ -38,6 +38,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +103,10 @@ def _unet(kind: str, vol: Volume, slices: list[int] | None, run: Path, a: argpar
         over.update(max_steps=quick_steps or a.quick_steps, val_every=max(1, a.quick_steps // 2), checkpoint_every=5)
         over["crop_zyx"] = (16, 64, 64) if kind == "unet3d" else (1, 96, 96)
     cfg = load_train_config(name, **over)
+    if (run / "config.json").exists():  # a re-run resumes or reuses this folder: only with the same network
+        saved = json.loads((run / "config.json").read_text())
+        if saved.get("unet") != json.loads(json.dumps(asdict(cfg)))["unet"]:
+            raise ValueError(f"--unet-config: {run} holds a run of another network than {name!r}; use another --work")
     if (run / "summary.json").exists():  # finished earlier: a re-run skips it
         summary = json.loads((run / "summary.json").read_text())
         return load_unet(run / "best.pt"), summary["mean"], summary["std"], summary

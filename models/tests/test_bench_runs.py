@@ -78,3 +78,14 @@ def test_unet_config_reaches_every_3d_unet(tmp_path):
         assert cfg.unet_config == "unet3d_lucchi_learned" and cfg.propagator_memory == memory
         assert cfg.unet_train_config(1).unet["stem_mode"] == "learned"
     assert bench.dualtrack_config("sdf", _args(quick=False)).unet_train_config(1).unet.get("stem_mode", "average") == "average"
+
+
+def test_a_run_folder_of_another_network_is_refused(tmp_path):
+    # A re-run skips finished folders; with another --unet-config it must not silently reuse them.
+    img, lab = make_demo_volume((20, 72, 72), seed=1)
+    vol = Volume(img, lab > 0, (5.0, 5.0, 5.0))
+    bench._unet("unet3d", vol, [4, 15], tmp_path / "b", _args(), None, 60.0, None)
+    with pytest.raises(ValueError, match="--unet-config: .* another network"):
+        bench._unet("unet3d", vol, [4, 15], tmp_path / "b", _args(unet_config="unet3d_lucchi_learned"), None, 60.0, None)
+    _, _, _, again = bench._unet("unet3d", vol, [4, 15], tmp_path / "b", _args(), None, 60.0, None)
+    assert again["step"] == 2

@@ -152,7 +152,8 @@ def continue_run(src: Path, dst: Path) -> None:
 def dualtrack_config(memory: str, a: argparse.Namespace) -> DualTrackConfig:
     """(a) (memory "sdf") or (c) (memory "mask"): the dual-track schedule these arguments ask for."""
     kw: dict = dict(rounds=a.rounds, seed=a.seed, threads=a.threads, unet_steps=a.unet_steps, mask_steps=a.mask_steps,
-                    bootstrap_mask_steps=a.bootstrap_mask_steps, propagator_memory=memory, unet_config=a.unet_config)
+                    bootstrap_mask_steps=a.bootstrap_mask_steps, propagator_memory=memory, unet_config=a.unet_config,
+                    pseudo_loss_weight=a.pseudo_loss_weight, pseudo_band_nm=a.pseudo_band_nm)
     if a.quick:
         kw.update(rounds=1, unet_steps=a.quick_steps, mask_steps=a.quick_steps, bootstrap_mask_steps=a.quick_steps,
                   unet_overrides={"crop_zyx": (16, 64, 64)}, mask_crop=64, mask_batch_size=2, min_object_voxels=100)
@@ -197,6 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--unet-config", default="unet3d_lucchi",
                    help="config of every 3D U-Net ((b), (b=), (d) and the SDF track of (a), (c)), e.g. "
                         "unet3d_lucchi_learned for the learned-stem arm")
+    p.add_argument("--pseudo-loss-weight", type=float,
+                   help="(a), (c): normalise the SDF track's loss over annotated and pseudo-labelled voxels separately, "
+                        "the pseudo-labels' part scaled by this (default: one normalisation over both)")
+    p.add_argument("--pseudo-band-nm", type=float, default=0.0,
+                   help="(a), (c): pseudo-labelled voxels this near the pseudo mask's boundary get weight 0 in the SDF track")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data-root")
@@ -233,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         val = ValData(v.image, v.mask, VAL_CONTEXT)
     rows: list[dict] = []
     run = {"command": " ".join(sys.argv), "machine": machine(), "quick": a.quick, "threads": a.threads, "min_size": a.min_size,
-           "unet_config": a.unet_config}
+           "unet_config": a.unet_config, "pseudo_loss_weight": a.pseudo_loss_weight, "pseudo_band_nm": a.pseudo_band_nm}
     results_path = out / "results.json"
 
     def record(method: str, budget: str, slices, pred: np.ndarray, clock: Clock, train: tuple[float, float], extra: dict) -> None:

@@ -225,7 +225,8 @@ def cmd_adapt(a: argparse.Namespace) -> int:
     slices = [int(s) for s in a.slices.split(",")] if a.slices else budget_slices(vol.image.shape[0], a.budget)
     cfg = DualTrackConfig(rounds=a.rounds, seed=a.seed, threads=a.threads, unet_config=a.unet_config,
                           bootstrap_unet_steps=a.bootstrap_unet_steps, unet_steps=a.unet_steps,
-                          bootstrap_mask_steps=a.bootstrap_mask_steps, mask_steps=a.mask_steps, propagator_memory=a.memory)
+                          bootstrap_mask_steps=a.bootstrap_mask_steps, mask_steps=a.mask_steps, propagator_memory=a.memory,
+                          pseudo_loss_weight=a.pseudo_loss_weight, pseudo_band_nm=a.pseudo_band_nm)
     labels = np.zeros(vol.mask.shape, bool)
     labels[slices] = vol.mask[slices]  # only the annotated slices are ever read
     result = run_dualtrack(vol.image, labels, slices, vol.voxel_size_nm, cfg, Path(a.out), progress=not a.no_progress,
@@ -293,6 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--memory", choices=["sdf", "mask"], default="sdf",
                    help="the propagator's memory: sdf (Spatial-SAM) or mask (SAM2's, the ablation)")
     d.add_argument("--bootstrap-unet", help="a finished train-unet run on the same annotated slices: round 0's SDF track")
+    d.add_argument("--pseudo-loss-weight", type=float,
+                   help="SDF track, rounds >= 1: normalise the loss over annotated and pseudo-labelled voxels separately, "
+                        "the pseudo-labels' part scaled by this in (0, 1] (default: one normalisation over both)")
+    d.add_argument("--pseudo-band-nm", type=float, default=0.0,
+                   help="SDF track, rounds >= 1: pseudo-labelled voxels nearer than this to the pseudo mask's boundary get weight 0")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--threads", type=int, default=1)
     d.set_defaults(func=cmd_adapt)

@@ -25,6 +25,9 @@ Lucchi++ that removed 537 of the U-Net's 660 false objects and 2 true ones of 5 
 -> 0.809). Weight: pseudo_weight * |2 P_u - 1|, times disagreement_weight where the two tracks
 disagree on a voxel; dropped components count fully as background; annotated slices keep their
 labels with weight annotated_weight (the highest). Only ``labels`` on ``annotated_slices`` are read.
+With ``pseudo_loss_weight`` set, the SDF track of rounds >= 1 normalises its loss over annotated and
+pseudo-labelled voxels separately (train_unet.TrainData.anchor_slices); ``pseudo_band_nm`` zeroes
+the pseudo-labels' weight near their own boundary (``sdf_track_weight``).
 
 On disk (``out_dir``): round_<r>/unet/ (a train_unet run; absent in round 0 with a bootstrap
 U-Net), round_<r>/propagator/ (mask-track checkpoint), round_<r>/pseudo.npz, state.json (last
@@ -81,6 +84,15 @@ class DualTrackConfig:
     annotated_weight: float = 1.0
     pseudo_weight: float = 0.5
     disagreement_weight: float = 0.5
+    # Rounds >= 1, SDF track. None: one loss normalised over annotated and pseudo-labelled voxels
+    # together (the annotated slices then get a few % of it); a number: the two are normalised
+    # separately and the pseudo-labels' loss is scaled by it, half the crops hold an annotated slice
+    # (train_unet.TrainData.anchor_slices).
+    pseudo_loss_weight: float | None = None
+    # Rounds >= 1, SDF track: pseudo-labelled voxels nearer than this to the pseudo mask's boundary
+    # get weight 0 (the boundary is where the pseudo-labels are least sure; the annotated slices
+    # teach it). 0 = off.
+    pseudo_band_nm: float = 0.0
     # Round 0's mask-track labels: 3D components of the U-Net's mask smaller than this are dropped
     # (specks of a young U-Net are not objects to follow).
     min_object_voxels: int = 1000
@@ -95,6 +107,14 @@ class DualTrackConfig:
             raise ValueError(f"propagator_memory: must be 'sdf' or 'mask', got {self.propagator_memory!r}")
         if not 0 <= self.disagreement_weight <= 1:
             raise ValueError("disagreement_weight: must be in [0, 1]")
+        if self.pseudo_loss_weight is not None and not 0 < self.pseudo_loss_weight <= 1:
+            raise ValueError(f"pseudo_loss_weight: must be in (0, 1] or None, got {self.pseudo_loss_weight}")
+        if not 0 <= self.pseudo_band_nm < self.unet_truncation_nm():
+            raise ValueError(f"pseudo_band_nm: must be in [0, the SDF truncation {self.unet_truncation_nm()} nm), "
+                             f"got {self.pseudo_band_nm}")
+
+    def unet_truncation_nm(self) -> float:
+        return float(self.unet_train_config(0).truncation_nm)
 
     def unet_train_config(self, round_index: int) -> TrainConfig:
         from .config import load_train_config
@@ -155,6 +175,17 @@ def fuse_pseudo_labels(
     mask[annotated_slices] = labels[annotated_slices] > 0
     weight[annotated_slices] = annotated_weight
     return mask, weight
+
+
+def sdf_track_weight(weight: np.ndarray, target: np.ndarray, annotated_slices: list[int], cfg: DualTrackConfig) -> np.ndarray:
+    """The SDF track's voxel weights in rounds >= 1: the pseudo-labels' ``weight``, 0 within
+    ``cfg.pseudo_band_nm`` of the pseudo mask's boundary (``target``: its normalised SDF) outside
+    the annotated slices."""
+    if cfg.pseudo_band_nm <= 0:
+        return weight
+    near = np.abs(target) < cfg.pseudo_band_nm / cfg.unet_truncation_nm()
+    near[annotated_slices] = False
+    return np.where(near, 0.0, weight).astype(np.float32)
 
 
 def _unet_probability(model, image: np.ndarray, mean: float, std: float) -> tuple[np.ndarray, np.ndarray]:
@@ -240,7 +271,9 @@ def run_dualtrack(
             else:
                 prev = np.load(out / f"round_{r - 1}" / "pseudo.npz")
                 target = sdf_target(prev["mask"], voxel_size_nm, ucfg.truncation_nm)
-                data = TrainData(image, target, prev["weight"], mean, std)
+                data = TrainData(image, target, sdf_track_weight(prev["weight"], target, slices, cfg), mean, std,
+                                 **({} if cfg.pseudo_loss_weight is None else
+                                    {"anchor_slices": tuple(slices), "pseudo_loss_weight": cfg.pseudo_loss_weight}))
                 init = torch.load(_unet_path(out, r - 1, boot), weights_only=False)["model"]
             unet_steps = train_unet(data, ucfg, rdir / "unet", progress=progress, init_weights=init)["step"]
             unet_path = rdir / "unet" / "best.pt"

@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from .atomic_files import torch_save, write_text
-from .data import annotation_weights, check_volume, sample_crop_origins
+from .data import annotation_weights, check_slices, check_volume, sample_crop_origins
 from .losses import unet_loss
 from .metrics import foreground_iou
 from .sdf import sdf_target, sdf_target_per_slice
@@ -102,6 +102,15 @@ class TrainData:
     weight: np.ndarray
     mean: float | None = None
     std: float | None = None
+    # Slices whose labels are annotations, when the other weighted voxels are pseudo-labels (the
+    # dual-track SDF track). Then the loss is normalised over each part on its own,
+    # L = L(annotated voxels) + pseudo_loss_weight * L(pseudo-labelled voxels), and a share
+    # anchor_crop_fraction of the crops contains an annotated slice, so the few true labels keep the
+    # pull they have without pseudo-labels however many pseudo-labelled voxels a crop holds (with one
+    # normalisation over all, a 32-slice crop gave its one annotated slice about 6% of the loss).
+    anchor_slices: tuple[int, ...] | None = None
+    pseudo_loss_weight: float = 0.5
+    anchor_crop_fraction: float = 0.5
 
     def __post_init__(self) -> None:
         check_volume(self.image, "image")
@@ -114,6 +123,13 @@ class TrainData:
             raise ValueError("weight: negative values")
         if not self.weight.any():
             raise ValueError("weight: all zero (empty annotations), nothing to train on")
+        if self.anchor_slices is not None:
+            self.anchor_slices = tuple(check_slices(list(self.anchor_slices), self.image.shape[0]))
+            if not self.weight[list(self.anchor_slices)].any():
+                raise ValueError("anchor_slices: no weight on any of these slices")
+            for name in ("pseudo_loss_weight", "anchor_crop_fraction"):
+                if not 0 <= getattr(self, name) <= 1:
+                    raise ValueError(f"{name}: must be in [0, 1], got {getattr(self, name)}")
         if self.mean is None or self.std is None:
             scaled = self.image.astype(np.float32)[:: max(1, self.image.shape[0] // 16)] / 255.0
             self.mean, self.std = float(scaled.mean()), float(max(scaled.std(), 1e-3))
@@ -224,12 +240,24 @@ def _foreground_voxels(data: TrainData, stride: int = 7) -> np.ndarray:
     return np.stack(np.unravel_index(flat, data.image.shape), axis=1).astype(np.int64)
 
 
-def _batch(data: TrainData, cfg: TrainConfig, rng: np.random.Generator, slice_w: np.ndarray, fg: np.ndarray) -> tuple[torch.Tensor, ...]:
+def _batch(data: TrainData, cfg: TrainConfig, rng: np.random.Generator, slice_w: np.ndarray, fg: np.ndarray,
+           anchor_fg: np.ndarray | None = None) -> tuple[torch.Tensor, ...]:
+    """(image, target SDF, weight[, anchor]) tensors [B, 1, *crop]; anchor (1 on annotated slices) only
+    when ``data.anchor_slices`` is set (``anchor_fg``: the labelled foreground voxels on those slices)."""
     crop = (1, *cfg.crop_zyx[1:]) if cfg.model == "unet2d" else cfg.crop_zyx
     origins = sample_crop_origins(data.image.shape, crop, cfg.batch_size, rng, slice_w)
+    anchored = data.anchor_slices is not None
+    if anchored:
+        # Crops that must hold an annotated slice, drawn as (b) draws all of its crops.
+        on_anchor = rng.random(cfg.batch_size) < data.anchor_crop_fraction
+        anchor_w = np.zeros(data.image.shape[0])
+        anchor_w[list(data.anchor_slices)] = 1.0  # type: ignore[arg-type]
+        redrawn = sample_crop_origins(data.image.shape, crop, cfg.batch_size, rng, anchor_w)
+        origins[on_anchor] = redrawn[on_anchor]
     for i in range(cfg.batch_size):
-        if len(fg) and rng.random() < cfg.fg_crop_fraction:
-            c = fg[rng.integers(len(fg))]
+        pool = anchor_fg if anchored and on_anchor[i] and anchor_fg is not None and len(anchor_fg) else fg
+        if len(pool) and rng.random() < cfg.fg_crop_fraction:
+            c = pool[rng.integers(len(pool))]
             jitter = rng.integers(0, crop, 3) if cfg.model == "unet3d" else np.array([0, *rng.integers(0, crop[1:], 2)])
             hi = np.asarray(data.image.shape) - np.asarray(crop)
             origins[i] = np.clip(c - jitter, 0, hi)
@@ -242,25 +270,39 @@ def _batch(data: TrainData, cfg: TrainConfig, rng: np.random.Generator, slice_w:
             ax = axes[int(rng.integers(len(axes)))]
             over = int(rng.integers(1, crop[ax] // 2 + 1))
             origins[i, ax] = -over if rng.random() < 0.5 else shape[ax] - crop[ax] + over
-    xs, ts, ws = [], [], []
+    stacks = []
     for origin in origins:
-        stack = np.zeros((3, *crop), np.float32)
+        stack = np.zeros((4 if anchored else 3, *crop), np.float32)
         src = tuple(slice(max(o, 0), min(o + c, n)) for o, c, n in zip(origin, crop, shape))
         dst = tuple(slice(s.start - o, s.stop - o) for s, o in zip(src, origin))
         stack[(0, *dst)] = (data.image[src].astype(np.float32) / 255.0 - data.mean) / data.std
         stack[(1, *dst)] = data.target_sdf[src]
         stack[(2, *dst)] = data.weight[src]
+        if anchored:
+            zs = np.arange(src[0].start, src[0].stop)
+            stack[(3, *dst)] = np.isin(zs, data.anchor_slices)[:, None, None]  # type: ignore[arg-type]
         if cfg.augment:
             stack = _augment(stack, rng)
         if cfg.intensity_augment > 0 and rng.random() < cfg.intensity_augment:
             stack[0] = _jitter_intensity(stack[0], rng)
-        xs.append(stack[0])
-        ts.append(stack[1])
-        ws.append(stack[2])
-    img, tgt, w = (torch.from_numpy(np.stack(a))[:, None] for a in (xs, ts, ws))
+        stacks.append(stack)
+    out = tuple(torch.from_numpy(np.stack([st[k] for st in stacks]))[:, None] for k in range(len(stacks[0])))
     if cfg.model == "unet2d":
-        img, tgt, w = (t[:, :, 0] for t in (img, tgt, w))
-    return img, tgt, w
+        out = tuple(t[:, :, 0] for t in out)
+    return out
+
+
+def _anchored_loss(sdf: torch.Tensor, fg: torch.Tensor, tgt: torch.Tensor, w: torch.Tensor, anchor: torch.Tensor,
+                   cfg: TrainConfig, pseudo_loss_weight: float) -> tuple[torch.Tensor, dict]:
+    """L(annotated) + pseudo_loss_weight * L(pseudo-labelled), each normalised by its own weight
+    (a part absent from the batch contributes nothing)."""
+    total, parts = sdf.new_zeros(()), {"sdf": 0.0, "sign": 0.0}
+    for part_w, k in ((w * anchor, 1.0), (w * (1 - anchor), pseudo_loss_weight)):
+        if k > 0 and float(part_w.sum()) > 0:
+            loss, lp = unet_loss(sdf, fg, tgt, part_w, cfg.sdf_weight, cfg.sign_weight)
+            total = total + k * loss
+            parts = {n: parts[n] + k * lp[n] for n in parts}
+    return total, parts
 
 
 def train_unet(
@@ -294,6 +336,7 @@ def train_unet(
     # Crops are drawn where the weight is: annotated slices (weight 1) more than pseudo-labels.
     slice_w = data.weight.sum(axis=(1, 2), dtype=np.float64)
     fg_voxels = _foreground_voxels(data) if cfg.fg_crop_fraction > 0 else np.zeros((0, 3), np.int64)
+    anchor_fg = fg_voxels[np.isin(fg_voxels[:, 0], data.anchor_slices)] if data.anchor_slices is not None else None
 
     state = {"step": 0, "best_val_iou": -1.0, "best_step": -1, "bad_vals": 0, "time_s": 0.0, "cpu_s": 0.0}
     rng = np.random.default_rng(cfg.seed)
@@ -355,14 +398,17 @@ def train_unet(
     bar = tqdm(total=cfg.max_steps, initial=state["step"], disable=not progress, desc=f"train {cfg.model}", unit="step")
     while state["step"] < cfg.max_steps:
         model.train()
-        img, tgt, w = _batch(data, cfg, rng, slice_w, fg_voxels)
+        img, tgt, w, *anchor = _batch(data, cfg, rng, slice_w, fg_voxels, anchor_fg)
         if float(w.sum()) == 0:
             # A crop can miss every labelled voxel after all (weights inside a slice); skip it.
             loss_parts = None
         else:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.amp == "bf16"):
                 sdf, fg = model(img)
-            loss, loss_parts = unet_loss(sdf.float(), fg.float(), tgt, w, cfg.sdf_weight, cfg.sign_weight)
+            if anchor:
+                loss, loss_parts = _anchored_loss(sdf.float(), fg.float(), tgt, w, anchor[0], cfg, data.pseudo_loss_weight)
+            else:
+                loss, loss_parts = unet_loss(sdf.float(), fg.float(), tgt, w, cfg.sdf_weight, cfg.sign_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))

@@ -18,7 +18,8 @@ _spec.loader.exec_module(bench)
 
 def _args(**kw) -> argparse.Namespace:
     base = dict(seed=0, threads=1, quick=True, quick_steps=2, no_progress=True, b_steps=1500, rounds=1, unet_steps=2400,
-                unet_config="unet3d_lucchi", mask_steps=400, bootstrap_mask_steps=800)
+                unet_config="unet3d_lucchi", mask_steps=400, bootstrap_mask_steps=800,
+                pseudo_loss_weight=None, pseudo_band_nm=0.0)
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -78,6 +79,9 @@ def test_unet_config_reaches_every_3d_unet(tmp_path):
         assert cfg.unet_config == "unet3d_lucchi_learned" and cfg.propagator_memory == memory
         assert cfg.unet_train_config(1).unet["stem_mode"] == "learned"
     assert bench.dualtrack_config("sdf", _args(quick=False)).unet_train_config(1).unet.get("stem_mode", "average") == "average"
+    anchored = bench.dualtrack_config("sdf", _args(quick=False, pseudo_loss_weight=0.5, pseudo_band_nm=20.0))
+    assert (anchored.pseudo_loss_weight, anchored.pseudo_band_nm) == (0.5, 20.0)
+    assert bench.dualtrack_config("mask", _args(quick=False)).pseudo_loss_weight is None
 
 
 def test_a_run_folder_of_another_network_is_refused(tmp_path):

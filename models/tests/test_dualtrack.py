@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from spatialsam.data import make_demo_volume
-from spatialsam.dualtrack import DualTrackConfig, fuse_pseudo_labels, run_dualtrack, unet_pseudo_labels
+from spatialsam.dualtrack import DualTrackConfig, fuse_pseudo_labels, run_dualtrack, sdf_track_weight, unet_pseudo_labels
 from spatialsam.train_unet import make_train_data, train_unet
 
 
@@ -80,6 +80,10 @@ def test_bad_inputs(demo, tmp_path):
         _cfg(pseudo_weight=2.0)
     with pytest.raises(ValueError, match="disagreement_weight"):
         _cfg(disagreement_weight=-0.1)
+    with pytest.raises(ValueError, match="pseudo_loss_weight"):
+        _cfg(pseudo_loss_weight=0.0)
+    with pytest.raises(ValueError, match="pseudo_band_nm"):
+        _cfg(pseudo_band_nm=500.0)
 
 
 def test_tiny_run_killed_resumed_and_improving(demo, tmp_path):
@@ -121,3 +125,53 @@ def test_bootstrap_from_a_finished_sparse_run(demo, tmp_path):
     assert json.loads((tmp_path / "a" / "config.json").read_text())["bootstrap_unet"] == str(tmp_path / "b")
     with pytest.raises(ValueError, match="bootstrap_unet"):
         run_dualtrack(img, labels, slices, (5, 5, 5), cfg, tmp_path / "c", bootstrap_unet=tmp_path / "missing")
+
+
+def test_boundary_band_drops_pseudo_weight_near_the_pseudo_boundary():
+    """pseudo_band_nm: weight 0 within that distance of the pseudo mask's boundary (scipy's EDT with
+    the anisotropic voxel size as reference), untouched elsewhere and on the annotated slices."""
+    from scipy import ndimage
+
+    from spatialsam.sdf import sdf_target
+
+    vs = (10.0, 5.0, 5.0)
+    z, y, x = np.mgrid[:12, :40, :40]
+    mask = ((z - 6) * 10.0) ** 2 + ((y - 20) * 5.0) ** 2 + ((x - 20) * 5.0) ** 2 < 60.0 ** 2
+    weight = np.full(mask.shape, 0.5, np.float32)
+    weight[3] = 1.0
+    cfg = _cfg(pseudo_band_nm=12.0)
+    target = sdf_target(mask, vs, cfg.unet_truncation_nm())
+    out = sdf_track_weight(weight, target, [3], cfg)
+    h = 0.5 * min(vs)
+    dist = np.where(mask, ndimage.distance_transform_edt(mask, sampling=vs) - h,
+                    ndimage.distance_transform_edt(~mask, sampling=vs) - h)
+    near = dist < 12.0
+    near[3] = False
+    assert near.any() and (~near).any()
+    assert np.array_equal(out == 0, near)
+    assert np.array_equal(out[~near], weight[~near])
+    assert sdf_track_weight(weight, target, [3], _cfg()) is weight  # band 0: unchanged
+
+
+def test_anchored_round_trains_and_improves(demo, tmp_path, monkeypatch):
+    """A tiny run with the anchored SDF track (separate normalisation, boundary band) hands round 1's
+    U-Net its annotated slices and banded weights, records its settings, and its round-1 U-Net beats
+    round 0's."""
+    from spatialsam import dualtrack
+    from spatialsam.train_unet import TrainData
+
+    seen = []
+    monkeypatch.setattr(dualtrack, "TrainData", lambda *a, **kw: seen.append(TrainData(*a, **kw)) or seen[-1])
+    img, gt = demo
+    slices = [4, 11]
+    labels = np.zeros_like(gt)
+    labels[slices] = gt[slices]
+    cfg = _cfg(pseudo_loss_weight=0.5, pseudo_band_nm=5.0)
+    run_dualtrack(img, labels, slices, (5, 5, 5), cfg, tmp_path, progress=False, eval_mask=gt)
+    assert len(seen) == 1 and seen[0].anchor_slices == (4, 11) and seen[0].pseudo_loss_weight == 0.5
+    pseudo = np.load(tmp_path / "round_0" / "pseudo.npz")
+    assert (seen[0].weight == 0).sum() > (pseudo["weight"] == 0).sum()  # the band
+    rounds = [json.loads(x) for x in (tmp_path / "rounds.jsonl").read_text().splitlines()]
+    assert rounds[1]["unet_iou"] > rounds[0]["unet_iou"]
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert (saved["pseudo_loss_weight"], saved["pseudo_band_nm"]) == (0.5, 5.0)

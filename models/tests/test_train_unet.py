@@ -164,3 +164,88 @@ def test_border_crops_overhang_the_volume_with_zero_weight(demo):
             assert float(x[k, 0][zero_w].abs().max()) == 0.0
             outside += int(zero_w.sum())
     assert outside > 0
+
+
+def _z_coded(shape=(16, 40, 40), slices=(4, 11)):
+    """TrainData whose image value is the z index (so a crop tells where it came from), annotated
+    slices weighted 1 and pseudo-labels 0.5 elsewhere."""
+    img = np.broadcast_to(np.arange(shape[0], dtype=np.uint8)[:, None, None], shape).copy()
+    rng = np.random.default_rng(0)
+    target = rng.uniform(-1, 1, shape).astype(np.float32)
+    weight = np.full(shape, 0.5, np.float32)
+    weight[list(slices)] = 1.0
+    return TrainData(img, target, weight, 0.0, 1 / 255, anchor_slices=slices)
+
+
+def test_anchored_crops_mark_the_annotated_slices():
+    """With anchor_slices the batch carries a 4th tensor, 1 exactly on the annotated slices of each crop
+    (also after flips), and with anchor_crop_fraction 1 every crop holds one."""
+    from spatialsam.train_unet import _batch, _foreground_voxels
+
+    data = _z_coded()
+    data.anchor_crop_fraction = 1.0
+    fg = _foreground_voxels(data)
+    anchor_fg = fg[np.isin(fg[:, 0], data.anchor_slices)]
+    cfg = _cfg(batch_size=8, fg_crop_fraction=0.5, augment=True)
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        x, _, w, anchor = _batch(data, cfg, rng, data.weight.sum(axis=(1, 2), dtype=np.float64), fg, anchor_fg)
+        z = torch.round(x[:, 0, :, 0, 0]).long()  # image value = z (mean 0, std 1/255)
+        expect = torch.isin(z, torch.tensor(data.anchor_slices))
+        assert torch.equal(anchor[:, 0, :, 0, 0] > 0, expect)
+        assert expect.any(dim=1).all()
+        assert torch.equal(anchor[:, 0] > 0, (w[:, 0] == 1.0))  # only annotated voxels have weight 1 here
+    # Without anchor_slices the batch stays (image, target, weight).
+    plain = TrainData(data.image, data.target_sdf, data.weight, 0.0, 1 / 255)
+    assert len(_batch(plain, cfg, rng, plain.weight.sum(axis=(1, 2), dtype=np.float64), fg)) == 3
+
+
+def test_anchored_loss_gives_the_annotated_voxels_a_fixed_share():
+    """L = L(annotated) + k * L(pseudo), each normalised on its own: the gradient on annotated voxels
+    does not shrink when more (or more heavily weighted) pseudo-labelled voxels share the crop, as it
+    does under one normalisation."""
+    from spatialsam.losses import unet_loss
+    from spatialsam.train_unet import _anchored_loss
+
+    g = torch.Generator().manual_seed(0)
+    shape = (2, 1, 8, 16, 16)
+    tgt = torch.rand(shape, generator=g) * 2 - 1
+    anchor = torch.zeros(shape)
+    anchor[:, :, 3] = 1
+    w = torch.rand(shape, generator=g)
+    cfg = _cfg()
+
+    def grads(weight, anchored):
+        sdf = (torch.rand(shape, generator=torch.Generator().manual_seed(1)) * 2 - 1).requires_grad_()
+        fg = torch.zeros(shape, requires_grad=True)
+        if anchored:
+            loss, _ = _anchored_loss(sdf, fg, tgt, weight, anchor, cfg, 0.5)
+        else:
+            loss, _ = unet_loss(sdf, fg, tgt, weight)
+        loss.backward()
+        return loss.detach(), sdf.grad[:, :, 3]
+
+    heavy = w * anchor + 50 * w * (1 - anchor)
+    la, ga = grads(w, True)
+    lh, gh = grads(heavy, True)
+    torch.testing.assert_close(ga, gh)  # the annotated slice's gradient ignores the pseudo part's scale
+    ann, _ = unet_loss(*(t for t in (torch.rand(shape, generator=torch.Generator().manual_seed(1)) * 2 - 1,
+                                     torch.zeros(shape), tgt)), w * anchor)
+    pse, _ = unet_loss(torch.rand(shape, generator=torch.Generator().manual_seed(1)) * 2 - 1, torch.zeros(shape), tgt,
+                       w * (1 - anchor))
+    torch.testing.assert_close(la, ann + 0.5 * pse)
+    _, g1 = grads(w, False)
+    _, g2 = grads(heavy, False)
+    assert float(g2.abs().sum()) < 0.1 * float(g1.abs().sum())  # one normalisation: diluted 50x
+
+
+def test_anchor_bad_inputs():
+    data = _z_coded()
+    with pytest.raises(ValueError, match="annotated_slices: indices"):
+        TrainData(data.image, data.target_sdf, data.weight, anchor_slices=(3, 99))
+    w = data.weight.copy()
+    w[4] = 0
+    with pytest.raises(ValueError, match="anchor_slices: no weight"):
+        TrainData(data.image, data.target_sdf, w, anchor_slices=(4,))
+    with pytest.raises(ValueError, match="pseudo_loss_weight"):
+        TrainData(data.image, data.target_sdf, data.weight, anchor_slices=(4,), pseudo_loss_weight=1.5)

@@ -109,9 +109,11 @@ class DualTrackConfig:
             raise ValueError("disagreement_weight: must be in [0, 1]")
         if self.pseudo_loss_weight is not None and not 0 < self.pseudo_loss_weight <= 1:
             raise ValueError(f"pseudo_loss_weight: must be in (0, 1] or None, got {self.pseudo_loss_weight}")
-        if not 0 <= self.pseudo_band_nm < self.unet_truncation_nm():
-            raise ValueError(f"pseudo_band_nm: must be in [0, the SDF truncation {self.unet_truncation_nm()} nm), "
-                             f"got {self.pseudo_band_nm}")
+        if self.pseudo_band_nm < 0:
+            raise ValueError(f"pseudo_band_nm: must be >= 0, got {self.pseudo_band_nm}")
+        # The truncation comes from the U-Net's config file: read only when a band is asked for.
+        if self.pseudo_band_nm > 0 and self.pseudo_band_nm >= (t := self.unet_truncation_nm()):
+            raise ValueError(f"pseudo_band_nm: must be below the SDF truncation {t} nm, got {self.pseudo_band_nm}")
 
     def unet_truncation_nm(self) -> float:
         return float(self.unet_train_config(0).truncation_nm)
@@ -177,13 +179,14 @@ def fuse_pseudo_labels(
     return mask, weight
 
 
-def sdf_track_weight(weight: np.ndarray, target: np.ndarray, annotated_slices: list[int], cfg: DualTrackConfig) -> np.ndarray:
+def sdf_track_weight(weight: np.ndarray, target: np.ndarray, annotated_slices: list[int], band_nm: float,
+                     truncation_nm: float) -> np.ndarray:
     """The SDF track's voxel weights in rounds >= 1: the pseudo-labels' ``weight``, 0 within
-    ``cfg.pseudo_band_nm`` of the pseudo mask's boundary (``target``: its normalised SDF) outside
-    the annotated slices."""
-    if cfg.pseudo_band_nm <= 0:
+    ``band_nm`` of the pseudo mask's boundary (``target``: its SDF normalised with ``truncation_nm``)
+    outside the annotated slices."""
+    if band_nm <= 0:
         return weight
-    near = np.abs(target) < cfg.pseudo_band_nm / cfg.unet_truncation_nm()
+    near = np.abs(target) < band_nm / truncation_nm
     near[annotated_slices] = False
     return np.where(near, 0.0, weight).astype(np.float32)
 
@@ -271,7 +274,7 @@ def run_dualtrack(
             else:
                 prev = np.load(out / f"round_{r - 1}" / "pseudo.npz")
                 target = sdf_target(prev["mask"], voxel_size_nm, ucfg.truncation_nm)
-                data = TrainData(image, target, sdf_track_weight(prev["weight"], target, slices, cfg), mean, std,
+                data = TrainData(image, target, sdf_track_weight(prev["weight"], target, slices, cfg.pseudo_band_nm, ucfg.truncation_nm), mean, std,
                                  **({} if cfg.pseudo_loss_weight is None else
                                     {"anchor_slices": tuple(slices), "pseudo_loss_weight": cfg.pseudo_loss_weight}))
                 init = torch.load(_unet_path(out, r - 1, boot), weights_only=False)["model"]

@@ -240,22 +240,37 @@ def _foreground_voxels(data: TrainData, stride: int = 7) -> np.ndarray:
     return np.stack(np.unravel_index(flat, data.image.shape), axis=1).astype(np.int64)
 
 
+@dataclass
+class _Anchors:
+    """What the crops of a run with ``TrainData.anchor_slices`` are drawn from, computed once per run:
+    slice_w (float [Z], 1 on annotated slices) and fg (the labelled foreground voxels on them)."""
+
+    slice_w: np.ndarray
+    fg: np.ndarray
+
+    @classmethod
+    def of(cls, data: TrainData, fg_voxels: np.ndarray) -> "_Anchors | None":
+        if data.anchor_slices is None:
+            return None
+        slice_w = np.zeros(data.image.shape[0])
+        slice_w[list(data.anchor_slices)] = 1.0
+        return cls(slice_w, fg_voxels[np.isin(fg_voxels[:, 0], data.anchor_slices)])
+
+
 def _batch(data: TrainData, cfg: TrainConfig, rng: np.random.Generator, slice_w: np.ndarray, fg: np.ndarray,
-           anchor_fg: np.ndarray | None = None) -> tuple[torch.Tensor, ...]:
+           anchors: _Anchors | None = None) -> tuple[torch.Tensor, ...]:
     """(image, target SDF, weight[, anchor]) tensors [B, 1, *crop]; anchor (1 on annotated slices) only
-    when ``data.anchor_slices`` is set (``anchor_fg``: the labelled foreground voxels on those slices)."""
+    with ``anchors`` (``_Anchors.of(data, fg)``, for data with anchor_slices)."""
     crop = (1, *cfg.crop_zyx[1:]) if cfg.model == "unet2d" else cfg.crop_zyx
     origins = sample_crop_origins(data.image.shape, crop, cfg.batch_size, rng, slice_w)
-    anchored = data.anchor_slices is not None
-    if anchored:
+    pools = [fg] * cfg.batch_size
+    if anchors is not None:
         # Crops that must hold an annotated slice, drawn as (b) draws all of its crops.
         on_anchor = rng.random(cfg.batch_size) < data.anchor_crop_fraction
-        anchor_w = np.zeros(data.image.shape[0])
-        anchor_w[list(data.anchor_slices)] = 1.0  # type: ignore[arg-type]
-        redrawn = sample_crop_origins(data.image.shape, crop, cfg.batch_size, rng, anchor_w)
+        redrawn = sample_crop_origins(data.image.shape, crop, cfg.batch_size, rng, anchors.slice_w)
         origins[on_anchor] = redrawn[on_anchor]
-    for i in range(cfg.batch_size):
-        pool = anchor_fg if anchored and on_anchor[i] and anchor_fg is not None and len(anchor_fg) else fg
+        pools = [anchors.fg if on and len(anchors.fg) else fg for on in on_anchor]
+    for i, pool in enumerate(pools):
         if len(pool) and rng.random() < cfg.fg_crop_fraction:
             c = pool[rng.integers(len(pool))]
             jitter = rng.integers(0, crop, 3) if cfg.model == "unet3d" else np.array([0, *rng.integers(0, crop[1:], 2)])
@@ -272,13 +287,13 @@ def _batch(data: TrainData, cfg: TrainConfig, rng: np.random.Generator, slice_w:
             origins[i, ax] = -over if rng.random() < 0.5 else shape[ax] - crop[ax] + over
     stacks = []
     for origin in origins:
-        stack = np.zeros((4 if anchored else 3, *crop), np.float32)
+        stack = np.zeros((3 if anchors is None else 4, *crop), np.float32)
         src = tuple(slice(max(o, 0), min(o + c, n)) for o, c, n in zip(origin, crop, shape))
         dst = tuple(slice(s.start - o, s.stop - o) for s, o in zip(src, origin))
         stack[(0, *dst)] = (data.image[src].astype(np.float32) / 255.0 - data.mean) / data.std
         stack[(1, *dst)] = data.target_sdf[src]
         stack[(2, *dst)] = data.weight[src]
-        if anchored:
+        if anchors is not None:
             zs = np.arange(src[0].start, src[0].stop)
             stack[(3, *dst)] = np.isin(zs, data.anchor_slices)[:, None, None]  # type: ignore[arg-type]
         if cfg.augment:
@@ -336,7 +351,7 @@ def train_unet(
     # Crops are drawn where the weight is: annotated slices (weight 1) more than pseudo-labels.
     slice_w = data.weight.sum(axis=(1, 2), dtype=np.float64)
     fg_voxels = _foreground_voxels(data) if cfg.fg_crop_fraction > 0 else np.zeros((0, 3), np.int64)
-    anchor_fg = fg_voxels[np.isin(fg_voxels[:, 0], data.anchor_slices)] if data.anchor_slices is not None else None
+    anchors = _Anchors.of(data, fg_voxels)
 
     state = {"step": 0, "best_val_iou": -1.0, "best_step": -1, "bad_vals": 0, "time_s": 0.0, "cpu_s": 0.0}
     rng = np.random.default_rng(cfg.seed)
@@ -398,7 +413,7 @@ def train_unet(
     bar = tqdm(total=cfg.max_steps, initial=state["step"], disable=not progress, desc=f"train {cfg.model}", unit="step")
     while state["step"] < cfg.max_steps:
         model.train()
-        img, tgt, w, *anchor = _batch(data, cfg, rng, slice_w, fg_voxels, anchor_fg)
+        img, tgt, w, *anchor = _batch(data, cfg, rng, slice_w, fg_voxels, anchors)
         if float(w.sum()) == 0:
             # A crop can miss every labelled voxel after all (weights inside a slice); skip it.
             loss_parts = None

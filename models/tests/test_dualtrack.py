@@ -84,6 +84,8 @@ def test_bad_inputs(demo, tmp_path):
         _cfg(pseudo_loss_weight=0.0)
     with pytest.raises(ValueError, match="pseudo_band_nm"):
         _cfg(pseudo_band_nm=500.0)
+    with pytest.raises(ValueError, match="pseudo_band_nm"):
+        _cfg(pseudo_band_nm=-1.0)
 
 
 def test_tiny_run_killed_resumed_and_improving(demo, tmp_path):
@@ -141,7 +143,7 @@ def test_boundary_band_drops_pseudo_weight_near_the_pseudo_boundary():
     weight[3] = 1.0
     cfg = _cfg(pseudo_band_nm=12.0)
     target = sdf_target(mask, vs, cfg.unet_truncation_nm())
-    out = sdf_track_weight(weight, target, [3], cfg)
+    out = sdf_track_weight(weight, target, [3], cfg.pseudo_band_nm, cfg.unet_truncation_nm())
     h = 0.5 * min(vs)
     dist = np.where(mask, ndimage.distance_transform_edt(mask, sampling=vs) - h,
                     ndimage.distance_transform_edt(~mask, sampling=vs) - h)
@@ -150,7 +152,7 @@ def test_boundary_band_drops_pseudo_weight_near_the_pseudo_boundary():
     assert near.any() and (~near).any()
     assert np.array_equal(out == 0, near)
     assert np.array_equal(out[~near], weight[~near])
-    assert sdf_track_weight(weight, target, [3], _cfg()) is weight  # band 0: unchanged
+    assert sdf_track_weight(weight, target, [3], 0.0, cfg.unet_truncation_nm()) is weight  # band 0: unchanged
 
 
 def test_anchored_round_trains_and_improves(demo, tmp_path, monkeypatch):

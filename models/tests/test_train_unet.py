@@ -180,16 +180,17 @@ def _z_coded(shape=(16, 40, 40), slices=(4, 11)):
 def test_anchored_crops_mark_the_annotated_slices():
     """With anchor_slices the batch carries a 4th tensor, 1 exactly on the annotated slices of each crop
     (also after flips), and with anchor_crop_fraction 1 every crop holds one."""
-    from spatialsam.train_unet import _batch, _foreground_voxels
+    from spatialsam.train_unet import _Anchors, _batch, _foreground_voxels
 
     data = _z_coded()
     data.anchor_crop_fraction = 1.0
     fg = _foreground_voxels(data)
-    anchor_fg = fg[np.isin(fg[:, 0], data.anchor_slices)]
+    anchors = _Anchors.of(data, fg)
+    assert np.isin(anchors.fg[:, 0], data.anchor_slices).all() and len(anchors.fg)
     cfg = _cfg(batch_size=8, fg_crop_fraction=0.5, augment=True)
     rng = np.random.default_rng(1)
     for _ in range(5):
-        x, _, w, anchor = _batch(data, cfg, rng, data.weight.sum(axis=(1, 2), dtype=np.float64), fg, anchor_fg)
+        x, _, w, anchor = _batch(data, cfg, rng, data.weight.sum(axis=(1, 2), dtype=np.float64), fg, anchors)
         z = torch.round(x[:, 0, :, 0, 0]).long()  # image value = z (mean 0, std 1/255)
         expect = torch.isin(z, torch.tensor(data.anchor_slices))
         assert torch.equal(anchor[:, 0, :, 0, 0] > 0, expect)
@@ -215,8 +216,10 @@ def test_anchored_loss_gives_the_annotated_voxels_a_fixed_share():
     w = torch.rand(shape, generator=g)
     cfg = _cfg()
 
+    pred = torch.rand(shape, generator=torch.Generator().manual_seed(1)) * 2 - 1
+
     def grads(weight, anchored):
-        sdf = (torch.rand(shape, generator=torch.Generator().manual_seed(1)) * 2 - 1).requires_grad_()
+        sdf = pred.clone().requires_grad_()
         fg = torch.zeros(shape, requires_grad=True)
         if anchored:
             loss, _ = _anchored_loss(sdf, fg, tgt, weight, anchor, cfg, 0.5)
@@ -227,12 +230,10 @@ def test_anchored_loss_gives_the_annotated_voxels_a_fixed_share():
 
     heavy = w * anchor + 50 * w * (1 - anchor)
     la, ga = grads(w, True)
-    lh, gh = grads(heavy, True)
+    _, gh = grads(heavy, True)
     torch.testing.assert_close(ga, gh)  # the annotated slice's gradient ignores the pseudo part's scale
-    ann, _ = unet_loss(*(t for t in (torch.rand(shape, generator=torch.Generator().manual_seed(1)) * 2 - 1,
-                                     torch.zeros(shape), tgt)), w * anchor)
-    pse, _ = unet_loss(torch.rand(shape, generator=torch.Generator().manual_seed(1)) * 2 - 1, torch.zeros(shape), tgt,
-                       w * (1 - anchor))
+    ann, _ = unet_loss(pred, torch.zeros(shape), tgt, w * anchor)
+    pse, _ = unet_loss(pred, torch.zeros(shape), tgt, w * (1 - anchor))
     torch.testing.assert_close(la, ann + 0.5 * pse)
     _, g1 = grads(w, False)
     _, g2 = grads(heavy, False)

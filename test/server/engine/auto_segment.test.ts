@@ -42,7 +42,10 @@ model = build_propagator("tiny")
 train_mask_track(model, image, sdf, labels, None, TrainConfig(steps=g.TRAIN_STEPS, batch_size=2, crop=48, run_length=4, lr=3e-3, seed=g.SEED))
 model.eval()
 parity = check_parity(model, fx / "model", hw=(48, 64))
-assert max(parity.values()) < 1e-4, parity
+# The tiny model is re-trained here, so this checks that it is the fixture's model. fp32 training rounds differently on
+# CPUs with other vector units (on an AVX512-FP16/AMX Xeon, 2026-12-03: up to 2.5e-4, on the image features),
+# so the bound is 1e-3; the voxel comparison below is the test.
+assert max(parity.values()) < 1e-3, parity
 with torch.no_grad():
     seg = segment_volume(model, image, sdf)
     # Near-ties: voxels where the two highest object logits (> 0) differ by < 1e-4, so float

@@ -205,3 +205,17 @@ def test_golden_fixture_session_replayed_with_onnxruntime():
                     assert _iou(masks[o], want[i, j]) >= 0.999, (op["direction"], i, o)
                     nonempty += int(want[i, j].any())
     assert nonempty > 10  # the fixture exercises real masks, not empty slices
+
+
+def test_golden_fixture_weights_are_the_graphs_model():
+    # weights.pt is what Python references load (e.g. the TS automatic-mode test's): it must be the
+    # model the checked-in graphs were exported from, not merely the same architecture.
+    from spatialsam.fixtures.propagator_golden import load_model
+
+    session = json.loads((GOLDEN / "session.json").read_text())
+    assert (GOLDEN / session["torch_weights"]).is_file()
+    model = load_model(GOLDEN)
+    diffs = check_parity(model, GOLDEN / "model", hw=(48, 64))
+    assert max(diffs.values()) < 1e-4, diffs
+    fresh = build_propagator("tiny")  # untrained, same seed: far from the graphs
+    assert max(check_parity(fresh.eval(), GOLDEN / "model", hw=(48, 64)).values()) > 1e-2

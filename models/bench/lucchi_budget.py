@@ -187,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--b2-steps", type=int, default=2000, help="(b2): training steps (no validation: fixed budget)")
     p.add_argument("--d-minutes", type=float, default=240.0,
                    help="(d): CPU-minute cap; it stops earlier once validation fg-IoU stops improving (patience in its config; "
-                        "on 2026-12-03 after 224 CPU-min, best at step 5063 of 6150)")
+                        "on 2026-12-03 after 224 CPU-min, best at step 5063 of 6150; with unet3d_lucchi_learned after 253 CPU-min, "
+                        "best at 5550 of 6750)")
     p.add_argument("--rounds", type=int, default=1,
                    help="(a), (c): dual-track rounds after the bootstrap. One keeps the comparison near 3 h 45 min; "
                         "anchored, learned stem (2026-12-03) a second moved the train pseudo-labels 0.899 -> 0.909 and "

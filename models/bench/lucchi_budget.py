@@ -192,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=1,
                    help="(a), (c): dual-track rounds after the bootstrap. One keeps the comparison near 3 h 45 min; "
                         "anchored, learned stem (2026-12-03) a second moved the train pseudo-labels 0.899 -> 0.909 and "
-                        "test fg-IoU 0.856 -> 0.869 for about 83 more CPU-min (unanchored, 0.868 -> 0.863)")
+                        "test fg-IoU 0.856 -> 0.869 for about 83 more CPU-min, a third 0.869 -> 0.889 for 76 more, one run "
+                        "(unanchored, a second moved them 0.868 -> 0.863)")
     p.add_argument("--unet-steps", type=int, default=2400,
                    help="(a), (c): U-Net steps per dual-track round (with (b)'s 1500: 3900, about as many as (d) trains)")
     p.add_argument("--mask-steps", type=int, default=400, help="(a), (c): propagator steps per round after the bootstrap")

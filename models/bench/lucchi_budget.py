@@ -2,8 +2,8 @@
 evaluate on the whole test volume (fg-IoU, Dice, AP@0.5/0.75 on 3D connected components, flicker),
 write a markdown table and JSON.
 
-Methods (every 3D U-Net is the same config, `unet3d_lucchi` unless --unet-config names another; each method trains in its own
-resumable run folder under --work, and a re-run skips what is finished):
+Methods (every 3D U-Net is the same config, `unet3d_lucchi_learned` unless --unet-config names another; each method
+trains in its own resumable run folder under --work, and a re-run skips what is finished):
   (d)  3D U-Net on all 165 train slices, early-stopped on a slab of the test volume (test slices
        40-87, with 16 slices of context on each side): an optimistic upper bound.
   (b)  3D U-Net on the annotated slices only (fixed step budget, no validation).
@@ -12,7 +12,8 @@ resumable run folder under --work, and a re-run skips what is finished):
        --rounds x --unet-steps. Without it the table credits the dual-track with what is only
        longer training.
   (b2) 2D U-Net on the annotated slices only, applied slice by slice.
-  (a)  Spatial-SAM dual-track (dualtrack.py), its round 0 SDF track being (b)'s run. Scored twice:
+  (a)  Spatial-SAM dual-track (dualtrack.py) with its defaults (three rounds, anchored SDF track), its
+       round 0 SDF track being (b)'s run. Scored twice:
        "a" = its final 3D U-Net (the SDF track), "a_auto" = its final propagator (the mask track)
        in automatic mode (predictor.segment_volume) with seeds and SDF memory from that U-Net.
   (c)  The same dual-track loop with SAM2's mask memory in the propagator instead of SDF memory
@@ -22,8 +23,10 @@ resumable run folder under --work, and a re-run skips what is finished):
     nice models/.venv/bin/python models/bench/lucchi_budget.py --jobs 2 --work /work/runs/bench  # the 1/64 comparison
 
 ``--jobs 2`` runs the methods in two worker processes (one thread each) along ``--lanes`` (default
-"b,a,c:d,b2": (a) and (c) start from (b)'s run; (d), the longest, runs beside them) and merges
-their results.
+"b,a,c:d,b2,b_eq": (a) and (c) start from (b)'s run; (d), the longest, runs beside them) and merges
+their results. With the defaults the 1/64 comparison costs about 1050 training CPU-minutes on a
+2-core x86 CPU (2026-12-03/04: (b) 49, (a) 257 more, (c) about as much, (b=) about 235 more than (b),
+(d) 253, (b2) 10), so about 9-10 h wall in two lanes there.
 Budgets are steps and CPU minutes of the training process, never wall time, so a busy machine
 changes how long a run takes but not what it learns.
 """
@@ -45,6 +48,7 @@ import numpy as np
 import torch
 
 from spatialsam.atomic_files import replace_with
+from spatialsam.cli import add_anchoring_args
 from spatialsam.config import load_train_config
 from spatialsam.data import Volume, budget_slices, load_lucchi
 from spatialsam.dualtrack import DualTrackConfig, run_dualtrack
@@ -168,7 +172,7 @@ def _dualtrack(memory: str, train: Volume, slices: list[int], b_run: Path, run: 
                          progress=not a.no_progress, eval_mask=train.mask, bootstrap_unet=b_run)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="a few steps per model on a 32x192x192 crop of each split (smoke run)")
     p.add_argument("--quick-steps", type=int, default=6)
@@ -177,35 +181,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=1, help="worker processes; > 1 runs the methods along --lanes in parallel")
     p.add_argument("--lanes", default=DEFAULT_LANES,
                    help=f"with --jobs > 1: colon-separated lanes of methods, each run in order by one worker (default {DEFAULT_LANES})")
-    p.add_argument("--minutes", type=float, default=60.0,
+    p.add_argument("--minutes", type=float, default=75.0,
                    help="(b), (b2): CPU-minute cap of each U-Net's training, a safety ceiling: their budget is steps. "
                         "CPU time per step rises about 15%% when both cores are busy (a 45-minute cap once stopped "
-                        "(b) at step 1439 of 1500)")
+                        "(b) at step 1439 of 1500; the learned stem's (b) takes about 49 CPU-min with 2 threads)")
     p.add_argument("--b-steps", type=int, default=1500, help="(b): training steps (no validation: fixed budget)")
-    p.add_argument("--b-eq-minutes", type=float, default=120.0,
-                   help="(b=): CPU minutes it may spend beyond --minutes (it continues (b)'s run, whose CPU counts)")
+    p.add_argument("--b-eq-minutes", type=float, default=270.0,
+                   help="(b=): CPU minutes it may spend beyond --minutes (it continues (b)'s run, whose CPU counts), a safety "
+                        "ceiling: its budget is steps (8700 with the defaults, about 1.9 CPU-s each with the learned stem)")
     p.add_argument("--b2-steps", type=int, default=2000, help="(b2): training steps (no validation: fixed budget)")
-    p.add_argument("--d-minutes", type=float, default=240.0,
+    p.add_argument("--d-minutes", type=float, default=300.0,
                    help="(d): CPU-minute cap; it stops earlier once validation fg-IoU stops improving (patience in its config; "
                         "on 2026-12-03 after 224 CPU-min, best at step 5063 of 6150; with unet3d_lucchi_learned after 253 CPU-min, "
                         "best at 5550 of 6750)")
-    p.add_argument("--rounds", type=int, default=1,
-                   help="(a), (c): dual-track rounds after the bootstrap. One keeps the comparison near 3 h 45 min; "
-                        "anchored, learned stem (2026-12-03) a second moved the train pseudo-labels 0.899 -> 0.909 and "
-                        "test fg-IoU 0.856 -> 0.869 for about 83 more CPU-min, a third 0.869 -> 0.889 for 76 more, one run "
-                        "(unanchored, a second moved them 0.868 -> 0.863)")
+    p.add_argument("--rounds", type=int, default=DualTrackConfig.rounds,
+                   help="(a), (c): dual-track rounds after the bootstrap (default %(default)s). Anchored, learned stem "
+                        "(2026-12-03): a second round moved the train pseudo-labels 0.899 -> 0.909 and test fg-IoU "
+                        "0.856 -> 0.869 for about 83 more CPU-min, a third 0.869 -> 0.889 for 76 more, one run "
+                        "(unanchored, a second moved them 0.868 -> 0.863). Each round costs about 80 CPU-min")
     p.add_argument("--unet-steps", type=int, default=2400,
                    help="(a), (c): U-Net steps per dual-track round (with (b)'s 1500: 3900, about as many as (d) trains)")
     p.add_argument("--mask-steps", type=int, default=400, help="(a), (c): propagator steps per round after the bootstrap")
     p.add_argument("--bootstrap-mask-steps", type=int, default=800, help="(a), (c): propagator steps in the bootstrap round")
-    p.add_argument("--unet-config", default="unet3d_lucchi",
-                   help="config of every 3D U-Net ((b), (b=), (d) and the SDF track of (a), (c)), e.g. "
-                        "unet3d_lucchi_learned for the learned-stem arm")
-    p.add_argument("--pseudo-loss-weight", type=float,
-                   help="(a), (c): normalise the SDF track's loss over annotated and pseudo-labelled voxels separately, "
-                        "the pseudo-labels' part scaled by this (default: one normalisation over both)")
-    p.add_argument("--pseudo-band-nm", type=float, default=0.0,
-                   help="(a), (c): pseudo-labelled voxels this near the pseudo mask's boundary get weight 0 in the SDF track")
+    p.add_argument("--unet-config", default=DualTrackConfig.unet_config,
+                   help="config of every 3D U-Net ((b), (b=), (d) and the SDF track of (a), (c)); default %(default)s, "
+                        "unet3d_lucchi for the earlier 10 nm average-pool stem")
+    add_anchoring_args(p)  # (a), (c): --pseudo-loss-weight, --pseudo-band-nm (anchoring; 'off' / 0 for the unanchored loop)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data-root")
@@ -217,6 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--lane-worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--merge", nargs="+", metavar="RESULTS_JSON", help="only write one table (to --out/results.md) from these runs")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     a = p.parse_args(argv)
     if a.merge:
         print(merge(a.merge, Path(a.out or a.work) / "results.md"))

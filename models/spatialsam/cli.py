@@ -59,6 +59,34 @@ def parse_seeds(text: str | None, name: str) -> list[int]:
     return seeds
 
 
+def parse_pseudo_loss_weight(text: str) -> float | None:
+    """--pseudo-loss-weight: a number in (0, 1], or "off" (one loss normalisation over annotated and
+    pseudo-labelled voxels together, the unanchored SDF track)."""
+    if text.strip().lower() == "off":
+        return None
+    try:
+        w = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--pseudo-loss-weight: expected a number in (0, 1] or 'off', got {text!r}") from None
+    if not 0 < w <= 1:
+        raise argparse.ArgumentTypeError(f"--pseudo-loss-weight: must be in (0, 1] or 'off', got {text!r}")
+    return w
+
+
+def add_anchoring_args(p: argparse.ArgumentParser) -> None:
+    """The SDF track's anchoring options (dual-track rounds >= 1), shared by `adapt` and the benchmark."""
+    from .dualtrack import DualTrackConfig
+
+    d = DualTrackConfig.__dataclass_fields__
+    p.add_argument("--pseudo-loss-weight", type=parse_pseudo_loss_weight, default=d["pseudo_loss_weight"].default,
+                   help="SDF track, rounds >= 1: normalise the loss over annotated and pseudo-labelled voxels separately, "
+                        "the pseudo-labels' part scaled by this in (0, 1]; 'off': one normalisation over both "
+                        "(default %(default)s)")
+    p.add_argument("--pseudo-band-nm", type=float, default=d["pseudo_band_nm"].default,
+                   help="SDF track, rounds >= 1: pseudo-labelled voxels nearer than this to the pseudo mask's boundary "
+                        "get weight 0; 0 = off (default %(default)s)")
+
+
 def _write_json(path: Path, doc: dict) -> None:
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
@@ -285,8 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--budget", default="1/64", help="annotated fraction of slices (default 1/64)")
     d.add_argument("--slices", help="explicit annotated z-indices, comma separated (overrides --budget)")
     d.add_argument("--out", required=True, help="run folder; resumes from its last finished round")
-    d.add_argument("--rounds", type=int, default=2, help="rounds after the bootstrap round")
-    d.add_argument("--unet-config", default="unet3d_lucchi", help="the SDF track's training config (name or YAML)")
+    from .dualtrack import DualTrackConfig
+
+    dflt = DualTrackConfig.__dataclass_fields__
+    d.add_argument("--rounds", type=int, default=dflt["rounds"].default, help="rounds after the bootstrap round (default %(default)s)")
+    d.add_argument("--unet-config", default=dflt["unet_config"].default,
+                   help="the SDF track's training config (name or YAML; default %(default)s)")
     d.add_argument("--bootstrap-unet-steps", type=int, default=1500, help="SDF-track steps in the bootstrap round")
     d.add_argument("--unet-steps", type=int, default=2400, help="SDF-track steps per later round")
     d.add_argument("--bootstrap-mask-steps", type=int, default=800, help="mask-track steps in the bootstrap round")
@@ -294,11 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--memory", choices=["sdf", "mask"], default="sdf",
                    help="the propagator's memory: sdf (Spatial-SAM) or mask (SAM2's, the ablation)")
     d.add_argument("--bootstrap-unet", help="a finished train-unet run on the same annotated slices: round 0's SDF track")
-    d.add_argument("--pseudo-loss-weight", type=float,
-                   help="SDF track, rounds >= 1: normalise the loss over annotated and pseudo-labelled voxels separately, "
-                        "the pseudo-labels' part scaled by this in (0, 1] (default: one normalisation over both)")
-    d.add_argument("--pseudo-band-nm", type=float, default=0.0,
-                   help="SDF track, rounds >= 1: pseudo-labelled voxels nearer than this to the pseudo mask's boundary get weight 0")
+    add_anchoring_args(d)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--threads", type=int, default=1)
     d.set_defaults(func=cmd_adapt)

@@ -24,6 +24,22 @@ def _args(**kw) -> argparse.Namespace:
     return argparse.Namespace(**base)
 
 
+def test_defaults_are_the_anchored_learned_stem_loop():
+    # Every 3D U-Net of the comparison uses the learned stem, and (a)/(c) the anchored three-round loop,
+    # the same defaults as `python -m spatialsam adapt`; (b=) then trains 1500 + 3 x 2400 steps.
+    a = bench.build_parser().parse_args([])
+    assert (a.unet_config, a.rounds, a.pseudo_loss_weight, a.pseudo_band_nm) == ("unet3d_lucchi_learned", 3, 0.5, 20.0)
+    assert bench.equal_compute_steps(a)[0] == 8700
+    for memory in ("sdf", "mask"):
+        cfg = bench.dualtrack_config(memory, a)
+        assert (cfg.rounds, cfg.pseudo_loss_weight, cfg.pseudo_band_nm) == (3, 0.5, 20.0)
+        assert cfg.unet_train_config(1).unet["stem_mode"] == "learned"
+    off = bench.build_parser().parse_args(["--pseudo-loss-weight", "off", "--pseudo-band-nm", "0", "--unet-config", "unet3d_lucchi"])
+    cfg = bench.dualtrack_config("sdf", off)
+    assert cfg.pseudo_loss_weight is None and cfg.pseudo_band_nm == 0.0
+    assert cfg.unet_train_config(1).unet.get("stem_mode", "average") == "average"
+
+
 def test_equal_compute_steps_match_the_dual_tracks_sdf_track():
     assert bench.equal_compute_steps(_args(quick=False)) == (3900, 4)
     assert bench.equal_compute_steps(_args(quick=False, rounds=2, unet_steps=600))[0] == 2700

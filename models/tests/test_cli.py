@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from spatialsam.cli import build_parser, main, parse_box
+from spatialsam.dualtrack import DualTrackConfig
 
 
 def test_help_in_a_real_process():
@@ -36,6 +37,23 @@ def test_bad_arguments_give_a_clear_error(tmp_path, capsys):
     assert "config" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         build_parser().parse_args(["adapt"])  # --out is required
+
+
+def test_adapt_defaults_are_the_anchored_learned_stem_loop(capsys):
+    # The configuration the benchmark measured best (Lucchi++ 1/64): learned stem, anchored SDF track,
+    # three rounds. The CLI, the benchmark and DualTrackConfig must agree on it.
+    a = build_parser().parse_args(["adapt", "--out", "x"])
+    assert (a.rounds, a.unet_config, a.pseudo_loss_weight, a.pseudo_band_nm) == (3, "unet3d_lucchi_learned", 0.5, 20.0)
+    cfg = DualTrackConfig()
+    assert (cfg.rounds, cfg.unet_config, cfg.pseudo_loss_weight, cfg.pseudo_band_nm) == (3, "unet3d_lucchi_learned", 0.5, 20.0)
+    off = build_parser().parse_args(["adapt", "--out", "x", "--pseudo-loss-weight", "off", "--pseudo-band-nm", "0"])
+    assert off.pseudo_loss_weight is None and off.pseudo_band_nm == 0.0
+    assert DualTrackConfig(pseudo_loss_weight=off.pseudo_loss_weight, pseudo_band_nm=0.0).pseudo_loss_weight is None
+    for bad in ("0", "1.5", "-0.1", "half"):
+        with pytest.raises(SystemExit) as e:
+            build_parser().parse_args(["adapt", "--out", "x", "--pseudo-loss-weight", bad])
+        assert e.value.code == 2
+        assert "--pseudo-loss-weight" in capsys.readouterr().err
 
 
 def test_run_summary_merges_the_benchmarks_run_json(tmp_path):

@@ -1,10 +1,11 @@
 // The accuracy protocol of the models issue, as part of `npm run bench`: runs the Python harness
-// models/bench/lucchi_budget.py (Lucchi++ from ../shared/data; methods a, b, b2, c, d; fg-IoU,
+// models/bench/lucchi_budget.py (Lucchi++ from ../shared/data; methods a, b, b=, b2, c, d; fg-IoU,
 // Dice, AP@0.5/0.75 on connected components, flicker) and prints its markdown table.
 //
 //   node --import tsx test/bench/lucchi_budget.bench.ts             # the smoke protocol (--quick, minutes)
-//   LUCCHI_BENCH_ARGS="--budgets 1/64,1/16,1/4 --minutes 20" node --import tsx test/bench/lucchi_budget.bench.ts
-//                                                                    # the full comparison (hours on this CPU)
+//   LUCCHI_BENCH_ARGS="--jobs 2" node --import tsx test/bench/lucchi_budget.bench.ts
+//                                      # the 1/64 comparison (about 1050 CPU-min on a 2-core CPU)
+//   LUCCHI_BENCH_ARGS="--jobs 2 --budgets 1/64,1/16,1/4" ...          # with the budget curve
 import { spawnSync } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";

@@ -51,6 +51,7 @@ from spatialsam.atomic_files import replace_with
 from spatialsam.cli import add_anchoring_args
 from spatialsam.config import load_train_config
 from spatialsam.data import Volume, budget_slices, load_lucchi
+from spatialsam.device import use_device
 from spatialsam.dualtrack import DualTrackConfig, run_dualtrack
 from spatialsam.metrics import evaluate
 from spatialsam.train_unet import ValData, load_unet, make_train_data, predict, train_unet
@@ -70,6 +71,7 @@ ROW_ORDER = ("d", "a", "a_auto", "b", "b_eq", "b2", "c", "c_auto")
 QUICK_BOX = (slice(0, 32), slice(256, 448), slice(256, 448))  # has mitochondria in both splits
 VAL_BOX = (slice(40, 88), slice(None), slice(None))
 VAL_CONTEXT = 16
+VAL_SLAB = slice(VAL_BOX[0].start - VAL_CONTEXT, VAL_BOX[0].stop + VAL_CONTEXT)  # (d)'s validation input
 DEFAULT_LANES = "b,a,c:d,b2,b_eq"
 
 
@@ -142,7 +144,7 @@ def continue_run(src: Path, dst: Path) -> None:
     more steps continues that run (bit-exact in fp32; under bf16 as exact as bf16 is, see
     models/README "Training"). Does nothing once ``dst`` has a checkpoint of its own (a killed
     continuation resumes from that)."""
-    if (dst / "checkpoint.pt").exists():
+    if (dst / "checkpoint.pt").exists() or (dst / "summary.json").exists():
         return
     if not (src / "summary.json").exists():
         raise ValueError(f"continue_run: {src} is not a finished run (no summary.json)")
@@ -216,6 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-size", type=int, default=1000,
                    help="components below this many voxels are dropped (prediction and ground truth) before AP and flicker")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--device", default="cpu",
+                   help="where the networks train and predict: cpu (default), cuda or cuda:N. Budgets stay steps; the "
+                        "CPU-minute caps are safety ceilings only, so a GPU run learns what a CPU run learns, not bit for bit")
+    p.add_argument("--train-only", action="store_true",
+                   help="train (or resume) every method's run folders under --work and stop: no test-volume prediction "
+                        "(the test volume is read only for (d)'s validation). A later run with the same --work, on any "
+                        "machine, skips the finished training and only predicts and scores (for a GPU machine without the "
+                        "test volume, or a CPU one without the GPU)")
     p.add_argument("--lane-worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--merge", nargs="+", metavar="RESULTS_JSON", help="only write one table (to --out/results.md) from these runs")
     return p
@@ -234,20 +244,30 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out) if a.out else work
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        device = use_device(a.device, "--device")
+    except ValueError as e:
+        p.error(str(e))
     if a.jobs > 1:
         return run_lanes(a, methods, work, out, argv if argv is not None else sys.argv[1:])
     torch.set_num_threads(a.threads)
 
-    train, test = load_lucchi("train", a.data_root), load_lucchi("test", a.data_root)
+    train = load_lucchi("train", a.data_root)
+    # --train-only reads the test volume for (d)'s validation slab alone.
+    test = load_lucchi("test", a.data_root, VAL_SLAB if a.train_only and not a.quick else slice(None)) \
+        if not a.train_only or "d" in methods else None
     if a.quick:
-        train, test = train.crop(*QUICK_BOX), test.crop(*QUICK_BOX)
-        val = ValData(test.image, test.mask)
+        train = train.crop(*QUICK_BOX)
+        test = test.crop(*QUICK_BOX) if test is not None else None
+        val = ValData(test.image, test.mask) if test is not None else None
     else:
-        z0, z1 = VAL_BOX[0].start - VAL_CONTEXT, VAL_BOX[0].stop + VAL_CONTEXT
-        v = test.crop(slice(z0, z1), *VAL_BOX[1:])
-        val = ValData(v.image, v.mask, VAL_CONTEXT)
+        val = None
+        if test is not None:
+            v = test.crop(slice(0, VAL_SLAB.stop - VAL_SLAB.start), *VAL_BOX[1:]) if a.train_only \
+                else test.crop(VAL_SLAB, *VAL_BOX[1:])
+            val = ValData(v.image, v.mask, VAL_CONTEXT)
     rows: list[dict] = []
-    run = {"command": " ".join(sys.argv), "machine": machine(), "quick": a.quick, "threads": a.threads, "min_size": a.min_size,
+    run = {"command": " ".join(sys.argv), "machine": machine(device), "quick": a.quick, "threads": a.threads, "min_size": a.min_size,
            "unet_config": a.unet_config, "pseudo_loss_weight": a.pseudo_loss_weight, "pseudo_band_nm": a.pseudo_band_nm}
     results_path = out / "results.json"
 
@@ -268,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
             mean, std, summ = s["mean"], s["std"], s
         else:
             model, mean, std, summ = _unet("unet3d", train, None, work / "d", a, val, a.d_minutes, None)
+    if "d" in methods and not a.train_only:
         clock = Clock()
         sdf, _ = predict(model, test.image, mean, std)
         record("d", "1", "all", sdf > 0, clock, _spent(summ), {"steps": summ["step"], "best_step": summ["best_step"],
@@ -283,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(30)
         if any(m in methods for m in ("b", "b_eq", "a", "c")):
             b_model, mean, std, b_summ = _unet("unet3d", train, slices, b_run, a, None, a.minutes, a.b_steps)
-            if "b" in methods:
+            if "b" in methods and not a.train_only:
                 clock = Clock()
                 b_sdf, _ = predict(b_model, test.image, mean, std)
                 record("b", budget, slices, b_sdf > 0, clock, _spent(b_summ), {"steps": b_summ["step"]})
@@ -293,14 +314,16 @@ def main(argv: list[str] | None = None) -> int:
             steps, quick_steps = equal_compute_steps(a)
             m_eq, mean, std, summ = _unet("unet3d", train, slices, eq_run, a, None, a.minutes + a.b_eq_minutes, steps,
                                           quick_steps)
-            clock = Clock()
-            s_eq, _ = predict(m_eq, test.image, mean, std)
-            record("b_eq", budget, slices, s_eq > 0, clock, _spent(summ), {"steps": summ["step"]})
+            if not a.train_only:
+                clock = Clock()
+                s_eq, _ = predict(m_eq, test.image, mean, std)
+                record("b_eq", budget, slices, s_eq > 0, clock, _spent(summ), {"steps": summ["step"]})
         if "b2" in methods:
             m2, mean, std, summ = _unet("unet2d", train, slices, work / f"b2_{tag}", a, None, a.minutes, a.b2_steps)
-            clock = Clock()
-            s2, _ = predict(m2, test.image, mean, std)
-            record("b2", budget, slices, s2 > 0, clock, _spent(summ), {"steps": summ["step"]})
+            if not a.train_only:
+                clock = Clock()
+                s2, _ = predict(m2, test.image, mean, std)
+                record("b2", budget, slices, s2 > 0, clock, _spent(summ), {"steps": summ["step"]})
         for method, memory in (("a", "sdf"), ("c", "mask")):
             if method not in methods:
                 continue
@@ -308,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
             from spatialsam.train_propagator import load_checkpoint
 
             res = _dualtrack(memory, train, slices, b_run, work / f"{method}_{tag}", a)
+            if a.train_only:
+                continue
             clock = Clock()
             sdf, _ = predict(load_unet(res["unet"]), test.image, res["mean"], res["std"])
             # Round 0's SDF track is (b)'s run: its training is part of this method's cost. Runs
@@ -323,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
                 inst = segment_volume(prop, test.image, np.ascontiguousarray(sdf), crop=64 if a.quick else 128)
             record(f"{method}_auto", budget, slices, inst > 0, clock, spent, extra)
 
+    if a.train_only:
+        print(f"--train-only: run folders under {work} are trained; run again without it to score them", flush=True)
+        return 0
     _write(out / "results.md", table(rows, [run]))
     print((out / "results.md").read_text())
     return 0
@@ -376,8 +404,11 @@ def run_lanes(a: argparse.Namespace, methods: list[str], work: Path, out: Path, 
     return 0
 
 
-def machine() -> str:
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}"
+def machine(device: torch.device | None = None) -> str:
+    text = f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}"
+    if device is not None and device.type == "cuda":
+        text += f", {torch.cuda.get_device_name(device)}"
+    return text
 
 
 def table(rows: list[dict], runs: list[dict]) -> str:

@@ -156,7 +156,7 @@ def run_summary(run: Path) -> dict:
 
     if prov is None or not (run / "checkpoint.pt").exists():
         raise FileNotFoundError(f"{run}: neither summary.json nor run.json + checkpoint.pt")
-    ck = torch.load(run / "checkpoint.pt", weights_only=False)
+    ck = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
     st = ck["state"]
     return {
         **prov,

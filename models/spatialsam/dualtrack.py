@@ -282,7 +282,7 @@ def run_dualtrack(
                 data = TrainData(image, target, sdf_track_weight(prev["weight"], target, slices, cfg.pseudo_band_nm, ucfg.truncation_nm), mean, std,
                                  **({} if cfg.pseudo_loss_weight is None else
                                     {"anchor_slices": tuple(slices), "pseudo_loss_weight": cfg.pseudo_loss_weight}))
-                init = torch.load(_unet_path(out, r - 1, boot), weights_only=False)["model"]
+                init = torch.load(_unet_path(out, r - 1, boot), map_location="cpu", weights_only=False)["model"]
             unet_steps = train_unet(data, ucfg, rdir / "unet", progress=progress, init_weights=init)["step"]
             unet_path = rdir / "unet" / "best.pt"
         sdf, p_unet = _unet_probability(load_unet(unet_path), image, mean, std)

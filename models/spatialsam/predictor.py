@@ -19,6 +19,7 @@ import torch
 from scipy import ndimage
 from scipy.special import expit
 
+from spatialsam.device import to_device, to_numpy
 from spatialsam.image_encoder import ImageFeatures
 from spatialsam.mask_decoder import DecoderOutput
 from spatialsam.memory import MemoryEntry, pack_banks, select_memory
@@ -143,7 +144,7 @@ class Predictor:
         y, x = a.shape
         out = np.full(hw, value, np.float32)
         out[:y, :x] = a
-        return torch.from_numpy(out)[None, None]
+        return to_device(out)[None, None]
 
     def features(self, state: PredictorState, z: int) -> ImageFeatures:
         """Image embedding of slice z (cached per slice). Padding is 0 after normalisation."""
@@ -151,7 +152,7 @@ class Predictor:
         if f is None:
             img = self.model.normalize(torch.from_numpy(state.image[z].astype(np.float32)))
             with torch.no_grad():
-                f = self.model.encode_image(self._pad(img.numpy(), state.padded_hw, 0.0))
+                f = self.model.encode_image(self._pad(to_numpy(img), state.padded_hw, 0.0))
             if self.feature_cache_slices is not None and len(state.features) >= self.feature_cache_slices:
                 state.features.pop(next(iter(state.features)))
             state.features[z] = f
@@ -174,7 +175,7 @@ class Predictor:
         if out is None:
             return None
         _, y, x = state.shape_zyx
-        return self._full_logits(out)[0, :y, :x].numpy()
+        return to_numpy(self._full_logits(out)[0, :y, :x])
 
     def _mask(self, state: PredictorState, obj_id: int, z: int) -> np.ndarray:
         lg = self.mask_logits(state, obj_id, z)
@@ -299,8 +300,8 @@ class Predictor:
         else:
             coords.append(np.zeros((1, 2), np.float32))
             labels.append(np.array([LABEL_PAD], np.float32))
-        return (torch.from_numpy(np.concatenate(coords).astype(np.float32))[None],
-                torch.from_numpy(np.concatenate(labels).astype(np.float32))[None])
+        return (to_device(np.concatenate(coords).astype(np.float32))[None],
+                to_device(np.concatenate(labels).astype(np.float32))[None])
 
     def mask_prompt(self, state: PredictorState, mask: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Dense prompt [1, 1, Hp/4, Wp/4] logits and has_mask [1]: 4x4 average of the 0/1 mask,

@@ -27,6 +27,7 @@ import torch
 from scipy import ndimage
 
 from spatialsam.atomic_files import torch_save
+from spatialsam.device import to_device
 from spatialsam.image_encoder import ImageFeatures
 from spatialsam.memory import MemoryBankTensors
 from spatialsam.predictor import MASK_PROMPT_LOGIT, propagate_volume
@@ -244,7 +245,7 @@ def sample_batch(rng: np.random.Generator, image: np.ndarray, sdf: np.ndarray, o
         out["dir"].append(float(d))
         out["pc"].append(pc)
         out["pl"].append(pl)
-    f = lambda k: torch.from_numpy(np.stack(out[k]).astype(np.float32))  # noqa: E731
+    f = lambda k: to_device(np.stack(out[k]).astype(np.float32))  # noqa: E731
     return Batch(model.normalize(f("im")), f("sd"), f("gt"), f("w"), torch.tensor(out["dir"]), f("pc"), f("pl"),
                  f("mi"), torch.tensor(out["hm"], dtype=torch.float32))
 

@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from .atomic_files import torch_save, write_text
+from .device import to_device, to_numpy
 from .data import annotation_weights, check_slices, check_volume, sample_crop_origins
 from .losses import unet_loss
 from .metrics import foreground_iou
@@ -215,7 +216,7 @@ def predict(model: UNet, image: np.ndarray, mean: float, std: float, fast: bool 
             s, f = predict_volume(model, x)
     else:
         s, f = predict_slices(model, x)
-    return s.numpy(), f.numpy()
+    return to_numpy(s), to_numpy(f)
 
 
 def _augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -301,7 +302,7 @@ def _batch(data: TrainData, cfg: TrainConfig, rng: np.random.Generator, slice_w:
         if cfg.intensity_augment > 0 and rng.random() < cfg.intensity_augment:
             stack[0] = _jitter_intensity(stack[0], rng)
         stacks.append(stack)
-    out = tuple(torch.from_numpy(np.stack([st[k] for st in stacks]))[:, None] for k in range(len(stacks[0])))
+    out = tuple(to_device(np.stack([st[k] for st in stacks]))[:, None] for k in range(len(stacks[0])))
     if cfg.model == "unet2d":
         out = tuple(t[:, :, 0] for t in out)
     return out
@@ -356,7 +357,7 @@ def train_unet(
     state = {"step": 0, "best_val_iou": -1.0, "best_step": -1, "bad_vals": 0, "time_s": 0.0, "cpu_s": 0.0}
     rng = np.random.default_rng(cfg.seed)
     if ckpt_path.exists():
-        ck = torch.load(ckpt_path, weights_only=False)
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         model.load_state_dict(ck["model"])
         if ema is not None:
             ema.load_state_dict(ck["ema"])
@@ -485,6 +486,7 @@ def train_unet(
         "time_s": round(state["time_s"], 1),
         "cpu_s": round(state.get("cpu_s", 0.0), 1),
         "skipped_steps": state.get("skipped_steps", 0),
+        "device": str(next(model.parameters()).device),
         "mean": data.mean,
         "std": data.std,
     }
@@ -506,7 +508,7 @@ def _ema_update(ema: UNet, model: UNet, decay: float, step: int) -> None:
 
 def load_unet(path: Path | str) -> UNet:
     """Rebuild a U-Net from ``best.pt`` or ``checkpoint.pt`` (weights + its UNetConfig), in eval mode."""
-    ck = torch.load(Path(path), weights_only=False)
+    ck = torch.load(Path(path), map_location="cpu", weights_only=False)
     model = UNet(UNetConfig(**ck["unet_config"]))
     model.load_state_dict(ck["model"])
     return model.eval()

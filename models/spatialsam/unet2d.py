@@ -37,10 +37,11 @@ def predict_slices(model: UNet, image: torch.Tensor, batch: int = 4) -> tuple[to
     z, y, x = image.shape
     py, px = -(-y // mult[0]) * mult[0], -(-x // mult[1]) * mult[1]
     check_input_shape(model.cfg, (py, px))
-    sdf = torch.empty((z, y, x))
-    fg = torch.empty((z, y, x))
+    dev = next(model.parameters()).device
+    sdf = torch.empty((z, y, x), device=image.device)
+    fg = torch.empty((z, y, x), device=image.device)
     for z0 in range(0, z, batch):
-        chunk = torch.zeros((min(batch, z - z0), 1, py, px))
+        chunk = torch.zeros((min(batch, z - z0), 1, py, px), device=dev)
         chunk[:, 0, :y, :x] = image[z0 : z0 + batch]
         s, f = model(chunk)
         sdf[z0 : z0 + batch] = s[:, 0, :y, :x]

@@ -237,15 +237,17 @@ def predict_volume(
     shape = image.shape
     block = [min(b, -(-s // m) * m) for b, s, m in zip(block_zyx, shape, mult)]
     block = [-(-b // m) * m for b, m in zip(block, mult)]
-    sdf = torch.empty(shape, dtype=torch.float32)
-    fg = torch.empty(shape, dtype=torch.float32)
+    # Results where the image is (the CPU, for a volume read from disk); blocks where the model is.
+    dev = next(model.parameters()).device
+    sdf = torch.empty(shape, dtype=torch.float32, device=image.device)
+    fg = torch.empty(shape, dtype=torch.float32, device=image.device)
     for z0 in range(0, shape[0], block[0]):
         for y0 in range(0, shape[1], block[1]):
             for x0 in range(0, shape[2], block[2]):
                 start = (z0, y0, x0)
                 read0 = [s - c for s, c in zip(start, ctx)]
                 size = [b + 2 * c for b, c in zip(block, ctx)]
-                buf = torch.zeros([1, 1, *size], dtype=torch.float32)
+                buf = torch.zeros([1, 1, *size], dtype=torch.float32, device=dev)
                 src = [slice(max(r, 0), min(r + n, d)) for r, n, d in zip(read0, size, shape)]
                 dst = [slice(s.start - r, s.stop - r) for s, r in zip(src, read0)]
                 buf[(0, 0, *dst)] = image[tuple(src)]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from spatialsam.data import Volume, make_demo_volume
+from spatialsam.data import Volume, default_data_root, make_demo_volume
 
 _spec = importlib.util.spec_from_file_location("lucchi_budget_runs", Path(__file__).parents[1] / "bench" / "lucchi_budget.py")
 bench = importlib.util.module_from_spec(_spec)
@@ -109,3 +109,37 @@ def test_a_run_folder_of_another_network_is_refused(tmp_path):
         bench._unet("unet3d", vol, [4, 15], tmp_path / "b", _args(unet_config="unet3d_lucchi_learned"), None, 60.0, None)
     _, _, _, again = bench._unet("unet3d", vol, [4, 15], tmp_path / "b", _args(), None, 60.0, None)
     assert again["step"] == 2
+
+
+@pytest.mark.skipif(not (default_data_root() / "lucchi_pp").exists(), reason="../shared/data not present")
+def test_train_only_then_score_elsewhere(tmp_path, capsys):
+    # --train-only trains the run folders (on a GPU machine, say) and scores nothing; a second run
+    # on the same folders, with only what is worth copying back (weights, summaries, configs; no
+    # optimiser checkpoints), trains nothing more and scores every method.
+    work = tmp_path / "work"
+    common = ["--quick", "--quick-steps", "2", "--methods", "b,b_eq,b2", "--work", str(work), "--no-progress"]
+    assert bench.main([*common, "--train-only", "--device", "cpu"]) == 0
+    assert not (work / "results.json").exists() and "--train-only" in capsys.readouterr().out
+    for run, steps in (("b_1_64", 2), ("b_eq_1_64", 4), ("b2_1_64", 2)):
+        summ = json.loads((work / run / "summary.json").read_text())
+        assert summ["step"] == steps and summ["device"] == "cpu"
+        (work / run / "checkpoint.pt").unlink()
+    logs = {run: (work / run / "log.jsonl").read_text() for run in ("b_1_64", "b_eq_1_64", "b2_1_64")}
+    assert bench.main(common) == 0
+    rows = json.loads((work / "results.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["b", "b_eq", "b2"]
+    assert all(0.0 <= r["fg_iou"] <= 1.0 for r in rows)
+    assert [r["steps"] for r in rows] == [2, 4, 2]
+    for run, text in logs.items():  # nothing was trained again
+        assert (work / run / "log.jsonl").read_text() == text
+        assert not (work / run / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("device, message", [("gpu", "expected 'cpu', 'cuda' or 'cuda:N'"), ("cuda:x", "expected")]
+                         + ([] if torch.cuda.is_available() else [("cuda", "sees no CUDA device")]))
+def test_device_is_checked_before_anything_runs(tmp_path, capsys, device, message):
+    with pytest.raises(SystemExit):
+        bench.main(["--quick", "--methods", "b", "--work", str(tmp_path / "w"), "--device", device])
+    err = capsys.readouterr().err
+    assert "--device" in err and message in err
+    assert not any((tmp_path / "w").glob("*/"))

@@ -1,0 +1,44 @@
+"""Where the networks run: ``use_device`` makes one device (``cpu``, ``cuda`` or ``cuda:N``) torch's
+default for the process, so models and the tensors their code creates live there; the numpy
+arrays the data pipeline makes are moved with ``to_device`` and results come back with
+``to_numpy``. On ``cpu`` (the default) both are no-ops.
+
+Runs on a GPU are not bit-identical to CPU runs (other kernels, other summation order) and a
+resumed GPU run is not bit-identical to an uninterrupted one (CUDA's random state is not
+checkpointed); budgets stay steps, so what a run learns does not depend on the machine's speed.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import torch
+
+_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+
+
+def use_device(name: str, field: str = "device") -> torch.device:
+    """Validate ``name`` and make it the default device; ``field`` names the option in errors."""
+    if not isinstance(name, str) or not _DEVICE.match(name):
+        raise ValueError(f"{field}: expected 'cpu', 'cuda' or 'cuda:N', got {name!r}")
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{field}: {name!r} asked for, but this torch ({torch.__version__}) sees no CUDA device")
+        if (dev.index or 0) >= torch.cuda.device_count():
+            raise ValueError(f"{field}: {name!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) are visible")
+        torch.cuda.set_device(dev.index or 0)
+    torch.set_default_device(dev)
+    return dev
+
+
+def to_device(a: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A numpy array (shared, not copied, on the CPU) or tensor on the default device."""
+    t = torch.from_numpy(a) if isinstance(a, np.ndarray) else a
+    return t.to(torch.get_default_device())
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """A tensor's values as a numpy array, wherever it lives."""
+    return t.detach().cpu().numpy()

@@ -78,6 +78,13 @@ class TrainConfig:
     # them the net never sees the zero padding of blockwise inference: on Lucchi++ train the first and
     # last 6 slices scored fg-IoU 0.40-0.47 against 0.85 in between.
     border_crop_fraction: float = 0.0
+    # Threads that cut and augment the next crops while the network trains on the current ones
+    # (0 = none: crops drawn one after another from one random stream, the way every run before
+    # 2026-12-04 was made). On a GPU the network's step takes milliseconds and cutting 4 crops of
+    # 32x192x192 takes about 100 ms of CPU, so without them the GPU waits. With them, step k's crops
+    # come from their own stream, seeded (seed, k): the same crops for any number of threads and
+    # after a resume, but other crops than with 0.
+    loader_threads: int = 0
 
     def __post_init__(self) -> None:
         if self.model not in ("unet3d", "unet2d"):
@@ -90,6 +97,8 @@ class TrainConfig:
         for name in ("batch_size", "max_steps", "checkpoint_every", "val_every", "patience", "threads"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if not isinstance(self.loader_threads, int) or self.loader_threads < 0:
+            raise ValueError(f"loader_threads: must be an integer >= 0, got {self.loader_threads!r}")
 
 
 @dataclass
@@ -260,8 +269,21 @@ class _Anchors:
 
 def _batch(data: TrainData, cfg: TrainConfig, rng: np.random.Generator, slice_w: np.ndarray, fg: np.ndarray,
            anchors: _Anchors | None = None) -> tuple[torch.Tensor, ...]:
-    """(image, target SDF, weight[, anchor]) tensors [B, 1, *crop]; anchor (1 on annotated slices) only
-    with ``anchors`` (``_Anchors.of(data, fg)``, for data with anchor_slices)."""
+    """(image, target SDF, weight[, anchor]) tensors [B, 1, *crop] on the default device; anchor (1 on
+    annotated slices) only with ``anchors`` (``_Anchors.of(data, fg)``, for data with anchor_slices)."""
+    return _to_tensors(_batch_arrays(data, cfg, rng, slice_w, fg, anchors), cfg)
+
+
+def _to_tensors(stacked: tuple[np.ndarray, ...], cfg: TrainConfig) -> tuple[torch.Tensor, ...]:
+    out = tuple(to_device(a)[:, None] for a in stacked)
+    if cfg.model == "unet2d":
+        out = tuple(t[:, :, 0] for t in out)
+    return out
+
+
+def _batch_arrays(data: TrainData, cfg: TrainConfig, rng: np.random.Generator, slice_w: np.ndarray, fg: np.ndarray,
+                  anchors: _Anchors | None = None) -> tuple[np.ndarray, ...]:
+    """_batch's crops as numpy arrays [B, *crop] (numpy alone, so loader threads can cut them)."""
     crop = (1, *cfg.crop_zyx[1:]) if cfg.model == "unet2d" else cfg.crop_zyx
     origins = sample_crop_origins(data.image.shape, crop, cfg.batch_size, rng, slice_w)
     pools = [fg] * cfg.batch_size
@@ -302,10 +324,43 @@ def _batch(data: TrainData, cfg: TrainConfig, rng: np.random.Generator, slice_w:
         if cfg.intensity_augment > 0 and rng.random() < cfg.intensity_augment:
             stack[0] = _jitter_intensity(stack[0], rng)
         stacks.append(stack)
-    out = tuple(to_device(np.stack([st[k] for st in stacks]))[:, None] for k in range(len(stacks[0])))
-    if cfg.model == "unet2d":
-        out = tuple(t[:, :, 0] for t in out)
-    return out
+    return tuple(np.stack([st[k] for st in stacks]) for k in range(len(stacks[0])))
+
+
+class _Loader:
+    """Step k's crops cut by ``cfg.loader_threads`` threads from their own random stream (seed, k), up
+    to 2 x threads steps ahead of the training loop (numpy releases the GIL while it copies, converts
+    and draws noise)."""
+
+    def __init__(self, data: TrainData, cfg: TrainConfig, slice_w: np.ndarray, fg: np.ndarray,
+                 anchors: _Anchors | None, first_step: int):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.args, self.cfg = (data, cfg), cfg
+        self.rest = (slice_w, fg, anchors)
+        self.pool = ThreadPoolExecutor(max_workers=cfg.loader_threads, thread_name_prefix="unet-crops")
+        self.ahead: dict = {}
+        self.next_step = first_step
+        for _ in range(2 * cfg.loader_threads):
+            self._submit()
+
+    def _submit(self) -> None:
+        k = self.next_step
+        if k < self.cfg.max_steps:
+            rng = np.random.default_rng([self.cfg.seed, k])
+            self.ahead[k] = self.pool.submit(_batch_arrays, *self.args, rng, *self.rest)
+        self.next_step += 1
+
+    def batch(self, step: int) -> tuple[torch.Tensor, ...]:
+        """The crops of (0-based) step ``step``: the loop asks for steps in order."""
+        fut = self.ahead.pop(step)
+        self._submit()
+        return _to_tensors(fut.result(), self.cfg)
+
+    def close(self) -> None:
+        for f in self.ahead.values():
+            f.cancel()
+        self.pool.shutdown(wait=True)
 
 
 def _anchored_loss(sdf: torch.Tensor, fg: torch.Tensor, tgt: torch.Tensor, w: torch.Tensor, anchor: torch.Tensor,
@@ -412,9 +467,14 @@ def train_unet(
     stopped = "max_steps"
     result = ema if ema is not None else model  # the weights that are validated and kept
     bar = tqdm(total=cfg.max_steps, initial=state["step"], disable=not progress, desc=f"train {cfg.model}", unit="step")
+    # (An exception leaves at most 2 x loader_threads batches being cut; their threads then end.)
+    loader = _Loader(data, cfg, slice_w, fg_voxels, anchors, state["step"]) if cfg.loader_threads > 0 else None
     while state["step"] < cfg.max_steps:
         model.train()
-        img, tgt, w, *anchor = _batch(data, cfg, rng, slice_w, fg_voxels, anchors)
+        if loader is not None:
+            img, tgt, w, *anchor = loader.batch(state["step"])
+        else:
+            img, tgt, w, *anchor = _batch(data, cfg, rng, slice_w, fg_voxels, anchors)
         if float(w.sum()) == 0:
             # A crop can miss every labelled voxel after all (weights inside a slice); skip it.
             loss_parts = None
@@ -466,6 +526,8 @@ def train_unet(
                     stopped, done = "early_stopping", True
         if _kill_at_step is not None and step == _kill_at_step:
             bar.close()
+            if loader is not None:
+                loader.close()
             if old_handler is not None:
                 signal.signal(signal.SIGTERM, old_handler)
             return {"step": step, "stopped": "killed"}
@@ -474,6 +536,8 @@ def train_unet(
         if done:
             break
     bar.close()
+    if loader is not None:
+        loader.close()
     if old_handler is not None:
         signal.signal(signal.SIGTERM, old_handler)
     if val is None:

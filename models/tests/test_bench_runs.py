@@ -19,7 +19,7 @@ _spec.loader.exec_module(bench)
 def _args(**kw) -> argparse.Namespace:
     base = dict(seed=0, threads=1, quick=True, quick_steps=2, no_progress=True, b_steps=1500, rounds=1, unet_steps=2400,
                 unet_config="unet3d_lucchi", mask_steps=400, bootstrap_mask_steps=800,
-                pseudo_loss_weight=None, pseudo_band_nm=0.0)
+                pseudo_loss_weight=None, pseudo_band_nm=0.0, loader_threads=0)
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -143,3 +143,15 @@ def test_device_is_checked_before_anything_runs(tmp_path, capsys, device, messag
     err = capsys.readouterr().err
     assert "--device" in err and message in err
     assert not any((tmp_path / "w").glob("*/"))
+
+
+def test_loader_threads_reach_every_unet(tmp_path):
+    img, lab = make_demo_volume((20, 72, 72), seed=1)
+    bench._unet("unet3d", Volume(img, lab > 0, (5.0, 5.0, 5.0)), [4, 15], tmp_path / "b", _args(loader_threads=3), None, 60.0, None)
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["loader_threads"] == 3
+    for quick in (True, False):
+        cfg = bench.dualtrack_config("sdf", _args(loader_threads=2, quick=quick))
+        assert cfg.unet_train_config(1).loader_threads == 2
+    assert bench.dualtrack_config("sdf", _args(quick=True)).unet_train_config(1).loader_threads == 0
+    with pytest.raises(SystemExit):
+        bench.main(["--quick", "--work", str(tmp_path / "w"), "--loader-threads", "-1"])

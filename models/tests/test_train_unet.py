@@ -250,3 +250,43 @@ def test_anchor_bad_inputs():
         TrainData(data.image, data.target_sdf, w, anchor_slices=(4,))
     with pytest.raises(ValueError, match="pseudo_loss_weight"):
         TrainData(data.image, data.target_sdf, data.weight, anchor_slices=(4,), pseudo_loss_weight=1.5)
+
+
+def test_loader_threads_cut_the_same_crops_for_any_thread_count(demo):
+    from spatialsam.train_unet import _Anchors, _batch_arrays, _foreground_voxels, _Loader
+
+    img, mask = demo
+    data = make_train_data(img, mask, (5, 5, 5), [4, 11])
+    slice_w = data.weight.sum(axis=(1, 2), dtype=np.float64)
+    fg = _foreground_voxels(data)
+    got = {}
+    for threads in (1, 3):
+        cfg = _cfg(max_steps=7, loader_threads=threads, batch_size=2, intensity_augment=0.5, border_crop_fraction=0.3)
+        loader = _Loader(data, cfg, slice_w, fg, _Anchors.of(data, fg), 2)  # a run resumed at step 2
+        got[threads] = [tuple(t.numpy() for t in loader.batch(k)) for k in range(2, 7)]
+        loader.close()
+    for k, (one, three) in enumerate(zip(got[1], got[3]), start=2):
+        ref = _batch_arrays(data, cfg, np.random.default_rng([cfg.seed, k]), slice_w, fg, None)
+        for a, b, r in zip(one, three, ref):
+            np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(a[:, 0], r)
+    assert not np.array_equal(got[1][0][0], got[1][1][0])  # steps differ from each other
+    with pytest.raises(ValueError, match="loader_threads: must be an integer >= 0"):
+        _cfg(loader_threads=-1)
+
+
+def test_resume_with_loader_threads_matches_uninterrupted_run(demo, tmp_path):
+    img, mask = demo
+    data = make_train_data(img, mask, (5, 5, 5), [4, 11])
+    cfg = _cfg(max_steps=8, loader_threads=2)
+    train_unet(data, cfg, tmp_path / "a", progress=False)
+    train_unet(data, _cfg(max_steps=8, loader_threads=1), tmp_path / "b", progress=False, _kill_at_step=5)
+    train_unet(data, cfg, tmp_path / "b", progress=False)
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    assert a["state"]["step"] == b["state"]["step"] == 8
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0)
+    plain = train_unet(data, _cfg(max_steps=8), tmp_path / "c", progress=False)
+    c = torch.load(tmp_path / "c" / "checkpoint.pt", weights_only=False)
+    assert plain["step"] == 8 and any(not torch.equal(a["model"][k], c["model"][k]) for k in a["model"])

@@ -93,12 +93,32 @@ def _write_json(path: Path, doc: dict) -> None:
     os.replace(tmp, path)
 
 
+def add_device_args(q: argparse.ArgumentParser) -> None:
+    """--device and --loader-threads, shared by train-unet and adapt."""
+    q.add_argument("--device", default="cpu", help="where the networks train: cpu (default), cuda or cuda:N")
+    q.add_argument("--loader-threads", type=int, default=0,
+                   help="threads cutting the U-Net's next crops while it trains (0 = in the loop, as on a CPU; "
+                        "on a GPU a few keep it busy); with > 0 the crops come from per-step random streams")
+
+
+def apply_device_args(a: argparse.Namespace) -> dict:
+    """Select --device (ValueError naming it if unusable) and return the U-Net config overrides."""
+    from .device import use_device
+
+    if a.loader_threads < 0:
+        raise ValueError(f"--loader-threads: must be >= 0, got {a.loader_threads}")
+    use_device(a.device, "--device")
+    return {"loader_threads": a.loader_threads} if a.loader_threads else {}
+
+
 def cmd_train_unet(a: argparse.Namespace) -> int:
     from .config import load_train_config
     from .data import budget_slices
     from .train_unet import ValData, make_train_data, train_unet
 
-    cfg = load_train_config(a.config, seed=a.seed, threads=a.threads, max_steps=a.max_steps, max_time_s=a.max_time)
+    over = apply_device_args(a)
+
+    cfg = load_train_config(a.config, seed=a.seed, threads=a.threads, max_steps=a.max_steps, max_time_s=a.max_time, **over)
     if a.demo_data:
         from .data import load_demo_volumes, stack_volumes
 
@@ -249,9 +269,10 @@ def cmd_adapt(a: argparse.Namespace) -> int:
     from .data import budget_slices
     from .dualtrack import DualTrackConfig, run_dualtrack
 
+    over = apply_device_args(a)
     vol = _load(a.split, a.data_root, a.box)
     slices = [int(s) for s in a.slices.split(",")] if a.slices else budget_slices(vol.image.shape[0], a.budget)
-    cfg = DualTrackConfig(rounds=a.rounds, seed=a.seed, threads=a.threads, unet_config=a.unet_config,
+    cfg = DualTrackConfig(rounds=a.rounds, seed=a.seed, threads=a.threads, unet_config=a.unet_config, unet_overrides=over,
                           bootstrap_unet_steps=a.bootstrap_unet_steps, unet_steps=a.unet_steps,
                           bootstrap_mask_steps=a.bootstrap_mask_steps, mask_steps=a.mask_steps, propagator_memory=a.memory,
                           pseudo_loss_weight=a.pseudo_loss_weight, pseudo_band_nm=a.pseudo_band_nm)
@@ -289,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, help="torch.set_num_threads")
     t.add_argument("--max-steps", type=int)
     t.add_argument("--max-time", type=float, help="training time budget in seconds")
+    add_device_args(t)
     t.set_defaults(func=cmd_train_unet)
 
     e = sub.add_parser("export-unet", help="export a trained 3D U-Net run to ONNX + model.json")
@@ -329,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_anchoring_args(d)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--threads", type=int, default=1)
+    add_device_args(d)
     d.set_defaults(func=cmd_adapt)
     return p
 

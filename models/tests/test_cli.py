@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from spatialsam.cli import build_parser, main, parse_box
+from spatialsam.data import default_data_root
 from spatialsam.dualtrack import DualTrackConfig
 
 
@@ -65,3 +66,20 @@ def test_run_summary_merges_the_benchmarks_run_json(tmp_path):
     (tmp_path / "summary.json").write_text(json.dumps({"step": 7, "budget": "1"}))
     s = run_summary(tmp_path)
     assert s["data"] == "lucchi_pp/train" and s["step"] == 7 and s["command"] == "x"
+
+
+def test_device_and_loader_threads_are_checked_naming_the_flag(tmp_path, capsys):
+    assert main(["adapt", "--out", str(tmp_path / "a"), "--device", "gpu"]) == 2
+    assert "--device: expected 'cpu', 'cuda' or 'cuda:N'" in capsys.readouterr().err
+    assert main(["train-unet", "--out", str(tmp_path / "t"), "--loader-threads", "-2"]) == 2
+    assert "--loader-threads: must be >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "t").exists()
+
+
+@pytest.mark.skipif(not (default_data_root() / "lucchi_pp").exists(), reason="../shared/data not present")
+def test_train_unet_loader_threads_reach_the_run(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train-unet", "--config", "unet3d_lucchi", "--box", "0:40,0:224,0:224", "--budget", "1/8",
+                 "--max-steps", "2", "--loader-threads", "2", "--device", "cpu", "--out", str(out), "--no-progress"]) == 0
+    assert json.loads((out / "config.json").read_text())["loader_threads"] == 2
+    assert json.loads((out / "summary.json").read_text())["device"] == "cpu"

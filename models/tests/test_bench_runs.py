@@ -155,3 +155,15 @@ def test_loader_threads_reach_every_unet(tmp_path):
     assert bench.dualtrack_config("sdf", _args(quick=True)).unet_train_config(1).loader_threads == 0
     with pytest.raises(SystemExit):
         bench.main(["--quick", "--work", str(tmp_path / "w"), "--loader-threads", "-1"])
+
+
+@pytest.mark.skipif(not (default_data_root() / "lucchi_pp").exists(), reason="../shared/data not present")
+def test_loader_throughput_bench_prints_its_table(capsys):
+    spec = importlib.util.spec_from_file_location("unet_loader_throughput", Path(__file__).parents[1] / "bench" / "unet_loader_throughput.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--threads", "0,2", "--batches", "2", "--reps", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "logical CPUs" in out and "| 0 |" in out and "| 2 |" in out and "1.00x" in out
+    with pytest.raises(SystemExit):
+        mod.main(["--threads", "-1"])

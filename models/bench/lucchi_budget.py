@@ -117,7 +117,10 @@ def _unet(kind: str, vol: Volume, slices: list[int] | None, run: Path, a: argpar
             raise ValueError(f"--unet-config: {run} holds a run of another network than {name!r}; use another --work")
     if (run / "summary.json").exists():  # finished earlier: a re-run skips it
         summary = json.loads((run / "summary.json").read_text())
-        return load_unet(run / "best.pt"), summary["mean"], summary["std"], summary
+        if summary.get("stopped") != "sigterm" or not (run / "checkpoint.pt").exists():
+            return load_unet(run / "best.pt"), summary["mean"], summary["std"], summary
+        # Stopped by SIGTERM before its budget (a deadline): not finished, so it resumes.
+        (run / "summary.json").unlink()
     data = make_train_data(vol.image, vol.mask, vol.voxel_size_nm, slices, cfg.truncation_nm)
     # Provenance in the train-unet CLI's format, so `python -m spatialsam export-unet --run` can ship it.
     run.mkdir(parents=True, exist_ok=True)

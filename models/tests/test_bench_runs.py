@@ -167,3 +167,15 @@ def test_loader_throughput_bench_prints_its_table(capsys):
     assert "logical CPUs" in out and "| 0 |" in out and "| 2 |" in out and "1.00x" in out
     with pytest.raises(SystemExit):
         mod.main(["--threads", "-1"])
+
+
+def test_a_run_stopped_by_sigterm_resumes_instead_of_counting_as_finished(tmp_path):
+    img, lab = make_demo_volume((20, 72, 72), seed=1)
+    vol = Volume(img, lab > 0, (5.0, 5.0, 5.0))
+    bench._unet("unet3d", vol, [4, 15], tmp_path / "b", _args(quick_steps=2), None, 60.0, None)
+    summary = json.loads((tmp_path / "b" / "summary.json").read_text())
+    (tmp_path / "b" / "summary.json").write_text(json.dumps({**summary, "stopped": "sigterm"}))
+    _, _, _, again = bench._unet("unet3d", vol, [4, 15], tmp_path / "b", _args(quick_steps=4), None, 60.0, None)
+    assert again["step"] == 4 and again["stopped"] == "max_steps"
+    _, _, _, done = bench._unet("unet3d", vol, [4, 15], tmp_path / "b", _args(quick_steps=6), None, 60.0, None)
+    assert done["step"] == 4  # a finished run is still skipped

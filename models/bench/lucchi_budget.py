@@ -48,10 +48,9 @@ import numpy as np
 import torch
 
 from spatialsam.atomic_files import replace_with
-from spatialsam.cli import add_anchoring_args
+from spatialsam.cli import add_anchoring_args, apply_device_args
 from spatialsam.config import load_train_config
 from spatialsam.data import Volume, budget_slices, load_lucchi
-from spatialsam.device import use_device
 from spatialsam.dualtrack import DualTrackConfig, run_dualtrack
 from spatialsam.metrics import evaluate
 from spatialsam.train_unet import ValData, load_unet, make_train_data, predict, train_unet
@@ -117,10 +116,7 @@ def _unet(kind: str, vol: Volume, slices: list[int] | None, run: Path, a: argpar
             raise ValueError(f"--unet-config: {run} holds a run of another network than {name!r}; use another --work")
     if (run / "summary.json").exists():  # finished earlier: a re-run skips it
         summary = json.loads((run / "summary.json").read_text())
-        if summary.get("stopped") != "sigterm" or not (run / "checkpoint.pt").exists():
-            return load_unet(run / "best.pt"), summary["mean"], summary["std"], summary
-        # Stopped by SIGTERM before its budget (a deadline): not finished, so it resumes.
-        (run / "summary.json").unlink()
+        return load_unet(run / "best.pt"), summary["mean"], summary["std"], summary
     data = make_train_data(vol.image, vol.mask, vol.voxel_size_nm, slices, cfg.truncation_nm)
     # Provenance in the train-unet CLI's format, so `python -m spatialsam export-unet --run` can ship it.
     run.mkdir(parents=True, exist_ok=True)
@@ -134,7 +130,8 @@ def _unet(kind: str, vol: Volume, slices: list[int] | None, run: Path, a: argpar
         "command": " ".join(sys.argv),
     }, indent=2))
     summary = train_unet(data, cfg, run, val=val, progress=not a.no_progress)
-    _write(run / "summary.json", json.dumps(summary, indent=1))
+    if summary["stopped"] != "sigterm":  # stopped at a deadline, not finished: a re-run resumes it
+        _write(run / "summary.json", json.dumps(summary, indent=1))
     return load_unet(run / "best.pt"), data.mean, data.std, summary
 
 
@@ -251,23 +248,22 @@ def main(argv: list[str] | None = None) -> int:
     methods = [m for m in a.methods.split(",") if m]
     if any(m not in METHODS for m in methods):
         p.error(f"--methods: choose from {METHODS}")
+    try:
+        apply_device_args(a)  # --device, --loader-threads: checked before anything is written
+    except ValueError as e:
+        p.error(str(e))
     work = Path(a.work)
     out = Path(a.out) if a.out else work
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    try:
-        device = use_device(a.device, "--device")
-    except ValueError as e:
-        p.error(str(e))
-    if a.loader_threads < 0:
-        p.error(f"--loader-threads: must be >= 0, got {a.loader_threads}")
     if a.jobs > 1:
         return run_lanes(a, methods, work, out, argv if argv is not None else sys.argv[1:])
     torch.set_num_threads(a.threads)
 
     train = load_lucchi("train", a.data_root)
-    # --train-only reads the test volume for (d)'s validation slab alone.
-    test = load_lucchi("test", a.data_root, VAL_SLAB if a.train_only and not a.quick else slice(None)) \
+    # --train-only reads of the test volume only (d)'s validation slab (slices from test_z0 on).
+    test_z0 = VAL_SLAB.start if a.train_only and not a.quick else 0
+    test = load_lucchi("test", a.data_root, slice(test_z0, VAL_SLAB.stop if test_z0 else None)) \
         if not a.train_only or "d" in methods else None
     if a.quick:
         train = train.crop(*QUICK_BOX)
@@ -276,11 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         val = None
         if test is not None:
-            v = test.crop(slice(0, VAL_SLAB.stop - VAL_SLAB.start), *VAL_BOX[1:]) if a.train_only \
-                else test.crop(VAL_SLAB, *VAL_BOX[1:])
+            v = test.crop(slice(VAL_SLAB.start - test_z0, VAL_SLAB.stop - test_z0), *VAL_BOX[1:])
             val = ValData(v.image, v.mask, VAL_CONTEXT)
     rows: list[dict] = []
-    run = {"command": " ".join(sys.argv), "machine": machine(device), "quick": a.quick, "threads": a.threads, "min_size": a.min_size,
+    run = {"command": " ".join(sys.argv), "machine": machine(torch.get_default_device()), "quick": a.quick, "threads": a.threads, "min_size": a.min_size,
            "unet_config": a.unet_config, "pseudo_loss_weight": a.pseudo_loss_weight, "pseudo_band_nm": a.pseudo_band_nm}
     results_path = out / "results.json"
 

@@ -336,8 +336,8 @@ class _Loader:
                  anchors: _Anchors | None, first_step: int):
         from concurrent.futures import ThreadPoolExecutor
 
-        self.args, self.cfg = (data, cfg), cfg
-        self.rest = (slice_w, fg, anchors)
+        self.cfg = cfg
+        self.cut = lambda rng: _batch_arrays(data, cfg, rng, slice_w, fg, anchors)
         self.pool = ThreadPoolExecutor(max_workers=cfg.loader_threads, thread_name_prefix="unet-crops")
         self.ahead: dict = {}
         self.next_step = first_step
@@ -348,7 +348,7 @@ class _Loader:
         k = self.next_step
         if k < self.cfg.max_steps:
             rng = np.random.default_rng([self.cfg.seed, k])
-            self.ahead[k] = self.pool.submit(_batch_arrays, *self.args, rng, *self.rest)
+            self.ahead[k] = self.pool.submit(self.cut, rng)
         self.next_step += 1
 
     def batch(self, step: int) -> tuple[torch.Tensor, ...]:

@@ -142,7 +142,7 @@ def test_device_is_checked_before_anything_runs(tmp_path, capsys, device, messag
         bench.main(["--quick", "--methods", "b", "--work", str(tmp_path / "w"), "--device", device])
     err = capsys.readouterr().err
     assert "--device" in err and message in err
-    assert not any((tmp_path / "w").glob("*/"))
+    assert not (tmp_path / "w").exists()
 
 
 def test_loader_threads_reach_every_unet(tmp_path):
@@ -169,13 +169,21 @@ def test_loader_throughput_bench_prints_its_table(capsys):
         mod.main(["--threads", "-1"])
 
 
-def test_a_run_stopped_by_sigterm_resumes_instead_of_counting_as_finished(tmp_path):
+def test_a_run_stopped_by_sigterm_resumes_instead_of_counting_as_finished(tmp_path, monkeypatch):
     img, lab = make_demo_volume((20, 72, 72), seed=1)
     vol = Volume(img, lab > 0, (5.0, 5.0, 5.0))
+    real = bench.train_unet
+
+    def stopped_by_sigterm(*args, **kw):  # what train_unet returns when a TERM arrives after step 2
+        return {**real(*args, **kw), "stopped": "sigterm"}
+
+    monkeypatch.setattr(bench, "train_unet", stopped_by_sigterm)
     bench._unet("unet3d", vol, [4, 15], tmp_path / "b", _args(quick_steps=2), None, 60.0, None)
-    summary = json.loads((tmp_path / "b" / "summary.json").read_text())
-    (tmp_path / "b" / "summary.json").write_text(json.dumps({**summary, "stopped": "sigterm"}))
+    assert not (tmp_path / "b" / "summary.json").exists()
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["state"]["step"] == 2
+    monkeypatch.setattr(bench, "train_unet", real)
     _, _, _, again = bench._unet("unet3d", vol, [4, 15], tmp_path / "b", _args(quick_steps=4), None, 60.0, None)
     assert again["step"] == 4 and again["stopped"] == "max_steps"
+    assert json.loads((tmp_path / "b" / "summary.json").read_text())["step"] == 4
     _, _, _, done = bench._unet("unet3d", vol, [4, 15], tmp_path / "b", _args(quick_steps=6), None, 60.0, None)
     assert done["step"] == 4  # a finished run is still skipped

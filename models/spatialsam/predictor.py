@@ -412,6 +412,86 @@ def _propagate_object(pred: Predictor, image: np.ndarray, sdf: np.ndarray, z0: i
     return logits
 
 
+def _cat_features(fs: list[ImageFeatures]) -> ImageFeatures:
+    return ImageFeatures(torch.cat([f.feat for f in fs]), torch.cat([f.skip8 for f in fs]),
+                         torch.cat([f.skip4 for f in fs]))
+
+
+def _lockstep_step(pred: Predictor, states: list[PredictorState], z: int, d: int) -> None:
+    """Predictor._step for one object (id 1) in each of several same-sized crop sessions, as batches:
+    the slice's image encoding, the memory encodings its banks still lack, then one decode."""
+    model = pred.model
+    new = [st for st in states if z not in st.features]
+    if new:
+        imgs = [pred._pad(to_numpy(model.normalize(torch.from_numpy(st.image[z].astype(np.float32)))),
+                          st.padded_hw, 0.0) for st in new]
+        with torch.no_grad():
+            f = model.encode_image(torch.cat(imgs))
+        for i, st in enumerate(new):
+            st.features[z] = f.index(i)
+    # The outputs whose memory the banks of z need (as Predictor._bank picks them), encoded together.
+    want = {z - d * i for i in range(1, max(pred.cfg.num_recent, pred.cfg.max_ptrs - 1) + 1)}
+    need = []
+    for st in states:
+        t = st.objects[1]
+        need += [(st, zz, o) for zz, o in t.cond.items() if zz != z and o.memory is None]
+        need += [(st, zz, o) for zz, o in t.noncond.items() if zz in want and o.memory is None]
+    if need:
+        feats = torch.cat([pred.features(st, zz).feat for st, zz, _ in need])
+        sdfs = torch.cat([pred.sdf_slice(st, zz) for st, zz, _ in need])
+        masks = torch.cat([(pred._full_logits(o) > pred.cfg.mask_threshold).float()[None] for _, _, o in need])
+        with torch.no_grad():
+            mem = model.encode_memory(feats, sdfs, masks)
+        for i, (_, _, o) in enumerate(need):
+            o.memory = mem[i]
+    b = len(states)
+    hp, wp = states[0].padded_hw
+    s = model.stride
+    banks = [pred._bank(st, st.objects[1], z, d, with_recent=True) for st in states]
+    packed = pack_banks(banks, z, (pred.cfg.mem_dim, hp // s, wp // s), pred.cfg.dim)
+    with torch.no_grad():
+        o = model.decode(_cat_features([st.features[z] for st in states]),
+                         torch.cat([pred.sdf_slice(st, z) for st in states]), packed,
+                         torch.zeros(b, 1, 2), torch.full((b, 1), float(LABEL_PAD)),
+                         torch.zeros(b, 1, hp // 4, wp // 4), torch.zeros(b))
+    for i, st in enumerate(states):
+        st.objects[1].noncond[z] = SliceOutput(o.low_res_logits[i], float(o.object_score[i, 0]),
+                                               float(o.iou[i, 0]), o.obj_ptr[i])
+
+
+def _propagate_objects(pred: Predictor, image: np.ndarray, sdf: np.ndarray, z0: int,
+                       windows: list[tuple[slice, slice]], prompts: list[dict[str, object]], patience: int
+                       ) -> list[dict[int, np.ndarray]]:
+    """_propagate_object for objects prompted on the same slice z0 in windows of one size, in lockstep:
+    on each slice, the objects still followed in that direction run as one batch (_lockstep_step).
+    Each object keeps its own session, bank and stopping rule, so the results are those of one
+    _propagate_object per object up to the rounding of batched kernels."""
+    states = [pred.init_state(np.ascontiguousarray(image[:, w[0], w[1]]), np.ascontiguousarray(sdf[:, w[0], w[1]]))
+              for w in windows]
+    for st, prompt in zip(states, prompts, strict=True):
+        pred.add_prompts(st, z0, 1, **prompt)  # type: ignore[arg-type]
+    logits: list[dict[int, np.ndarray]] = [{} for _ in states]
+    nz = image.shape[0]
+    for d in (1, -1):
+        active = list(range(len(states)))
+        misses = [0] * len(states)
+        for z in range(z0, nz if d == 1 else -1, d):
+            if not active:
+                break
+            if z != z0:
+                _lockstep_step(pred, [states[i] for i in active], z, d)
+            for i in list(active):
+                lg = pred.mask_logits(states[i], 1, z)
+                assert lg is not None
+                logits[i][z] = lg
+                misses[i] = 0 if (lg > pred.cfg.mask_threshold).any() else misses[i] + 1
+                if misses[i] >= patience:
+                    active.remove(i)
+        for st in states:
+            st.features.clear()
+    return logits
+
+
 def propagate_volume(
     model: Propagator,
     image: np.ndarray,
@@ -421,14 +501,17 @@ def propagate_volume(
     *,
     crop: int = 128,
     patience: int = 3,
+    batch: int = 64,
 ) -> np.ndarray:
     """Propagate every object found on the annotated slices through the volume, both directions.
 
     image uint8 [Z, Y, X]; sdf float32 [Z, Y, X]; labels [Z, Y, X] (bool/0-1 or instance ids; only
     the annotated slices are read; each 2D connected component there is one object, prompted by its
     mask). Each object runs in its own crop window (at least `crop` px, covering its cross-section)
-    and stops a direction after `patience` slices without it. Returns foreground probabilities
-    float32 [Z, Y, X]: the maximum over objects of sigmoid(logits); annotated slices keep their labels.
+    and stops a direction after `patience` slices without it. Objects of one annotated slice whose
+    windows have one size are followed in lockstep, up to `batch` per batch (1: one at a time; the
+    results agree up to float rounding). Returns foreground probabilities float32 [Z, Y, X]: the
+    maximum over objects of sigmoid(logits); annotated slices keep their labels.
     """
     if not isinstance(image, np.ndarray) or image.ndim != 3:
         raise ValueError(f"image: expected uint8 [Z, Y, X], got {getattr(image, 'shape', image)!r}")
@@ -441,19 +524,28 @@ def propagate_volume(
         raise ValueError("annotated_slices: empty")
     if zs[0] < 0 or zs[-1] >= image.shape[0]:
         raise ValueError(f"annotated_slices: indices must lie in [0, {image.shape[0]})")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch: expected a positive integer, got {batch!r}")
     pred = Predictor(model)
     prob = np.zeros(image.shape, np.float32)
     for z0 in zs:
         comps, n = ndimage.label(labels[z0] > 0)
+        groups: dict[tuple[int, int], list[tuple[tuple[slice, slice], dict[str, object]]]] = {}
         for i, sl in enumerate(ndimage.find_objects(comps), start=1):
-            obj = comps == i
             cy, cx = (sl[0].start + sl[0].stop) / 2, (sl[1].start + sl[1].stop) / 2
             win = _crop_window((cy, cx), (sl[0].stop - sl[0].start, sl[1].stop - sl[1].start),
                                image.shape[1:], crop, model.stride)
-            for z, lg in _propagate_object(pred, image, sdf, z0, win, {"mask": obj[win]}, patience).items():
-                p = expit(lg)
-                region = prob[z, win[0], win[1]]
-                np.maximum(region, p.astype(np.float32), out=region)
+            size = (win[0].stop - win[0].start, win[1].stop - win[1].start)
+            groups.setdefault(size, []).append((win, {"mask": (comps == i)[win]}))
+        for members in groups.values():
+            for k in range(0, len(members), batch):
+                part = members[k:k + batch]
+                wins = [w for w, _ in part]
+                for win, logits in zip(wins, _propagate_objects(pred, image, sdf, z0, wins, [p for _, p in part],
+                                                                patience), strict=True):
+                    for z, lg in logits.items():
+                        region = prob[z, win[0], win[1]]
+                        np.maximum(region, expit(lg).astype(np.float32), out=region)
     for z0 in zs:
         prob[z0] = (labels[z0] > 0).astype(np.float32)
     return prob

@@ -169,6 +169,28 @@ def test_loader_throughput_bench_prints_its_table(capsys):
         mod.main(["--threads", "-1"])
 
 
+@pytest.mark.skipif(not (default_data_root() / "lucchi_pp").exists(), reason="../shared/data not present")
+def test_propagate_batch_bench_prints_its_table(tmp_path, capsys):
+    from spatialsam.propagator import build_propagator
+    from spatialsam.train_propagator import TrainConfig as PropTrainConfig
+    from spatialsam.train_propagator import save_checkpoint
+
+    ck = tmp_path / "prop.pt"
+    save_checkpoint(ck, build_propagator("tiny"), None, 0, PropTrainConfig(), [])
+    spec = importlib.util.spec_from_file_location("propagate_batch", Path(__file__).parents[1] / "bench" / "propagate_batch.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--propagator", str(ck), "--batch", "1,8", "--reps", "1", "--box", "0:64,300:500,300:560",
+                     "--crop", "64", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "logical CPUs" in out and "| 1 |" in out and "| 8 |" in out and "1.00x" in out
+    flipped = [line.rsplit("|", 2)[-2].strip() for line in out.splitlines() if line.startswith("| 8 |")]
+    assert flipped == ["0"]  # the batched pass gives the reference's pseudo-labels
+    for bad in (["--batch", "0"], ["--box", "1:2"], ["--propagator", str(tmp_path / "none.pt")]):
+        with pytest.raises(SystemExit):
+            mod.main(["--propagator", str(ck), *bad])
+
+
 def test_a_run_stopped_by_sigterm_resumes_instead_of_counting_as_finished(tmp_path, monkeypatch):
     img, lab = make_demo_volume((20, 72, 72), seed=1)
     vol = Volume(img, lab > 0, (5.0, 5.0, 5.0))

@@ -177,6 +177,49 @@ def test_segment_volume_and_propagate_volume(model, vol):
         propagate_volume(model, image, sdf, [], labels)
 
 
+def test_propagate_volume_in_lockstep_batches_matches_one_object_at_a_time(vol):
+    """Objects of an annotated slice are followed as a batch; each keeps its own window, bank and
+    stopping rule, so the result is that of the per-object reference loop (_propagate_object)."""
+    from scipy import ndimage
+    from scipy.special import expit
+
+    from spatialsam.predictor import _crop_window, _propagate_object
+
+    model = build_propagator("tiny").eval()
+    with torch.no_grad():  # a bias so that objects are followed for a while, not dropped at once
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    image, _ = vol
+    zz, yy, xx = np.meshgrid(np.arange(Z), np.arange(Y), np.arange(X), indexing="ij")
+    labels = np.zeros(image.shape, np.uint8)
+    for cy, cx, r in ((10, 10, 5), (12, 40, 7), (36, 20, 4), (34, 52, 9)):
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 1
+    labels[(zz > 6) & (yy > 24)] = 0  # objects end at different depths
+    labels[:, 20:48, 56:64] |= (zz[:, 20:48, 56:64] < 5)  # a tall one (a wider window) on slice 3 only
+    sdf = np.where(labels > 0, 0.5, -0.5).astype(np.float32)
+    sdf[::2] *= -1  # flickering memory: some objects are lost and stop early
+    ref = np.zeros(image.shape, np.float32)
+    pred = Predictor(model)
+    stops = set()
+    for z0 in (3, 6):
+        comps, _ = ndimage.label(labels[z0] > 0)
+        for i, sl in enumerate(ndimage.find_objects(comps), start=1):
+            win = _crop_window(((sl[0].start + sl[0].stop) / 2, (sl[1].start + sl[1].stop) / 2),
+                               (sl[0].stop - sl[0].start, sl[1].stop - sl[1].start), image.shape[1:], 24, model.stride)
+            out = _propagate_object(pred, image, sdf, z0, win, {"mask": (comps == i)[win]}, 2)
+            stops.add((min(out), max(out)))
+            for z, lg in out.items():
+                np.maximum(ref[z, win[0], win[1]], expit(lg), out=ref[z, win[0], win[1]])
+    for z0 in (3, 6):
+        ref[z0] = labels[z0]
+    assert len(stops) > 1  # the objects stop on different slices: the lockstep must too
+    for batch in (64, 2):
+        prob = propagate_volume(model, image, sdf, [3, 6], labels, crop=24, patience=2, batch=batch)
+        np.testing.assert_allclose(prob, ref, atol=1e-5)
+    with pytest.raises(ValueError, match="^batch"):
+        propagate_volume(model, image, sdf, [3], labels, batch=0)
+
+
 def test_evaluate_tracking_scores_a_perfect_and_an_empty_tracker(model, vol):
     from spatialsam.predictor import evaluate_tracking
 

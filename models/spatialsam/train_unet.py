@@ -60,8 +60,9 @@ class TrainConfig:
     # Share of crops centred on a labelled foreground voxel. Mitochondria are ~7% of Lucchi++:
     # uniform batch-1 crops taught the net to predict background everywhere.
     fg_crop_fraction: float = 0.5
-    # "bf16": forward and backward under CPU autocast to bfloat16 (weights, optimizer and losses
-    # stay float32). 2.5-3x faster per step on CPUs with AVX512-BF16; inference stays float32.
+    # "bf16": forward and backward under autocast to bfloat16 on the device the crops are on (weights,
+    # optimizer and losses stay float32). 2.5-3x faster per step on CPUs with AVX512-BF16; inference
+    # stays float32.
     amp: str = "none"
     # Exponential moving average of the weights (0 = off), used for validation, best.pt and the
     # result: batch-1 crops make consecutive weights noisy (validation fg-IoU swung 0.3-0.5 between
@@ -479,7 +480,7 @@ def train_unet(
             # A crop can miss every labelled voxel after all (weights inside a slice); skip it.
             loss_parts = None
         else:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.amp == "bf16"):
+            with torch.autocast(img.device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16"):
                 sdf, fg = model(img)
             if anchor:
                 loss, loss_parts = _anchored_loss(sdf.float(), fg.float(), tgt, w, anchor[0], cfg, data.pseudo_loss_weight)

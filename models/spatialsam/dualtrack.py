@@ -31,14 +31,16 @@ the pseudo-labels' weight near their own boundary (``sdf_track_weight``).
 
 On disk (``out_dir``): round_<r>/unet/ (a train_unet run; absent in round 0 with a bootstrap
 U-Net), round_<r>/propagator/ (mask-track checkpoint), round_<r>/pseudo.npz, state.json (last
-finished round), rounds.jsonl (per-round metrics), config.json. A killed run resumes inside the
-unfinished round (both trainers resume themselves).
+finished round), rounds.jsonl (per-round metrics; parts_s: wall seconds of the round's parts),
+config.json. A killed run resumes inside the unfinished round (both trainers resume themselves).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -268,6 +270,7 @@ def run_dualtrack(
     for r in range(state["done"] + 1, total):
         rdir = out / f"round_{r}"
         rdir.mkdir(exist_ok=True)
+        parts = _PartTimer()
         # SDF track.
         ucfg = cfg.unet_train_config(r)
         unet_steps = 0
@@ -277,15 +280,18 @@ def run_dualtrack(
             if r == 0:
                 data, init = sparse, None
             else:
-                prev = np.load(out / f"round_{r - 1}" / "pseudo.npz")
-                target = sdf_target(prev["mask"], voxel_size_nm, ucfg.truncation_nm)
-                data = TrainData(image, target, sdf_track_weight(prev["weight"], target, slices, cfg.pseudo_band_nm, ucfg.truncation_nm), mean, std,
-                                 **({} if cfg.pseudo_loss_weight is None else
-                                    {"anchor_slices": tuple(slices), "pseudo_loss_weight": cfg.pseudo_loss_weight}))
+                with parts("sdf_targets"):
+                    prev = np.load(out / f"round_{r - 1}" / "pseudo.npz")
+                    target = sdf_target(prev["mask"], voxel_size_nm, ucfg.truncation_nm)
+                    data = TrainData(image, target, sdf_track_weight(prev["weight"], target, slices, cfg.pseudo_band_nm, ucfg.truncation_nm), mean, std,
+                                     **({} if cfg.pseudo_loss_weight is None else
+                                        {"anchor_slices": tuple(slices), "pseudo_loss_weight": cfg.pseudo_loss_weight}))
                 init = torch.load(_unet_path(out, r - 1, boot), map_location="cpu", weights_only=False)["model"]
-            unet_steps = train_unet(data, ucfg, rdir / "unet", progress=progress, init_weights=init)["step"]
+            with parts("unet_train"):
+                unet_steps = train_unet(data, ucfg, rdir / "unet", progress=progress, init_weights=init)["step"]
             unet_path = rdir / "unet" / "best.pt"
-        sdf, p_unet = _unet_probability(load_unet(unet_path), image, mean, std)
+        with parts("unet_predict"):
+            sdf, p_unet = _unet_probability(load_unet(unet_path), image, mean, std)
         # Mask track, with the current U-Net's SDF as memory.
         if r == 0:
             prop = build_propagator(load_propagator_config(cfg.propagator, memory=cfg.propagator_memory, seed=cfg.seed))
@@ -302,14 +308,16 @@ def run_dualtrack(
             seed=cfg.seed * 1000 + r,
             ckpt_every=max(1, min(50, cfg.mask_steps)),
         )
-        hist = train_mask_track(prop, image, sdf, m_labels.astype(np.uint8), m_weights, mcfg,
-                                ckpt_dir=rdir / "propagator", progress=progress)
+        with parts("mask_train"):
+            hist = train_mask_track(prop, image, sdf, m_labels.astype(np.uint8), m_weights, mcfg,
+                                    ckpt_dir=rdir / "propagator", progress=progress)
         prop.eval()
-        with torch.no_grad():
+        with parts("propagate"), torch.no_grad():
             p_prop = propagate_volume(prop, image, sdf, slices, ann_labels, crop=cfg.mask_crop)
-        mask, weight = fuse_pseudo_labels(p_unet, p_prop, ann_labels, slices, cfg.annotated_weight,
-                                          cfg.pseudo_weight, cfg.disagreement_weight)
-        replace_with(rdir / "pseudo.npz", lambda tmp: np.savez_compressed(tmp, mask=mask, weight=weight), suffix=".tmp.npz")
+        with parts("pseudo_labels"):
+            mask, weight = fuse_pseudo_labels(p_unet, p_prop, ann_labels, slices, cfg.annotated_weight,
+                                              cfg.pseudo_weight, cfg.disagreement_weight)
+            replace_with(rdir / "pseudo.npz", lambda tmp: np.savez_compressed(tmp, mask=mask, weight=weight), suffix=".tmp.npz")
         metrics = {
             "round": r,
             "time_s": round(time.monotonic() - t0, 1),
@@ -320,6 +328,7 @@ def run_dualtrack(
             "pseudo_fg_fraction": float(mask.mean()),
             "agreement": float(((p_unet > 0.5) == (p_prop > 0.5)).mean()),
             "mean_weight": float(weight.mean()),
+            "parts_s": parts.seconds,
         }
         if eval_mask is not None:
             metrics.update(
@@ -349,6 +358,24 @@ def run_dualtrack(
         "time_s": state["time_s"],
         "cpu_s": state.get("cpu_s"),
     }
+
+
+class _PartTimer:
+    """Wall seconds of a round's parts, as this process ran them (a resumed round counts only the
+    parts after the resume): ``with parts("name"): ...``; ``seconds`` maps name -> seconds."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            if torch.cuda.is_available() and torch.get_default_device().type == "cuda":
+                torch.cuda.synchronize()
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.monotonic() - start, 1)
 
 
 def _unet_path(out: Path, r: int, boot: Path | None) -> Path:

@@ -99,6 +99,11 @@ def test_tiny_run_killed_resumed_and_improving(demo, tmp_path):
     res = run_dualtrack(img, labels, slices, (5, 5, 5), cfg, tmp_path, progress=False, eval_mask=gt)
     rounds = [json.loads(x) for x in (tmp_path / "rounds.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rounds] == [0, 1]
+    # Where a round's time went (round 0 here trains its own U-Net, round 1 also builds SDF targets).
+    assert set(rounds[0]["parts_s"]) == {"unet_train", "unet_predict", "mask_train", "propagate", "pseudo_labels"}
+    assert set(rounds[1]["parts_s"]) == set(rounds[0]["parts_s"]) | {"sdf_targets"}
+    assert all(v >= 0 for r in rounds for v in r["parts_s"].values())
+    assert sum(rounds[1]["parts_s"].values()) <= rounds[1]["time_s"] - rounds[0]["time_s"] + 0.5
     # CPU time accumulates across the kill: round 1's total includes round 0's.
     assert 0 < rounds[0]["cpu_s"] < rounds[1]["cpu_s"] == res["cpu_s"]
     assert res["rounds"] == 2 and res["unet"].endswith("round_1/unet/best.pt")

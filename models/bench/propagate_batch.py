@@ -2,8 +2,8 @@
 
 `propagate_volume` (the dual-track loop's pseudo-label step) follows every object of the annotated
 slices through z in its own crop window. With --batch 1 each object runs alone (batch-1 encodes and
-decodes, the reference path); with N > 1 the objects of one annotated slice whose windows have one
-size advance together, N per batch. This runs it on the real Lucchi++ train volume (annotated slices
+decodes, the reference path); with N > 1 the objects whose windows have one size advance together,
+N per batch (step k of a direction takes each object k slices from its own annotated slice). This runs it on the real Lucchi++ train volume (annotated slices
 of --budget) with a trained propagator checkpoint, batch sizes side by side (interleaved rounds), and
 prints a table: median seconds per pass, speed-up over the first batch size, and how far the result
 is from the first batch size's (max |d prob|, voxels whose prob > 0.5 changes).

@@ -18,8 +18,10 @@ SDF memory vs SAM2 mask memory (the `memory` switch of the config):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -252,28 +254,32 @@ def select_memory(
 
 def pack_banks(
     banks: list[tuple[list[MemoryEntry], list[MemoryEntry]]],
-    z: int,
+    z: int | Sequence[int],
     mem_shape: tuple[int, int, int],
     ptr_dim: int,
 ) -> MemoryBankTensors:
     """Stack per-object banks into padded tensors (at least one slot each, so no axis is ever empty).
 
+    z: the slice being decoded, for all objects or one per bank (offsets are entry z - z).
     mem_shape is (Dm, h, w). Padding slots are zeros with valid = 0.
     """
     n = max(1, *(len(s) for s, _ in banks))
     p = max(1, *(len(q) for _, q in banks))
     b = len(banks)
+    zs = [int(z)] * b if isinstance(z, (int, np.integer)) else [int(v) for v in z]
+    if len(zs) != b:
+        raise ValueError(f"z: expected one slice per bank ({b}), got {len(zs)}")
     mem = torch.zeros(b, n, *mem_shape)
     mem_dz, mem_cond, mem_valid = torch.zeros(b, n), torch.zeros(b, n), torch.zeros(b, n)
     ptrs, ptr_dz, ptr_valid = torch.zeros(b, p, ptr_dim), torch.zeros(b, p), torch.zeros(b, p)
     for i, (spatial, pointers) in enumerate(banks):
         for j, e in enumerate(spatial):
             mem[i, j] = e.tokens
-            mem_dz[i, j] = e.z - z
+            mem_dz[i, j] = e.z - zs[i]
             mem_cond[i, j] = float(e.is_cond)
             mem_valid[i, j] = 1.0
         for j, e in enumerate(pointers):
             ptrs[i, j] = e.obj_ptr
-            ptr_dz[i, j] = e.z - z
+            ptr_dz[i, j] = e.z - zs[i]
             ptr_valid[i, j] = 1.0
     return MemoryBankTensors(mem, mem_dz, mem_cond, mem_valid, ptrs, ptr_dz, ptr_valid)

@@ -417,23 +417,24 @@ def _cat_features(fs: list[ImageFeatures]) -> ImageFeatures:
                          torch.cat([f.skip4 for f in fs]))
 
 
-def _lockstep_step(pred: Predictor, states: list[PredictorState], z: int, d: int) -> None:
-    """Predictor._step for one object (id 1) in each of several same-sized crop sessions, as batches:
-    the slice's image encoding, the memory encodings its banks still lack, then one decode."""
+def _lockstep_step(pred: Predictor, states: list[PredictorState], zs: list[int], d: int) -> None:
+    """Predictor._step for one object (id 1) in each of several same-sized crop sessions, state i on
+    slice zs[i], as batches: the slices' image encodings, the memory encodings the banks still lack,
+    then one decode."""
     model = pred.model
-    new = [st for st in states if z not in st.features]
+    new = [(st, z) for st, z in zip(states, zs, strict=True) if z not in st.features]
     if new:
         imgs = [pred._pad(to_numpy(model.normalize(torch.from_numpy(st.image[z].astype(np.float32)))),
-                          st.padded_hw, 0.0) for st in new]
+                          st.padded_hw, 0.0) for st, z in new]
         with torch.no_grad():
             f = model.encode_image(torch.cat(imgs))
-        for i, st in enumerate(new):
+        for i, (st, z) in enumerate(new):
             st.features[z] = f.index(i)
-    # The outputs whose memory the banks of z need (as Predictor._bank picks them), encoded together.
-    want = {z - d * i for i in range(1, max(pred.cfg.num_recent, pred.cfg.max_ptrs - 1) + 1)}
+    # The outputs whose memory the banks need (as Predictor._bank picks them), encoded together.
+    recent = range(1, max(pred.cfg.num_recent, pred.cfg.max_ptrs - 1) + 1)
     need = []
-    for st in states:
-        t = st.objects[1]
+    for st, z in zip(states, zs, strict=True):
+        t, want = st.objects[1], {z - d * i for i in recent}
         need += [(st, zz, o) for zz, o in t.cond.items() if zz != z and o.memory is None]
         need += [(st, zz, o) for zz, o in t.noncond.items() if zz in want and o.memory is None]
     if need:
@@ -447,49 +448,66 @@ def _lockstep_step(pred: Predictor, states: list[PredictorState], z: int, d: int
     b = len(states)
     hp, wp = states[0].padded_hw
     s = model.stride
-    banks = [pred._bank(st, st.objects[1], z, d, with_recent=True) for st in states]
-    packed = pack_banks(banks, z, (pred.cfg.mem_dim, hp // s, wp // s), pred.cfg.dim)
+    banks = [pred._bank(st, st.objects[1], z, d, with_recent=True) for st, z in zip(states, zs, strict=True)]
+    packed = pack_banks(banks, zs, (pred.cfg.mem_dim, hp // s, wp // s), pred.cfg.dim)
     with torch.no_grad():
-        o = model.decode(_cat_features([st.features[z] for st in states]),
-                         torch.cat([pred.sdf_slice(st, z) for st in states]), packed,
+        o = model.decode(_cat_features([st.features[z] for st, z in zip(states, zs, strict=True)]),
+                         torch.cat([pred.sdf_slice(st, z) for st, z in zip(states, zs, strict=True)]), packed,
                          torch.zeros(b, 1, 2), torch.full((b, 1), float(LABEL_PAD)),
                          torch.zeros(b, 1, hp // 4, wp // 4), torch.zeros(b))
-    for i, st in enumerate(states):
+    for i, (st, z) in enumerate(zip(states, zs, strict=True)):
         st.objects[1].noncond[z] = SliceOutput(o.low_res_logits[i], float(o.object_score[i, 0]),
                                                float(o.iou[i, 0]), o.obj_ptr[i])
 
 
-def _propagate_objects(pred: Predictor, image: np.ndarray, sdf: np.ndarray, z0: int,
+def _propagate_objects(pred: Predictor, image: np.ndarray, sdf: np.ndarray, starts: list[int],
                        windows: list[tuple[slice, slice]], prompts: list[dict[str, object]], patience: int
                        ) -> list[dict[int, np.ndarray]]:
-    """_propagate_object for objects prompted on the same slice z0 in windows of one size, in lockstep:
-    on each slice, the objects still followed in that direction run as one batch (_lockstep_step).
-    Each object keeps its own session, bank and stopping rule, so the results are those of one
-    _propagate_object per object up to the rounding of batched kernels."""
+    """_propagate_object for several objects (object i prompted on slice starts[i] in windows[i]; all
+    windows of one size) in lockstep: step k of a direction takes every object still followed k
+    slices away from its start, as one batch (_lockstep_step). Each object keeps its own session,
+    bank and stopping rule, so the results are those of one _propagate_object per object up to the
+    rounding of batched kernels."""
     states = [pred.init_state(np.ascontiguousarray(image[:, w[0], w[1]]), np.ascontiguousarray(sdf[:, w[0], w[1]]))
               for w in windows]
-    for st, prompt in zip(states, prompts, strict=True):
+    for st, z0, prompt in zip(states, starts, prompts, strict=True):
         pred.add_prompts(st, z0, 1, **prompt)  # type: ignore[arg-type]
     logits: list[dict[int, np.ndarray]] = [{} for _ in states]
     nz = image.shape[0]
     for d in (1, -1):
         active = list(range(len(states)))
         misses = [0] * len(states)
-        for z in range(z0, nz if d == 1 else -1, d):
-            if not active:
-                break
-            if z != z0:
-                _lockstep_step(pred, [states[i] for i in active], z, d)
+        k = 0
+        while active:
+            active = [i for i in active if 0 <= starts[i] + d * k < nz]
+            if k and active:
+                _lockstep_step(pred, [states[i] for i in active], [starts[i] + d * k for i in active], d)
             for i in list(active):
+                z = starts[i] + d * k
                 lg = pred.mask_logits(states[i], 1, z)
                 assert lg is not None
                 logits[i][z] = lg
                 misses[i] = 0 if (lg > pred.cfg.mask_threshold).any() else misses[i] + 1
                 if misses[i] >= patience:
                     active.remove(i)
+            k += 1
         for st in states:
             st.features.clear()
     return logits
+
+
+def _lockstep_groups(windows: list[tuple[slice, slice]], batch: int) -> list[list[int]]:
+    """Indices of same-sized windows, in their order, in groups of at most `batch`."""
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for i, w in enumerate(windows):
+        by_size.setdefault((w[0].stop - w[0].start, w[1].stop - w[1].start), []).append(i)
+    return [idx[k:k + batch] for idx in by_size.values() for k in range(0, len(idx), batch)]
+
+
+def _check_batch(batch: object) -> int:
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch: expected a positive integer, got {batch!r}")
+    return batch
 
 
 def propagate_volume(
@@ -508,9 +526,9 @@ def propagate_volume(
     image uint8 [Z, Y, X]; sdf float32 [Z, Y, X]; labels [Z, Y, X] (bool/0-1 or instance ids; only
     the annotated slices are read; each 2D connected component there is one object, prompted by its
     mask). Each object runs in its own crop window (at least `crop` px, covering its cross-section)
-    and stops a direction after `patience` slices without it. Objects of one annotated slice whose
-    windows have one size are followed in lockstep, up to `batch` per batch (1: one at a time; the
-    results agree up to float rounding). Returns foreground probabilities float32 [Z, Y, X]: the
+    and stops a direction after `patience` slices without it. Objects whose windows have one size
+    are followed in lockstep, up to `batch` per batch (1: one at a time; the results agree up to
+    float rounding). Returns foreground probabilities float32 [Z, Y, X]: the
     maximum over objects of sigmoid(logits); annotated slices keep their labels.
     """
     if not isinstance(image, np.ndarray) or image.ndim != 3:
@@ -524,28 +542,27 @@ def propagate_volume(
         raise ValueError("annotated_slices: empty")
     if zs[0] < 0 or zs[-1] >= image.shape[0]:
         raise ValueError(f"annotated_slices: indices must lie in [0, {image.shape[0]})")
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"batch: expected a positive integer, got {batch!r}")
+    _check_batch(batch)
     pred = Predictor(model)
     prob = np.zeros(image.shape, np.float32)
+    starts, windows, prompts = [], [], []
     for z0 in zs:
-        comps, n = ndimage.label(labels[z0] > 0)
-        groups: dict[tuple[int, int], list[tuple[tuple[slice, slice], dict[str, object]]]] = {}
+        comps, _ = ndimage.label(labels[z0] > 0)
         for i, sl in enumerate(ndimage.find_objects(comps), start=1):
             cy, cx = (sl[0].start + sl[0].stop) / 2, (sl[1].start + sl[1].stop) / 2
             win = _crop_window((cy, cx), (sl[0].stop - sl[0].start, sl[1].stop - sl[1].start),
                                image.shape[1:], crop, model.stride)
-            size = (win[0].stop - win[0].start, win[1].stop - win[1].start)
-            groups.setdefault(size, []).append((win, {"mask": (comps == i)[win]}))
-        for members in groups.values():
-            for k in range(0, len(members), batch):
-                part = members[k:k + batch]
-                wins = [w for w, _ in part]
-                for win, logits in zip(wins, _propagate_objects(pred, image, sdf, z0, wins, [p for _, p in part],
-                                                                patience), strict=True):
-                    for z, lg in logits.items():
-                        region = prob[z, win[0], win[1]]
-                        np.maximum(region, expit(lg).astype(np.float32), out=region)
+            starts.append(z0)
+            windows.append(win)
+            prompts.append({"mask": (comps == i)[win]})
+    for group in _lockstep_groups(windows, batch):
+        out = _propagate_objects(pred, image, sdf, [starts[i] for i in group], [windows[i] for i in group],
+                                 [prompts[i] for i in group], patience)
+        for i, logits in zip(group, out, strict=True):
+            win = windows[i]
+            for z, lg in logits.items():
+                region = prob[z, win[0], win[1]]
+                np.maximum(region, expit(lg).astype(np.float32), out=region)
     for z0 in zs:
         prob[z0] = (labels[z0] > 0).astype(np.float32)
     return prob
@@ -699,13 +716,16 @@ def segment_volume(
     min_voxels: int = 64,
     crop: int = 128,
     patience: int = 3,
+    batch: int = 64,
 ) -> np.ndarray:
     """Automatic mode: uint64 [Z, Y, X] instances (0 background, ids 1.. in seed order).
 
     Seeds from the SDF (sdf_seeds), each prompted with its deepest point and cross-section box and
     propagated both ways in its own crop window; every voxel goes to the object with the highest
-    logit among those > 0 (ties: the earlier seed).
+    logit among those > 0 (ties: the earlier seed). Seeds whose windows have one size are followed
+    in lockstep, up to `batch` at a time (as in propagate_volume).
     """
+    _check_batch(batch)
     pred = Predictor(model)
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.dtype != np.uint8:
         raise ValueError(f"image: expected uint8 [Z, Y, X], got {getattr(image, 'shape', image)!r}")
@@ -715,12 +735,22 @@ def segment_volume(
         raise ValueError("sdf: contains NaN or infinite values")
     best = np.full(image.shape, np.float32(0.0))
     out = np.zeros(image.shape, np.uint64)
-    for k, (z, x, y, box) in enumerate(sdf_seeds(sdf, min_voxels), start=1):
+    seeds = sdf_seeds(sdf, min_voxels)
+    starts = [z for z, _, _, _ in seeds]
+    windows, prompts = [], []
+    for _, x, y, box in seeds:
         win, prompt = _seed_prompt(box, x, y, image.shape[1:], crop, model.stride)
-        for zz, lg in _propagate_object(pred, image, sdf, z, win, prompt, patience).items():
-            b = best[zz, win[0], win[1]]
-            o = out[zz, win[0], win[1]]
-            take = lg > b
-            b[take] = lg[take]
-            o[take] = k
+        windows.append(win)
+        prompts.append(prompt)
+    for group in _lockstep_groups(windows, batch):
+        res = _propagate_objects(pred, image, sdf, [starts[i] for i in group], [windows[i] for i in group],
+                                 [prompts[i] for i in group], patience)
+        for i, logits in zip(group, res, strict=True):
+            k, win = i + 1, windows[i]
+            for zz, lg in logits.items():
+                b = best[zz, win[0], win[1]]
+                o = out[zz, win[0], win[1]]
+                take = (lg > b) | ((lg == b) & (o > k))  # groups are not in seed order: ties still go to the earlier seed
+                b[take] = lg[take]
+                o[take] = k
     return out

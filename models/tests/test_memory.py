@@ -60,6 +60,11 @@ def test_pack_banks_z_offsets_and_padding():
     assert bank.mem_valid.tolist() == [[1.0, 1.0], [0.0, 0.0]]
     assert bank.ptr_valid.tolist() == [[1.0], [0.0]]  # never an empty axis
     assert bank.ptr_dz.tolist() == [[2.0], [0.0]]
+    # One slice per bank (objects decoded on different slices in one batch).
+    both = pack_banks([([e[3]], [e[7]]), ([e[7]], [e[3]])], z=[5, 9], mem_shape=(2, 1, 1), ptr_dim=4)
+    assert both.mem_dz.tolist() == [[-2.0], [-2.0]] and both.ptr_dz.tolist() == [[2.0], [-6.0]]
+    with pytest.raises(ValueError, match="^z: expected one slice per bank"):
+        pack_banks([([e[3]], [])], z=[5, 6], mem_shape=(2, 1, 1), ptr_dim=4)
 
 
 def test_z_encoding_is_signed_and_distinguishes_offsets():

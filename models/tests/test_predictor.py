@@ -218,6 +218,32 @@ def test_propagate_volume_in_lockstep_batches_matches_one_object_at_a_time(vol):
         np.testing.assert_allclose(prob, ref, atol=1e-5)
     with pytest.raises(ValueError, match="^batch"):
         propagate_volume(model, image, sdf, [3], labels, batch=0)
+    # Automatic mode: seeds on different slices, in lockstep too; voxels go to the highest logit.
+    from spatialsam.predictor import _seed_prompt
+    from spatialsam.train_propagator import TrainConfig, train_mask_track
+
+    blobs = np.zeros(image.shape, bool)
+    for cz, cy, cx, r in ((2, 10, 10, 6), (5, 12, 40, 7), (7, 36, 20, 5), (4, 34, 52, 8)):
+        blobs |= ((zz - cz) * 2.5) ** 2 + (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+    auto_sdf = np.where(blobs, 0.5, -0.5).astype(np.float32)
+    model = build_propagator("tiny")  # a few steps on the blobs, so that seeds grow masks that overlap
+    train_mask_track(model, image, auto_sdf, ndimage.label(blobs)[0].astype(np.uint8), None,
+                     TrainConfig(steps=30, batch_size=2, crop=32, run_length=3, lr=3e-3, teacher_forcing=1.0, min_area=4))
+    model.eval()
+    pred = Predictor(model)
+    seeds = sdf_seeds(auto_sdf, min_voxels=8)
+    assert len({z for z, *_ in seeds}) > 1
+    best, ref_inst = np.zeros(image.shape, np.float32), np.zeros(image.shape, np.uint64)
+    for k, (z, x, y, box) in enumerate(seeds, start=1):
+        win, prompt = _seed_prompt(box, x, y, image.shape[1:], 24, model.stride)
+        for zz_, lg in _propagate_object(pred, image, auto_sdf, z, win, prompt, 2).items():
+            b, o = best[zz_, win[0], win[1]], ref_inst[zz_, win[0], win[1]]
+            take = lg > b
+            b[take], o[take] = lg[take], k
+    assert len(np.unique(ref_inst)) == len(seeds) + 1
+    for batch in (64, 2):
+        inst = segment_volume(model, image, auto_sdf, min_voxels=8, crop=24, patience=2, batch=batch)
+        assert np.array_equal(inst, ref_inst)
 
 
 def test_evaluate_tracking_scores_a_perfect_and_an_empty_tracker(model, vol):

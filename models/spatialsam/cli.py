@@ -194,6 +194,8 @@ def cmd_export_unet(a: argparse.Namespace) -> int:
     from .export_unet import export_unet, onnx_parity
     from .train_unet import load_unet
 
+    if a.min_size < 0:
+        raise ValueError(f"--min-size: must be >= 0, got {a.min_size}")
     run = Path(a.run)
     model = load_unet(run / "best.pt")
     summary = run_summary(run)
@@ -256,12 +258,14 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from .metrics import evaluate
     from .train_unet import load_unet, predict
 
+    if a.min_size < 0:
+        raise ValueError(f"--min-size: must be >= 0, got {a.min_size}")
     run = Path(a.run)
     model = load_unet(run / "best.pt")
     summary = run_summary(run)
     v = _load(a.split, a.data_root, a.box)
     s, _ = predict(model, v.image, summary["mean"], summary["std"])
-    print(json.dumps(evaluate(s > 0, v.mask)))
+    print(json.dumps(evaluate(s > 0, v.mask, a.min_size)))
     return 0
 
 
@@ -328,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("eval", help="evaluate a trained U-Net run on a Lucchi++ split (JSON metrics)")
     data_args(v, "test")
     v.add_argument("--run", required=True, help="run folder written by train-unet")
+    v.add_argument("--min-size", type=int, default=0,
+                   help="also score with 3D components under this many voxels removed (the benchmark's 1000)")
     v.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("adapt", help="dual-track training from sparse slice annotations")

@@ -83,3 +83,21 @@ def test_train_unet_loader_threads_reach_the_run(tmp_path):
                  "--max-steps", "2", "--loader-threads", "2", "--device", "cpu", "--out", str(out), "--no-progress"]) == 0
     assert json.loads((out / "config.json").read_text())["loader_threads"] == 2
     assert json.loads((out / "summary.json").read_text())["device"] == "cpu"
+
+
+@pytest.mark.skipif(not (default_data_root() / "lucchi_pp").exists(), reason="../shared/data not present")
+def test_train_unet_resumes_to_more_steps_and_eval_scores_like_the_benchmark(tmp_path, capsys):
+    """Continue a finished run to more steps (as the README's (b=)-at-3900 row), then score it with the
+    benchmark's small-object filter."""
+    out = tmp_path / "run"
+    args = ["train-unet", "--config", "unet3d_lucchi", "--box", "0:40,0:224,0:224", "--budget", "1/8",
+            "--out", str(out), "--no-progress"]
+    assert main([*args, "--max-steps", "2"]) == 0
+    assert main([*args, "--max-steps", "4"]) == 0
+    assert json.loads((out / "summary.json").read_text())["step"] == 4
+    capsys.readouterr()
+    assert main(["eval", "--run", str(out), "--box", "0:40,0:224,0:224", "--min-size", "1000", "--no-progress"]) == 0
+    m = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert m["min_size"] == 1000 and 0 <= m["fg_iou_filtered"] <= 1 and 0 <= m["fg_iou"] <= 1
+    assert main(["eval", "--run", str(out), "--min-size", "-1"]) == 2
+    assert "--min-size: must be >= 0" in capsys.readouterr().err

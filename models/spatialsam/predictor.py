@@ -11,7 +11,7 @@ for z, masks in propagate(state, direction=...): ...; remove_object; reset_state
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -429,6 +429,8 @@ def _lockstep_step(pred: Predictor, states: list[PredictorState], zs: list[int],
         with torch.no_grad():
             f = model.encode_image(torch.cat(imgs))
         for i, (st, z) in enumerate(new):
+            if pred.feature_cache_slices is not None and len(st.features) >= pred.feature_cache_slices:
+                st.features.pop(next(iter(st.features)))
             st.features[z] = f.index(i)
     # The outputs whose memory the banks need (as Predictor._bank picks them), encoded together.
     recent = range(1, max(pred.cfg.num_recent, pred.cfg.max_ptrs - 1) + 1)
@@ -461,18 +463,18 @@ def _lockstep_step(pred: Predictor, states: list[PredictorState], zs: list[int],
 
 
 def _propagate_objects(pred: Predictor, image: np.ndarray, sdf: np.ndarray, starts: list[int],
-                       windows: list[tuple[slice, slice]], prompts: list[dict[str, object]], patience: int
-                       ) -> list[dict[int, np.ndarray]]:
+                       windows: list[tuple[slice, slice]], prompts: list[dict[str, object]], patience: int,
+                       emit: Callable[[int, int, np.ndarray], None]) -> None:
     """_propagate_object for several objects (object i prompted on slice starts[i] in windows[i]; all
     windows of one size) in lockstep: step k of a direction takes every object still followed k
     slices away from its start, as one batch (_lockstep_step). Each object keeps its own session,
     bank and stopping rule, so the results are those of one _propagate_object per object up to the
-    rounding of batched kernels."""
+    rounding of batched kernels. Each slice's logits go to emit(i, z, float32 [wy, wx]) as they are
+    made (the start slice once per direction), so memory does not grow with the objects' lengths."""
     states = [pred.init_state(np.ascontiguousarray(image[:, w[0], w[1]]), np.ascontiguousarray(sdf[:, w[0], w[1]]))
               for w in windows]
     for st, z0, prompt in zip(states, starts, prompts, strict=True):
         pred.add_prompts(st, z0, 1, **prompt)  # type: ignore[arg-type]
-    logits: list[dict[int, np.ndarray]] = [{} for _ in states]
     nz = image.shape[0]
     for d in (1, -1):
         active = list(range(len(states)))
@@ -486,14 +488,20 @@ def _propagate_objects(pred: Predictor, image: np.ndarray, sdf: np.ndarray, star
                 z = starts[i] + d * k
                 lg = pred.mask_logits(states[i], 1, z)
                 assert lg is not None
-                logits[i][z] = lg
+                emit(i, z, lg)
                 misses[i] = 0 if (lg > pred.cfg.mask_threshold).any() else misses[i] + 1
                 if misses[i] >= patience:
                     active.remove(i)
             k += 1
         for st in states:
             st.features.clear()
-    return logits
+
+
+def _lockstep_predictor(model: Propagator) -> Predictor:
+    """A predictor whose sessions keep only the image features lockstep propagation still needs
+    (the current slice and the few before it whose memory is not encoded yet), so a batch of
+    objects holds a few slices of features each, not every slice it has passed."""
+    return Predictor(model, feature_cache_slices=max(model.cfg.num_recent, model.cfg.max_ptrs) + 2)
 
 
 def _lockstep_groups(windows: list[tuple[slice, slice]], batch: int) -> list[list[int]]:
@@ -543,7 +551,7 @@ def propagate_volume(
     if zs[0] < 0 or zs[-1] >= image.shape[0]:
         raise ValueError(f"annotated_slices: indices must lie in [0, {image.shape[0]})")
     _check_batch(batch)
-    pred = Predictor(model)
+    pred = _lockstep_predictor(model)
     prob = np.zeros(image.shape, np.float32)
     starts, windows, prompts = [], [], []
     for z0 in zs:
@@ -556,13 +564,13 @@ def propagate_volume(
             windows.append(win)
             prompts.append({"mask": (comps == i)[win]})
     for group in _lockstep_groups(windows, batch):
-        out = _propagate_objects(pred, image, sdf, [starts[i] for i in group], [windows[i] for i in group],
-                                 [prompts[i] for i in group], patience)
-        for i, logits in zip(group, out, strict=True):
-            win = windows[i]
-            for z, lg in logits.items():
-                region = prob[z, win[0], win[1]]
-                np.maximum(region, expit(lg).astype(np.float32), out=region)
+        def keep_max(j: int, z: int, lg: np.ndarray, group: list[int] = group) -> None:
+            win = windows[group[j]]
+            region = prob[z, win[0], win[1]]
+            np.maximum(region, expit(lg).astype(np.float32), out=region)
+
+        _propagate_objects(pred, image, sdf, [starts[i] for i in group], [windows[i] for i in group],
+                           [prompts[i] for i in group], patience, keep_max)
     for z0 in zs:
         prob[z0] = (labels[z0] > 0).astype(np.float32)
     return prob
@@ -726,7 +734,7 @@ def segment_volume(
     in lockstep, up to `batch` at a time (as in propagate_volume).
     """
     _check_batch(batch)
-    pred = Predictor(model)
+    pred = _lockstep_predictor(model)
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.dtype != np.uint8:
         raise ValueError(f"image: expected uint8 [Z, Y, X], got {getattr(image, 'shape', image)!r}")
     if not isinstance(sdf, np.ndarray) or sdf.shape != image.shape:
@@ -743,14 +751,14 @@ def segment_volume(
         windows.append(win)
         prompts.append(prompt)
     for group in _lockstep_groups(windows, batch):
-        res = _propagate_objects(pred, image, sdf, [starts[i] for i in group], [windows[i] for i in group],
-                                 [prompts[i] for i in group], patience)
-        for i, logits in zip(group, res, strict=True):
-            k, win = i + 1, windows[i]
-            for zz, lg in logits.items():
-                b = best[zz, win[0], win[1]]
-                o = out[zz, win[0], win[1]]
-                take = (lg > b) | ((lg == b) & (o > k))  # groups are not in seed order: ties still go to the earlier seed
-                b[take] = lg[take]
-                o[take] = k
+        def keep_best(j: int, zz: int, lg: np.ndarray, group: list[int] = group) -> None:
+            k, win = group[j] + 1, windows[group[j]]
+            b = best[zz, win[0], win[1]]
+            o = out[zz, win[0], win[1]]
+            take = (lg > b) | ((lg == b) & (o > k))  # not in seed order: ties still go to the earlier seed
+            b[take] = lg[take]
+            o[take] = k
+
+        _propagate_objects(pred, image, sdf, [starts[i] for i in group], [windows[i] for i in group],
+                           [prompts[i] for i in group], patience, keep_best)
     return out

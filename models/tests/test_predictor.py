@@ -213,9 +213,26 @@ def test_propagate_volume_in_lockstep_batches_matches_one_object_at_a_time(vol):
     for z0 in (3, 6):
         ref[z0] = labels[z0]
     assert len(stops) > 1  # the objects stop on different slices: the lockstep must too
-    for batch in (64, 2):
-        prob = propagate_volume(model, image, sdf, [3, 6], labels, crop=24, patience=2, batch=batch)
-        np.testing.assert_allclose(prob, ref, atol=1e-5)
+    import spatialsam.predictor as predictor_module
+
+    real_step, real_pred, cached = predictor_module._lockstep_step, predictor_module._lockstep_predictor, []
+
+    def step(pred, states, zs, d):
+        real_step(pred, states, zs, d)
+        cached.append(max(len(st.features) for st in states))
+
+    for limit in (None, 3):  # the features a batch holds are bounded; evicting them changes nothing
+        predictor_module._lockstep_step = step
+        if limit:
+            predictor_module._lockstep_predictor = lambda m, limit=limit: Predictor(m, feature_cache_slices=limit)
+        try:
+            for batch in (64, 2):
+                cached.clear()
+                prob = propagate_volume(model, image, sdf, [3, 6], labels, crop=24, patience=2, batch=batch)
+                np.testing.assert_allclose(prob, ref, atol=1e-5)
+                assert cached and max(cached) <= (limit or max(model.cfg.num_recent, model.cfg.max_ptrs) + 2)
+        finally:
+            predictor_module._lockstep_step, predictor_module._lockstep_predictor = real_step, real_pred
     with pytest.raises(ValueError, match="^batch"):
         propagate_volume(model, image, sdf, [3], labels, batch=0)
     # Automatic mode: seeds on different slices, in lockstep too; voxels go to the highest logit.

@@ -417,10 +417,11 @@ def _cat_features(fs: list[ImageFeatures]) -> ImageFeatures:
                          torch.cat([f.skip4 for f in fs]))
 
 
-def _lockstep_step(pred: Predictor, states: list[PredictorState], zs: list[int], d: int) -> None:
+def _lockstep_step(pred: Predictor, states: list[PredictorState], zs: list[int], d: int) -> np.ndarray:
     """Predictor._step for one object (id 1) in each of several same-sized crop sessions, state i on
     slice zs[i], as batches: the slices' image encodings, the memory encodings the banks still lack,
-    then one decode."""
+    then one decode. Returns the objects' full-resolution logits float32 [B, wy, wx] (as
+    Predictor.mask_logits gives them one by one)."""
     model = pred.model
     new = [(st, z) for st, z in zip(states, zs, strict=True) if z not in st.features]
     if new:
@@ -457,9 +458,14 @@ def _lockstep_step(pred: Predictor, states: list[PredictorState], zs: list[int],
                          torch.cat([pred.sdf_slice(st, z) for st, z in zip(states, zs, strict=True)]), packed,
                          torch.zeros(b, 1, 2), torch.full((b, 1), float(LABEL_PAD)),
                          torch.zeros(b, 1, hp // 4, wp // 4), torch.zeros(b))
+    scores, ious = to_numpy(o.object_score[:, 0]).tolist(), to_numpy(o.iou[:, 0]).tolist()  # one transfer
     for i, (st, z) in enumerate(zip(states, zs, strict=True)):
-        st.objects[1].noncond[z] = SliceOutput(o.low_res_logits[i], float(o.object_score[i, 0]),
-                                               float(o.iou[i, 0]), o.obj_ptr[i])
+        st.objects[1].noncond[z] = SliceOutput(o.low_res_logits[i], scores[i], ious[i], o.obj_ptr[i])
+    # Full-resolution logits of the whole batch, upsampled together and copied back once.
+    _, y, x = states[0].shape_zyx
+    with torch.no_grad():
+        full = model.mask_logits(o)[:, 0, :y, :x]
+    return to_numpy(full)
 
 
 def _propagate_objects(pred: Predictor, image: np.ndarray, sdf: np.ndarray, starts: list[int],
@@ -482,12 +488,14 @@ def _propagate_objects(pred: Predictor, image: np.ndarray, sdf: np.ndarray, star
         k = 0
         while active:
             active = [i for i in active if 0 <= starts[i] + d * k < nz]
-            if k and active:
-                _lockstep_step(pred, [states[i] for i in active], [starts[i] + d * k for i in active], d)
-            for i in list(active):
+            if not active:
+                break
+            if k:
+                batch = _lockstep_step(pred, [states[i] for i in active], [starts[i] + d * k for i in active], d)
+            else:  # the prompted slice (a mask prompt's output is the mask itself)
+                batch = np.stack([pred.mask_logits(states[i], 1, starts[i]) for i in active])  # type: ignore[arg-type]
+            for i, lg in zip(list(active), batch, strict=True):
                 z = starts[i] + d * k
-                lg = pred.mask_logits(states[i], 1, z)
-                assert lg is not None
                 emit(i, z, lg)
                 misses[i] = 0 if (lg > pred.cfg.mask_threshold).any() else misses[i] + 1
                 if misses[i] >= patience:

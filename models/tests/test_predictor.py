@@ -218,8 +218,9 @@ def test_propagate_volume_in_lockstep_batches_matches_one_object_at_a_time(vol):
     real_step, real_pred, cached = predictor_module._lockstep_step, predictor_module._lockstep_predictor, []
 
     def step(pred, states, zs, d):
-        real_step(pred, states, zs, d)
+        out = real_step(pred, states, zs, d)
         cached.append(max(len(st.features) for st in states))
+        return out
 
     for limit in (None, 3):  # the features a batch holds are bounded; evicting them changes nothing
         predictor_module._lockstep_step = step

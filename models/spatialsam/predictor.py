@@ -146,16 +146,24 @@ class Predictor:
         out[:y, :x] = a
         return to_device(out)[None, None]
 
+    def image_input(self, state: PredictorState, z: int) -> torch.Tensor:
+        """The encoder's input for slice z, [1, 1, Hp, Wp]: normalised, padding 0 after normalisation."""
+        img = self.model.normalize(torch.from_numpy(state.image[z].astype(np.float32)))
+        return self._pad(to_numpy(img), state.padded_hw, 0.0)
+
+    def cache_features(self, state: PredictorState, z: int, f: ImageFeatures) -> None:
+        """Keep slice z's features, evicting the oldest beyond feature_cache_slices."""
+        if self.feature_cache_slices is not None and len(state.features) >= self.feature_cache_slices:
+            state.features.pop(next(iter(state.features)))
+        state.features[z] = f
+
     def features(self, state: PredictorState, z: int) -> ImageFeatures:
-        """Image embedding of slice z (cached per slice). Padding is 0 after normalisation."""
+        """Image embedding of slice z (cached per slice)."""
         f = state.features.get(z)
         if f is None:
-            img = self.model.normalize(torch.from_numpy(state.image[z].astype(np.float32)))
             with torch.no_grad():
-                f = self.model.encode_image(self._pad(to_numpy(img), state.padded_hw, 0.0))
-            if self.feature_cache_slices is not None and len(state.features) >= self.feature_cache_slices:
-                state.features.pop(next(iter(state.features)))
-            state.features[z] = f
+                f = self.model.encode_image(self.image_input(state, z))
+            self.cache_features(state, z, f)
         return f
 
     def sdf_slice(self, state: PredictorState, z: int) -> torch.Tensor:
@@ -425,14 +433,10 @@ def _lockstep_step(pred: Predictor, states: list[PredictorState], zs: list[int],
     model = pred.model
     new = [(st, z) for st, z in zip(states, zs, strict=True) if z not in st.features]
     if new:
-        imgs = [pred._pad(to_numpy(model.normalize(torch.from_numpy(st.image[z].astype(np.float32)))),
-                          st.padded_hw, 0.0) for st, z in new]
         with torch.no_grad():
-            f = model.encode_image(torch.cat(imgs))
+            f = model.encode_image(torch.cat([pred.image_input(st, z) for st, z in new]))
         for i, (st, z) in enumerate(new):
-            if pred.feature_cache_slices is not None and len(st.features) >= pred.feature_cache_slices:
-                st.features.pop(next(iter(st.features)))
-            st.features[z] = f.index(i)
+            pred.cache_features(st, z, f.index(i))
     # The outputs whose memory the banks need (as Predictor._bank picks them), encoded together.
     recent = range(1, max(pred.cfg.num_recent, pred.cfg.max_ptrs - 1) + 1)
     need = []

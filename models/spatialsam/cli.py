@@ -254,17 +254,42 @@ def cmd_export_unet(a: argparse.Namespace) -> int:
     return 0 if err < 1e-4 else 1
 
 
+def eval_weights(run: Path, round_index: int | None) -> tuple[Path, float, float]:
+    """(U-Net weights, normalisation mean, std) that ``eval --run`` scores: a train-unet run folder, or
+    an ``adapt`` folder (it holds state.json), whose round ``round_index`` (default: the last finished
+    round) is scored with the normalisation that round trained and predicted with."""
+    if not (run / "state.json").exists():
+        if round_index is not None:
+            raise ValueError(f"--round: {run} is not an adapt folder (no state.json)")
+        s = run_summary(run)
+        return run / "best.pt", float(s["mean"]), float(s["std"])
+    done = int(json.loads((run / "state.json").read_text())["done"])
+    r = done if round_index is None else round_index
+    if not 0 <= r <= done:
+        raise ValueError(f"--round: {run} has finished rounds 0-{done}, got {r}")
+    unet = run / f"round_{r}" / "unet"
+    if not unet.exists():  # round 0 of a loop that started from a bootstrap U-Net
+        boot = json.loads((run / "config.json").read_text()).get("bootstrap_unet")
+        if not boot:
+            raise FileNotFoundError(f"{unet}: missing, and {run / 'config.json'} names no bootstrap_unet")
+        s = run_summary(Path(boot))
+        return Path(boot) / "best.pt", float(s["mean"]), float(s["std"])
+    import torch
+
+    norm = torch.load(unet / "checkpoint.pt", map_location="cpu", weights_only=False)["norm"]
+    return unet / "best.pt", float(norm["mean"]), float(norm["std"])
+
+
 def cmd_eval(a: argparse.Namespace) -> int:
     from .metrics import evaluate
     from .train_unet import load_unet, predict
 
     if a.min_size < 0:
         raise ValueError(f"--min-size: must be >= 0, got {a.min_size}")
-    run = Path(a.run)
-    model = load_unet(run / "best.pt")
-    summary = run_summary(run)
+    weights, mean, std = eval_weights(Path(a.run), a.round)
+    model = load_unet(weights)
     v = _load(a.split, a.data_root, a.box)
-    s, _ = predict(model, v.image, summary["mean"], summary["std"])
+    s, _ = predict(model, v.image, mean, std)
     print(json.dumps(evaluate(s > 0, v.mask, a.min_size)))
     return 0
 
@@ -331,7 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("eval", help="evaluate a trained U-Net run on a Lucchi++ split (JSON metrics)")
     data_args(v, "test")
-    v.add_argument("--run", required=True, help="run folder written by train-unet")
+    v.add_argument("--run", required=True, help="run folder written by train-unet, or an adapt folder (its SDF track)")
+    v.add_argument("--round", type=int, help="adapt folder only: the round whose U-Net to score (default: the last finished)")
     v.add_argument("--min-size", type=int, default=0,
                    help="also score with 3D components under this many voxels removed (the benchmark's 1000)")
     v.set_defaults(func=cmd_eval)

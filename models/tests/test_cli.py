@@ -101,3 +101,37 @@ def test_train_unet_resumes_to_more_steps_and_eval_scores_like_the_benchmark(tmp
     assert m["min_size"] == 1000 and 0 <= m["fg_iou_filtered"] <= 1 and 0 <= m["fg_iou"] <= 1
     assert main(["eval", "--run", str(out), "--min-size", "-1"]) == 2
     assert "--min-size: must be >= 0" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not (default_data_root() / "lucchi_pp").exists(), reason="../shared/data not present")
+def test_eval_scores_an_adapt_folders_rounds(tmp_path, capsys):
+    """`eval --run <adapt folder> [--round N]` scores that round's U-Net (round 0 of a loop started from
+    a bootstrap run: the bootstrap run) with the normalisation it trained with, exactly as `eval` of the
+    same weights in a train-unet folder does."""
+    box = ["--box", "0:40,0:224,0:224"]
+    boot = tmp_path / "boot"
+    assert main(["train-unet", "--config", "unet3d_lucchi", *box, "--budget", "1/8", "--max-steps", "2",
+                 "--out", str(boot), "--no-progress"]) == 0
+    out = tmp_path / "adapt"
+    assert main(["adapt", *box, "--budget", "1/8", "--unet-config", "unet3d_lucchi", "--bootstrap-unet", str(boot),
+                 "--rounds", "1", "--unet-steps", "2", "--bootstrap-mask-steps", "2", "--mask-steps", "2",
+                 "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+
+    def scores(*args: str) -> dict:
+        assert main(["eval", *args, *box, "--min-size", "0"]) == 0
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    last, first = scores("--run", str(out)), scores("--run", str(out), "--round", "0")
+    assert scores("--run", str(out), "--round", "1") == last
+    assert first == scores("--run", str(boot))
+    # Round 1's weights in a train-unet-shaped folder (its normalisation from the bootstrap run) score the same.
+    copy = tmp_path / "round1_as_run"
+    copy.mkdir()
+    (copy / "best.pt").write_bytes((out / "round_1" / "unet" / "best.pt").read_bytes())
+    (copy / "summary.json").write_text((boot / "summary.json").read_text())
+    assert scores("--run", str(copy)) == last
+    assert main(["eval", "--run", str(out), "--round", "2", *box]) == 2
+    assert "--round" in capsys.readouterr().err
+    assert main(["eval", "--run", str(boot), "--round", "0", *box]) == 2
+    assert "not an adapt folder" in capsys.readouterr().err

@@ -263,21 +263,21 @@ def eval_weights(run: Path, round_index: int | None) -> tuple[Path, float, float
             raise ValueError(f"--round: {run} is not an adapt folder (no state.json)")
         s = run_summary(run)
         return run / "best.pt", float(s["mean"]), float(s["std"])
+    from .dualtrack import round_unet_path
+
     done = int(json.loads((run / "state.json").read_text())["done"])
     r = done if round_index is None else round_index
     if not 0 <= r <= done:
         raise ValueError(f"--round: {run} has finished rounds 0-{done}, got {r}")
-    unet = run / f"round_{r}" / "unet"
-    if not unet.exists():  # round 0 of a loop that started from a bootstrap U-Net
-        boot = json.loads((run / "config.json").read_text()).get("bootstrap_unet")
-        if not boot:
-            raise FileNotFoundError(f"{unet}: missing, and {run / 'config.json'} names no bootstrap_unet")
+    boot = json.loads((run / "config.json").read_text()).get("bootstrap_unet")
+    weights = round_unet_path(run, r, Path(boot) if boot else None)
+    if r == 0 and boot:  # the bootstrap run's own normalisation, which every round reuses
         s = run_summary(Path(boot))
-        return Path(boot) / "best.pt", float(s["mean"]), float(s["std"])
+        return weights, float(s["mean"]), float(s["std"])
     import torch
 
-    norm = torch.load(unet / "checkpoint.pt", map_location="cpu", weights_only=False)["norm"]
-    return unet / "best.pt", float(norm["mean"]), float(norm["std"])
+    norm = torch.load(weights.parent / "checkpoint.pt", map_location="cpu", weights_only=False)["norm"]
+    return weights, float(norm["mean"]), float(norm["std"])
 
 
 def cmd_eval(a: argparse.Namespace) -> int:

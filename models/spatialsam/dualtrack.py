@@ -286,7 +286,7 @@ def run_dualtrack(
                     data = TrainData(image, target, sdf_track_weight(prev["weight"], target, slices, cfg.pseudo_band_nm, ucfg.truncation_nm), mean, std,
                                      **({} if cfg.pseudo_loss_weight is None else
                                         {"anchor_slices": tuple(slices), "pseudo_loss_weight": cfg.pseudo_loss_weight}))
-                init = torch.load(_unet_path(out, r - 1, boot), map_location="cpu", weights_only=False)["model"]
+                init = torch.load(round_unet_path(out, r - 1, boot), map_location="cpu", weights_only=False)["model"]
             with parts("unet_train"):
                 unet_steps = train_unet(data, ucfg, rdir / "unet", progress=progress, init_weights=init)["step"]
             unet_path = rdir / "unet" / "best.pt"
@@ -350,7 +350,7 @@ def run_dualtrack(
         metrics = json.loads(log_path.read_text().splitlines()[-1])
     return {
         "rounds": total,
-        "unet": str(_unet_path(out, total - 1, boot)),
+        "unet": str(round_unet_path(out, total - 1, boot)),
         "propagator": str(last / "propagator" / "propagator_last.pt"),
         "mean": mean,
         "std": std,
@@ -378,6 +378,6 @@ class _PartTimer:
             self.seconds[name] = round(self.seconds.get(name, 0.0) + time.monotonic() - start, 1)
 
 
-def _unet_path(out: Path, r: int, boot: Path | None) -> Path:
+def round_unet_path(out: Path, r: int, boot: Path | None) -> Path:
     """Round r's U-Net weights: its own run, or the bootstrap run for round 0 when one was given."""
     return boot / "best.pt" if r == 0 and boot is not None else out / f"round_{r}" / "unet" / "best.pt"

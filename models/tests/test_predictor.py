@@ -177,7 +177,7 @@ def test_segment_volume_and_propagate_volume(model, vol):
         propagate_volume(model, image, sdf, [], labels)
 
 
-def test_propagate_volume_in_lockstep_batches_matches_one_object_at_a_time(vol):
+def test_propagate_volume_in_lockstep_batches_matches_one_object_at_a_time(vol, monkeypatch):
     """Objects of an annotated slice are followed as a batch; each keeps its own window, bank and
     stopping rule, so the result is that of the per-object reference loop (_propagate_object)."""
     from scipy import ndimage
@@ -215,25 +215,24 @@ def test_propagate_volume_in_lockstep_batches_matches_one_object_at_a_time(vol):
     assert len(stops) > 1  # the objects stop on different slices: the lockstep must too
     import spatialsam.predictor as predictor_module
 
-    real_step, real_pred, cached = predictor_module._lockstep_step, predictor_module._lockstep_predictor, []
+    real_step, cached = predictor_module._lockstep_step, []
 
     def step(pred, states, zs, d):
         out = real_step(pred, states, zs, d)
         cached.append(max(len(st.features) for st in states))
         return out
 
+    monkeypatch.setattr(predictor_module, "_lockstep_step", step)
     for limit in (None, 3):  # the features a batch holds are bounded; evicting them changes nothing
-        predictor_module._lockstep_step = step
         if limit:
-            predictor_module._lockstep_predictor = lambda m, limit=limit: Predictor(m, feature_cache_slices=limit)
-        try:
-            for batch in (64, 2):
-                cached.clear()
-                prob = propagate_volume(model, image, sdf, [3, 6], labels, crop=24, patience=2, batch=batch)
-                np.testing.assert_allclose(prob, ref, atol=1e-5)
-                assert cached and max(cached) <= (limit or max(model.cfg.num_recent, model.cfg.max_ptrs) + 2)
-        finally:
-            predictor_module._lockstep_step, predictor_module._lockstep_predictor = real_step, real_pred
+            monkeypatch.setattr(predictor_module, "_lockstep_predictor",
+                                lambda m, limit=limit: Predictor(m, feature_cache_slices=limit))
+        for batch in (64, 2):
+            cached.clear()
+            prob = propagate_volume(model, image, sdf, [3, 6], labels, crop=24, patience=2, batch=batch)
+            np.testing.assert_allclose(prob, ref, atol=1e-5)
+            assert cached and max(cached) <= (limit or max(model.cfg.num_recent, model.cfg.max_ptrs) + 2)
+    monkeypatch.undo()
     with pytest.raises(ValueError, match="^batch"):
         propagate_volume(model, image, sdf, [3], labels, batch=0)
     # Automatic mode: seeds on different slices, in lockstep too; voxels go to the highest logit.

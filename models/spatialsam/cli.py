@@ -1,4 +1,6 @@
-"""`python -m spatialsam`: train-unet, export-unet, eval and adapt (dual-track) subcommands."""
+"""`python -m spatialsam`: train-unet, export-unet, export-propagator, eval and adapt (dual-track) subcommands.
+
+Data: Lucchi++ (`--split`, the default) or your own volume (`--image URL --labels URL`, see volume_io)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import os
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +40,115 @@ def _load(split: str, data_root: str | None, box: str | None):
 
     v = load_lucchi(split, data_root)
     return v.crop(*parse_box(box))
+
+
+def parse_voxel_size(text: str) -> tuple[float, float, float]:
+    """--voxel-size "40,4,4" -> (40.0, 4.0, 4.0) nm (z, y, x), each finite and > 0."""
+    try:
+        v = tuple(float(x) for x in text.split(","))
+    except ValueError as e:
+        raise ValueError(f"--voxel-size: expected three numbers z,y,x in nm, got {text!r}") from e
+    if len(v) != 3 or not all(np.isfinite(x) and x > 0 for x in v):
+        raise ValueError(f"--voxel-size: expected three positive numbers z,y,x in nm, got {text!r}")
+    return v  # type: ignore[return-value]
+
+
+def resolve_box(box: tuple[slice, slice, slice], shape: tuple[int, ...], name: str = "--box") -> tuple[slice, slice, slice]:
+    """Concrete, validated bounds of ``box`` inside a volume of ``shape``: [start, stop) per axis, non-empty."""
+    out = []
+    for axis, (s, n) in enumerate(zip(box, shape, strict=True)):
+        a = 0 if s.start is None else s.start
+        b = n if s.stop is None else s.stop
+        if not 0 <= a < b <= n:
+            raise ValueError(f"{name}: {'zyx'[axis]} range {a}:{b} is empty or outside the volume's 0:{n}")
+        out.append(slice(a, b))
+    return tuple(out)  # type: ignore[return-value]
+
+
+@dataclass
+class InputVolume:
+    """What a subcommand trains or scores on: image uint8 [Z, Y, X] (the box), mask bool [Z, Y, X]
+    (with annotated slices: nothing but those slices), voxel size (z, y, x) nm, a name for the
+    provenance, the box's z-start in the source volume (absolute slice = z0 + index) and the
+    annotated slices (absolute z-indices; None: dense labels)."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    voxel_size_nm: tuple[float, float, float]
+    name: str
+    z0: int
+    slices: list[int] | None
+
+    @property
+    def box_slices(self) -> list[int] | None:
+        """The annotated slices as indices into ``image``."""
+        return None if self.slices is None else [z - self.z0 for z in self.slices]
+
+
+def input_volume(a: argparse.Namespace, sparse: bool) -> InputVolume:
+    """The data a subcommand names: Lucchi++ ``--split`` (default) or ``--image``/``--labels`` URLs
+    (volume_io: zarr, n5, precomputed, tiff, png, h5), cut to ``--box``. ``sparse``: the labels count
+    only on the annotated slices (``annotated_slices``), which are all that is read of them."""
+    if a.image is None:
+        for flag in ("labels", "voxel_size"):
+            if getattr(a, flag, None) is not None:
+                raise ValueError(f"--{flag.replace('_', '-')}: only with --image (without it the data is Lucchi++ --split)")
+        z0 = parse_box(a.box)[0].start or 0
+        v = _load(a.split, a.data_root, a.box)
+        slices = annotated_slices(a, v.image.shape[0], z0) if sparse else None
+        mask = v.mask
+        if slices is not None:
+            rel = [z - z0 for z in slices]
+            mask = np.zeros(v.mask.shape, bool)
+            mask[rel] = v.mask[rel]
+        return InputVolume(v.image, mask, v.voxel_size_nm, f"lucchi_pp/{a.split}" + (f"[{a.box}]" if a.box else ""), z0, slices)
+    from .volume_io import open_volume
+
+    if a.labels is None:
+        raise ValueError("--labels: required with --image (the label volume: annotated slices or a dense ground truth)")
+    img = open_volume(a.image, "--image")
+    if np.dtype(img.dtype) != np.uint8:
+        raise ValueError(f"--image: expected 8-bit (uint8) EM intensities, got {img.dtype}; convert the volume to uint8 first")
+    lab = open_volume(a.labels, "--labels")
+    if tuple(lab.shape) != tuple(img.shape):
+        raise ValueError(f"--labels: shape {tuple(lab.shape)} does not match --image shape {tuple(img.shape)}")
+    vs = parse_voxel_size(a.voxel_size) if a.voxel_size else (img.voxel_size_nm or lab.voxel_size_nm)
+    if vs is None:
+        raise ValueError("--voxel-size: neither --image nor --labels records a voxel size; give it as z,y,x in nm")
+    box = resolve_box(parse_box(a.box), tuple(img.shape))
+    slices = annotated_slices(a, box[0].stop - box[0].start, box[0].start) if sparse else None
+    image = img.read(box)
+    if slices is None:
+        mask = lab.read(box) > 0
+    else:
+        mask = np.zeros(image.shape, bool)
+        mask[[z - box[0].start for z in slices]] = lab.read_slices(slices, box[1:]) > 0
+    name = f"{a.image} (labels {a.labels})" + (f"[{a.box}]" if a.box else "")
+    return InputVolume(image, mask, tuple(float(x) for x in vs), name, box[0].start, slices)  # type: ignore[arg-type]
+
+
+def annotated_slices(a: argparse.Namespace, n_slices: int, z0: int) -> list[int]:
+    """Absolute annotated z-indices: ``--slices`` (checked to lie in the box's z-range), else
+    ``--budget`` slices of the box. With --image, one of the two must be given explicitly: a default
+    budget would silently train on slices nobody annotated."""
+    from .data import budget_slices, check_slices
+
+    if a.slices:
+        try:
+            zs = [int(s) for s in a.slices.split(",")]
+        except ValueError as e:
+            raise ValueError(f"--slices: expected comma-separated integers, got {a.slices!r}") from e
+        try:
+            rel = check_slices([z - z0 for z in zs], n_slices)
+        except ValueError as e:
+            raise ValueError(f"--slices: {e} (z-indices of the volume; the box holds {z0}:{z0 + n_slices})") from e
+        return [z + z0 for z in rel]
+    if a.budget is None:
+        if a.image is not None:
+            raise ValueError("--slices: required with --image (the z-indices you annotated), or --budget to take evenly "
+                             "spaced slices of a fully labelled volume")
+        a.budget = "1/64"
+    return [z + z0 for z in budget_slices(n_slices, a.budget)]
 
 
 def parse_zyx(text: str, name: str) -> tuple[int, int, int]:
@@ -124,10 +236,12 @@ def cmd_train_unet(a: argparse.Namespace) -> int:
 
         vol = stack_volumes(load_demo_volumes(a.demo_data, parse_seeds(a.demo_seeds, "demo-seeds")))
         data_name = f"demo generator (src/demo_volume.ts) seeds {a.demo_seeds}, stacked along z"
+        slices = ann = None if a.budget in ("1", "1/1") else budget_slices(vol.image.shape[0], a.budget)
     else:
-        vol = _load(a.split, a.data_root, a.box)
-        data_name = f"lucchi_pp/{a.split}" + (f"[{a.box}]" if a.box else "")
-    slices = None if a.budget in ("1", "1/1") else budget_slices(vol.image.shape[0], a.budget)
+        vol = input_volume(a, sparse=bool(a.slices) or a.budget not in ("1", "1/1"))
+        slices = vol.box_slices
+        data_name = vol.name
+        ann = vol.slices
     data = make_train_data(vol.image, vol.mask, vol.voxel_size_nm, slices, cfg.truncation_nm)
     val = None
     val_name = None
@@ -150,12 +264,12 @@ def cmd_train_unet(a: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     # Provenance first, so a run stopped by a kill can still be exported (export-unet).
     run = {
-        "annotated_slices": slices if slices is not None else "all",
-        "budget": a.budget,
+        "annotated_slices": ann if ann is not None else "all",
+        "budget": a.budget if not getattr(a, "slices", None) else f"{len(ann or [])} of {vol.image.shape[0]} slices",
         "data": data_name,
         "validation": val_name,
         "voxel_size_nm": list(vol.voxel_size_nm),
-        "command": "python -m spatialsam " + " ".join(shlex.quote(x) for x in sys.argv[1:]),
+        "command": command_line(a),
     }
     _write_json(out / "run.json", run)
     summary = train_unet(data, cfg, out, val=val, progress=not a.no_progress)
@@ -194,12 +308,15 @@ def cmd_export_unet(a: argparse.Namespace) -> int:
     from .export_unet import export_unet, onnx_parity
     from .train_unet import load_unet
 
-    if a.min_size < 0:
-        raise ValueError(f"--min-size: must be >= 0, got {a.min_size}")
     run = Path(a.run)
-    model = load_unet(run / "best.pt")
-    summary = run_summary(run)
-    cfg = json.loads((run / "config.json").read_text())
+    if (run / "state.json").exists():
+        weights, summary = adapt_summary(run, a.round, "unet")
+        cfg = json.loads((weights.parent / "config.json").read_text())
+    else:
+        if a.round is not None:
+            raise ValueError(f"--round: {run} is not an adapt folder (no state.json)")
+        weights, summary, cfg = run / "best.pt", run_summary(run), json.loads((run / "config.json").read_text())
+    model = load_unet(weights)
     training = {
         "data": summary["data"],
         "budget": summary["budget"],
@@ -214,6 +331,8 @@ def cmd_export_unet(a: argparse.Namespace) -> int:
         "sdf": {"truncation_nm": cfg["truncation_nm"], "transform": "sdf = clip(d_nm / T, -1, 1), d > 0 inside; inverse d_nm = T * sdf"},
         "metrics": {"val_fg_iou": summary.get("best_val_iou")},
     }
+    if "dual_track" in summary:
+        training.update(dual_track=summary["dual_track"], cpu_s=summary.get("cpu_s"))
     if summary["budget"] in ("1", "1/1"):
         training["note"] = "trained on all labels of its data: never a starting point for the sparse-budget methods (a)-(c)"
     if a.eval_split:
@@ -280,6 +399,67 @@ def eval_weights(run: Path, round_index: int | None) -> tuple[Path, float, float
     return weights, float(norm["mean"]), float(norm["std"])
 
 
+def adapt_summary(run: Path, round_index: int | None, track: str) -> tuple[Path, dict]:
+    """(weights, provenance) of round ``round_index`` (default: the last finished) of an ``adapt``
+    folder for export: ``track`` "unet" -> the SDF track's best.pt with the normalisation it trained
+    with, "propagator" -> the mask track's checkpoint. The provenance is run.json (data, annotated
+    slices, budget, voxel size, command) plus the round, its time and the per-round log."""
+    if not (run / "run.json").exists():
+        raise FileNotFoundError(f"--run: {run / 'run.json'} not found (adapt folders record their data there since "
+                                "2026-12-04; a folder written by the benchmark has none)")
+    prov = json.loads((run / "run.json").read_text())
+    done = int(json.loads((run / "state.json").read_text())["done"])
+    r = done if round_index is None else round_index
+    if not 0 <= r <= done:
+        raise ValueError(f"--round: {run} has finished rounds 0-{done}, got {r}")
+    rounds = [json.loads(x) for x in (run / "rounds.jsonl").read_text().splitlines() if x.strip()][: r + 1]
+    summary = {
+        **prov,
+        "time_s": rounds[-1]["time_s"],
+        "cpu_s": rounds[-1].get("cpu_s"),
+        "best_step": None,
+        "stopped": f"dual-track round {r} of rounds 0-{done} (no validation: only the annotated slices are labelled)",
+        "validation": None,
+        "dual_track": {"round": r, "config": json.loads((run / "config.json").read_text()), "rounds": rounds},
+    }
+    if track == "propagator":
+        return run / f"round_{r}" / "propagator" / "propagator_last.pt", summary
+    import torch
+
+    weights, mean, std = eval_weights(run, r)
+    summary.update(mean=mean, std=std, step=int(torch.load(weights, map_location="cpu", weights_only=False)["step"]))
+    return weights, summary
+
+
+def cmd_export_propagator(a: argparse.Namespace) -> int:
+    from .export_propagator import check_parity, export_propagator
+    from .train_propagator import load_checkpoint
+
+    if (a.run is None) == (a.checkpoint is None):
+        raise ValueError("--run: give either --run (an adapt folder) or --checkpoint (a propagator checkpoint .pt)")
+    training: dict = {}
+    voxel = None
+    if a.run is not None:
+        run = Path(a.run)
+        if not (run / "state.json").exists():
+            raise ValueError(f"--run: {run} is not an adapt folder (no state.json)")
+        ckpt, training = adapt_summary(run, a.round, "propagator")
+        voxel = training["voxel_size_nm"]
+    else:
+        if a.round is not None:
+            raise ValueError("--round: only with --run")
+        ckpt = Path(a.checkpoint)
+    if not ckpt.exists():
+        raise FileNotFoundError(f"--checkpoint: {ckpt} not found")
+    model, meta = load_checkpoint(ckpt)
+    training = {**meta, **training}
+    export_propagator(model, a.out, training=training, voxel_size_nm=voxel, name=a.name)
+    diffs = check_parity(model, a.out)
+    worst = max(diffs.values())
+    print(json.dumps({"out": str(a.out), "checkpoint": str(ckpt), "parity_max_abs": worst}))
+    return 0 if worst < 1e-4 else 1
+
+
 def cmd_eval(a: argparse.Namespace) -> int:
     from .metrics import evaluate
     from .train_unet import load_unet, predict
@@ -288,26 +468,43 @@ def cmd_eval(a: argparse.Namespace) -> int:
         raise ValueError(f"--min-size: must be >= 0, got {a.min_size}")
     weights, mean, std = eval_weights(Path(a.run), a.round)
     model = load_unet(weights)
-    v = _load(a.split, a.data_root, a.box)
+    v = input_volume(a, sparse=False)
     s, _ = predict(model, v.image, mean, std)
     print(json.dumps(evaluate(s > 0, v.mask, a.min_size)))
     return 0
 
 
 def cmd_adapt(a: argparse.Namespace) -> int:
-    from .data import budget_slices
     from .dualtrack import DualTrackConfig, run_dualtrack
 
     over = apply_device_args(a)
-    vol = _load(a.split, a.data_root, a.box)
-    slices = [int(s) for s in a.slices.split(",")] if a.slices else budget_slices(vol.image.shape[0], a.budget)
+    vol = input_volume(a, sparse=True)
+    slices = vol.box_slices
+    assert slices is not None
+    out = Path(a.out)
+    # Provenance (what export-unet / export-propagator record); a resumed run must be on the same data.
+    run = {
+        "data": vol.name,
+        "annotated_slices": vol.slices,
+        "budget": a.budget if not a.slices else f"{len(slices)} of {vol.image.shape[0]} slices",
+        "voxel_size_nm": list(vol.voxel_size_nm),
+        "command": command_line(a),
+    }
+    if (out / "run.json").exists():
+        old = json.loads((out / "run.json").read_text())
+        for k in ("data", "annotated_slices", "voxel_size_nm"):
+            if old.get(k) != run[k]:
+                raise ValueError(f"--out: {out} holds a run with {k} {old.get(k)!r}, not {run[k]!r}; resume it with the "
+                                 "same data or choose another folder")
+        run["command"] = old["command"]
     cfg = DualTrackConfig(rounds=a.rounds, seed=a.seed, threads=a.threads, unet_config=a.unet_config, unet_overrides=over,
                           bootstrap_unet_steps=a.bootstrap_unet_steps, unet_steps=a.unet_steps,
                           bootstrap_mask_steps=a.bootstrap_mask_steps, mask_steps=a.mask_steps, propagator_memory=a.memory,
                           pseudo_loss_weight=a.pseudo_loss_weight, pseudo_band_nm=a.pseudo_band_nm)
-    labels = np.zeros(vol.mask.shape, bool)
-    labels[slices] = vol.mask[slices]  # only the annotated slices are ever read
-    result = run_dualtrack(vol.image, labels, slices, vol.voxel_size_nm, cfg, Path(a.out), progress=not a.no_progress,
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / "run.json", run)
+    # vol.mask holds the annotated slices only: nothing else of the labels was read.
+    result = run_dualtrack(vol.image, vol.mask, slices, vol.voxel_size_nm, cfg, out, progress=not a.no_progress,
                            bootstrap_unet=a.bootstrap_unet)
     print(json.dumps({k: v for k, v in result.items() if k != "pseudo"}))
     return 0
@@ -318,15 +515,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def data_args(q: argparse.ArgumentParser, split: str = "train") -> None:
+        q.add_argument("--image", help="your EM volume (uint8) instead of Lucchi++: zarr:///d/a.zarr, n5:///d/a.n5, "
+                                       "precomputed:///d/em, tiff:///d/stack.tif, png:///d/slices/, h5:///d/a.h5#/raw "
+                                       "(or a bare path); ?voxel_size_nm=z,y,x after the path overrides the file's")
+        q.add_argument("--labels", help="with --image: the label volume (same forms, same shape; > 0 = mitochondrion)")
+        q.add_argument("--voxel-size", help="with --image: z,y,x in nm (default: what the image or label file records)")
         q.add_argument("--data-root", help="folder holding lucchi_pp/ (default: $SPATIALSAM_DATA or <repo>/../shared/data)")
         q.add_argument("--split", default=split, choices=["train", "test"], help=f"Lucchi++ split (default {split})")
-        q.add_argument("--box", help="sub-volume z0:z1,y0:y1,x0:x1 (default: whole volume)")
+        q.add_argument("--box", help="sub-volume z0:z1,y0:y1,x0:x1 (default: whole volume); only the box is read")
         q.add_argument("--no-progress", action="store_true", help="no tqdm bars")
 
     t = sub.add_parser("train-unet", help="train the 3D or 2D U-Net on Lucchi++ (full or sparse labels)")
     data_args(t)
     t.add_argument("--config", default="unet3d_lucchi", help="built-in config name or YAML path (default unet3d_lucchi)")
     t.add_argument("--budget", default="1", help='annotated fraction of slices, e.g. "1/64" (default 1 = all labels)')
+    t.add_argument("--slices", help="annotated z-indices of the volume, comma separated (overrides --budget)")
     t.add_argument("--out", required=True, help="run folder: checkpoint.pt, best.pt, log.jsonl, summary.json; resumes if present")
     t.add_argument("--val-split", choices=["train", "test"], help="held-out split for early stopping")
     t.add_argument("--val-box", help="sub-volume of the validation split")
@@ -343,7 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train_unet)
 
     e = sub.add_parser("export-unet", help="export a trained 3D U-Net run to ONNX + model.json")
-    e.add_argument("--run", required=True, help="run folder written by train-unet")
+    e.add_argument("--run", required=True, help="run folder written by train-unet, or an adapt folder (its SDF track)")
+    e.add_argument("--round", type=int, help="adapt folder only: the round whose U-Net to export (default: the last finished)")
     e.add_argument("--out", required=True, help="model folder, e.g. models/sdf_unet3d_lucchi")
     e.add_argument("--name", required=True, help="manifest name")
     e.add_argument("--data-root")
@@ -353,6 +557,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--context", help="halo per side, e.g. 32,48,48 (default: half the receptive field); the deviation "
                                      "from whole-volume inference is measured on a test slab and recorded")
     e.set_defaults(func=cmd_export_unet)
+
+    x = sub.add_parser("export-propagator", help="export a propagator (an adapt folder's mask track) to ONNX + manifests")
+    x.add_argument("--run", help="adapt folder: its mask track")
+    x.add_argument("--round", type=int, help="with --run: the round (default: the last finished)")
+    x.add_argument("--checkpoint", help="instead of --run: a checkpoint .pt written by train_propagator")
+    x.add_argument("--out", required=True, help="output folder: three graphs + propagator.json")
+    x.add_argument("--name", required=True, help="the propagator's name (a server with several picks by it)")
+    x.set_defaults(func=cmd_export_propagator)
 
     v = sub.add_parser("eval", help="evaluate a trained U-Net run on a Lucchi++ split (JSON metrics)")
     data_args(v, "test")
@@ -364,8 +576,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("adapt", help="dual-track training from sparse slice annotations")
     data_args(d)
-    d.add_argument("--budget", default="1/64", help="annotated fraction of slices (default 1/64)")
-    d.add_argument("--slices", help="explicit annotated z-indices, comma separated (overrides --budget)")
+    d.add_argument("--budget", help="annotated fraction of the box's slices, evenly spaced (Lucchi++ default 1/64)")
+    d.add_argument("--slices", help="the annotated z-indices of the volume, comma separated (overrides --budget; "
+                                    "required with --image unless --budget is given)")
     d.add_argument("--out", required=True, help="run folder; resumes from its last finished round")
     from .dualtrack import DualTrackConfig
 
@@ -388,8 +601,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def command_line(a: argparse.Namespace) -> str:
+    """The command that made a run, as recorded in its provenance (the arguments main parsed)."""
+    return "python -m spatialsam " + " ".join(shlex.quote(x) for x in a.argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args))
     except (ValueError, FileNotFoundError) as e:

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from spatialsam.cli import build_parser, main, parse_box
@@ -17,7 +18,7 @@ def test_help_in_a_real_process():
     assert "usage: python -m spatialsam adapt" in r.stdout
 
 
-@pytest.mark.parametrize("sub", ["train-unet", "export-unet", "eval", "adapt"])
+@pytest.mark.parametrize("sub", ["train-unet", "export-unet", "export-propagator", "eval", "adapt"])
 def test_help_of_every_subcommand(sub, capsys):
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args([sub, "--help"])
@@ -135,3 +136,105 @@ def test_eval_scores_an_adapt_folders_rounds(tmp_path, capsys):
     assert "--round" in capsys.readouterr().err
     assert main(["eval", "--run", str(boot), "--round", "0", *box]) == 2
     assert "not an adapt folder" in capsys.readouterr().err
+
+
+TINY_UNET_YAML = """base: unet3d_demo
+unet: {channels: [8, 16], pool: [[2, 2, 2]]}
+crop_zyx: [8, 48, 48]
+ema_decay: 0.0
+"""
+
+
+@pytest.fixture(scope="module")
+def own_volume(tmp_path_factory):
+    """A user's data as it comes: the image as a plain Zarr v3 array (no voxel size), the sparse
+    annotations (slices 5 and 17 only) and a dense ground truth as HDF5 datasets with a CREMI
+    ``resolution`` attribute, written by zarr-python and h5py."""
+    import h5py
+    import zarr
+
+    from spatialsam.data import make_demo_volume
+
+    d = tmp_path_factory.mktemp("own")
+    image, ids = make_demo_volume((24, 128, 128), seed=3)
+    z = zarr.create_array(store=str(d / "em.zarr"), shape=image.shape, chunks=(8, 64, 64), dtype="uint8", zarr_format=3)
+    z[...] = image
+    sparse = np.zeros_like(ids)
+    sparse[[5, 17]] = ids[[5, 17]]
+    with h5py.File(d / "labels.h5", "w") as f:
+        for name, a in (("annotations", sparse), ("gt", ids)):
+            f.create_dataset(name, data=a, chunks=(4, 64, 64), compression="gzip").attrs["resolution"] = [8.0, 8.0, 8.0]
+        f.create_dataset("u16", data=image.astype(np.uint16))
+    (d / "tiny.yaml").write_text(TINY_UNET_YAML)
+    return d, image, ids
+
+
+def test_adapt_on_your_own_volume_then_export_both_tracks(own_volume, tmp_path, capsys):
+    """`adapt --image zarr://... --labels h5://...#/annotations --slices` on a box of a volume in the
+    user's own formats: only the annotated slices are read (absolute z-indices), the voxel size comes
+    from the label file, run.json records the data; `export-unet` and `export-propagator` turn the
+    adapt folder into the server's ONNX models, with the provenance in their manifests; `eval` scores
+    it against a dense ground truth in the same file."""
+    d, image, ids = own_volume
+    out = tmp_path / "adapt"
+    img_url, ann_url = f"zarr://{d / 'em.zarr'}", f"h5://{d / 'labels.h5'}#/annotations"
+    args = ["adapt", "--image", img_url, "--labels", ann_url, "--box", "2:22,:,:", "--slices", "5,17",
+            "--unet-config", str(d / "tiny.yaml"), "--rounds", "1", "--bootstrap-unet-steps", "4", "--unet-steps", "4",
+            "--bootstrap-mask-steps", "1", "--mask-steps", "1", "--out", str(out), "--no-progress"]
+    assert main(args) == 0, capsys.readouterr().err
+    run = json.loads((out / "run.json").read_text())
+    assert run["annotated_slices"] == [5, 17] and run["voxel_size_nm"] == [8.0, 8.0, 8.0]
+    assert img_url in run["data"] and ann_url in run["data"] and "[2:22,:,:]" in run["data"]
+    pseudo = np.load(out / "round_0" / "pseudo.npz")["mask"]
+    assert pseudo.shape == (20, 128, 128)
+    assert np.array_equal(pseudo[[3, 15]], ids[[5, 17]] > 0)  # box-relative 3, 15 = slices 5, 17
+    # Resuming the folder on other annotations is refused; nothing in it changes.
+    assert main([*args[:8], "5,18", *args[9:]]) == 2
+    assert "--out" in capsys.readouterr().err and json.loads((out / "run.json").read_text()) == run
+
+    assert main(["export-unet", "--run", str(out), "--out", str(tmp_path / "unet"), "--name", "sdf_own"]) == 0
+    man = json.loads((tmp_path / "unet" / "model.json").read_text())
+    assert man["voxel_size_nm"] == [8.0, 8.0, 8.0]
+    t = man["training"]
+    assert t["annotated_slices"] == [5, 17] and t["data"] == run["data"] and t["dual_track"]["round"] == 1
+    assert t["steps"] == 4 and t["command"].startswith("python -m spatialsam adapt")
+    assert main(["export-propagator", "--run", str(out), "--round", "0", "--out", str(tmp_path / "prop"),
+                 "--name", "prop_own"]) == 0
+    top = json.loads((tmp_path / "prop" / "propagator.json").read_text())
+    assert top["name"] == "prop_own" and top["voxel_size_nm"] == [8.0, 8.0, 8.0]
+    assert top["training"]["data"] == run["data"] and top["training"]["dual_track"]["round"] == 0
+    capsys.readouterr()
+    gt_url = f"h5://{d / 'labels.h5'}#/gt"
+    assert main(["eval", "--run", str(out), "--image", img_url, "--labels", gt_url, "--box", "2:22,:,:"]) == 0
+    m = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0 <= m["fg_iou"] <= 1 and m["n_gt"] > 0
+    # train-unet on the dense labels of the same files (voxel size from the URL), then export that run.
+    run2 = tmp_path / "dense"
+    assert main(["train-unet", "--image", img_url + "?voxel_size_nm=10,8,8", "--labels", gt_url, "--config",
+                 str(d / "tiny.yaml"), "--max-steps", "2", "--out", str(run2), "--no-progress"]) == 0
+    assert json.loads((run2 / "run.json").read_text())["annotated_slices"] == "all"
+    assert main(["export-unet", "--run", str(run2), "--out", str(tmp_path / "unet2"), "--name", "sdf_dense"]) == 0
+    man = json.loads((tmp_path / "unet2" / "model.json").read_text())
+    assert man["voxel_size_nm"] == [10.0, 8.0, 8.0] and man["training"]["data"].startswith(img_url)
+
+
+def test_own_volume_inputs_are_checked_naming_the_flag(own_volume, tmp_path, capsys):
+    d, _, _ = own_volume
+    img, h5 = f"zarr://{d / 'em.zarr'}", d / "labels.h5"
+    base = ["adapt", "--out", str(tmp_path / "a"), "--no-progress"]
+    cases = [
+        (["--image", img], "--labels: required with --image"),
+        (["--image", img, "--labels", f"h5://{h5}#/annotations"], "--slices: required with --image"),
+        (["--image", f"h5://{h5}#/u16", "--labels", f"h5://{h5}#/annotations", "--slices", "5"], "--image: expected 8-bit"),
+        (["--image", img, "--labels", f"h5://{h5}#/annotations", "--slices", "5", "--box", "0:4,:,:"], "--slices"),
+        (["--image", img, "--labels", f"h5://{h5}#/annotations", "--slices", "5", "--box", "0:99,:,:"], "--box"),
+        (["--image", img, "--labels", img, "--slices", "5"], "--voxel-size"),
+        (["--image", img, "--labels", img, "--slices", "5", "--voxel-size", "8,0,8"], "--voxel-size"),
+        (["--labels", f"h5://{h5}#/annotations"], "--labels: only with --image"),
+    ]
+    for extra, message in cases:
+        assert main([*base, *extra]) == 2, extra
+        assert message in capsys.readouterr().err, extra
+    assert not (tmp_path / "a").exists()
+    assert main(["export-propagator", "--out", str(tmp_path / "p"), "--name", "p"]) == 2
+    assert "--run" in capsys.readouterr().err

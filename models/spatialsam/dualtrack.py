@@ -254,11 +254,15 @@ def run_dualtrack(
         write_text(out / "config.json", json.dumps(doc, indent=1))
         if log_path.exists():
             log_path.unlink()
-    sparse = make_train_data(image, labels > 0, voxel_size_nm, slices, cfg.unet_train_config(0).truncation_nm)
-    mean, std = float(sparse.mean), float(sparse.std)  # type: ignore[arg-type]
+    # Round 0's own SDF-track data (and the normalisation every round uses), unless a bootstrap run
+    # brings both; dropped after round 0 (two float32 maps of the whole volume).
+    sparse = None
     if boot is not None:
         summary = json.loads((boot / "summary.json").read_text())
         mean, std = float(summary["mean"]), float(summary["std"])
+    else:
+        sparse = make_train_data(image, labels > 0, voxel_size_nm, slices, cfg.unet_train_config(0).truncation_nm)
+        mean, std = float(sparse.mean), float(sparse.std)  # type: ignore[arg-type]
     ann_labels = np.zeros(image.shape, np.uint8)
     ann_labels[slices] = labels[slices] > 0
 
@@ -267,6 +271,10 @@ def run_dualtrack(
     total = cfg.rounds + 1
     bar = tqdm(total=total, initial=state["done"] + 1, desc="dual-track rounds", disable=not progress)
     metrics: dict = {}
+    prev_mask = prev_weight = None  # the last finished round's pseudo-labels: the next round's labels
+    if 0 <= state["done"] < total - 1:
+        with np.load(out / f"round_{state['done']}" / "pseudo.npz") as prev:
+            prev_mask, prev_weight = prev["mask"], prev["weight"]
     for r in range(state["done"] + 1, total):
         rdir = out / f"round_{r}"
         rdir.mkdir(exist_ok=True)
@@ -281,14 +289,15 @@ def run_dualtrack(
                 data, init = sparse, None
             else:
                 with parts("sdf_targets"):
-                    prev = np.load(out / f"round_{r - 1}" / "pseudo.npz")
-                    target = sdf_target(prev["mask"], voxel_size_nm, ucfg.truncation_nm)
-                    data = TrainData(image, target, sdf_track_weight(prev["weight"], target, slices, cfg.pseudo_band_nm, ucfg.truncation_nm), mean, std,
+                    target = sdf_target(prev_mask, voxel_size_nm, ucfg.truncation_nm)
+                    data = TrainData(image, target, sdf_track_weight(prev_weight, target, slices, cfg.pseudo_band_nm, ucfg.truncation_nm), mean, std,
                                      **({} if cfg.pseudo_loss_weight is None else
                                         {"anchor_slices": tuple(slices), "pseudo_loss_weight": cfg.pseudo_loss_weight}))
+                    del target
                 init = torch.load(round_unet_path(out, r - 1, boot), map_location="cpu", weights_only=False)["model"]
             with parts("unet_train"):
                 unet_steps = train_unet(data, ucfg, rdir / "unet", progress=progress, init_weights=init)["step"]
+            data = sparse = None  # the SDF track's targets and weights are not needed past here
             unet_path = rdir / "unet" / "best.pt"
         with parts("unet_predict"):
             sdf, p_unet = _unet_probability(load_unet(unet_path), image, mean, std)
@@ -299,7 +308,7 @@ def run_dualtrack(
                                                      cfg.pseudo_weight, cfg.min_object_voxels)
         else:
             prop, _ = load_checkpoint(out / f"round_{r - 1}" / "propagator" / "propagator_last.pt")
-            m_labels, m_weights = prev["mask"], prev["weight"]
+            m_labels, m_weights = prev_mask, prev_weight
         mcfg = MaskTrainConfig(
             steps=cfg.bootstrap_mask_steps if r == 0 else cfg.mask_steps,
             batch_size=cfg.mask_batch_size,
@@ -311,6 +320,7 @@ def run_dualtrack(
         with parts("mask_train"):
             hist = train_mask_track(prop, image, sdf, m_labels.astype(np.uint8), m_weights, mcfg,
                                     ckpt_dir=rdir / "propagator", progress=progress)
+        m_labels = m_weights = prev_mask = prev_weight = None
         prop.eval()
         with parts("propagate"), torch.no_grad():
             p_prop = propagate_volume(prop, image, sdf, slices, ann_labels, crop=cfg.mask_crop)
@@ -341,6 +351,10 @@ def run_dualtrack(
         state = {"done": r, "time_s": metrics["time_s"], "cpu_s": metrics["cpu_s"]}
         write_text(state_path, json.dumps(state, indent=1))
         bar.update(1)
+        # The next round starts from these pseudo-labels; the rest of this round's maps go now,
+        # before the next round allocates its own.
+        prev_mask, prev_weight = mask, weight
+        del sdf, p_unet, p_prop, mask, weight
         if _kill_after_round is not None and r == _kill_after_round:
             bar.close()
             return {"rounds": r + 1, "killed": True}

@@ -480,9 +480,10 @@ def _propagate_objects(pred: Predictor, image: np.ndarray, sdf: np.ndarray, star
     slices away from its start, as one batch (_lockstep_step). Each object keeps its own session,
     bank and stopping rule, so the results are those of one _propagate_object per object up to the
     rounding of batched kernels. Each slice's logits go to emit(i, z, float32 [wy, wx]) as they are
-    made (the start slice once per direction), so memory does not grow with the objects' lengths."""
-    states = [pred.init_state(np.ascontiguousarray(image[:, w[0], w[1]]), np.ascontiguousarray(sdf[:, w[0], w[1]]))
-              for w in windows]
+    made (the start slice once per direction), so memory does not grow with the objects' lengths.
+    The sessions hold views of their windows, not copies: a batch of 64 objects in 128 px windows
+    would otherwise copy 5 bytes x depth x 16384 px per object (5.2 GB for a 1000-slice volume)."""
+    states = [pred.init_state(image[:, w[0], w[1]], sdf[:, w[0], w[1]]) for w in windows]
     for st, z0, prompt in zip(states, starts, prompts, strict=True):
         pred.add_prompts(st, z0, 1, **prompt)  # type: ignore[arg-type]
     nz = image.shape[0]

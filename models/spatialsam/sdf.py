@@ -19,6 +19,7 @@ Convention (used by training, export manifests and the TypeScript server alike):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -85,9 +86,34 @@ def sdf_target(
     mask: np.ndarray,
     voxel_size_nm: Sequence[float],
     truncation_nm: float = DEFAULT_TRUNCATION_NM,
+    slab_z: int = 64,
 ) -> np.ndarray:
-    """Normalised SDF training target: ``normalise_sdf(signed_distance_nm(mask), T)``, float32 in [-1, 1]."""
-    return normalise_sdf(signed_distance_nm(mask, voxel_size_nm), truncation_nm)
+    """Normalised SDF training target: ``normalise_sdf(signed_distance_nm(mask), T)``, float32 in [-1, 1].
+
+    A 3D mask deeper than a slab is done in z-slabs of ``slab_z`` slices, each computed on the slab
+    plus a halo of ``ceil((T + h) / voxel_z) + 1`` slices per side: a voxel's truncated value only
+    depends on the mask within T + h nm of it (nearer boundaries lie inside the halo; if none does,
+    the crop's distance is also >= T + h and clips to the same +-1), so the result is identical to
+    the whole-volume transform while the EDT's float64 and index work arrays (tens of bytes per
+    voxel) only ever cover one slab with its halo.
+    """
+    m = np.asarray(mask)
+    t = _check_truncation(truncation_nm)
+    if m.ndim != 3:
+        return normalise_sdf(signed_distance_nm(m, voxel_size_nm), t)
+    vs = _check_voxel_size(voxel_size_nm, 3)
+    if int(slab_z) < 1:
+        raise ValueError(f"slab_z: must be >= 1, got {slab_z}")
+    halo = math.ceil((t + 0.5 * min(vs)) / vs[0]) + 1
+    n = m.shape[0]
+    if n <= slab_z + 2 * halo:
+        return normalise_sdf(signed_distance_nm(m, vs), t)
+    out = np.empty(m.shape, np.float32)
+    for z0 in range(0, n, slab_z):
+        z1 = min(z0 + slab_z, n)
+        a, b = max(0, z0 - halo), min(n, z1 + halo)
+        out[z0:z1] = normalise_sdf(signed_distance_nm(m[a:b], vs), t)[z0 - a : z1 - a]
+    return out
 
 
 def sdf_target_per_slice(

@@ -97,3 +97,23 @@ def test_bad_inputs_name_the_argument():
         normalise_sdf(np.zeros(3), float("nan"))
     with pytest.raises(ValueError, match="mask"):
         signed_distance_nm(np.zeros((0, 2)), (5, 5))
+
+
+@pytest.mark.parametrize("voxel, slab", [((5.0, 5.0, 5.0), 7), ((40.0, 4.0, 4.0), 1), ((8.0, 6.0, 5.0), 16), ((3.0, 9.0, 9.0), 5)])
+def test_sdf_target_in_slabs_equals_the_whole_volume_transform(voxel, slab):
+    """sdf_target works in z-slabs with a halo to bound memory; its output must be identical to the
+    whole-volume transform, including voxels whose slab crop holds no boundary at all (deep inside a
+    large object, far outside every object) and objects cut by slab borders."""
+    rng = np.random.default_rng(int(voxel[0] * 10 + slab))
+    shape = (90, 40, 36)
+    noise = ndimage.gaussian_filter(rng.normal(size=shape), (2.0, 3.0, 3.0))
+    mask = noise > 0.08
+    mask[30:75] = False
+    mask[40:70, 5:35, 4:32] = True  # one object deeper than several slabs: all-foreground crops
+    whole = normalise_sdf(signed_distance_nm(mask, voxel), 20.0)
+    got = sdf_target(mask, voxel, 20.0, slab_z=slab)
+    assert got.dtype == np.float32 and np.array_equal(got, whole)
+    assert (got == 1).any() and (got == -1).any() and ((got > -1) & (got < 1)).any()
+    assert np.array_equal(sdf_target(np.zeros(shape, bool), voxel, slab_z=slab), np.full(shape, -1, np.float32))
+    with pytest.raises(ValueError, match="slab_z"):
+        sdf_target(mask, voxel, slab_z=0)

@@ -330,3 +330,15 @@ def test_bad_urls_and_boxes_name_the_field(zn, st):
     bad(lambda: r.read((slice(0, 4, 2), slice(None), slice(None))), f, "box", "step")
     bad(lambda: r.read((slice(0, 4),)), f, "box")
     np.testing.assert_array_equal(r.read((slice(None, 2), slice(5, None), slice(None))), np.load(zn / "expected" / "ome04.s0.npy")[:2, 5:])
+
+
+@pytest.mark.parametrize("unit", ["micron", "um", "\\u00B5m"])
+def test_imagej_calibration_in_microns(tmp_path, unit):
+    # Fiji writes microns: X/YResolution in pixels per micron, spacing (z) in microns.
+    a = np.arange(3 * 8 * 8, dtype=np.uint8).reshape(3, 8, 8)
+    tifffile.imwrite(tmp_path / "ij.tif", a, imagej=True, resolution=(1 / 0.004, 1 / 0.005),
+                     metadata={"spacing": 0.04, "unit": unit})
+    r = open_volume(f"tiff://{tmp_path / 'ij.tif'}")
+    assert r.voxel_size_nm == (40.0, 5.0, 4.0) and np.array_equal(r.read(), a)
+    tifffile.imwrite(tmp_path / "inch.tif", a, photometric="minisblack", resolution=(300, 300))  # print DPI
+    assert open_volume(str(tmp_path / "inch.tif")).voxel_size_nm is None

@@ -478,6 +478,9 @@ def cmd_adapt(a: argparse.Namespace) -> int:
     from .dualtrack import DualTrackConfig, run_dualtrack
 
     over = apply_device_args(a)
+    for flag in ("pretrained_unet", "pretrained_propagator"):
+        if getattr(a, flag) is not None and not Path(getattr(a, flag)).is_file():
+            raise ValueError(f"--{flag.replace('_', '-')}: {getattr(a, flag)} not found")
     vol = input_volume(a, sparse=True)
     slices = vol.box_slices
     assert slices is not None
@@ -505,7 +508,8 @@ def cmd_adapt(a: argparse.Namespace) -> int:
     _write_json(out / "run.json", run)
     # vol.mask holds the annotated slices only: nothing else of the labels was read.
     result = run_dualtrack(vol.image, vol.mask, slices, vol.voxel_size_nm, cfg, out, progress=not a.no_progress,
-                           bootstrap_unet=a.bootstrap_unet)
+                           bootstrap_unet=a.bootstrap_unet, pretrained_unet=a.pretrained_unet,
+                           pretrained_propagator=a.pretrained_propagator)
     print(json.dumps({k: v for k, v in result.items() if k != "pseudo"}))
     return 0
 
@@ -593,6 +597,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--memory", choices=["sdf", "mask"], default="sdf",
                    help="the propagator's memory: sdf (Spatial-SAM) or mask (SAM2's, the ablation)")
     d.add_argument("--bootstrap-unet", help="a finished train-unet run on the same annotated slices: round 0's SDF track")
+    d.add_argument("--pretrained-unet", help="start round 0's SDF track from these U-Net weights (best.pt or checkpoint.pt "
+                                             "of a train-unet run with the same --unet-config, e.g. on other data); "
+                                             "declared in config.json and the exported manifests")
+    d.add_argument("--pretrained-propagator", help="start round 0's mask track from this train_propagator checkpoint "
+                                                   "(same --memory); declared likewise")
     add_anchoring_args(d)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--threads", type=int, default=1)

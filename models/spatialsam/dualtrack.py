@@ -214,6 +214,8 @@ def run_dualtrack(
     progress: bool = True,
     eval_mask: np.ndarray | None = None,
     bootstrap_unet: Path | str | None = None,
+    pretrained_unet: Path | str | None = None,
+    pretrained_propagator: Path | str | None = None,
     _kill_after_round: int | None = None,
 ) -> dict:
     """Run (or resume) the dual-track loop. image uint8 [Z, Y, X]; labels [Z, Y, X] (bool or ids;
@@ -221,6 +223,11 @@ def run_dualtrack(
     log the pseudo-labels' and both tracks' fg-IoU per round, never for training.
     ``bootstrap_unet``: a finished U-Net run (folder with best.pt and summary.json) trained on
     these annotated slices only, used as round 0's SDF track instead of training one.
+    ``pretrained_unet`` (a U-Net .pt holding "model": best.pt or checkpoint.pt of a train_unet run
+    with the same architecture) and ``pretrained_propagator`` (a train_propagator checkpoint with this
+    run's memory kind) are where round 0's two tracks start instead of random weights, e.g. networks
+    trained on another dataset; both are declared in config.json ("pretrained": path, sha256 and what
+    the file says it was trained on) and so in the exported manifests.
 
     Returns {"rounds": finished rounds incl. bootstrap, "unet": path of the final U-Net weights
     (best.pt), "propagator": path of the final propagator checkpoint, "mean", "std", "metrics":
@@ -244,13 +251,22 @@ def run_dualtrack(
     boot = Path(bootstrap_unet) if bootstrap_unet is not None else None
     if boot is not None and not (boot / "best.pt").exists():
         raise ValueError(f"bootstrap_unet: {boot / 'best.pt'} not found")
+    if boot is not None and pretrained_unet is not None:
+        raise ValueError("pretrained_unet: not with bootstrap_unet (round 0's SDF track is then the bootstrap run)")
+    pretrained, unet_init, prop_init = _load_pretrained(pretrained_unet, pretrained_propagator, cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
     state_path, log_path = out / "state.json", out / "rounds.jsonl"
     state = json.loads(state_path.read_text()) if state_path.exists() else {"done": -1, "time_s": 0.0}
+    if state["done"] >= 0 and (out / "config.json").exists():
+        started = json.loads((out / "config.json").read_text()).get("pretrained") or {}
+        if started != pretrained:
+            raise ValueError(f"pretrained_unet: {out} was started from pretrained weights {started or 'none'}, "
+                             f"resumed with {pretrained or 'none'}")
     if state["done"] < 0:
-        doc = {**asdict(cfg), "annotated_slices": slices, "bootstrap_unet": str(boot) if boot else None}
+        doc = {**asdict(cfg), "annotated_slices": slices, "bootstrap_unet": str(boot) if boot else None,
+               "pretrained": pretrained}
         write_text(out / "config.json", json.dumps(doc, indent=1))
         if log_path.exists():
             log_path.unlink()
@@ -286,7 +302,7 @@ def run_dualtrack(
             unet_path = boot / "best.pt"
         else:
             if r == 0:
-                data, init = sparse, None
+                data, init = sparse, unet_init
             else:
                 with parts("sdf_targets"):
                     target = sdf_target(prev_mask, voxel_size_nm, ucfg.truncation_nm)
@@ -303,7 +319,8 @@ def run_dualtrack(
             sdf, p_unet = _unet_probability(load_unet(unet_path), image, mean, std)
         # Mask track, with the current U-Net's SDF as memory.
         if r == 0:
-            prop = build_propagator(load_propagator_config(cfg.propagator, memory=cfg.propagator_memory, seed=cfg.seed))
+            prop = prop_init if prop_init is not None else build_propagator(
+                load_propagator_config(cfg.propagator, memory=cfg.propagator_memory, seed=cfg.seed))
             m_labels, m_weights = unet_pseudo_labels(p_unet, ann_labels, slices, cfg.annotated_weight,
                                                      cfg.pseudo_weight, cfg.min_object_voxels)
         else:
@@ -372,6 +389,49 @@ def run_dualtrack(
         "time_s": state["time_s"],
         "cpu_s": state.get("cpu_s"),
     }
+
+
+def _load_pretrained(unet: Path | str | None, propagator: Path | str | None, cfg: DualTrackConfig
+                     ) -> tuple[dict, dict | None, object | None]:
+    """(declaration for config.json, U-Net state_dict or None, propagator module or None); checks that
+    the U-Net weights fit the SDF track's architecture and the propagator has the run's memory kind."""
+    from .atomic_files import sha256_file
+    from .train_propagator import load_checkpoint
+    from .train_unet import build_model
+
+    declared: dict = {}
+    unet_state = prop = None
+    if unet is not None:
+        path = Path(unet)
+        if not path.is_file():
+            raise ValueError(f"pretrained_unet: {path} not found (a best.pt or checkpoint.pt of a train-unet run)")
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(ck, dict) or "model" not in ck:
+            raise ValueError(f"pretrained_unet: {path} holds no 'model' state_dict")
+        try:
+            build_model(cfg.unet_train_config(0)).load_state_dict(ck["model"])
+        except RuntimeError as e:
+            raise ValueError(f"pretrained_unet: {path} does not fit the SDF track's U-Net ({cfg.unet_config}): "
+                             f"{str(e).splitlines()[0]}") from e
+        unet_state = ck["model"]
+        run = path.parent / "run.json"
+        declared["unet"] = {"path": str(path), "sha256": sha256_file(path), "step": ck.get("step"),
+                            "trained_on": json.loads(run.read_text()).get("data") if run.exists() else None}
+    if propagator is not None:
+        path = Path(propagator)
+        if not path.is_file():
+            raise ValueError(f"pretrained_propagator: {path} not found (a train_propagator checkpoint .pt)")
+        try:
+            prop, meta = load_checkpoint(path)
+        except (KeyError, RuntimeError, TypeError) as e:
+            raise ValueError(f"pretrained_propagator: {path} is not a propagator checkpoint: {e}") from e
+        if prop.cfg.memory != cfg.propagator_memory:
+            raise ValueError(f"pretrained_propagator: {path} has {prop.cfg.memory!r} memory, this run "
+                             f"{cfg.propagator_memory!r}")
+        prop.train()
+        declared["propagator"] = {"path": str(path), "sha256": sha256_file(path), "step": meta.get("step"),
+                                  "config": prop.cfg.name, "trained_on": meta.get("data")}
+    return declared, unet_state, prop
 
 
 class _PartTimer:

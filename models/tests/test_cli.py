@@ -231,6 +231,8 @@ def test_own_volume_inputs_are_checked_naming_the_flag(own_volume, tmp_path, cap
         (["--image", img, "--labels", img, "--slices", "5"], "--voxel-size"),
         (["--image", img, "--labels", img, "--slices", "5", "--voxel-size", "8,0,8"], "--voxel-size"),
         (["--labels", f"h5://{h5}#/annotations"], "--labels: only with --image"),
+        (["--image", img, "--labels", f"h5://{h5}#/annotations", "--slices", "5", "--pretrained-unet",
+          str(tmp_path / "nope.pt")], "--pretrained-unet: "),
     ]
     for extra, message in cases:
         assert main([*base, *extra]) == 2, extra

@@ -182,3 +182,52 @@ def test_anchored_round_trains_and_improves(demo, tmp_path, monkeypatch):
     assert rounds[1]["unet_iou"] > rounds[0]["unet_iou"]
     saved = json.loads((tmp_path / "config.json").read_text())
     assert (saved["pseudo_loss_weight"], saved["pseudo_band_nm"]) == (0.5, 5.0)
+
+
+def test_pretrained_weights_start_round_0_and_are_declared(demo, tmp_path):
+    """Optional pretrained weights (e.g. networks trained on other data) start round 0's two tracks and
+    are declared in config.json; weights that do not fit, a propagator with the other memory kind, a
+    pretrained U-Net next to a bootstrap run, and resuming from other weights are refused."""
+    from spatialsam.atomic_files import sha256_file
+    from spatialsam.propagator import build_propagator, load_propagator_config
+    from spatialsam.train_propagator import TrainConfig as MaskTrainConfig
+    from spatialsam.train_propagator import save_checkpoint
+    from spatialsam.train_unet import build_model
+
+    img, gt = demo
+    slices = [4, 11]
+    labels = np.zeros_like(gt)
+    labels[slices] = gt[slices]
+    other, other_ids = make_demo_volume((16, 64, 64), seed=9)
+    cfg = _cfg(rounds=0, unet_overrides={**TINY_UNET, "lr": 0.0})  # lr 0: round 0's U-Net stays where it starts
+    train_unet(make_train_data(other, other_ids > 0, (5, 5, 5)), _cfg().unet_train_config(0), tmp_path / "pre", progress=False)
+    pre_unet = tmp_path / "pre" / "best.pt"
+    for memory in ("sdf", "mask"):
+        save_checkpoint(tmp_path / f"prop_{memory}.pt", build_propagator(load_propagator_config("tiny", memory=memory)),
+                        None, 7, MaskTrainConfig(), [], {"data": "demo seed 9"})
+    out = tmp_path / "a"
+    run_dualtrack(img, labels, slices, (5, 5, 5), cfg, out, progress=False, pretrained_unet=pre_unet,
+                  pretrained_propagator=tmp_path / "prop_sdf.pt")
+    declared = json.loads((out / "config.json").read_text())["pretrained"]
+    assert declared["unet"]["sha256"] == sha256_file(pre_unet) and declared["unet"]["path"] == str(pre_unet)
+    assert declared["propagator"] == {"path": str(tmp_path / "prop_sdf.pt"), "sha256": sha256_file(tmp_path / "prop_sdf.pt"),
+                                      "step": 7, "config": "tiny", "trained_on": "demo seed 9"}
+    want = torch.load(pre_unet, weights_only=False)["model"]
+    got = torch.load(out / "round_0" / "unet" / "best.pt", weights_only=False)["model"]
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    # The default config is "compact": a tiny propagator in round 0 can only be the pretrained one.
+    assert torch.load(out / "round_0" / "propagator" / "propagator_last.pt", weights_only=False)["propagator_config"]["name"] == "tiny"
+
+    bad = tmp_path / "bad.pt"
+    wide = _cfg(unet_overrides={**TINY_UNET, "unet": {"channels": [4, 8], "pool": [[2, 2, 2]], "norm": "none"}})
+    torch.save({"model": build_model(wide.unet_train_config(0)).state_dict()}, bad)
+    for kw, message in (
+        ({"pretrained_unet": bad}, "pretrained_unet: .* does not fit"),
+        ({"pretrained_unet": tmp_path / "missing.pt"}, "pretrained_unet: .* not found"),
+        ({"pretrained_propagator": tmp_path / "prop_mask.pt"}, "pretrained_propagator: .* 'mask' memory"),
+        ({"pretrained_unet": pre_unet, "bootstrap_unet": tmp_path / "pre"}, "pretrained_unet: not with bootstrap_unet"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            run_dualtrack(img, labels, slices, (5, 5, 5), cfg, tmp_path / "b", progress=False, **kw)
+    with pytest.raises(ValueError, match="pretrained_unet: .* was started from pretrained weights"):
+        run_dualtrack(img, labels, slices, (5, 5, 5), cfg, out, progress=False)

@@ -173,6 +173,15 @@ def dualtrack_config(memory: str, a: argparse.Namespace) -> DualTrackConfig:
 def _dualtrack(memory: str, train: Volume, slices: list[int], b_run: Path, run: Path, a: argparse.Namespace) -> dict:
     labels = np.zeros(train.mask.shape, bool)
     labels[slices] = train.mask[slices]
+    if not (run / "run.json").exists():  # adapt's provenance, so export-unet / export-propagator --run ship it
+        run.mkdir(parents=True, exist_ok=True)
+        _write(run / "run.json", json.dumps({
+            "data": "lucchi_pp/train" + (" (quick crop)" if a.quick else ""),
+            "annotated_slices": slices,
+            "budget": f"{len(slices)}/{train.image.shape[0]} slices",
+            "voxel_size_nm": list(train.voxel_size_nm),
+            "command": " ".join(sys.argv),
+        }, indent=2))
     # The train labels of the unannotated slices are read only to log the pseudo-labels' quality.
     return run_dualtrack(train.image, labels, slices, train.voxel_size_nm, dualtrack_config(memory, a), run,
                          progress=not a.no_progress, eval_mask=train.mask, bootstrap_unet=b_run)

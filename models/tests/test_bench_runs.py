@@ -209,3 +209,20 @@ def test_a_run_stopped_by_sigterm_resumes_instead_of_counting_as_finished(tmp_pa
     assert json.loads((tmp_path / "b" / "summary.json").read_text())["step"] == 4
     _, _, _, done = bench._unet("unet3d", vol, [4, 15], tmp_path / "b", _args(quick_steps=6), None, 60.0, None)
     assert done["step"] == 4  # a finished run is still skipped
+
+
+def test_a_benchmark_dual_track_folder_exports_like_an_adapt_folder(tmp_path):
+    """The benchmark's (a) folder records adapt's provenance (run.json), so its final SDF and mask
+    tracks export to the server's models with the CLI."""
+    from spatialsam.cli import main as cli
+
+    work = tmp_path / "work"
+    assert bench.main(["--quick", "--quick-steps", "2", "--methods", "b,a", "--work", str(work), "--no-progress",
+                       "--train-only"]) == 0
+    run = json.loads((work / "a_1_64" / "run.json").read_text())
+    assert run["data"] == "lucchi_pp/train (quick crop)" and len(run["annotated_slices"]) >= 1
+    assert cli(["export-unet", "--run", str(work / "a_1_64"), "--out", str(tmp_path / "u"), "--name", "a"]) == 0
+    t = json.loads((tmp_path / "u" / "model.json").read_text())["training"]
+    assert t["annotated_slices"] == run["annotated_slices"] and t["dual_track"]["round"] == 1
+    assert cli(["export-propagator", "--run", str(work / "a_1_64"), "--out", str(tmp_path / "p"), "--name", "pa"]) == 0
+    assert json.loads((tmp_path / "p" / "propagator.json").read_text())["training"]["data"] == run["data"]

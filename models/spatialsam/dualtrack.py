@@ -246,6 +246,16 @@ def run_dualtrack(
     if eval_mask is not None and eval_mask.shape != image.shape:
         raise ValueError(f"eval_mask: shape {eval_mask.shape} does not match image shape {image.shape}")
     slices = check_slices(annotated_slices, image.shape[0])
+    # Both tracks cut training crops from the volume: check they fit before anything trains. The mask
+    # track's square crop shrinks to the slice (a multiple of the propagator's stride, 16).
+    unet_crop = tuple(cfg.unet_train_config(0).crop_zyx)
+    if any(c > n for c, n in zip(unet_crop, image.shape)):
+        raise ValueError(f"image: shape {image.shape} is smaller than the SDF track's training crop {unet_crop} "
+                         f"({cfg.unet_config}); use a larger box or a U-Net config whose crop_zyx fits")
+    mask_crop = min(cfg.mask_crop, min(image.shape[1:]) // 16 * 16)
+    if mask_crop < 32:
+        raise ValueError(f"image: slices {image.shape[1]} x {image.shape[2]} are too small for the mask track "
+                         "(at least 32 x 32)")
     if not any((labels[z] > 0).any() for z in slices):
         raise ValueError("labels: no foreground on any annotated slice; nothing to propagate")
     boot = Path(bootstrap_unet) if bootstrap_unet is not None else None
@@ -329,7 +339,7 @@ def run_dualtrack(
         mcfg = MaskTrainConfig(
             steps=cfg.bootstrap_mask_steps if r == 0 else cfg.mask_steps,
             batch_size=cfg.mask_batch_size,
-            crop=cfg.mask_crop,
+            crop=mask_crop,
             run_length=cfg.mask_run_length,
             seed=cfg.seed * 1000 + r,
             ckpt_every=max(1, min(50, cfg.mask_steps)),
@@ -340,7 +350,7 @@ def run_dualtrack(
         m_labels = m_weights = prev_mask = prev_weight = None
         prop.eval()
         with parts("propagate"), torch.no_grad():
-            p_prop = propagate_volume(prop, image, sdf, slices, ann_labels, crop=cfg.mask_crop)
+            p_prop = propagate_volume(prop, image, sdf, slices, ann_labels, crop=mask_crop)
         with parts("pseudo_labels"):
             mask, weight = fuse_pseudo_labels(p_unet, p_prop, ann_labels, slices, cfg.annotated_weight,
                                               cfg.pseudo_weight, cfg.disagreement_weight)

@@ -231,3 +231,23 @@ def test_pretrained_weights_start_round_0_and_are_declared(demo, tmp_path):
             run_dualtrack(img, labels, slices, (5, 5, 5), cfg, tmp_path / "b", progress=False, **kw)
     with pytest.raises(ValueError, match="pretrained_unet: .* was started from pretrained weights"):
         run_dualtrack(img, labels, slices, (5, 5, 5), cfg, out, progress=False)
+
+
+def test_crops_are_checked_before_training_and_the_mask_crop_fits_small_slices(tmp_path):
+    """A box narrower than the mask track's 128 px crop trains with the crop shrunk to the slice (a
+    multiple of 16); one smaller than the SDF track's crop, or slices under 32 px, are refused before
+    anything trains."""
+    img, ids = make_demo_volume((16, 96, 80), seed=4)
+    slices = [4, 11]
+    labels = np.zeros(ids.shape, bool)
+    labels[slices] = ids[slices] > 0
+    cfg = _cfg(rounds=0, mask_crop=128, bootstrap_unet_steps=2)
+    assert run_dualtrack(img, labels, slices, (5, 5, 5), cfg, tmp_path / "ok", progress=False)["rounds"] == 1
+    ck = torch.load(tmp_path / "ok" / "round_0" / "propagator" / "propagator_last.pt", weights_only=False)
+    assert ck["train_config"]["crop"] == 80
+    with pytest.raises(ValueError, match="smaller than the SDF track's training crop"):
+        run_dualtrack(img[:6], labels[:6], [4], (5, 5, 5), cfg, tmp_path / "thin", progress=False)
+    with pytest.raises(ValueError, match="too small for the mask track"):
+        run_dualtrack(img[:, :48, :28], labels[:, :48, :28], slices, (5, 5, 5),
+                      _cfg(rounds=0, unet_overrides={**TINY_UNET, "crop_zyx": (8, 16, 16)}), tmp_path / "narrow", progress=False)
+    assert not (tmp_path / "thin").exists() and not (tmp_path / "narrow").exists()

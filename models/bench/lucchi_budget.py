@@ -51,7 +51,7 @@ from spatialsam.atomic_files import replace_with
 from spatialsam.cli import add_anchoring_args, apply_device_args
 from spatialsam.config import load_train_config
 from spatialsam.data import Volume, budget_slices, load_lucchi
-from spatialsam.dualtrack import DualTrackConfig, run_dualtrack
+from spatialsam.dualtrack import DualTrackConfig, record_run, run_dualtrack
 from spatialsam.metrics import evaluate
 from spatialsam.train_unet import ValData, load_unet, make_train_data, predict, train_unet
 
@@ -173,15 +173,10 @@ def dualtrack_config(memory: str, a: argparse.Namespace) -> DualTrackConfig:
 def _dualtrack(memory: str, train: Volume, slices: list[int], b_run: Path, run: Path, a: argparse.Namespace) -> dict:
     labels = np.zeros(train.mask.shape, bool)
     labels[slices] = train.mask[slices]
-    if not (run / "run.json").exists():  # adapt's provenance, so export-unet / export-propagator --run ship it
-        run.mkdir(parents=True, exist_ok=True)
-        _write(run / "run.json", json.dumps({
-            "data": "lucchi_pp/train" + (" (quick crop)" if a.quick else ""),
-            "annotated_slices": slices,
-            "budget": f"{len(slices)}/{train.image.shape[0]} slices",
-            "voxel_size_nm": list(train.voxel_size_nm),
-            "command": " ".join(sys.argv),
-        }, indent=2))
+    # adapt's provenance, so export-unet / export-propagator --run ship the run
+    record_run(run, {"data": "lucchi_pp/train" + (" (quick crop)" if a.quick else ""), "annotated_slices": slices,
+                     "budget": f"{len(slices)}/{train.image.shape[0]} slices", "voxel_size_nm": list(train.voxel_size_nm),
+                     "command": " ".join(sys.argv)}, "--work")
     # The train labels of the unannotated slices are read only to log the pseudo-labels' quality.
     return run_dualtrack(train.image, labels, slices, train.voxel_size_nm, dualtrack_config(memory, a), run,
                          progress=not a.no_progress, eval_mask=train.mask, bootstrap_unet=b_run)

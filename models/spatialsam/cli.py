@@ -42,29 +42,6 @@ def _load(split: str, data_root: str | None, box: str | None):
     return v.crop(*parse_box(box))
 
 
-def parse_voxel_size(text: str) -> tuple[float, float, float]:
-    """--voxel-size "40,4,4" -> (40.0, 4.0, 4.0) nm (z, y, x), each finite and > 0."""
-    try:
-        v = tuple(float(x) for x in text.split(","))
-    except ValueError as e:
-        raise ValueError(f"--voxel-size: expected three numbers z,y,x in nm, got {text!r}") from e
-    if len(v) != 3 or not all(np.isfinite(x) and x > 0 for x in v):
-        raise ValueError(f"--voxel-size: expected three positive numbers z,y,x in nm, got {text!r}")
-    return v  # type: ignore[return-value]
-
-
-def resolve_box(box: tuple[slice, slice, slice], shape: tuple[int, ...], name: str = "--box") -> tuple[slice, slice, slice]:
-    """Concrete, validated bounds of ``box`` inside a volume of ``shape``: [start, stop) per axis, non-empty."""
-    out = []
-    for axis, (s, n) in enumerate(zip(box, shape, strict=True)):
-        a = 0 if s.start is None else s.start
-        b = n if s.stop is None else s.stop
-        if not 0 <= a < b <= n:
-            raise ValueError(f"{name}: {'zyx'[axis]} range {a}:{b} is empty or outside the volume's 0:{n}")
-        out.append(slice(a, b))
-    return tuple(out)  # type: ignore[return-value]
-
-
 @dataclass
 class InputVolume:
     """What a subcommand trains or scores on: image uint8 [Z, Y, X] (the box), mask bool [Z, Y, X]
@@ -102,7 +79,7 @@ def input_volume(a: argparse.Namespace, sparse: bool) -> InputVolume:
             mask = np.zeros(v.mask.shape, bool)
             mask[rel] = v.mask[rel]
         return InputVolume(v.image, mask, v.voxel_size_nm, f"lucchi_pp/{a.split}" + (f"[{a.box}]" if a.box else ""), z0, slices)
-    from .volume_io import open_volume
+    from .volume_io import open_volume, voxel_size
 
     if a.labels is None:
         raise ValueError("--labels: required with --image (the label volume: annotated slices or a dense ground truth)")
@@ -112,10 +89,10 @@ def input_volume(a: argparse.Namespace, sparse: bool) -> InputVolume:
     lab = open_volume(a.labels, "--labels")
     if tuple(lab.shape) != tuple(img.shape):
         raise ValueError(f"--labels: shape {tuple(lab.shape)} does not match --image shape {tuple(img.shape)}")
-    vs = parse_voxel_size(a.voxel_size) if a.voxel_size else (img.voxel_size_nm or lab.voxel_size_nm)
+    vs = voxel_size(a.voxel_size.split(","), "z,y,x in nm", "--voxel-size") if a.voxel_size else (img.voxel_size_nm or lab.voxel_size_nm)
     if vs is None:
         raise ValueError("--voxel-size: neither --image nor --labels records a voxel size; give it as z,y,x in nm")
-    box = resolve_box(parse_box(a.box), tuple(img.shape))
+    box = img.bounds(parse_box(a.box), "--box")
     slices = annotated_slices(a, box[0].stop - box[0].start, box[0].start) if sparse else None
     image = img.read(box)
     if slices is None:
@@ -265,7 +242,7 @@ def cmd_train_unet(a: argparse.Namespace) -> int:
     # Provenance first, so a run stopped by a kill can still be exported (export-unet).
     run = {
         "annotated_slices": ann if ann is not None else "all",
-        "budget": a.budget if not getattr(a, "slices", None) else f"{len(ann or [])} of {vol.image.shape[0]} slices",
+        "budget": a.budget if not a.slices else f"{len(ann or [])} of {vol.image.shape[0]} slices",
         "data": data_name,
         "validation": val_name,
         "voxel_size_nm": list(vol.voxel_size_nm),
@@ -309,12 +286,11 @@ def cmd_export_unet(a: argparse.Namespace) -> int:
     from .train_unet import load_unet
 
     run = Path(a.run)
-    if (run / "state.json").exists():
-        weights, summary = adapt_summary(run, a.round, "unet")
+    r = adapt_round(run, a.round)
+    if r is not None:
+        weights, summary = adapt_summary(run, r, "unet")
         cfg = json.loads((weights.parent / "config.json").read_text())
     else:
-        if a.round is not None:
-            raise ValueError(f"--round: {run} is not an adapt folder (no state.json)")
         weights, summary, cfg = run / "best.pt", run_summary(run), json.loads((run / "config.json").read_text())
     model = load_unet(weights)
     training = {
@@ -373,21 +349,26 @@ def cmd_export_unet(a: argparse.Namespace) -> int:
     return 0 if err < 1e-4 else 1
 
 
-def eval_weights(run: Path, round_index: int | None) -> tuple[Path, float, float]:
-    """(U-Net weights, normalisation mean, std) that ``eval --run`` scores: a train-unet run folder, or
-    an ``adapt`` folder (it holds state.json), whose round ``round_index`` (default: the last finished
-    round) is scored with the normalisation that round trained and predicted with."""
+def adapt_round(run: Path, round_index: int | None) -> int | None:
+    """The finished round of an ``adapt`` folder (it holds state.json) that ``--round`` names (default:
+    the last finished); None for any other run folder, where ``--round`` is refused."""
     if not (run / "state.json").exists():
         if round_index is not None:
             raise ValueError(f"--round: {run} is not an adapt folder (no state.json)")
-        s = run_summary(run)
-        return run / "best.pt", float(s["mean"]), float(s["std"])
-    from .dualtrack import round_unet_path
-
+        return None
     done = int(json.loads((run / "state.json").read_text())["done"])
     r = done if round_index is None else round_index
     if not 0 <= r <= done:
         raise ValueError(f"--round: {run} has finished rounds 0-{done}, got {r}")
+    return r
+
+
+def round_weights(run: Path, r: int) -> tuple[Path, float, float]:
+    """(U-Net weights, normalisation mean, std) of finished round ``r`` of an adapt folder: the
+    normalisation that round trained and predicted with (round 0 of a loop started from a bootstrap
+    run: that run's)."""
+    from .dualtrack import round_unet_path
+
     boot = json.loads((run / "config.json").read_text()).get("bootstrap_unet")
     weights = round_unet_path(run, r, Path(boot) if boot else None)
     if r == 0 and boot:  # the bootstrap run's own normalisation, which every round reuses
@@ -399,26 +380,31 @@ def eval_weights(run: Path, round_index: int | None) -> tuple[Path, float, float
     return weights, float(norm["mean"]), float(norm["std"])
 
 
-def adapt_summary(run: Path, round_index: int | None, track: str) -> tuple[Path, dict]:
-    """(weights, provenance) of round ``round_index`` (default: the last finished) of an ``adapt``
-    folder for export: ``track`` "unet" -> the SDF track's best.pt with the normalisation it trained
-    with, "propagator" -> the mask track's checkpoint. The provenance is run.json (data, annotated
-    slices, budget, voxel size, command) plus the round, its time and the per-round log."""
+def eval_weights(run: Path, round_index: int | None) -> tuple[Path, float, float]:
+    """(U-Net weights, normalisation mean, std) that ``eval --run`` scores: a train-unet run folder, or
+    an ``adapt`` folder's round ``round_index`` (default: the last finished)."""
+    r = adapt_round(run, round_index)
+    if r is None:
+        s = run_summary(run)
+        return run / "best.pt", float(s["mean"]), float(s["std"])
+    return round_weights(run, r)
+
+
+def adapt_summary(run: Path, r: int, track: str) -> tuple[Path, dict]:
+    """(weights, provenance) of finished round ``r`` of an ``adapt`` folder for export: ``track``
+    "unet" -> the SDF track's best.pt with the normalisation it trained with, "propagator" -> the
+    mask track's checkpoint. The provenance is run.json (data, annotated slices, budget, voxel size,
+    command) plus the round, its time and the per-round log."""
     if not (run / "run.json").exists():
         raise FileNotFoundError(f"--run: {run / 'run.json'} not found (adapt folders record their data there since "
-                                "2026-12-04; a folder written by the benchmark has none)")
-    prov = json.loads((run / "run.json").read_text())
-    done = int(json.loads((run / "state.json").read_text())["done"])
-    r = done if round_index is None else round_index
-    if not 0 <= r <= done:
-        raise ValueError(f"--round: {run} has finished rounds 0-{done}, got {r}")
+                                "2026-12-04; benchmark folders since then too)")
     rounds = [json.loads(x) for x in (run / "rounds.jsonl").read_text().splitlines() if x.strip()][: r + 1]
     summary = {
-        **prov,
+        **json.loads((run / "run.json").read_text()),
         "time_s": rounds[-1]["time_s"],
         "cpu_s": rounds[-1].get("cpu_s"),
         "best_step": None,
-        "stopped": f"dual-track round {r} of rounds 0-{done} (no validation: only the annotated slices are labelled)",
+        "stopped": f"dual-track round {r} (no validation: only the annotated slices are labelled)",
         "validation": None,
         "dual_track": {"round": r, "config": json.loads((run / "config.json").read_text()), "rounds": rounds},
     }
@@ -426,7 +412,7 @@ def adapt_summary(run: Path, round_index: int | None, track: str) -> tuple[Path,
         return run / f"round_{r}" / "propagator" / "propagator_last.pt", summary
     import torch
 
-    weights, mean, std = eval_weights(run, r)
+    weights, mean, std = round_weights(run, r)
     summary.update(mean=mean, std=std, step=int(torch.load(weights, map_location="cpu", weights_only=False)["step"]))
     return weights, summary
 
@@ -441,9 +427,10 @@ def cmd_export_propagator(a: argparse.Namespace) -> int:
     voxel = None
     if a.run is not None:
         run = Path(a.run)
-        if not (run / "state.json").exists():
+        r = adapt_round(run, a.round)
+        if r is None:
             raise ValueError(f"--run: {run} is not an adapt folder (no state.json)")
-        ckpt, training = adapt_summary(run, a.round, "propagator")
+        ckpt, training = adapt_summary(run, r, "propagator")
         voxel = training["voxel_size_nm"]
     else:
         if a.round is not None:
@@ -475,7 +462,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 
 def cmd_adapt(a: argparse.Namespace) -> int:
-    from .dualtrack import DualTrackConfig, run_dualtrack
+    from .dualtrack import DualTrackConfig, record_run, run_dualtrack
 
     over = apply_device_args(a)
     for flag in ("pretrained_unet", "pretrained_propagator"):
@@ -485,27 +472,18 @@ def cmd_adapt(a: argparse.Namespace) -> int:
     slices = vol.box_slices
     assert slices is not None
     out = Path(a.out)
+    cfg = DualTrackConfig(rounds=a.rounds, seed=a.seed, threads=a.threads, unet_config=a.unet_config, unet_overrides=over,
+                          bootstrap_unet_steps=a.bootstrap_unet_steps, unet_steps=a.unet_steps,
+                          bootstrap_mask_steps=a.bootstrap_mask_steps, mask_steps=a.mask_steps, propagator_memory=a.memory,
+                          pseudo_loss_weight=a.pseudo_loss_weight, pseudo_band_nm=a.pseudo_band_nm)
     # Provenance (what export-unet / export-propagator record); a resumed run must be on the same data.
-    run = {
+    record_run(out, {
         "data": vol.name,
         "annotated_slices": vol.slices,
         "budget": a.budget if not a.slices else f"{len(slices)} of {vol.image.shape[0]} slices",
         "voxel_size_nm": list(vol.voxel_size_nm),
         "command": command_line(a),
-    }
-    if (out / "run.json").exists():
-        old = json.loads((out / "run.json").read_text())
-        for k in ("data", "annotated_slices", "voxel_size_nm"):
-            if old.get(k) != run[k]:
-                raise ValueError(f"--out: {out} holds a run with {k} {old.get(k)!r}, not {run[k]!r}; resume it with the "
-                                 "same data or choose another folder")
-        run["command"] = old["command"]
-    cfg = DualTrackConfig(rounds=a.rounds, seed=a.seed, threads=a.threads, unet_config=a.unet_config, unet_overrides=over,
-                          bootstrap_unet_steps=a.bootstrap_unet_steps, unet_steps=a.unet_steps,
-                          bootstrap_mask_steps=a.bootstrap_mask_steps, mask_steps=a.mask_steps, propagator_memory=a.memory,
-                          pseudo_loss_weight=a.pseudo_loss_weight, pseudo_band_nm=a.pseudo_band_nm)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "run.json", run)
+    }, "--out")
     # vol.mask holds the annotated slices only: nothing else of the labels was read.
     result = run_dualtrack(vol.image, vol.mask, slices, vol.voxel_size_nm, cfg, out, progress=not a.no_progress,
                            bootstrap_unet=a.bootstrap_unet, pretrained_unet=a.pretrained_unet,

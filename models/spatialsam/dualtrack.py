@@ -269,7 +269,7 @@ def run_dualtrack(
     torch.set_num_threads(cfg.threads)
     state_path, log_path = out / "state.json", out / "rounds.jsonl"
     state = json.loads(state_path.read_text()) if state_path.exists() else {"done": -1, "time_s": 0.0}
-    if state["done"] >= 0 and (out / "config.json").exists():
+    if state["done"] >= 0:  # config.json was written when the run started
         started = json.loads((out / "config.json").read_text()).get("pretrained") or {}
         if started != pretrained:
             raise ValueError(f"pretrained_unet: {out} was started from pretrained weights {started or 'none'}, "
@@ -401,6 +401,23 @@ def run_dualtrack(
     }
 
 
+def record_run(out: Path, run: dict, field: str = "out_dir") -> dict:
+    """The loop's provenance, ``out/run.json`` (data, annotated_slices, budget, voxel_size_nm, command:
+    what export-unet / export-propagator put in the manifests): written for a new folder; for a folder
+    that has one, checked to be on the same data (ValueError naming ``field``) and kept as it is."""
+    path = out / "run.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        for k in ("data", "annotated_slices", "voxel_size_nm"):
+            if old.get(k) != run[k]:
+                raise ValueError(f"{field}: {out} holds a run with {k} {old.get(k)!r}, not {run[k]!r}; resume it with "
+                                 "the same data or choose another folder")
+        return old
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(path, json.dumps(run, indent=2))
+    return run
+
+
 def _load_pretrained(unet: Path | str | None, propagator: Path | str | None, cfg: DualTrackConfig
                      ) -> tuple[dict, dict | None, object | None]:
     """(declaration for config.json, U-Net state_dict or None, propagator module or None); checks that
@@ -438,7 +455,6 @@ def _load_pretrained(unet: Path | str | None, propagator: Path | str | None, cfg
         if prop.cfg.memory != cfg.propagator_memory:
             raise ValueError(f"pretrained_propagator: {path} has {prop.cfg.memory!r} memory, this run "
                              f"{cfg.propagator_memory!r}")
-        prop.train()
         declared["propagator"] = {"path": str(path), "sha256": sha256_file(path), "step": meta.get("step"),
                                   "config": prop.cfg.name, "trained_on": meta.get("data")}
     return declared, unet_state, prop

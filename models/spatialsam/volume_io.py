@@ -41,6 +41,7 @@ every message starts with ``field`` (e.g. "--image: ...") and names the file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -91,6 +92,10 @@ class VolumeReader:
         zs, ys, xs = self._box(box if box is not None else (slice(None),) * 3, "box")
         return self._get(range(zs.start, zs.stop), ys, xs)
 
+    def bounds(self, box: Box, name: str) -> Box:
+        """``box`` with concrete [start, stop) bounds inside the volume; errors start with ``name``."""
+        return resolve_box(box, self.shape, name, self._file)
+
     def read_slices(self, zs: Sequence[int], yx: tuple[slice, slice] | None = None) -> np.ndarray:
         """Only the z-slices ``zs`` (in that order), cut to ``yx``: [len(zs), Y, X]."""
         ys, xs = self._box((slice(None), *(yx if yx is not None else (slice(None),) * 2)), "yx")[1:]
@@ -104,20 +109,7 @@ class VolumeReader:
         return self._get(zl, ys, xs)
 
     def _box(self, box, name: str) -> Box:
-        if not isinstance(box, (tuple, list)) or len(box) != 3 or not all(isinstance(s, slice) for s in box):
-            raise VolumeError(f"{self._field}: {name}: expected three slices (z, y, x), got {box!r}")
-        out = []
-        for axis, s, n in zip("zyx", box, self.shape):
-            try:
-                a, b = (0 if s.start is None else operator.index(s.start)), (n if s.stop is None else operator.index(s.stop))
-            except TypeError as e:
-                raise VolumeError(f"{self._field}: {name}: {axis} bounds must be integers, got {s}") from e
-            if s.step not in (None, 1):
-                raise VolumeError(f"{self._field}: {name}: {axis} step must be 1, got {s.step}")
-            if not 0 <= a < b <= n:
-                raise VolumeError(f"{self._field}: {name}: {axis} range {a}:{b} is empty or outside the volume's 0:{n} ({self._file})")
-            out.append(slice(a, b))
-        return tuple(out)  # type: ignore[return-value]
+        return resolve_box(box, self.shape, f"{self._field}: {name}", self._file)
 
     def _get(self, zs: Sequence[int], ys: slice, xs: slice) -> np.ndarray:
         want = (len(zs), ys.stop - ys.start, xs.stop - xs.start)
@@ -128,6 +120,26 @@ class VolumeReader:
         if a.shape != want:
             raise VolumeError(f"{self._field}: {self._file}: read {a.shape} instead of {want}")
         return np.ascontiguousarray(a.astype(a.dtype.newbyteorder("="), copy=False))
+
+
+def resolve_box(box: object, shape: Sequence[int], what: str, file: str = "") -> Box:
+    """Three slices (z, y, x; bounds None or integers, step 1) -> concrete, non-empty [start, stop)
+    bounds inside ``shape``; a VolumeError starting with ``what`` otherwise."""
+    if not isinstance(box, (tuple, list)) or len(box) != 3 or not all(isinstance(s, slice) for s in box):
+        raise VolumeError(f"{what}: expected three slices (z, y, x), got {box!r}")
+    where = f" ({file})" if file else ""
+    out = []
+    for axis, s, n in zip("zyx", box, shape):
+        try:
+            a, b = (0 if s.start is None else operator.index(s.start)), (n if s.stop is None else operator.index(s.stop))
+        except TypeError as e:
+            raise VolumeError(f"{what}: {axis} bounds must be integers, got {s}") from e
+        if s.step not in (None, 1):
+            raise VolumeError(f"{what}: {axis} step must be 1, got {s.step}")
+        if not 0 <= a < b <= n:
+            raise VolumeError(f"{what}: {axis} range {a}:{b} is empty or outside the volume's 0:{n}{where}")
+        out.append(slice(a, b))
+    return tuple(out)  # type: ignore[return-value]
 
 
 def open_volume(url: str, field: str = "url") -> VolumeReader:
@@ -186,7 +198,7 @@ def _query_voxel(query: str, field: str, url: str) -> Voxel | None:
     unknown = sorted(set(opts) - {"voxel_size_nm"})
     if unknown:
         raise VolumeError(f"{field}: unknown URL option(s) {unknown} in {url!r}; only voxel_size_nm=z,y,x is accepted")
-    return _voxel(opts["voxel_size_nm"][-1].split(","), f"voxel_size_nm (z,y,x in nm) of {url!r}", field)
+    return voxel_size(opts["voxel_size_nm"][-1].split(","), f"voxel_size_nm (z,y,x in nm) of {url!r}", field)
 
 
 def _infer(path: Path, field: str, url: str) -> str:
@@ -231,8 +243,8 @@ def _unit_nm(unit: object) -> float | None:
     return _UNIT_NM.get(u[:-1] if len(u) > 3 and u.endswith("s") else u)
 
 
-def _voxel(values: object, what: str, field: str) -> Voxel:
-    """Three positive finite numbers, or a VolumeError naming ``what``."""
+def voxel_size(values: object, what: str, field: str) -> Voxel:
+    """Three positive finite numbers (z, y, x nm, or any triple), or a VolumeError naming ``field`` and ``what``."""
     try:
         v = tuple(float(x) for x in values)  # type: ignore[union-attr]
     except (TypeError, ValueError):
@@ -362,11 +374,11 @@ def _n5_resolution(attrs: dict, what: str, field: str) -> Voxel | None:
         if f is None:
             raise VolumeError(f"{field}: {what}: pixelResolution.unit: unknown unit {pr.get('unit')!r}")
         values = pr.get("dimensions")
-        xyz = _voxel(values[:3] if isinstance(values, list) else values, f"{what}: pixelResolution.dimensions", field)
+        xyz = voxel_size(values[:3] if isinstance(values, list) else values, f"{what}: pixelResolution.dimensions", field)
         return tuple(v * f for v in xyz[::-1])  # type: ignore[return-value]
     for key, v in (("pixelResolution", pr), ("resolution", res)):
         if v is not None:
-            return _voxel(v[:3] if isinstance(v, list) else v, f"{what}: {key}", field)[::-1]
+            return voxel_size(v[:3] if isinstance(v, list) else v, f"{what}: {key}", field)[::-1]
     return None
 
 
@@ -384,7 +396,7 @@ def _open_n5(path: Path, field: str):
         scales = group.get("scales")
         factors = attrs.get("downsamplingFactors") or (scales[0] if isinstance(scales, list) and scales else None)
         if voxel is None and group_voxel is not None:
-            f = (1, 1, 1) if factors is None else _voxel(factors[:3] if isinstance(factors, list) else factors, f"{path}: downsamplingFactors", field)
+            f = (1, 1, 1) if factors is None else voxel_size(factors[:3] if isinstance(factors, list) else factors, f"{path}: downsamplingFactors", field)
             voxel = tuple(g * k for g, k in zip(group_voxel, f[::-1]))
     with _guard(field, path):
         t = ts.open({"driver": "n5", "kvstore": {"driver": "file", "path": str(path)}, "open": True}, read=True).result().T
@@ -402,7 +414,7 @@ def _open_precomputed(path: Path, field: str):
         raise VolumeError(f"{field}: {info_file}: scales: expected a non-empty list, got {scales!r}")
     if info.get("num_channels", 1) != 1:
         raise VolumeError(f"{field}: {info_file}: num_channels: only single-channel volumes are read, got {info.get('num_channels')!r}")
-    voxel = _voxel(scales[0].get("resolution"), f"{info_file}: scales[0].resolution", field)[::-1]
+    voxel = voxel_size(scales[0].get("resolution"), f"{info_file}: scales[0].resolution", field)[::-1]
     with _guard(field, path):
         t = ts.open({"driver": "neuroglancer_precomputed", "kvstore": {"driver": "file", "path": str(path)}, "scale_index": 0},
                     read=True).result()
@@ -431,7 +443,7 @@ def _open_h5(path: Path, name: str, field: str):
     voxel = None
     for key, factor in (("resolution", 1.0), ("element_size_um", 1000.0)):
         if key in attrs:
-            voxel = tuple(v * factor for v in _voxel(attrs[key][-3:], f"{path}#{name}: attribute {key}", field))
+            voxel = tuple(v * factor for v in voxel_size(attrs[key][-3:], f"{path}#{name}: attribute {key}", field))
             break
 
     def get(idx: tuple) -> np.ndarray:
@@ -528,17 +540,11 @@ def _open_tiff(path: Path, field: str):
             (h, w), dtype = _page_info(tf.pages[0], files[0], field)
             voxel = _tiff_voxel(tf, tf.pages[0])
 
-        def read(zs: Sequence[int], ys: slice, xs: slice) -> np.ndarray:
-            out = []
-            for z in zs:
-                with _tiff(files[z], field) as tf:
-                    if _page_info(tf.pages[0], files[z], field) != ((h, w), dtype):
-                        raise VolumeError(f"{field}: {files[z]}: slice is {tf.pages[0].imagelength} x {tf.pages[0].imagewidth} "
-                                          f"{tf.pages[0].dtype}, the first slice ({files[0].name}) {h} x {w} {dtype}")
-                    out.append(_page_array(tf, 0, files[z], field)[ys, xs])
-            return np.stack(out)
+        def load(f: Path, opened: contextlib.ExitStack):
+            tf = opened.enter_context(_tiff(f, field))
+            return _page_info(tf.pages[0], f, field), lambda: _page_array(tf, 0, f, field)
 
-        return (len(files), h, w), dtype, read, voxel
+        return (len(files), h, w), dtype, _slice_stack_reader(files, ((h, w), dtype), load, field), voxel
 
     with _tiff(path, field) as tf:
         pages = [p for p in tf.pages if not p.is_reduced]
@@ -561,36 +567,52 @@ def _open_tiff(path: Path, field: str):
 _PNG_MODES = {"L": np.dtype(np.uint8), "I;16": np.dtype(np.uint16), "I;16B": np.dtype(np.uint16), "I;16L": np.dtype(np.uint16)}
 
 
-def _png_header(f: Path, field: str) -> tuple[tuple[int, int], np.dtype]:
+def _png(f: Path, field: str, opened: contextlib.ExitStack):
+    """An open PNG slice (closed with ``opened``) and its ((h, w), dtype); refuses other images."""
     from PIL import Image
 
-    with _guard(field, f), Image.open(f) as im:
-        if im.format != "PNG" or im.mode not in _PNG_MODES:
-            raise VolumeError(f"{field}: {f}: expected an 8/16-bit grayscale PNG, got {im.format} mode {im.mode}")
-        return (im.height, im.width), _PNG_MODES[im.mode]
+    with _guard(field, f):
+        im = opened.enter_context(Image.open(f))
+    if im.format != "PNG" or im.mode not in _PNG_MODES:
+        raise VolumeError(f"{field}: {f}: expected an 8/16-bit grayscale PNG, got {im.format} mode {im.mode}")
+    return im, ((im.height, im.width), _PNG_MODES[im.mode])
 
 
-def _open_png(path: Path, field: str):
-    from PIL import Image
-
-    if not path.is_dir():
-        raise VolumeError(f"{field}: {path}: png:// needs a folder of PNG slices")
-    files = _slice_files(path, (".png",), "PNG", field)
-    (h, w), dtype = _png_header(files[0], field)
-    meta, voxel = path.parent.parent / "meta.json", None
-    if meta.is_file():
-        doc = _read_json(meta, field)
-        if "voxel_size_nm_zyx" in doc:
-            voxel = _voxel(doc["voxel_size_nm_zyx"], f"{meta}: voxel_size_nm_zyx", field)
+def _slice_stack_reader(files: list[Path], first: tuple, load: Callable, field: str) -> ReadFn:
+    """Reader of a one-file-per-slice stack: ``load(file, opened)`` opens a slice once (entering it on the
+    ExitStack ``opened``) and returns (((h, w), dtype), decode); every slice must match the first one's
+    ``first``."""
 
     def read(zs: Sequence[int], ys: slice, xs: slice) -> np.ndarray:
         out = []
         for z in zs:
-            (hz, wz), dz = _png_header(files[z], field)
-            if ((hz, wz), dz) != ((h, w), dtype):
-                raise VolumeError(f"{field}: {files[z]}: slice is {hz} x {wz} {dz}, the first slice ({files[0].name}) {h} x {w} {dtype}")
-            with _guard(field, files[z]), Image.open(files[z]) as im:
-                out.append(np.asarray(im)[ys, xs])
+            with contextlib.ExitStack() as opened:
+                header, decode = load(files[z], opened)
+                if header != first:
+                    (hz, wz), dz = header
+                    raise VolumeError(f"{field}: {files[z]}: slice is {hz} x {wz} {dz}, the first slice ({files[0].name}) "
+                                      f"{first[0][0]} x {first[0][1]} {first[1]}")
+                with _guard(field, files[z]):
+                    out.append(decode()[ys, xs])
         return np.stack(out)
 
-    return (len(files), h, w), dtype, read, voxel
+    return read
+
+
+def _open_png(path: Path, field: str):
+    if not path.is_dir():
+        raise VolumeError(f"{field}: {path}: png:// needs a folder of PNG slices")
+    files = _slice_files(path, (".png",), "PNG", field)
+    with contextlib.ExitStack() as first:
+        _, ((h, w), dtype) = _png(files[0], field, first)
+    meta, voxel = path.parent.parent / "meta.json", None
+    if meta.is_file():
+        doc = _read_json(meta, field)
+        if "voxel_size_nm_zyx" in doc:
+            voxel = voxel_size(doc["voxel_size_nm_zyx"], f"{meta}: voxel_size_nm_zyx", field)
+
+    def load(f: Path, opened: contextlib.ExitStack):
+        im, header = _png(f, field, opened)
+        return header, lambda: np.asarray(im)
+
+    return (len(files), h, w), dtype, _slice_stack_reader(files, ((h, w), dtype), load, field), voxel

@@ -14,9 +14,9 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Direction, PointLabel, type AddPromptsRequest, type AddPromptsResponse, type PropagateResponse, type StartSessionRequest, type StartSessionResponse } from "#proto/spatial_sam/v1/segmentation.ts";
 import type { OpenVolumeRequest, OpenVolumeResponse } from "#proto/spatial_sam/v1/volume.ts";
 import { DEMO_SHAPE_ZYX, ensureDemoVolume } from "#server/demo.ts";
-import { silentLogger } from "#server/log.ts";
-import { serve, type RunningServer } from "#server/serve.ts";
+import type { RunningServer } from "#server/serve.ts";
 import { call, collect, connect, type Clients } from "#test/helpers/grpc_clients.ts";
+import { startTestServer } from "#test/helpers/test_server.ts";
 
 const root = join(import.meta.dirname, "..", "..");
 const python = join(root, "models", ".venv", "bin", "python");
@@ -43,18 +43,11 @@ beforeAll(async () => {
     "--bootstrap-mask-steps", "2", "--threads", "2", "--out", join(dir, "adapt"), "--no-progress");
   spatialsam("export-unet", "--run", join(dir, "adapt"), "--out", join(dir, "models", "sdf_user"), "--name", "sdf_user");
   spatialsam("export-propagator", "--run", join(dir, "adapt"), "--out", join(dir, "prop"), "--name", "prop_user");
-  server = await serve({
-    host: "127.0.0.1",
-    port: 0,
-    httpPort: -1,
+  server = await startTestServer(dir, {
     modelsDir: join(dir, "models"),
     roots: [demoDir, dir],
-    cacheDir: join(dir, "cache"),
-    workers: 1,
     intraOpThreads: 2,
-    executionProvider: "cpu",
     maxQueuePerModel: 64,
-    log: silentLogger(),
     propagation: { dir: join(dir, "prop"), maxSessions: 2, idleTimeoutMs: 600_000, defaultSdfModel: "sdf_user" },
   });
   clients = connect(server.grpc.address);

@@ -98,14 +98,29 @@ function litPixels(png: PNG, rect: Rect, except: Rect): number {
 async function settledShot(page: Page, rect: Rect, path?: string): Promise<{ png: PNG; lit: number }> {
   let last = -1;
   for (let i = 0; i < 80; i++) {
-    await page.waitForFunction(
-      () => {
-        const w = window as unknown as { spatialSam: { idle: boolean }; viewer: { isReady(): boolean } };
-        return w.spatialSam.idle && w.viewer.isReady();
-      },
-      null,
-      { timeout: 180_000, polling: 200 },
-    );
+    await page
+      .waitForFunction(
+        () => {
+          const w = window as unknown as { spatialSam: { idle: boolean }; viewer: { isReady(): boolean } };
+          return w.spatialSam.idle && w.viewer.isReady();
+        },
+        null,
+        { timeout: 180_000, polling: 200 },
+      )
+      .catch(async (e: unknown) => {
+        // Which half never settled: the tool (requests, generations) or the viewer (chunks still needed).
+        const state = await page.evaluate(() => {
+          type Stats = { numVisibleChunksNeeded: number; numVisibleChunksAvailable: number };
+          const w = window as unknown as {
+            spatialSam: { idle: boolean; debug: { pending: number; generation: number; answered: number; errors: string[] } };
+            viewer: { isReady(): boolean; chunkManager: { prevStatisticsLayers: Stats[] } };
+          };
+          const { pending, generation, answered, errors } = w.spatialSam.debug;
+          const chunks = w.viewer.chunkManager.prevStatisticsLayers.map((l) => `${l.numVisibleChunksAvailable}/${l.numVisibleChunksNeeded}`);
+          return { idle: w.spatialSam.idle, pending, generation, answered, errors, ready: w.viewer.isReady(), visibleChunks: chunks };
+        });
+        throw new Error(`${e instanceof Error ? e.message : String(e)}; state ${JSON.stringify(state)}`);
+      });
     await page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
     const png = PNG.sync.read(await page.screenshot(path === undefined ? {} : { path }));
     const tool = await page.evaluate(() => {

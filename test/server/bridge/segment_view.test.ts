@@ -210,10 +210,13 @@ describe("segment everything in view", () => {
 
   it("a newer request cancels a running segmentation", async () => {
     const { sessionId, liveVolumeId } = (await api("POST", "/api/sessions", { volumeId: "image" })).json as { sessionId: string; liveVolumeId: string };
+    const stream = await events(`/api/sessions/${sessionId}/events`);
+    await stream.next();
     const box = { x0: 0, y0: 0, z0: 0, x1: 64, y1: 32, z1: 12 };
     const first = api("POST", `/api/sessions/${sessionId}/segment-view`, { box });
-    // Sent while the first runs (the first's SegmentVolume takes far longer than a request's arrival).
-    await new Promise((resolve) => setTimeout(resolve, 50));
+    // Sent once the server reports the first's progress: the first is under way (a fixed delay let the
+    // second overtake the first on a loaded machine), and its SegmentVolume takes far longer than a request's arrival.
+    expect((await stream.next()).event).toBe("progress");
     const second = api("POST", `/api/sessions/${sessionId}/segment-view`, { box: { ...box, y0: 32, y1: 64 } });
     const [a, b] = await Promise.all([first, second]);
     expect(a.status).toBe(200);
@@ -223,6 +226,7 @@ describe("segment everything in view", () => {
     // Only the second's half holds voxels.
     const live = await liveRead(liveVolumeId);
     for (let i = 0; i < live.length; i++) if (live[i] !== 0n) expect(Math.floor(i / X) % Y).toBeGreaterThanOrEqual(32);
+    stream.close();
   }, 60_000);
 
   it("a client that goes away cancels its run: nothing is written, and the session goes on", async () => {

@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             val = ValData(v.image, v.mask, VAL_CONTEXT)
     rows: list[dict] = []
     run = {"command": " ".join(sys.argv), "machine": machine(torch.get_default_device()), "quick": a.quick, "threads": a.threads, "min_size": a.min_size,
-           "unet_config": a.unet_config, "pseudo_loss_weight": a.pseudo_loss_weight, "pseudo_band_nm": a.pseudo_band_nm}
+           "seed": a.seed, "unet_config": a.unet_config, "pseudo_loss_weight": a.pseudo_loss_weight, "pseudo_band_nm": a.pseudo_band_nm}
     results_path = out / "results.json"
 
     def record(method: str, budget: str, slices, pred: np.ndarray, clock: Clock, train: tuple[float, float], extra: dict) -> None:
@@ -474,16 +474,61 @@ def errors_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def run_seed(run: dict) -> int:
+    """The seed of a benchmark invocation: recorded in its run (since 2026-12-05), else its command's
+    ``--seed`` (else the default, 0)."""
+    if "seed" in run:
+        return int(run["seed"])
+    words = run["command"].split()
+    for i, w in enumerate(words):
+        if w == "--seed" and i + 1 < len(words):
+            return int(words[i + 1])
+        if w.startswith("--seed="):
+            return int(w.split("=", 1)[1])
+    return 0
+
+
+def spread_table(rows: list[dict]) -> list[str]:
+    """Markdown lines: for each method and budget with more than one row (other seeds or repeats),
+    the mean and range of its scores; [] when every method has one row."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["budget"]), []).append(r)
+    many = [(k, g) for k, g in groups.items() if len(g) > 1]
+    if not many:
+        return []
+
+    def stat(g: list[dict], key: str, fmt: str) -> str:
+        v = np.array([r[key] for r in g], float)
+        return f"{v.mean():{fmt}} ({v.min():{fmt}}-{v.max():{fmt}})"
+
+    lines = ["", "Across runs (mean, and the range between the lowest and highest run):", "",
+             "| method | budget | runs (seeds) | fg-IoU | Dice | AP@0.5 | AP@0.75 | flicker slices |", "|" + "---|" * 8]
+    for (method, budget), g in many:
+        seeds = ", ".join(str(r.get("seed", "?")) for r in g)
+        lines.append(f"| {NAMES[method]} | {budget} | {len(g)} ({seeds}) | {stat(g, 'fg_iou', '.3f')} | {stat(g, 'dice', '.3f')} "
+                     f"| {stat(g, 'ap50', '.3f')} | {stat(g, 'ap75', '.3f')} | {stat(g, 'flicker_slices', '.1f')} |")
+    return lines
+
+
 def merge(paths: list[str], out: Path) -> str:
-    """One table from several runs' results.json (e.g. methods run as parallel processes)."""
+    """One table from several runs' results.json (e.g. methods run as parallel processes, or seeds):
+    each row names its seed when the runs have more than one; methods with several rows get their
+    mean and range."""
     rows, runs = [], []
     for p in paths:
         d = json.loads(Path(p).read_text())
-        rows += d["rows"]
+        seed = run_seed(d["run"])
+        rows += [{**r, "seed": seed} for r in d["rows"]]
         runs.append(d["run"])
+    if len({r["seed"] for r in rows}) > 1:
+        rows = [{**r, "name": f"{r['name']}, seed {r['seed']}"} for r in rows]
     order = {m: i for i, m in enumerate(ROW_ORDER)}
-    rows.sort(key=lambda r: (r["budget"] != "1", r["budget"], order[r["method"]]))
+    rows.sort(key=lambda r: (r["budget"] != "1", r["budget"], order[r["method"]], r["seed"]))
     text = table(rows, runs)
+    spread = spread_table(rows)
+    if spread:
+        text += "\n".join(spread) + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)
     _write(out, text)
     return text

@@ -39,3 +39,37 @@ def test_merge_writes_both_tables(tmp_path):
     line = next(ln for ln in errors.splitlines() if ln.startswith("| (a)"))
     assert "| 100 (100%) | 0 (0%) | 100, 0-4 / 12-17 / 12-17 | 1.000 |" in line
     assert "(d)" not in errors  # a row without the breakdown gets no line
+
+
+def test_merge_of_seeds_names_each_row_and_gives_mean_and_range(tmp_path):
+    gt = np.zeros((4, 20, 20), bool)
+    gt[:, 2:8, 2:8] = True  # 144 voxels
+    worse = gt.copy()
+    worse[:, 2:8, 2:4] = False  # 96 of 144
+    base = {"machine": "m", "quick": False, "threads": 1, "min_size": 0}
+    runs = [
+        ({**base, "command": "lucchi_budget.py --methods a,b", "seed": 0}, [_row("a", gt, gt), _row("b", worse, gt)]),
+        # written before runs recorded their seed: it comes from the command
+        ({**base, "command": "lucchi_budget.py --methods a --seed 1"}, [_row("a", worse, gt)]),
+    ]
+    paths = []
+    for i, (run, rows) in enumerate(runs):
+        p = tmp_path / f"r{i}.json"
+        p.write_text(json.dumps({"run": run, "rows": rows}))
+        paths.append(str(p))
+    text = bench.merge(paths, tmp_path / "results.md")
+    main, spread = text.split("Across runs")
+    a0 = main.index(f"| {bench.NAMES['a']}, seed 0 |")
+    assert a0 < main.index(f"| {bench.NAMES['a']}, seed 1 |") < main.index(f"| {bench.NAMES['b']}, seed 0 |")
+    lines = [ln for ln in spread.splitlines() if ln.startswith("| (")]
+    assert len(lines) == 1  # (b) has one run: no spread line
+    # fg-IoU 1 and 96/144: mean 0.833, range 0.667-1.000; flicker 0 in both
+    assert lines[0].startswith(f"| {bench.NAMES['a']} | 1/64 | 2 (0, 1) | 0.833 (0.667-1.000) |")
+    assert lines[0].endswith("| 0.0 (0.0-0.0) |")
+
+
+def test_run_seed_from_the_record_or_the_command():
+    assert bench.run_seed({"command": "x --seed 3", "seed": 2}) == 2
+    assert bench.run_seed({"command": "x --threads 2 --seed 3 --no-progress"}) == 3
+    assert bench.run_seed({"command": "x --seed=4"}) == 4
+    assert bench.run_seed({"command": "x --threads 2"}) == 0

@@ -274,18 +274,24 @@ def _plain_axes(shape: Sequence[int], field: str, what: object) -> list[str | No
     return [None] * lead + ["z", "y", "x"][3 - (len(shape) - lead):]
 
 
-def _array(shape: Sequence[int], axes: list[str | None], get: Callable[[tuple], np.ndarray]) -> tuple[tuple[int, int, int], ReadFn]:
-    """(z, y, x) shape and reader of an indexable array whose dims play ``axes`` (None: size 1, dropped)."""
+def _array(shape: Sequence[int], axes: list[str | None], get: Callable[[tuple], np.ndarray] | None,
+           opened: Callable[[], contextlib.AbstractContextManager[Callable[[tuple], np.ndarray]]] | None = None,
+           ) -> tuple[tuple[int, int, int], ReadFn]:
+    """(z, y, x) shape and reader of an indexable array whose dims play ``axes`` (None: size 1, dropped),
+    read through ``get``, or, for a file that must be opened to read, through the ``get`` that
+    ``opened()`` yields for the length of one read (once for all the slices of a read_slices)."""
     size = dict(zip(axes, shape))
+    session = opened if opened is not None else lambda: contextlib.nullcontext(get)
 
-    def box(z: slice, y: slice, x: slice) -> np.ndarray:
-        a = np.asarray(get(tuple({"z": z, "y": y, "x": x}[ax] if ax else 0 for ax in axes)))
+    def box(g: Callable[[tuple], np.ndarray], z: slice, y: slice, x: slice) -> np.ndarray:
+        a = np.asarray(g(tuple({"z": z, "y": y, "x": x}[ax] if ax else 0 for ax in axes)))
         return a if "z" in size else a[None]
 
     def read(zs: Sequence[int], ys: slice, xs: slice) -> np.ndarray:
-        if isinstance(zs, range):
-            return box(slice(zs.start, zs.stop), ys, xs)
-        return np.concatenate([box(slice(z, z + 1), ys, xs) for z in zs])
+        with session() as g:
+            if isinstance(zs, range):
+                return box(g, slice(zs.start, zs.stop), ys, xs)
+            return np.concatenate([box(g, slice(z, z + 1), ys, xs) for z in zs])
 
     return (size.get("z", 1), size["y"], size["x"]), read
 
@@ -446,11 +452,13 @@ def _open_h5(path: Path, name: str, field: str):
             voxel = tuple(v * factor for v in voxel_size(attrs[key][-3:], f"{path}#{name}: attribute {key}", field))
             break
 
-    def get(idx: tuple) -> np.ndarray:
+    @contextmanager
+    def opened() -> Iterator[Callable[[tuple], np.ndarray]]:
         with h5py.File(path, "r") as f:
-            return f[name][idx]
+            yield f[name].__getitem__
 
-    shape, read = _array(native_shape, _plain_axes(native_shape, field, f"{path}#{name}"), get)
+    # One open per read: read_slices of many annotated slices would otherwise reopen the file per slice.
+    shape, read = _array(native_shape, _plain_axes(native_shape, field, f"{path}#{name}"), None, opened)
     return shape, dtype, read, voxel
 
 

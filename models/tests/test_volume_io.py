@@ -190,6 +190,24 @@ def test_hdf5_datasets(st, dataset, npy, voxel):
     assert r.voxel_size_nm == (None if voxel is None else pytest.approx(voxel))
 
 
+def test_hdf5_read_slices_opens_the_file_once(st, monkeypatch):
+    import h5py
+
+    opens = []
+    real = h5py.File
+
+    def counting(*args, **kwargs):
+        opens.append(args[0])
+        return real(*args, **kwargs)
+
+    r = open_volume(f"h5://{st / 'h5' / 'volumes.h5'}#/raw/u8_gzip")
+    expected = np.load(st / "h5" / "raw_u8_gzip.npy")
+    monkeypatch.setattr(h5py, "File", counting)
+    zs = [5, 0, 6, 5, 2]  # any order, repeats allowed
+    np.testing.assert_array_equal(r.read_slices(zs), expected[zs])
+    assert len(opens) == 1
+
+
 def test_hdf5_errors(st):
     f = st / "h5" / "volumes.h5"
     bad(lambda: open_volume(f"h5://{f}#/nope", "--labels"), "--labels", "'/nope'", "volumes.h5", exc=FileNotFoundError)

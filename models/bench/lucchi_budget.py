@@ -490,7 +490,7 @@ def run_seed(run: dict) -> int:
 
 def spread_table(rows: list[dict]) -> list[str]:
     """Markdown lines: for each method and budget with more than one row (other seeds or repeats),
-    the mean and range of its scores; [] when every method has one row."""
+    the mean and range of its scores; [] when every method has one row. Rows carry "seed" (merge)."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         groups.setdefault((r["method"], r["budget"]), []).append(r)
@@ -505,7 +505,7 @@ def spread_table(rows: list[dict]) -> list[str]:
     lines = ["", "Across runs (mean, and the range between the lowest and highest run):", "",
              "| method | budget | runs (seeds) | fg-IoU | Dice | AP@0.5 | AP@0.75 | flicker slices |", "|" + "---|" * 8]
     for (method, budget), g in many:
-        seeds = ", ".join(str(r.get("seed", "?")) for r in g)
+        seeds = ", ".join(str(r["seed"]) for r in g)
         lines.append(f"| {NAMES[method]} | {budget} | {len(g)} ({seeds}) | {stat(g, 'fg_iou', '.3f')} | {stat(g, 'dice', '.3f')} "
                      f"| {stat(g, 'ap50', '.3f')} | {stat(g, 'ap75', '.3f')} | {stat(g, 'flicker_slices', '.1f')} |")
     return lines

@@ -67,7 +67,7 @@ def input_volume(a: argparse.Namespace, sparse: bool) -> InputVolume:
     (volume_io: zarr, n5, precomputed, tiff, png, h5), cut to ``--box``. ``sparse``: the labels count
     only on the annotated slices (``annotated_slices``), which are all that is read of them."""
     if a.image is None:
-        for flag in ("labels", "voxel_size"):
+        for flag in ("labels", "voxel_size", "intensity_window"):
             if getattr(a, flag, None) is not None:
                 raise ValueError(f"--{flag.replace('_', '-')}: only with --image (without it the data is Lucchi++ --split)")
         z0 = parse_box(a.box)[0].start or 0
@@ -79,13 +79,13 @@ def input_volume(a: argparse.Namespace, sparse: bool) -> InputVolume:
             mask = np.zeros(v.mask.shape, bool)
             mask[rel] = v.mask[rel]
         return InputVolume(v.image, mask, v.voxel_size_nm, f"lucchi_pp/{a.split}" + (f"[{a.box}]" if a.box else ""), z0, slices)
-    from .volume_io import open_volume, voxel_size
+    from .volume_io import intensity_window, open_volume, to_uint8, voxel_size
 
     if a.labels is None:
         raise ValueError("--labels: required with --image (the label volume: annotated slices or a dense ground truth)")
     img = open_volume(a.image, "--image")
-    if np.dtype(img.dtype) != np.uint8:
-        raise ValueError(f"--image: expected 8-bit (uint8) EM intensities, got {img.dtype}; convert the volume to uint8 first")
+    window = intensity_window(a.intensity_window) if a.intensity_window is not None else None
+    to_uint8(np.zeros(0, img.dtype), window)  # a non-uint8 volume without a window fails before anything is read
     lab = open_volume(a.labels, "--labels")
     if tuple(lab.shape) != tuple(img.shape):
         raise ValueError(f"--labels: shape {tuple(lab.shape)} does not match --image shape {tuple(img.shape)}")
@@ -94,13 +94,13 @@ def input_volume(a: argparse.Namespace, sparse: bool) -> InputVolume:
         raise ValueError("--voxel-size: neither --image nor --labels records a voxel size; give it as z,y,x in nm")
     box = img.bounds(parse_box(a.box), "--box")
     slices = annotated_slices(a, box[0].stop - box[0].start, box[0].start) if sparse else None
-    image = img.read(box)
+    image = to_uint8(img.read(box), window)
     if slices is None:
         mask = lab.read(box) > 0
     else:
         mask = np.zeros(image.shape, bool)
         mask[[z - box[0].start for z in slices]] = lab.read_slices(slices, box[1:]) > 0
-    name = f"{a.image} (labels {a.labels})" + (f"[{a.box}]" if a.box else "")
+    name = f"{a.image} (labels {a.labels})" + (f"[{a.box}]" if a.box else "") + (f" window {a.intensity_window}" if window else "")
     return InputVolume(image, mask, tuple(float(x) for x in vs), name, box[0].start, slices)  # type: ignore[arg-type]
 
 
@@ -497,11 +497,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def data_args(q: argparse.ArgumentParser, split: str = "train") -> None:
-        q.add_argument("--image", help="your EM volume (uint8) instead of Lucchi++: zarr:///d/a.zarr, n5:///d/a.n5, "
+        q.add_argument("--image", help="your EM volume (uint8, or any type with --intensity-window) instead of Lucchi++: zarr:///d/a.zarr, n5:///d/a.n5, "
                                        "precomputed:///d/em, tiff:///d/stack.tif, png:///d/slices/, h5:///d/a.h5#/raw "
                                        "(or a bare path); ?voxel_size_nm=z,y,x after the path overrides the file's")
         q.add_argument("--labels", help="with --image: the label volume (same forms, same shape; > 0 = mitochondrion)")
         q.add_argument("--voxel-size", help="with --image: z,y,x in nm (default: what the image or label file records)")
+        q.add_argument("--intensity-window", help="with --image: LOW,HIGH, the raw values shown as black and white, mapped to "
+                                                  "0..255 as the server maps them (required unless the image is uint8)")
         q.add_argument("--data-root", help="folder holding lucchi_pp/ (default: $SPATIALSAM_DATA or <repo>/../shared/data)")
         q.add_argument("--split", default=split, choices=["train", "test"], help=f"Lucchi++ split (default {split})")
         q.add_argument("--box", help="sub-volume z0:z1,y0:y1,x0:x1 (default: whole volume); only the box is read")

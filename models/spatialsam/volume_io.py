@@ -624,3 +624,41 @@ def _open_png(path: Path, field: str):
         return header, lambda: np.asarray(im)
 
     return (len(files), h, w), dtype, _slice_stack_reader(files, ((h, w), dtype), load, field), voxel
+
+
+def intensity_window(text: str, field: str = "--intensity-window") -> tuple[float, float]:
+    """``"LOW,HIGH"``: the raw values shown as black and white (finite, HIGH > LOW), or a VolumeError naming ``field``."""
+    parts = str(text).split(",")
+    try:
+        low, high = (float(p) for p in parts) if len(parts) == 2 else (math.nan, math.nan)
+    except ValueError:
+        low = high = math.nan
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise VolumeError(f"{field}: expected LOW,HIGH (two finite numbers), got {text!r}")
+    if not high > low:
+        raise VolumeError(f"{field}: HIGH ({high:g}) must be greater than LOW ({low:g})")
+    return low, high
+
+
+def to_uint8(values: np.ndarray, window: tuple[float, float] | None, field: str = "--intensity-window") -> np.ndarray:
+    """Raw image values as the 8-bit EM intensities the models take:
+    ``floor(clip((v - low) / (high - low), 0, 1) * 255 + 0.5)``, NaN -> 0 (the server's src/intensity.ts
+    computes the same in the same float64 operations). Without a window only uint8 passes (as stored);
+    other types raise a VolumeError naming ``field``. Works slab by slab, so the float64 intermediate
+    stays small next to the output."""
+    a = np.asarray(values)
+    if window is None:
+        if a.dtype == np.uint8:
+            return a
+        raise VolumeError(f"{field}: the volume is {a.dtype} and the models take 8-bit EM intensities: give the raw values "
+                          "shown as black and white as LOW,HIGH (e.g. the contrast range you use in Neuroglancer)")
+    if a.dtype.kind not in "uif":
+        raise VolumeError(f"{field}: cannot window {a.dtype} values")
+    low, high = window
+    out = np.empty(a.shape, np.uint8)
+    flat_in, flat_out = a.reshape(-1), out.reshape(-1)
+    step = 1 << 22
+    for i in range(0, flat_in.size, step):
+        t = (flat_in[i:i + step].astype(np.float64) - low) / (high - low)
+        flat_out[i:i + step] = np.floor(np.clip(np.nan_to_num(t, nan=0.0), 0.0, 1.0) * 255.0 + 0.5)
+    return out

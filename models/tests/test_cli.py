@@ -164,7 +164,7 @@ def own_volume(tmp_path_factory):
     with h5py.File(d / "labels.h5", "w") as f:
         for name, a in (("annotations", sparse), ("gt", ids)):
             f.create_dataset(name, data=a, chunks=(4, 64, 64), compression="gzip").attrs["resolution"] = [8.0, 8.0, 8.0]
-        f.create_dataset("u16", data=image.astype(np.uint16))
+        f.create_dataset("u16", data=image.astype(np.uint16) * 16 + 1000)  # 8-bit data in a 16-bit file
     (d / "tiny.yaml").write_text(TINY_UNET_YAML)
     return d, image, ids
 
@@ -218,6 +218,21 @@ def test_adapt_on_your_own_volume_then_export_both_tracks(own_volume, tmp_path, 
     assert man["voxel_size_nm"] == [10.0, 8.0, 8.0] and man["training"]["data"].startswith(img_url)
 
 
+def test_a_16bit_image_is_read_through_its_intensity_window(own_volume):
+    """--intensity-window maps a uint16 image to exactly the uint8 volume it was made from (x16 + 1000
+    with window 1000..5080), so training and scoring see what the server's models see."""
+    from spatialsam.cli import build_parser, input_volume
+
+    d, image, ids = own_volume
+    h5 = d / "labels.h5"
+    a = build_parser().parse_args(["adapt", "--image", f"h5://{h5}#/u16", "--labels", f"h5://{h5}#/annotations",
+                                   "--slices", "5,17", "--box", "2:22,:,:", "--intensity-window", "1000,5080",
+                                   "--out", str(d / "unused")])
+    vol = input_volume(a, sparse=True)
+    assert vol.image.dtype == np.uint8 and np.array_equal(vol.image, image[2:22])
+    assert vol.slices == [5, 17] and "window 1000,5080" in vol.name
+
+
 def test_own_volume_inputs_are_checked_naming_the_flag(own_volume, tmp_path, capsys):
     d, _, _ = own_volume
     img, h5 = f"zarr://{d / 'em.zarr'}", d / "labels.h5"
@@ -225,7 +240,11 @@ def test_own_volume_inputs_are_checked_naming_the_flag(own_volume, tmp_path, cap
     cases = [
         (["--image", img], "--labels: required with --image"),
         (["--image", img, "--labels", f"h5://{h5}#/annotations"], "--slices: required with --image"),
-        (["--image", f"h5://{h5}#/u16", "--labels", f"h5://{h5}#/annotations", "--slices", "5"], "--image: expected 8-bit"),
+        (["--image", f"h5://{h5}#/u16", "--labels", f"h5://{h5}#/annotations", "--slices", "5"],
+         "--intensity-window: the volume is uint16"),
+        (["--image", f"h5://{h5}#/u16", "--labels", f"h5://{h5}#/annotations", "--slices", "5", "--intensity-window", "9,9"],
+         "--intensity-window: HIGH"),
+        (["--split", "train", "--intensity-window", "0,255"], "--intensity-window: only with --image"),
         (["--image", img, "--labels", f"h5://{h5}#/annotations", "--slices", "5", "--box", "0:4,:,:"], "--slices"),
         (["--image", img, "--labels", f"h5://{h5}#/annotations", "--slices", "5", "--box", "0:99,:,:"], "--box"),
         (["--image", img, "--labels", img, "--slices", "5"], "--voxel-size"),

@@ -360,3 +360,38 @@ def test_imagej_calibration_in_microns(tmp_path, unit):
     assert r.voxel_size_nm == (40.0, 5.0, 4.0) and np.array_equal(r.read(), a)
     tifffile.imwrite(tmp_path / "inch.tif", a, photometric="minisblack", resolution=(300, 300))  # print DPI
     assert open_volume(str(tmp_path / "inch.tif")).voxel_size_nm is None
+
+
+def test_to_uint8_maps_a_window_to_the_8bit_range():
+    """The window's ends are 0 and 255, values outside clip, the rest rounds half up; NaN is 0. The
+    server's src/intensity.ts has the same cases (test/src/intensity.test.ts)."""
+    from spatialsam.volume_io import to_uint8
+
+    v = np.array([-5, 1000, 1001, 3040, 5080, 9000], np.int32)
+    assert to_uint8(v, (1000, 5080)).tolist() == [0, 0, 0, 128, 255, 255]  # 4080/2/16 = 127.5 -> 128
+    # 8-bit data stored as 16-bit (x16 + 1000) comes back exactly.
+    x = np.arange(256, dtype=np.uint16)
+    assert np.array_equal(to_uint8(x * 16 + 1000, (1000, 5080)), x.astype(np.uint8))
+    half = to_uint8(np.array([1.0, 3.0, 5.0, 2.0], np.float64), (0, 510))  # 0.5, 1.5, 2.5 round up; 1.0 stays
+    assert half.tolist() == [1, 2, 3, 1]
+    f = to_uint8(np.array([np.nan, -np.inf, np.inf, 0.25], np.float32), (0.0, 1.0))
+    assert f.tolist() == [0, 0, 255, 64] and f.dtype == np.uint8
+    big = np.arange(5_000_000, dtype=np.uint32).reshape(50, 100, 1000)  # more than one slab of work
+    out = to_uint8(big, (0, 4_999_999))
+    assert out.shape == big.shape and out[0, 0, 0] == 0 and out[-1, -1, -1] == 255
+    assert np.array_equal(out.reshape(-1)[::997], np.floor(big.reshape(-1)[::997] / 4_999_999 * 255 + 0.5).astype(np.uint8))
+
+
+def test_to_uint8_without_a_window_passes_uint8_only_and_windows_are_checked():
+    from spatialsam.volume_io import VolumeError, intensity_window, to_uint8
+
+    u8 = np.arange(10, dtype=np.uint8)
+    assert to_uint8(u8, None) is u8
+    for dtype in ("uint16", "float32", "int16"):
+        with pytest.raises(VolumeError, match=f"--intensity-window: the volume is {dtype}"):
+            to_uint8(np.zeros(3, dtype), None)
+    assert intensity_window("1000, 5080") == (1000.0, 5080.0)
+    for bad, message in (("5,5", "greater than"), ("9,1", "greater than"), ("1", "LOW,HIGH"), ("a,b", "LOW,HIGH"),
+                         ("0,inf", "LOW,HIGH"), ("nan,1", "LOW,HIGH"), ("1,2,3", "LOW,HIGH")):
+        with pytest.raises(VolumeError, match=f"^--intensity-window: .*{message}"):
+            intensity_window(bad)

@@ -6,6 +6,7 @@ import { join } from "node:path";
 import express, { Router, type NextFunction, type Request, type Response } from "express";
 import { VIEWER_STATE_PATH, VOLUME_ID_PATTERN, VOLUMES_API_PATH, volumePath } from "#src/bridge_api.ts";
 import { invalidArgument, notFound, permissionDenied } from "#src/errors.ts";
+import type { IntensityWindow } from "#src/intensity.ts";
 import { precomputedInfoToJson } from "#src/volume/precomputed_info.ts";
 import type { Logger } from "#server/log.ts";
 import { handle, sendError } from "./http_errors.ts";
@@ -105,6 +106,7 @@ function describe(v: RegisteredVolume, req: Request) {
     name: v.name,
     type: v.info.type,
     dataType: v.info.dataType,
+    ...(v.intensity === undefined ? {} : { intensityWindow: v.intensity }),
     precomputedUrl: `precomputed://${ownOrigin(req)}/${volumePath(v.id)}`,
   };
 }
@@ -146,10 +148,15 @@ export async function createBridge(options: BridgeOptions): Promise<Bridge> {
     handle(log, "register volume", async (req, res) => {
       const body: unknown = req.body;
       if (typeof body !== "object" || body === null || Array.isArray(body)) {
-        throw invalidArgument("body", "expected a JSON object {url, id?, name?} (Content-Type: application/json)");
+        throw invalidArgument("body", "expected a JSON object {url, id?, name?, intensityWindow?} (Content-Type: application/json)");
       }
-      const { url, id, name } = body as Record<string, unknown>;
-      const v = await volumes.register({ url: url as string, ...(id === undefined ? {} : { id: id as string }), ...(name === undefined ? {} : { name: name as string }) });
+      const { url, id, name, intensityWindow } = body as Record<string, unknown>;
+      const v = await volumes.register({
+        url: url as string,
+        ...(id === undefined ? {} : { id: id as string }),
+        ...(name === undefined ? {} : { name: name as string }),
+        ...(intensityWindow === undefined ? {} : { intensityWindow: intensityWindow as IntensityWindow }),
+      });
       if (sdf !== undefined && !volumes.list().some((o) => o.id === `${v.id}-sdf`)) sdf.attach(volumes, v, log);
       log.info({ id: v.id, url: v.url }, "volume registered");
       res.setHeader("Cache-Control", "no-store");

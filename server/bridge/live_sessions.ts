@@ -472,7 +472,7 @@ export class LiveSessions {
   #serverVolume(v: RegisteredVolume, signal?: AbortSignal): Promise<string> {
     let id = this.#serverVolumes.get(v.id);
     if (id === undefined) {
-      id = this.client.openVolume(v.url, signal);
+      id = this.client.openVolume(v.url, signal, v.intensity);
       this.#serverVolumes.set(v.id, id);
       id.catch(() => this.#serverVolumes.delete(v.id));
     }

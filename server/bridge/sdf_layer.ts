@@ -46,6 +46,7 @@ class SdfVolumeSource implements VolumeSource {
     const done = await this.layer.options.engine.compute({
       volume: this.image.source,
       volumeKey: this.image.url,
+      ...(this.image.intensity === undefined ? {} : { intensity: this.image.intensity }),
       box,
       scale: 0,
       model: this.layer.options.model,

@@ -16,6 +16,7 @@ import {
 import { VolumeServiceClient, type ReadRegionResponse } from "#proto/spatial_sam/v1/volume.ts";
 import { DataType as WireDataType } from "#proto/spatial_sam/v1/common.ts";
 import { dataCorruption, SpatialSamError, type ErrorTag } from "#src/errors.ts";
+import type { IntensityWindow } from "#src/intensity.ts";
 import type { Box3 } from "#src/volume/types.ts";
 
 const TAG_OF_CODE: Partial<Record<status, ErrorTag>> = {
@@ -95,9 +96,9 @@ export class SegmentationClient {
   }
 
   /** Opens `url` on the server; resolves the server's volume id. */
-  async openVolume(url: string, signal?: AbortSignal): Promise<string> {
+  async openVolume(url: string, signal?: AbortSignal, intensityWindow?: IntensityWindow): Promise<string> {
     const c = this.#volumes;
-    const res = await this.#unary("OpenVolume", c.openVolume.bind(c), { url }, signal);
+    const res = await this.#unary("OpenVolume", c.openVolume.bind(c), { url, ...(intensityWindow === undefined ? {} : { intensityWindow }) }, signal);
     if (res.volume === undefined) throw new Error("OpenVolume: the server answered no volume");
     return res.volume.volumeId;
   }

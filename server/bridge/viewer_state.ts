@@ -42,6 +42,8 @@ export function defaultViewerState(volumes: readonly RegisteredVolume[], extras:
           source: `spatialsam://${v.id}`,
           name: v.name,
           ...(v.info.type === "segmentation" ? { selectedAlpha: 0.45 } : {}),
+          // The contrast the models see (the default image shader's invlerp control).
+          ...(v.intensity === undefined ? {} : { shaderControls: { normalized: { range: [v.intensity.low, v.intensity.high] } } }),
           ...(segments.length > 0 ? { segments: segments.map(String) } : {}),
         },
         ...(sdf === undefined ? [] : [{ type: "image", source: `spatialsam://${sdf.id}`, name: sdf.name, visible: false, opacity: 0.6, shader: SDF_SHADER }]),

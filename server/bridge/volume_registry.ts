@@ -3,6 +3,7 @@
 
 import { createHash } from "node:crypto";
 import { VOLUME_ID_PATTERN } from "#src/bridge_api.ts";
+import { checkIntensityWindow, type IntensityWindow, intensityKey } from "#src/intensity.ts";
 import { failedPrecondition, invalidArgument, notFound, resourceExhausted } from "#src/errors.ts";
 import type { PrecomputedInfo } from "#src/volume/precomputed_info.ts";
 import type { ReadOptions, Vec3, VolumeSource } from "#src/volume/types.ts";
@@ -17,6 +18,8 @@ export interface VolumeSpec {
   name?: string;
   /** Data that changes while served (live results) is sent with `Cache-Control: no-store`. */
   mutable?: boolean;
+  /** How the models see the image (src/intensity.ts); required for model layers unless uint8. */
+  intensityWindow?: IntensityWindow;
 }
 
 export interface RegisteredVolume {
@@ -26,6 +29,8 @@ export interface RegisteredVolume {
   mutable: boolean;
   source: VolumeSource;
   info: PrecomputedInfo;
+  /** VolumeSpec.intensityWindow, checked. */
+  intensity?: IntensityWindow;
   /**
    * Live volumes: a number that changes whenever the data changes. Meshes (mesh.ts) are cached
    * per (id, version, segment), so bumping it makes the next mesh request recompute. Absent: 0.
@@ -55,8 +60,8 @@ export class VolumeRegistry {
     this.#maxVolumes = options.maxVolumes ?? 256;
   }
 
-  static idFor(url: string): string {
-    return `v${createHash("sha256").update(url).digest("hex").slice(0, 12)}`;
+  static idFor(url: string, intensity?: IntensityWindow): string {
+    return `v${createHash("sha256").update(url + intensityKey(intensity)).digest("hex").slice(0, 12)}`;
   }
 
   /** Opens and registers `spec.url`; returns the existing entry when that id already names that URL. */
@@ -68,10 +73,12 @@ export class VolumeRegistry {
     if (spec.name !== undefined && (typeof spec.name !== "string" || spec.name.length === 0 || spec.name.length > 200)) {
       throw invalidArgument("name", "expected a non-empty string of at most 200 characters");
     }
-    const id = spec.id ?? VolumeRegistry.idFor(spec.url);
+    const intensity = spec.intensityWindow === undefined ? undefined : checkIntensityWindow(spec.intensityWindow, "intensityWindow");
+    const id = spec.id ?? VolumeRegistry.idFor(spec.url, intensity);
     const existing = this.#volumes.get(id) ?? (await this.#pending.get(id)?.catch(() => undefined));
     if (existing !== undefined) {
       if (existing.url !== spec.url) throw failedPrecondition(`id ${id} is already registered for another URL`, "id");
+      if (intensityKey(existing.intensity) !== intensityKey(intensity)) throw failedPrecondition(`id ${id} is already registered with another intensity window`, "id");
       return existing;
     }
     if (this.#volumes.size + this.#pending.size >= this.#maxVolumes) {
@@ -81,7 +88,7 @@ export class VolumeRegistry {
       const source = await openVolume(spec.url, { roots: this.#roots });
       try {
         const info = exposedInfo(source.metadata);
-        return { id, url: spec.url, name: spec.name ?? id, mutable: spec.mutable ?? false, source, info };
+        return { id, url: spec.url, name: spec.name ?? id, mutable: spec.mutable ?? false, source, info, ...(intensity === undefined ? {} : { intensity }) };
       } catch (e) {
         await source.close();
         throw e;

@@ -3,15 +3,10 @@
 // resume: finished blocks are on disk and are not recomputed.
 import { resolve } from "node:path";
 import { Presets, SingleBar } from "cli-progress";
-import { InvalidArgumentError, Option, type Command } from "commander";
+import { Option, type Command } from "commander";
+import { type IntensityWindow, modelIntensity } from "#src/intensity.ts";
 import type { Box3, Vec3 } from "#src/volume/types.ts";
-
-function parseBox(value: string): Box3 {
-  const m = /^(\d+),(\d+),(\d+):(\d+),(\d+),(\d+)$/.exec(value.replace(/\s/g, ""));
-  if (m === null) throw new InvalidArgumentError("expected z,y,x:depth,height,width (offset:shape, in voxels)");
-  const n = m.slice(1).map(Number);
-  return { offsetZyx: n.slice(0, 3) as Vec3, shapeZyx: n.slice(3) as Vec3 };
-}
+import { intensityWindowOption, parseBox } from "#server/engine/command_options.ts";
 
 export function registerSdfCommand(program: Command): void {
   program
@@ -21,11 +16,12 @@ export function registerSdfCommand(program: Command): void {
     .requiredOption("--model <name>", "an sdf_unet3d model from --models")
     .addOption(new Option("--models <dir>", "folder of <name>/model.json models").default("models").env("SPATIAL_SAM_MODELS"))
     .option("--box <offset:shape>", "only this box, z,y,x:depth,height,width", parseBox)
+    .addOption(intensityWindowOption())
     .option("--scale <n>", "pyramid level", (v) => Number.parseInt(v, 10), 0)
     .addOption(new Option("--cache-dir <dir>", "where results are kept").default(".cache/results").env("SPATIAL_SAM_CACHE_DIR"))
     .addOption(new Option("--roots <dirs>", "comma-separated folders file:// URLs may read").default("/").env("SPATIAL_SAM_ROOTS"))
     .addOption(new Option("--threads <n>", "intra-op threads").default(2).argParser((v) => Number.parseInt(v, 10)))
-    .action(async (url: string, o: { model: string; models: string; box?: Box3; scale: number; cacheDir: string; roots: string; threads: number }) => {
+    .action(async (url: string, o: { model: string; models: string; box?: Box3; intensityWindow?: IntensityWindow; scale: number; cacheDir: string; roots: string; threads: number }) => {
       const [{ openVolume }, { ModelRegistry }, { SdfEngine }, { createLogger }] = await Promise.all([
         import("#server/volume/open_volume.ts"),
         import("#server/onnx/model_registry.ts"),
@@ -34,6 +30,12 @@ export function registerSdfCommand(program: Command): void {
       ]);
       const log = createLogger({ level: "warn" });
       const volume = await openVolume(url, { roots: o.roots.split(",") });
+      try {
+        modelIntensity(volume.metadata.dtype, o.intensityWindow, "--intensity-window");
+      } catch (e) {
+        await volume.close();
+        throw e;
+      }
       const registry = await ModelRegistry.load(resolve(o.models), { logger: log, workers: 1, intraOpThreads: o.threads });
       const controller = new AbortController();
       process.once("SIGINT", () => controller.abort());
@@ -46,6 +48,7 @@ export function registerSdfCommand(program: Command): void {
         const result = await engine.compute({
           volume,
           volumeKey: url,
+          ...(o.intensityWindow === undefined ? {} : { intensity: o.intensityWindow }),
           box,
           scale: o.scale,
           model: o.model,

@@ -10,6 +10,7 @@ import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { BlockGrid, type Block } from "#src/blocks.ts";
 import { DATA_TYPES } from "#src/dtype.ts";
+import { type IntensityWindow, intensityKey, modelIntensity } from "#src/intensity.ts";
 import { cancelled, invalidArgument, notFound, throwIfAborted } from "#src/errors.ts";
 import { copyBox, intersectBoxes, validateBox } from "#src/geometry.ts";
 import type { ModelManifest } from "#src/manifest.ts";
@@ -30,6 +31,8 @@ export interface SdfRequest {
   volume: VolumeSource;
   /** Identity of the volume for the cache (its URL). */
   volumeKey: string;
+  /** Raw values shown as black and white; required unless the volume is uint8 (see src/intensity.ts). */
+  intensity?: IntensityWindow;
   box: Box3;
   scale: number;
   model: string;
@@ -85,18 +88,6 @@ function sizeMultiple(m: ModelManifest): Vec3 {
   return m.sizeMultipleZyx ?? [1, 1, 1];
 }
 
-/** Scales raw intensities to [0, 1] by the dtype's range (floats pass unchanged), then normalises. */
-function intensityScale(dtype: string): number {
-  switch (dtype) {
-    case "uint8":
-      return 1 / 255;
-    case "uint16":
-      return 1 / 65535;
-    default:
-      return 1;
-  }
-}
-
 export class SdfEngine {
   private readonly layouts = new Map<string, Promise<Layout>>();
   private readonly jobs = new Map<string, Job>();
@@ -133,7 +124,7 @@ export class SdfEngine {
       throw invalidArgument("model", `${req.model} is not a 3D volume model (needs one NCZYX input)`);
     }
     const output = manifest.outputs.find((o) => o.name === "sdf") ?? manifest.outputs[0]!;
-    const key = createHash("sha256").update(`${req.volumeKey}\n${req.scale}\n${manifest.name}\n${manifest.sha256}`).digest("hex").slice(0, 24);
+    const key = createHash("sha256").update(`${req.volumeKey}${intensityKey(req.intensity)}\n${req.scale}\n${manifest.name}\n${manifest.sha256}`).digest("hex").slice(0, 24);
     let pending = this.layouts.get(key);
     if (pending === undefined) {
       pending = (async () => {
@@ -200,14 +191,13 @@ export class SdfEngine {
     const inside = intersectBoxes(read, { offsetZyx: level.offsetZyx, shapeZyx: level.shapeZyx });
     if (inside !== undefined) {
       const raw = await volume.read(inside, req.scale, { signal });
-      if (DATA_TYPES[volume.metadata.dtype].isBigInt) throw invalidArgument("volume", "an SDF needs intensities, not a 64-bit label volume");
-      const k = intensityScale(volume.metadata.dtype);
+      const toModel = modelIntensity(volume.metadata.dtype, req.intensity);
       const norm = layout.manifest.normalization;
       const mean = norm?.mean ?? 0;
       const inv = 1 / (norm?.std ?? 1);
       const scaled = new Float32Array(raw.length);
       const src = raw as Exclude<typeof raw, BigUint64Array | BigInt64Array>;
-      for (let i = 0; i < scaled.length; i++) scaled[i] = (src[i]! * k - mean) * inv;
+      for (let i = 0; i < scaled.length; i++) scaled[i] = (toModel(src[i]!) / 255 - mean) * inv;
       // Outside the volume the input stays 0, the mean intensity after normalisation.
       const at = [0, 1, 2].map((d) => inside.offsetZyx[d]! - read.offsetZyx[d]!) as Vec3;
       copyBox(scaled, inside.shapeZyx, [0, 0, 0], input, read.shapeZyx, at, inside.shapeZyx);
@@ -284,6 +274,8 @@ export class SdfEngine {
     const level = req.volume.metadata.scales[req.scale];
     if (level === undefined) throw invalidArgument("scale", `volume has ${req.volume.metadata.scales.length} scales; ${req.scale} does not exist`);
     validateBox(req.box, level.shapeZyx, level.offsetZyx, Number.MAX_SAFE_INTEGER);
+    if (DATA_TYPES[req.volume.metadata.dtype].isBigInt) throw invalidArgument("volume", "an SDF needs intensities, not a 64-bit label volume");
+    modelIntensity(req.volume.metadata.dtype, req.intensity); // a missing or bad window fails here, before any block
     const layout = await this.layout(req, level);
     const blocks = [...layout.grid.blocksIntersecting(req.box)];
     const progress: SdfProgress = { blocksDone: 0, blocksTotal: blocks.length, blocksCached: 0 };

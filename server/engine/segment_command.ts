@@ -4,14 +4,9 @@
 import { resolve } from "node:path";
 import { Presets, SingleBar } from "cli-progress";
 import { InvalidArgumentError, Option, type Command } from "commander";
+import { type IntensityWindow, modelIntensity } from "#src/intensity.ts";
 import type { Box3, Vec3 } from "#src/volume/types.ts";
-
-function parseBox(value: string): Box3 {
-  const m = /^(\d+),(\d+),(\d+):(\d+),(\d+),(\d+)$/.exec(value.replace(/\s/g, ""));
-  if (m === null) throw new InvalidArgumentError("expected z,y,x:depth,height,width (offset:shape, in voxels)");
-  const n = m.slice(1).map(Number);
-  return { offsetZyx: n.slice(0, 3) as Vec3, shapeZyx: n.slice(3) as Vec3 };
-}
+import { intensityWindowOption, parseBox } from "#server/engine/command_options.ts";
 
 function parseShape(value: string): Vec3 {
   const m = /^(\d+),(\d+),(\d+)$/.exec(value.replace(/\s/g, ""));
@@ -32,6 +27,7 @@ interface SegmentCliOptions {
   sdfVolume?: string;
   models: string;
   box?: Box3;
+  intensityWindow?: IntensityWindow;
   scale: number;
   blockShape: Vec3;
   minVoxels: number;
@@ -54,6 +50,7 @@ export function registerSegmentCommand(program: Command): void {
     .option("--sdf-volume <url>", "a precomputed SDF (float32, positive inside) on the same grid as the volume")
     .addOption(new Option("--models <dir>", "folder of <name>/model.json models").default("models").env("SPATIAL_SAM_MODELS"))
     .option("--box <offset:shape>", "only this box, z,y,x:depth,height,width", parseBox)
+    .addOption(intensityWindowOption())
     .option("--scale <n>", "pyramid level", positiveInt, 0)
     .option("--block-shape <z,y,x>", "seed blocks and output chunks", parseShape, [32, 128, 128] as Vec3)
     .option("--min-voxels <n>", "smallest SDF component that seeds an object", positiveInt, 64)
@@ -83,6 +80,7 @@ export function registerSegmentCommand(program: Command): void {
       process.once("SIGINT", () => controller.abort());
       const bar = new SingleBar({ format: "segment {stage} [{bar}] {value}/{total} ({objects} objects) {eta_formatted}", stream: process.stderr }, Presets.shades_classic);
       try {
+          modelIntensity(volume.metadata.dtype, o.intensityWindow, "--intensity-window");
         const propagator = await loadPropagator(resolve(o.propagator), registryOptions);
         closers.push(() => propagator.close());
         let sdf: Parameters<typeof segmentVolume>[0]["sdf"];
@@ -103,6 +101,7 @@ export function registerSegmentCommand(program: Command): void {
         const result = await segmentVolume({
           volume,
           volumeKey: url,
+          ...(o.intensityWindow === undefined ? {} : { intensity: o.intensityWindow }),
           box,
           scale: o.scale,
           sdf,

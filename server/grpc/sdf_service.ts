@@ -11,7 +11,7 @@ export function sdfService(volumes: VolumeRegistry, engine: SdfEngine, log: Logg
   return {
     computeSdf: serverStreaming("ComputeSdf", log, async function* (req, ctx): AsyncGenerator<ComputeSdfResponse> {
       if (!req.model) throw invalidArgument("model", "is required");
-      const { source, url } = volumes.get(req.volumeId);
+      const { source, url, intensity } = volumes.get(req.volumeId);
       const box = fromWireBox(req.box, "box");
       // Progress arrives from callbacks; hand it to the stream through a small mailbox that keeps
       // only the latest report (a slow client sees fewer, fresher messages, never a backlog).
@@ -22,6 +22,7 @@ export function sdfService(volumes: VolumeRegistry, engine: SdfEngine, log: Logg
         .compute({
           volume: source,
           volumeKey: url,
+          ...(intensity === undefined ? {} : { intensity }),
           box,
           scale: req.scale,
           model: req.model,

@@ -51,7 +51,7 @@ export function segmentVolumeCall(deps: SegmentVolumeDeps) {
   return async function* (req: SegmentVolumeRequest, ctx: CallContext): AsyncGenerator<SegmentVolumeResponse> {
     const { engine, volumes } = deps;
     const propagator = engine.propagatorNamed(req.model, "model");
-    const { source, url } = volumes.get(req.volumeId);
+    const { source, url, intensity } = volumes.get(req.volumeId);
     const box = fromWireBox(req.box, "box");
     checkSegmentBox(source, box, req.scale);
     let sdf: AutoSdfSource;
@@ -80,6 +80,7 @@ export function segmentVolumeCall(deps: SegmentVolumeDeps) {
     const running = segmentVolume({
       volume: source,
       volumeKey: url,
+      ...(intensity === undefined ? {} : { intensity }),
       box,
       scale: req.scale,
       sdf,

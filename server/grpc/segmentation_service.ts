@@ -85,7 +85,7 @@ export function segmentationService({ volumes, engine, log, segment }: Segmentat
   return {
     startSession: unary("StartSession", log, async (req, ctx) => {
       engine.propagatorNamed(req.model, "model");
-      const { source, url } = volumes.get(req.volumeId);
+      const { source, url, intensity } = volumes.get(req.volumeId);
       const box = fromWireBox(req.box, "box");
       PropagationEngine.checkBox(source, box, req.scale);
       let sdf: SdfSource;
@@ -102,6 +102,7 @@ export function segmentationService({ volumes, engine, log, segment }: Segmentat
         sessionId: await engine.start({
           volume: source,
           volumeKey: url,
+          ...(intensity === undefined ? {} : { intensity }),
           box,
           scale: req.scale,
           sdf,

@@ -4,6 +4,7 @@
 import { randomUUID } from "node:crypto";
 import type { VolumeServiceServer } from "#proto/spatial_sam/v1/volume.ts";
 import type { OpenVolumeResponse, ReadRegionResponse, VolumeInfo } from "#proto/spatial_sam/v1/volume.ts";
+import { checkIntensityWindow, type IntensityWindow } from "#src/intensity.ts";
 import { invalidArgument, notFound, resourceExhausted, throwIfAborted } from "#src/errors.ts";
 import type { Box3, VolumeSource } from "#src/volume/types.ts";
 import type { Logger } from "#server/log.ts";
@@ -23,22 +24,26 @@ export interface VolumeServiceOptions {
 interface OpenedVolume {
   url: string;
   source: VolumeSource;
+  /** How the models see it (OpenVolume's intensity_window); undefined: as stored. */
+  intensity?: IntensityWindow;
 }
 
 export class VolumeRegistry {
   private readonly volumes = new Map<string, OpenedVolume>();
   constructor(private readonly options: VolumeServiceOptions) {}
 
-  async open(url: string, signal?: AbortSignal): Promise<{ id: string; url: string; source: VolumeSource }> {
+  async open(url: string, signal?: AbortSignal, intensity?: IntensityWindow): Promise<OpenedVolume & { id: string }> {
     if (typeof url !== "string" || url.length === 0) throw invalidArgument("url", "is required");
     if (url.length > 4096) throw invalidArgument("url", "is longer than 4096 characters");
+    if (intensity !== undefined) checkIntensityWindow(intensity);
     if (this.volumes.size >= this.options.maxOpenVolumes) {
       throw resourceExhausted(`${this.volumes.size} volumes are open; close one first`, "volume_id");
     }
     const source = await this.options.open(url, signal ? { signal } : {});
     const id = randomUUID();
-    this.volumes.set(id, { url, source });
-    return { id, url, source };
+    const opened: OpenedVolume = intensity === undefined ? { url, source } : { url, source, intensity };
+    this.volumes.set(id, opened);
+    return { id, ...opened };
   }
 
   get(id: string): OpenedVolume {
@@ -64,13 +69,14 @@ export class VolumeRegistry {
   }
 }
 
-export function volumeInfo(id: string, url: string, source: VolumeSource): VolumeInfo {
+export function volumeInfo(id: string, url: string, source: VolumeSource, intensity?: IntensityWindow): VolumeInfo {
   const m = source.metadata;
   return {
     volumeId: id,
     url,
     dtype: toWireDataType(m.dtype),
     format: m.format,
+    intensityWindow: intensity === undefined ? undefined : { ...intensity },
     scales: m.scales.map((s) => ({
       index: s.index,
       key: s.key,
@@ -111,8 +117,8 @@ export function* chunkAlignedPieces(box: Box3, chunkShapeZyx: Box3["shapeZyx"], 
 export function volumeService(volumes: VolumeRegistry, log: Logger): VolumeServiceServer {
   return {
     openVolume: unary("OpenVolume", log, async (req, ctx): Promise<OpenVolumeResponse> => {
-      const { id, url, source } = await volumes.open(req.url, ctx.signal);
-      return { volume: volumeInfo(id, url, source) };
+      const { id, url, source, intensity } = await volumes.open(req.url, ctx.signal, req.intensityWindow);
+      return { volume: volumeInfo(id, url, source, intensity) };
     }),
     readRegion: serverStreaming("ReadRegion", log, async function* (req, ctx): AsyncGenerator<ReadRegionResponse> {
       const { source } = volumes.get(req.volumeId);

@@ -120,6 +120,23 @@ describe("spatial-sam demo (the README's main job)", () => {
     expect(JSON.parse(info.stdout).dtype).toBe("float32");
   });
 
+  it("sdf of a volume that is not uint8 needs --intensity-window, and checks it", () => {
+    const url = /image\s+(\S+)/.exec(out)![1]!;
+    const common = ["--model", "tiny_conv3d", "--models", join(root, "test", "fixtures", "models"), "--cache-dir", join(demoDir, "results"), "--roots", demoDir, "--box", "0,0,0:8,16,16"];
+    const first = run(["sdf", url, ...common]);
+    expect(first.status, first.stderr).toBe(0);
+    const float32Url = first.stdout.trim(); // the SDF itself: a float32 volume
+    const missing = run(["sdf", float32Url, ...common]);
+    expect(missing.status).not.toBe(0);
+    expect(missing.stderr).toMatch(/--intensity-window.*float32/);
+    const empty = run(["sdf", float32Url, ...common, "--intensity-window", "5,5"]);
+    expect(empty.status).not.toBe(0);
+    expect(empty.stderr).toContain("--intensity-window");
+    const windowed = run(["sdf", float32Url, ...common, "--intensity-window", "-1,1"]);
+    expect(windowed.status, windowed.stderr).toBe(0);
+    expect(windowed.stdout.trim()).toMatch(/^precomputed:\/\/file:\/\//);
+  });
+
   it("info refuses a path outside its roots with a clear message", () => {
     const r = run(["info", "zarr://file:///etc", "--roots", demoDir]);
     expect(r.status).toBe(1);

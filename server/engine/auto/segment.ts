@@ -5,6 +5,7 @@
 // store under `segment_work/` (the run's seeds, one file per propagated object), and an output
 // chunk that exists is a finished block.
 import { DATA_TYPES } from "#src/dtype.ts";
+import { type IntensityWindow, intensityKey, modelImage, modelIntensity } from "#src/intensity.ts";
 import { BlockGrid } from "#src/blocks.ts";
 import { failedPrecondition, invalidArgument, throwIfAborted } from "#src/errors.ts";
 import { validateBox } from "#src/geometry.ts";
@@ -38,6 +39,8 @@ export interface SegmentRequest {
   volume: VolumeSource;
   /** Identity of the volume (its URL), part of the run's fingerprint and embedding keys. */
   volumeKey: string;
+  /** Raw values shown as black and white; required unless the volume is uint8 (see src/intensity.ts). */
+  intensity?: IntensityWindow;
   box: Box3;
   scale: number;
   sdf: AutoSdfSource;
@@ -200,6 +203,7 @@ export async function segmentVolume(req: SegmentRequest): Promise<SegmentResult>
   const { volume, box, scale } = req;
   checkSegmentBox(volume, box, scale);
   if (DATA_TYPES[volume.metadata.dtype].isBigInt) throw invalidArgument("volume", "automatic segmentation needs image intensities, not a 64-bit label volume");
+  modelIntensity(volume.metadata.dtype, req.intensity); // a missing or bad window fails before any work
   const blockShape = req.blockShapeZyx ?? [32, 128, 128];
   blockShape.forEach((s, d) => {
     if (!Number.isInteger(s) || s < 1) throw invalidArgument(`block_shape[${d}]`, `must be a positive integer, got ${s}`);
@@ -252,6 +256,7 @@ async function run(req: SegmentRequest, { blockShape, minVoxels, crop, patience,
     const r = await req.sdf.engine.compute({
       volume,
       volumeKey: req.volumeKey,
+      ...(req.intensity === undefined ? {} : { intensity: req.intensity }),
       box,
       scale,
       model: req.sdf.model,
@@ -273,6 +278,7 @@ async function run(req: SegmentRequest, { blockShape, minVoxels, crop, patience,
     // (b) Seeds, or those of the interrupted run this one resumes.
     const fingerprint = {
       volume: req.volumeKey,
+      ...(req.intensity === undefined ? {} : { intensity: req.intensity }),
       sdf: sdfKey,
       scale,
       box,
@@ -458,6 +464,7 @@ async function propagateSeed(
 ): Promise<ObjectRecord> {
   const { box, volume, scale, signal, propagator } = req;
   const { window, prompt } = seedPrompt(seed, shapeYx, crop, propagator.config.stride);
+  const toModel = modelIntensity(volume.metadata.dtype, req.intensity);
   const [wy, wx, h, w] = window;
   const sliceBox = (z: number): Box3 => ({
     offsetZyx: [box.offsetZyx[0] + z, box.offsetZyx[1] + wy, box.offsetZyx[2] + wx],
@@ -465,8 +472,8 @@ async function propagateSeed(
   });
   const slices: SliceProvider = {
     shapeZyx: [box.shapeZyx[0], h, w],
-    imageKey: `${req.volumeKey}|${scale}|${sliceBox(0).offsetZyx.join(",")}|${box.shapeZyx[0]},${h},${w}`,
-    image: async (z, s) => (await volume.read(sliceBox(z), scale, s ? { signal: s } : {})) as ArrayLike<number>,
+    imageKey: `${req.volumeKey}${intensityKey(req.intensity)}|${scale}|${sliceBox(0).offsetZyx.join(",")}|${box.shapeZyx[0]},${h},${w}`,
+    image: async (z, s) => modelImage(await volume.read(sliceBox(z), scale, s ? { signal: s } : {}), toModel),
     sdf: async (z, s) => toFloat32((await sdf.read(sliceBox(z), sdfScale, s ? { signal: s } : {})) as ArrayLike<number>),
   };
   const session = new PropagationSession({ propagator, slices, embeddings, keepLogits: true });

@@ -4,6 +4,7 @@
 // cache, whose missing blocks are computed on demand, slice by slice, as the session first needs them.
 import { randomUUID } from "node:crypto";
 import { DATA_TYPES } from "#src/dtype.ts";
+import { type IntensityWindow, intensityKey, modelImage, modelIntensity } from "#src/intensity.ts";
 import { invalidArgument, notFound, resourceExhausted } from "#src/errors.ts";
 import { validateBox } from "#src/geometry.ts";
 import type { Box3, Vec3, VolumeSource } from "#src/volume/types.ts";
@@ -51,6 +52,8 @@ export type SdfSource =
 export interface StartRequest {
   volume: VolumeSource;
   volumeKey: string;
+  /** Raw values shown as black and white; required unless the volume is uint8 (see src/intensity.ts). */
+  intensity?: IntensityWindow;
   box: Box3;
   scale: number;
   sdf: SdfSource;
@@ -153,11 +156,12 @@ export class PropagationEngine {
       throw invalidArgument("box.shape", `slices of ${box.shapeZyx[1]} x ${box.shapeZyx[2]} voxels are more than this server's limit of ${maxSlice}`);
     }
     if (DATA_TYPES[volume.metadata.dtype].isBigInt) throw invalidArgument("volume_id", "a session needs image intensities, not a 64-bit label volume");
+    const toModel = modelIntensity(volume.metadata.dtype, req.intensity);
     let sdfVolume: Promise<VolumeSource> | undefined;
     const slices: SliceProvider = {
       shapeZyx: [...box.shapeZyx] as Vec3,
-      imageKey: `${req.volumeKey}|${scale}|${box.offsetZyx.join(",")}|${box.shapeZyx.join(",")}`,
-      image: async (z, signal) => (await volume.read(sliceBox(box, z), scale, signal ? { signal } : {})) as ArrayLike<number>,
+      imageKey: `${req.volumeKey}${intensityKey(req.intensity)}|${scale}|${box.offsetZyx.join(",")}|${box.shapeZyx.join(",")}`,
+      image: async (z, signal) => modelImage(await volume.read(sliceBox(box, z), scale, signal ? { signal } : {}), toModel),
       sdf: async (z, signal, client) => {
         const opts = signal ? { signal } : {};
         if (req.sdf.kind === "volume") return toFloat32((await req.sdf.volume.read(sliceBox(box, z), scale, opts)) as ArrayLike<number>);
@@ -165,6 +169,7 @@ export class PropagationEngine {
         const r = await this.options.sdf!.engine.compute({
           volume,
           volumeKey: req.sdf.volumeKey,
+          ...(req.intensity === undefined ? {} : { intensity: req.intensity }),
           box: sliceBox(box, z),
           scale,
           model: req.sdf.model,

@@ -14,6 +14,7 @@ import type { DataType, TypedArray } from "#src/dtype.ts";
 import { parsePrecomputedInfo } from "#src/volume/precomputed_info.ts";
 import type { Vec3, VolumeSource } from "#src/volume/types.ts";
 import { createBridge, type Bridge } from "#server/bridge/bridge.ts";
+import { defaultViewerState } from "#server/bridge/viewer_state.ts";
 import { silentLogger } from "#server/log.ts";
 import { openVolume } from "#server/volume/open_volume.ts";
 import { PrecomputedWriter } from "#server/volume/precomputed_writer.ts";
@@ -201,6 +202,24 @@ describe("round trip through our precomputed reader over http://", () => {
     const listed = (await getJson("/api/volumes")).json as unknown as { id: string }[];
     expect(listed.map((v) => v.id)).toEqual(["img", "seg", r.json.id]);
   });
+
+  it("registers a URL with an intensity window as its own volume, which the viewer shows with that contrast", async () => {
+    const url = `tiff://file://${join(dir, "vol.tif")}`;
+    const plain = await post(JSON.stringify({ url }));
+    const windowed = await post(JSON.stringify({ url, intensityWindow: { low: -1, high: 1 } }));
+    expect(windowed.status).toBe(201);
+    expect(windowed.json.id).not.toBe(plain.json.id);
+    expect(windowed.json.intensityWindow).toEqual({ low: -1, high: 1 });
+    expect(plain.json.intensityWindow).toBeUndefined();
+    const v = bridge.volumes.get(windowed.json.id as string);
+    expect(v.intensity).toEqual({ low: -1, high: 1 });
+    const layer = (defaultViewerState([v]).layers as Record<string, unknown>[])[0]!;
+    expect(layer.shaderControls).toEqual({ normalized: { range: [-1, 1] } });
+    // The same id with another window is a conflict, not a silent switch of what the models see.
+    const clash = await post(JSON.stringify({ url, id: windowed.json.id, intensityWindow: { low: 0, high: 1 } }));
+    expect([clash.status, clash.json.field]).toEqual([409, "id"]);
+    await bridge.volumes.remove(windowed.json.id as string);
+  });
 });
 
 describe("chunks", () => {
@@ -289,6 +308,9 @@ describe("bad requests", () => {
     ["bad id", JSON.stringify({ url: "precomputed://file:///x", id: "../etc" }), "id", 400],
     ["id taken by another URL", JSON.stringify({ url: "precomputed://file:///x", id: "img" }), "id", 409],
     ["body over the limit", JSON.stringify({ url: "x".repeat(2000) }), "body", 413],
+    ["empty intensity window", JSON.stringify({ url: "precomputed://file:///x", intensityWindow: { low: 1, high: 1 } }), "intensityWindow", 400],
+    ["intensity window not an object", JSON.stringify({ url: "precomputed://file:///x", intensityWindow: "0,1" }), "intensityWindow", 400],
+    ["intensity window bound not a number", JSON.stringify({ url: "precomputed://file:///x", intensityWindow: { low: 0, high: "1" } }), "intensityWindow.high", 400],
   ])("POST /api/volumes, %s -> %s %i", async (_what, body, field, status) => {
     const r = await post(body);
     expect(r.status).toBe(status);

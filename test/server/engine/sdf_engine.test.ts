@@ -133,6 +133,41 @@ describe("SdfEngine", () => {
     ).rejects.toMatchObject({ _tag: "InvalidArgument", field: "box.shape" });
   });
 
+  it("runs a 16-bit volume through its intensity window: 8-bit data stored as x16 + 1000 gives exactly the uint8 SDF", async () => {
+    const store = await FileStore.open(join(dir, "image16"), [dir]);
+    const writer = await PrecomputedWriter.create(store, {
+      type: "image",
+      dataType: "uint16",
+      numChannels: 1,
+      scales: [{ key: "s0", sizeXyz: [SHAPE[2], SHAPE[1], SHAPE[0]], resolutionXyz: [5, 5, 5], voxelOffsetXyz: [0, 0, 0], chunkSizeXyz: [SHAPE[2], SHAPE[1], SHAPE[0]], encoding: "raw" }],
+    });
+    await writer.writeChunk(0, [0, 0, 0], Uint16Array.from(image, (v) => v * 16 + 1000));
+    const v16 = await openVolume(`precomputed://file://${join(dir, "image16")}`, { roots: [dir] });
+    try {
+      const engine = await freshEngine("cache-16");
+      const req = { volume: v16, volumeKey: "v16", box: fullBox, scale: 0, model: "tiny_conv3d" };
+      // Without a window nothing is computed: the error names the window.
+      await expect(engine.compute(req)).rejects.toMatchObject({ _tag: "InvalidArgument", field: "intensity_window" });
+      await expect(engine.compute({ ...req, intensity: { low: 5, high: 5 } })).rejects.toMatchObject({ _tag: "InvalidArgument", field: "intensity_window" });
+      const result = await engine.compute({ ...req, intensity: { low: 1000, high: 5080 } });
+      expect(result.blocksCached).toBe(0);
+      const sdf = await openVolume(result.resultUrl, { roots: [dir] });
+      try {
+        expect(Array.from((await sdf.read(fullBox, 0)) as Float32Array)).toEqual(Array.from(whole));
+      } finally {
+        await sdf.close();
+      }
+      // Another window is another input: its SDF is a separate cache entry, not the first one's blocks.
+      const other = await engine.compute({ ...req, intensity: { low: 1000, high: 9160 } });
+      expect(other.resultUrl).not.toBe(result.resultUrl);
+      expect(other.blocksCached).toBe(0);
+      const again = await engine.compute({ ...req, intensity: { low: 1000, high: 5080 } });
+      expect(again.blocksCached).toBe(again.blocksTotal);
+    } finally {
+      await v16.close();
+    }
+  });
+
   it.each([
     [true, "BA"],
     [false, "AB"],

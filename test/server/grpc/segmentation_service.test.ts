@@ -191,6 +191,32 @@ describe("golden session over gRPC", () => {
     await call<CloseSessionRequest, CloseSessionResponse>(clients.segmentation, clients.segmentation.closeSession, { sessionId });
   });
 
+  it("a 16-bit volume opened with an intensity window segments exactly as its 8-bit original", async () => {
+    const image8 = readNpy(join(golden, "image.npy")).data as Uint8Array;
+    const url = await writePrecomputedArray(dataDir, "image16", "uint16", Uint16Array.from(image8, (v) => v * 16 + 1000), [Z, Y, X]);
+    const open = (req: Partial<OpenVolumeRequest>) => call<OpenVolumeRequest, OpenVolumeResponse>(clients.volumes, clients.volumes.openVolume, { url, ...req });
+    const windowed = await open({ intensityWindow: { low: 1000, high: 5080 } });
+    expect(windowed.volume!.intensityWindow).toEqual({ low: 1000, high: 5080 });
+    const op = session.ops[0]!;
+    const masks: Uint8Array[] = [];
+    for (const volumeId of [imageId, windowed.volume!.volumeId]) {
+      const { sessionId } = await startSession({ volumeId });
+      const res = await addPrompts({ sessionId, ...promptOf(op) });
+      masks.push(uncrop(res.masks[0]!));
+      await call<CloseSessionRequest, CloseSessionResponse>(clients.segmentation, clients.segmentation.closeSession, { sessionId });
+    }
+    expect(masks[0]!.some((v) => v > 0)).toBe(true);
+    expect(Buffer.from(masks[1]!).equals(Buffer.from(masks[0]!))).toBe(true);
+    // Without a window the session is refused (the raw 16-bit values are not what the models take) ...
+    const raw = await open({});
+    expect(raw.volume!.intensityWindow).toBeUndefined();
+    const refused = await grpcError(startSession({ volumeId: raw.volume!.volumeId }));
+    expect([refused.code, refused.details.split(":")[0]]).toEqual([status.INVALID_ARGUMENT, "intensity_window"]);
+    // ... and a window that maps nothing is refused when the volume is opened.
+    const bad = await grpcError(open({ intensityWindow: { low: 3, high: 3 } }));
+    expect([bad.code, bad.details.split(":")[0]]).toEqual([status.INVALID_ARGUMENT, "intensity_window"]);
+  });
+
   it("computes the SDF memory on demand with sdf_model when no SDF volume is given", async () => {
     const { sessionId } = await startSession({ sdfVolumeId: "", sdfModel: "tiny_conv3d" });
     const res = await addPrompts({ sessionId, ...promptOf(session.ops[0]!) });

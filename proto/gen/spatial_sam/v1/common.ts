@@ -113,6 +113,17 @@ export interface Vec3i {
   x: number;
 }
 
+/**
+ * The raw image values shown as black (low) and white (high), as in Neuroglancer's contrast range.
+ * The models take 8-bit EM intensities: a value v becomes
+ * floor(clamp((v - low) / (high - low), 0, 1) * 255 + 0.5). Required before any model runs on a
+ * volume that is not uint8; high > low, both finite.
+ */
+export interface IntensityWindow {
+  low: number;
+  high: number;
+}
+
 /** Real triple (z, y, x), e.g. a voxel size in nm. */
 export interface Vec3d {
   z: number;
@@ -238,6 +249,91 @@ export const Vec3i: MessageFns<Vec3i> = {
     message.z = object.z ?? 0;
     message.y = object.y ?? 0;
     message.x = object.x ?? 0;
+    return message;
+  },
+};
+
+function createBaseIntensityWindow(): IntensityWindow {
+  return { low: 0, high: 0 };
+}
+
+export const IntensityWindow: MessageFns<IntensityWindow> = {
+  encode(message: IntensityWindow, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.low !== 0) {
+      writer.uint32(9).double(message.low);
+    }
+    if (message.high !== 0) {
+      writer.uint32(17).double(message.high);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): IntensityWindow {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseIntensityWindow();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 9) {
+              break;
+            }
+
+            message.low = reader.double();
+            continue;
+          }
+          case 2: {
+            if (tag !== 17) {
+              break;
+            }
+
+            message.high = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): IntensityWindow {
+    return {
+      low: isSet(object.low) ? globalThis.Number(object.low) : 0,
+      high: isSet(object.high) ? globalThis.Number(object.high) : 0,
+    };
+  },
+
+  toJSON(message: IntensityWindow): unknown {
+    const obj: any = {};
+    if (message.low !== 0) {
+      obj.low = floatToJson(message.low);
+    }
+    if (message.high !== 0) {
+      obj.high = floatToJson(message.high);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<IntensityWindow>, I>>(base?: I): IntensityWindow {
+    return IntensityWindow.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<IntensityWindow>, I>>(object: I): IntensityWindow {
+    const message = createBaseIntensityWindow();
+    message.low = object.low ?? 0;
+    message.high = object.high ?? 0;
     return message;
   },
 };

@@ -20,7 +20,7 @@ import {
   type ServiceError,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
-import { Box3, DataType, dataTypeFromJSON, dataTypeToJSON, Tensor, Vec3d, Vec3i } from "./common.ts";
+import { Box3, DataType, dataTypeFromJSON, dataTypeToJSON, IntensityWindow, Tensor, Vec3d, Vec3i } from "./common.ts";
 
 export const protobufPackage = "spatial_sam.v1";
 
@@ -31,6 +31,11 @@ export const protobufFileName = "spatial_sam/v1/volume.proto";
 export interface OpenVolumeRequest {
   /** e.g. "zarr://file:///data/x.zarr/em", "precomputed://https://host/path", "n5://s3://bucket/x.n5/em". */
   url: string;
+  /**
+   * How the models see the image (ComputeSdf, StartSession, SegmentVolume on this volume_id).
+   * Unset: the values as stored, which only a uint8 volume allows.
+   */
+  intensityWindow?: IntensityWindow | undefined;
 }
 
 export interface OpenVolumeResponse {
@@ -60,6 +65,8 @@ export interface VolumeInfo {
   scales: ScaleInfo[];
   /** The format that was recognised, e.g. "zarr-v3", "n5", "precomputed". */
   format: string;
+  /** The window it was opened with, if any. */
+  intensityWindow?: IntensityWindow | undefined;
 }
 
 export interface ReadRegionRequest {
@@ -82,13 +89,16 @@ export interface CloseVolumeResponse {
 }
 
 function createBaseOpenVolumeRequest(): OpenVolumeRequest {
-  return { url: "" };
+  return { url: "", intensityWindow: undefined };
 }
 
 export const OpenVolumeRequest: MessageFns<OpenVolumeRequest> = {
   encode(message: OpenVolumeRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.url !== "") {
       writer.uint32(10).string(message.url);
+    }
+    if (message.intensityWindow !== undefined) {
+      IntensityWindow.encode(message.intensityWindow, writer.uint32(18).fork()).join();
     }
     return writer;
   },
@@ -114,6 +124,14 @@ export const OpenVolumeRequest: MessageFns<OpenVolumeRequest> = {
             message.url = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.intensityWindow = IntensityWindow.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -127,13 +145,23 @@ export const OpenVolumeRequest: MessageFns<OpenVolumeRequest> = {
   },
 
   fromJSON(object: any): OpenVolumeRequest {
-    return { url: isSet(object.url) ? globalThis.String(object.url) : "" };
+    return {
+      url: isSet(object.url) ? globalThis.String(object.url) : "",
+      intensityWindow: isSet(object.intensityWindow)
+        ? IntensityWindow.fromJSON(object.intensityWindow)
+        : isSet(object.intensity_window)
+        ? IntensityWindow.fromJSON(object.intensity_window)
+        : undefined,
+    };
   },
 
   toJSON(message: OpenVolumeRequest): unknown {
     const obj: any = {};
     if (message.url !== "") {
       obj.url = message.url;
+    }
+    if (message.intensityWindow !== undefined) {
+      obj.intensityWindow = IntensityWindow.toJSON(message.intensityWindow);
     }
     return obj;
   },
@@ -144,6 +172,9 @@ export const OpenVolumeRequest: MessageFns<OpenVolumeRequest> = {
   fromPartial<I extends Exact<DeepPartial<OpenVolumeRequest>, I>>(object: I): OpenVolumeRequest {
     const message = createBaseOpenVolumeRequest();
     message.url = object.url ?? "";
+    message.intensityWindow = (object.intensityWindow !== undefined && object.intensityWindow !== null)
+      ? IntensityWindow.fromPartial(object.intensityWindow)
+      : undefined;
     return message;
   },
 };
@@ -381,7 +412,7 @@ export const ScaleInfo: MessageFns<ScaleInfo> = {
 };
 
 function createBaseVolumeInfo(): VolumeInfo {
-  return { volumeId: "", url: "", dtype: 0, scales: [], format: "" };
+  return { volumeId: "", url: "", dtype: 0, scales: [], format: "", intensityWindow: undefined };
 }
 
 export const VolumeInfo: MessageFns<VolumeInfo> = {
@@ -400,6 +431,9 @@ export const VolumeInfo: MessageFns<VolumeInfo> = {
     }
     if (message.format !== "") {
       writer.uint32(42).string(message.format);
+    }
+    if (message.intensityWindow !== undefined) {
+      IntensityWindow.encode(message.intensityWindow, writer.uint32(50).fork()).join();
     }
     return writer;
   },
@@ -457,6 +491,14 @@ export const VolumeInfo: MessageFns<VolumeInfo> = {
             message.format = reader.string();
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.intensityWindow = IntensityWindow.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -480,6 +522,11 @@ export const VolumeInfo: MessageFns<VolumeInfo> = {
       dtype: isSet(object.dtype) ? dataTypeFromJSON(object.dtype) : 0,
       scales: globalThis.Array.isArray(object?.scales) ? object.scales.map((e: any) => ScaleInfo.fromJSON(e)) : [],
       format: isSet(object.format) ? globalThis.String(object.format) : "",
+      intensityWindow: isSet(object.intensityWindow)
+        ? IntensityWindow.fromJSON(object.intensityWindow)
+        : isSet(object.intensity_window)
+        ? IntensityWindow.fromJSON(object.intensity_window)
+        : undefined,
     };
   },
 
@@ -500,6 +547,9 @@ export const VolumeInfo: MessageFns<VolumeInfo> = {
     if (message.format !== "") {
       obj.format = message.format;
     }
+    if (message.intensityWindow !== undefined) {
+      obj.intensityWindow = IntensityWindow.toJSON(message.intensityWindow);
+    }
     return obj;
   },
 
@@ -513,6 +563,9 @@ export const VolumeInfo: MessageFns<VolumeInfo> = {
     message.dtype = object.dtype ?? 0;
     message.scales = object.scales?.map((e) => ScaleInfo.fromPartial(e)) || [];
     message.format = object.format ?? "";
+    message.intensityWindow = (object.intensityWindow !== undefined && object.intensityWindow !== null)
+      ? IntensityWindow.fromPartial(object.intensityWindow)
+      : undefined;
     return message;
   },
 };

@@ -240,6 +240,20 @@ describe("automatic segmentation", () => {
     expect(Buffer.from(a.buffer).equals(Buffer.from(b.buffer))).toBe(true);
   }, 60_000);
 
+  it("segments a 16-bit copy through its intensity window into the same labels, and needs the window", async () => {
+    const v16 = await writeVolume("image16", "uint16", Uint16Array.from(image.data as Uint8Array, (v) => v * 16 + 1000));
+    try {
+      await expect(run(`precomputed://file://${join(dir, "u16_nowindow")}`, { volume: v16 })).rejects.toMatchObject({ _tag: "InvalidArgument", field: "intensity_window" });
+      const url = `precomputed://file://${join(dir, "u16")}`;
+      await run(url, { volume: v16, volumeKey: "fixture-image16", intensity: { low: 1000, high: 5080 } });
+      const a = await readLabels(url);
+      const b = await readLabels(firstUrl);
+      expect(Buffer.from(a.buffer).equals(Buffer.from(b.buffer))).toBe(true);
+    } finally {
+      await v16.close();
+    }
+  }, 60_000);
+
   it("refuses bad input naming the field", async () => {
     await expect(run(`precomputed://file://${join(dir, "bad")}`, { box: { offsetZyx: [0, 0, 60], shapeZyx: [2, 2, 8] } })).rejects.toMatchObject({ _tag: "InvalidArgument", field: expect.stringMatching(/^box/) });
     await expect(run("tiff://file:///x")).rejects.toMatchObject({ field: "out" });

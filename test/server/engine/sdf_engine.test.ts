@@ -11,8 +11,7 @@ import { silentLogger } from "#server/log.ts";
 import { SdfEngine } from "#server/engine/sdf_engine.ts";
 import { ModelRegistry } from "#server/onnx/model_registry.ts";
 import { openVolume } from "#server/volume/open_volume.ts";
-import { PrecomputedWriter } from "#server/volume/precomputed_writer.ts";
-import { FileStore } from "#server/volume/stores.ts";
+import { writePrecomputedArray } from "#test/helpers/precomputed_array.ts";
 
 const root = join(import.meta.dirname, "..", "..", "..");
 const SHAPE: Vec3 = [20, 45, 70]; // not a multiple of the block shape on any axis
@@ -31,15 +30,7 @@ async function freshEngine(cacheName: string) {
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), "sdf-engine-"));
   image = makeDemoVolume(SHAPE, 3, 6).image;
-  const store = await FileStore.open(join(dir, "image"), [dir]);
-  const writer = await PrecomputedWriter.create(store, {
-    type: "image",
-    dataType: "uint8",
-    numChannels: 1,
-    scales: [{ key: "s0", sizeXyz: [SHAPE[2], SHAPE[1], SHAPE[0]], resolutionXyz: [5, 5, 5], voxelOffsetXyz: [0, 0, 0], chunkSizeXyz: [SHAPE[2], SHAPE[1], SHAPE[0]], encoding: "raw" }],
-  });
-  await writer.writeChunk(0, [0, 0, 0], image);
-  volume = await openVolume(`precomputed://file://${join(dir, "image")}`, { roots: [dir] });
+  volume = await openVolume(await writePrecomputedArray(dir, "image", "uint8", image, SHAPE), { roots: [dir] });
   registry = await ModelRegistry.load(join(root, "test", "fixtures", "models"), { logger: silentLogger(), workers: 1, intraOpThreads: 1, maxQueuePerModel: 64 });
   // Reference: the model on the whole volume at once (its own zero padding at the borders).
   const input = Float32Array.from(image, (v) => v / 255);
@@ -134,15 +125,7 @@ describe("SdfEngine", () => {
   });
 
   it("runs a 16-bit volume through its intensity window: 8-bit data stored as x16 + 1000 gives exactly the uint8 SDF", async () => {
-    const store = await FileStore.open(join(dir, "image16"), [dir]);
-    const writer = await PrecomputedWriter.create(store, {
-      type: "image",
-      dataType: "uint16",
-      numChannels: 1,
-      scales: [{ key: "s0", sizeXyz: [SHAPE[2], SHAPE[1], SHAPE[0]], resolutionXyz: [5, 5, 5], voxelOffsetXyz: [0, 0, 0], chunkSizeXyz: [SHAPE[2], SHAPE[1], SHAPE[0]], encoding: "raw" }],
-    });
-    await writer.writeChunk(0, [0, 0, 0], Uint16Array.from(image, (v) => v * 16 + 1000));
-    const v16 = await openVolume(`precomputed://file://${join(dir, "image16")}`, { roots: [dir] });
+    const v16 = await openVolume(await writePrecomputedArray(dir, "image16", "uint16", Uint16Array.from(image, (v) => v * 16 + 1000), SHAPE), { roots: [dir] });
     try {
       const engine = await freshEngine("cache-16");
       const req = { volume: v16, volumeKey: "v16", box: fullBox, scale: 0, model: "tiny_conv3d" };

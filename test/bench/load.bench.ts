@@ -27,11 +27,10 @@ import {
   type StartSessionRequest,
   type StartSessionResponse,
 } from "#proto/spatial_sam/v1/segmentation.ts";
-import type { OpenVolumeRequest, OpenVolumeResponse } from "#proto/spatial_sam/v1/volume.ts";
 import { silentLogger } from "#server/log.ts";
 import { serve, type RunningServer } from "#server/serve.ts";
 import { openVolume } from "#server/volume/open_volume.ts";
-import { call, collect, connect, type Clients } from "#test/helpers/grpc_clients.ts";
+import { call, collect, connect, type Clients, grpcOpenVolume } from "#test/helpers/grpc_clients.ts";
 
 const { values } = parseArgs({
   options: {
@@ -176,7 +175,7 @@ async function startServer(fair: boolean): Promise<RunningServer> {
 }
 
 async function openImage(c: Clients): Promise<string> {
-  const r = await call<OpenVolumeRequest, OpenVolumeResponse>(c.volumes, c.volumes.openVolume, { url: `png://file://${join(stack, "image")}` });
+  const r = await grpcOpenVolume(c, { url: `png://file://${join(stack, "image")}` });
   return r.volume!.volumeId;
 }
 

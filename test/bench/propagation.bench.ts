@@ -26,12 +26,11 @@ import {
   type StartSessionRequest,
   type StartSessionResponse,
 } from "#proto/spatial_sam/v1/segmentation.ts";
-import type { OpenVolumeRequest, OpenVolumeResponse } from "#proto/spatial_sam/v1/volume.ts";
 import { silentLogger } from "#server/log.ts";
 import { serve } from "#server/serve.ts";
 import { defaultChunkCache } from "#server/volume/chunk_cache.ts";
 import { openVolume } from "#server/volume/open_volume.ts";
-import { call, collect, connect } from "#test/helpers/grpc_clients.ts";
+import { call, collect, connect, grpcOpenVolume } from "#test/helpers/grpc_clients.ts";
 import { readNpy } from "#test/helpers/npy.ts";
 import { writePrecomputedArray } from "#test/helpers/precomputed_array.ts";
 import { gitCommit } from "./sdf_bench_helpers.ts";
@@ -115,7 +114,7 @@ async function runSetting(setting: Setting): Promise<Row[]> {
     propagation: { dir: propagatorDir, readAhead: setting.readAhead, prefetchRadius: setting.prefetchRadius },
   });
   const clients = connect(server.grpc.address);
-  const open = async (url: string) => (await call<OpenVolumeRequest, OpenVolumeResponse>(clients.volumes, clients.volumes.openVolume, { url })).volume!;
+  const open = async (url: string) => (await grpcOpenVolume(clients, { url })).volume!;
   try {
     const rows: Row[] = [];
     for (const format of data === "lucchi" ? formats : ["precomputed"]) {

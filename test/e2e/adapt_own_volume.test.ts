@@ -12,10 +12,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Direction, PointLabel, type AddPromptsRequest, type AddPromptsResponse, type PropagateResponse, type StartSessionRequest, type StartSessionResponse } from "#proto/spatial_sam/v1/segmentation.ts";
-import type { OpenVolumeRequest, OpenVolumeResponse } from "#proto/spatial_sam/v1/volume.ts";
 import { DEMO_SHAPE_ZYX, ensureDemoVolume } from "#server/demo.ts";
 import type { RunningServer } from "#server/serve.ts";
-import { call, collect, connect, type Clients } from "#test/helpers/grpc_clients.ts";
+import { call, collect, connect, type Clients, grpcOpenVolume } from "#test/helpers/grpc_clients.ts";
 import { startTestServer } from "#test/helpers/test_server.ts";
 
 const root = join(import.meta.dirname, "..", "..");
@@ -51,7 +50,7 @@ beforeAll(async () => {
     propagation: { dir: join(dir, "prop"), maxSessions: 2, idleTimeoutMs: 600_000, defaultSdfModel: "sdf_user" },
   });
   clients = connect(server.grpc.address);
-  const opened = await call<OpenVolumeRequest, OpenVolumeResponse>(clients.volumes, clients.volumes.openVolume, { url: `precomputed://file://${layers.image}` });
+  const opened = await grpcOpenVolume(clients, { url: `precomputed://file://${layers.image}` });
   imageId = opened.volume!.volumeId;
 }, 600_000);
 

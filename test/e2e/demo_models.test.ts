@@ -14,13 +14,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Direction, PointLabel, type AddPromptsRequest, type AddPromptsResponse, type ObjectMask, type PropagateResponse, type StartSessionRequest, type StartSessionResponse } from "#proto/spatial_sam/v1/segmentation.ts";
-import type { OpenVolumeRequest, OpenVolumeResponse } from "#proto/spatial_sam/v1/volume.ts";
 import { encodeNpy } from "#src/npy.ts";
 import { DEMO_SHAPE_ZYX, ensureDemoVolume } from "#server/demo.ts";
 import { silentLogger } from "#server/log.ts";
 import { serve, type RunningServer } from "#server/serve.ts";
 import { openVolume } from "#server/volume/open_volume.ts";
-import { call, collect, connect, type Clients } from "#test/helpers/grpc_clients.ts";
+import { call, collect, connect, type Clients, grpcOpenVolume } from "#test/helpers/grpc_clients.ts";
 
 const root = join(import.meta.dirname, "..", "..");
 const python = join(root, "models", ".venv", "bin", "python");
@@ -106,7 +105,7 @@ beforeAll(async () => {
     propagation: { dir: PROPAGATOR, maxSessions: 4, idleTimeoutMs: 600_000, defaultSdfModel: SDF_MODEL },
   });
   clients = connect(server.grpc.address);
-  const opened = await call<OpenVolumeRequest, OpenVolumeResponse>(clients.volumes, clients.volumes.openVolume, { url: `precomputed://file://${layers.image}` });
+  const opened = await grpcOpenVolume(clients, { url: `precomputed://file://${layers.image}` });
   imageId = opened.volume!.volumeId;
 }, 300_000);
 

@@ -14,11 +14,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Direction, PointLabel, type AddPromptsRequest, type AddPromptsResponse, type ObjectMask, type PropagateResponse, type SegmentVolumeResponse, type StartSessionRequest, type StartSessionResponse } from "#proto/spatial_sam/v1/segmentation.ts";
-import type { OpenVolumeRequest, OpenVolumeResponse } from "#proto/spatial_sam/v1/volume.ts";
 import { silentLogger } from "#server/log.ts";
 import { serve, type RunningServer } from "#server/serve.ts";
 import { openVolume } from "#server/volume/open_volume.ts";
-import { call, collect, connect, type Clients } from "#test/helpers/grpc_clients.ts";
+import { call, collect, connect, type Clients, grpcOpenVolume } from "#test/helpers/grpc_clients.ts";
 import { readNpy } from "#test/helpers/npy.ts";
 
 const root = join(import.meta.dirname, "..", "..");
@@ -97,7 +96,7 @@ print(json.dumps({"y": int(y), "x": int(x)}))
     propagation: { dir: join(root, "models", "propagator_lucchi"), maxSessions: 4, idleTimeoutMs: 600_000, defaultSdfModel: "sdf_unet3d_lucchi" },
   });
   clients = connect(server.grpc.address);
-  const opened = await call<OpenVolumeRequest, OpenVolumeResponse>(clients.volumes, clients.volumes.openVolume, { url: `png://file://${join(data, "image")}` });
+  const opened = await grpcOpenVolume(clients, { url: `png://file://${join(data, "image")}` });
   imageId = opened.volume!.volumeId;
 }, 300_000);
 

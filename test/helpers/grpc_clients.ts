@@ -3,7 +3,7 @@ import { credentials, Metadata, type ClientReadableStream, type ServiceError } f
 import { ModelServiceClient } from "#proto/spatial_sam/v1/model.ts";
 import { SdfServiceClient } from "#proto/spatial_sam/v1/sdf.ts";
 import { SegmentationServiceClient } from "#proto/spatial_sam/v1/segmentation.ts";
-import { VolumeServiceClient } from "#proto/spatial_sam/v1/volume.ts";
+import { VolumeServiceClient, type OpenVolumeRequest, type OpenVolumeResponse } from "#proto/spatial_sam/v1/volume.ts";
 
 export interface Clients {
   models: ModelServiceClient;
@@ -41,6 +41,11 @@ export function call<Req, Res>(
   return new Promise((resolve, reject) =>
     method.call(client, req, new Metadata(), options, (err, res) => (err ? reject(err) : resolve(res))),
   );
+}
+
+/** VolumeService.OpenVolume (only the clients' volume service is used). */
+export function grpcOpenVolume(clients: Pick<Clients, "volumes">, req: OpenVolumeRequest): Promise<OpenVolumeResponse> {
+  return call<OpenVolumeRequest, OpenVolumeResponse>(clients.volumes, clients.volumes.openVolume, req);
 }
 
 /** Resolves the ServiceError a promise rejects with (fails if it resolves). */

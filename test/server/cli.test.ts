@@ -4,11 +4,11 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { OpenVolumeRequest, OpenVolumeResponse, ReadRegionResponse } from "#proto/spatial_sam/v1/volume.ts";
+import type { ReadRegionResponse } from "#proto/spatial_sam/v1/volume.ts";
 import { makeDemoVolume } from "#src/demo_volume.ts";
 import { checkHealth } from "#server/grpc/health_client.ts";
 import { DEMO_SHAPE_ZYX } from "#server/demo.ts";
-import { call, collect, connect } from "#test/helpers/grpc_clients.ts";
+import { collect, connect, grpcOpenVolume } from "#test/helpers/grpc_clients.ts";
 
 const root = join(import.meta.dirname, "..", "..");
 const bin = join(root, "server", "bin", "spatial-sam.js");
@@ -66,7 +66,7 @@ describe("spatial-sam demo (the README's main job)", () => {
     const labelsUrl = /labels\s+(\S+)/.exec(out)![1]!;
     const clients = connect(address);
     try {
-      const opened = await call<OpenVolumeRequest, OpenVolumeResponse>(clients.volumes, clients.volumes.openVolume, { url: labelsUrl });
+      const opened = await grpcOpenVolume(clients, { url: labelsUrl });
       const info = opened.volume!;
       expect(info.format).toBe("precomputed");
       expect([info.scales[0]!.shape!.z, info.scales[0]!.shape!.y, info.scales[0]!.shape!.x]).toEqual(DEMO_SHAPE_ZYX);

@@ -10,14 +10,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { SegmentVolumeRequest, SegmentVolumeResponse } from "#proto/spatial_sam/v1/segmentation.ts";
-import type { OpenVolumeRequest, OpenVolumeResponse } from "#proto/spatial_sam/v1/volume.ts";
 import type { Box3, Vec3 } from "#src/volume/types.ts";
 import { createBridge, type Bridge } from "#server/bridge/bridge.ts";
 import { silentLogger } from "#server/log.ts";
 import type { RunningServer } from "#server/serve.ts";
 import { closeHttp, listenRouter, startTestServer } from "#test/helpers/test_server.ts";
 import { openVolume } from "#server/volume/open_volume.ts";
-import { call, collect, connect, type Clients } from "#test/helpers/grpc_clients.ts";
+import { collect, connect, type Clients, grpcOpenVolume } from "#test/helpers/grpc_clients.ts";
 import { readNpy } from "#test/helpers/npy.ts";
 import { writePrecomputedArray } from "#test/helpers/precomputed_array.ts";
 
@@ -76,8 +75,8 @@ async function events(path: string) {
 
 /** The instances SegmentVolume writes for `box`, called directly on the server (the reference). */
 async function reference(box: Box3, name: string): Promise<BigUint64Array> {
-  const image = await call<OpenVolumeRequest, OpenVolumeResponse>(clients.volumes, clients.volumes.openVolume, { url: imageUrl });
-  const sdf = await call<OpenVolumeRequest, OpenVolumeResponse>(clients.volumes, clients.volumes.openVolume, { url: sdfUrl });
+  const image = await grpcOpenVolume(clients, { url: imageUrl });
+  const sdf = await grpcOpenVolume(clients, { url: sdfUrl });
   const outputUrl = `precomputed://file://${join(dir, name)}`;
   const req: SegmentVolumeRequest = {
     volumeId: image.volume!.volumeId,

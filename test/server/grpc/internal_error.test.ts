@@ -4,10 +4,9 @@ import { status } from "@grpc/grpc-js";
 import { Writable } from "node:stream";
 import { pino } from "pino";
 import { afterAll, beforeAll, expect, it } from "vitest";
-import type { OpenVolumeRequest, OpenVolumeResponse } from "#proto/spatial_sam/v1/volume.ts";
 import { checkHealth } from "#server/grpc/health_client.ts";
 import { startGrpcServer, type RunningGrpcServer } from "#server/grpc/server.ts";
-import { call, connect, grpcError, type Clients } from "#test/helpers/grpc_clients.ts";
+import { connect, grpcError, type Clients, grpcOpenVolume } from "#test/helpers/grpc_clients.ts";
 
 const lines: Record<string, unknown>[] = [];
 const sink = new Writable({
@@ -40,7 +39,7 @@ afterAll(async () => {
 });
 
 it("an unexpected exception is INTERNAL with a generic message and a logged stack", async () => {
-  const e = await grpcError(call<OpenVolumeRequest, OpenVolumeResponse>(clients.volumes, clients.volumes.openVolume, { url: "zarr://x" }));
+  const e = await grpcError(grpcOpenVolume(clients, { url: "zarr://x" }));
   expect(e.code).toBe(status.INTERNAL);
   expect(e.details).not.toContain("secret");
   const logged = lines.find((l) => l.msg === "unexpected error in handler") as { err?: { stack?: string }; method?: string } | undefined;

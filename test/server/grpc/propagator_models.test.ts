@@ -18,7 +18,6 @@ import {
   type StartSessionRequest,
   type StartSessionResponse,
 } from "#proto/spatial_sam/v1/segmentation.ts";
-import type { OpenVolumeRequest, OpenVolumeResponse } from "#proto/spatial_sam/v1/volume.ts";
 import type { Vec3 } from "#src/volume/types.ts";
 import { silentLogger } from "#server/log.ts";
 import { EmbeddingCache } from "#server/engine/propagation/embedding_cache.ts";
@@ -26,7 +25,7 @@ import { loadPropagator } from "#server/engine/propagation/propagator.ts";
 import { PropagationSession } from "#server/engine/propagation/session.ts";
 import type { RunningServer } from "#server/serve.ts";
 import { startTestServer } from "#test/helpers/test_server.ts";
-import { call, collect, connect, grpcError, type Clients } from "#test/helpers/grpc_clients.ts";
+import { call, collect, connect, grpcError, type Clients, grpcOpenVolume } from "#test/helpers/grpc_clients.ts";
 import { readNpy } from "#test/helpers/npy.ts";
 import { writePrecomputedArray } from "#test/helpers/precomputed_array.ts";
 
@@ -50,7 +49,7 @@ beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), "propagator-models-"));
   server = await startTestServer(dir, { propagation: { dir: shipped, extraDirs: [join(golden, "model")] } });
   clients = connect(server.grpc.address);
-  const open = async (url: string) => (await call<OpenVolumeRequest, OpenVolumeResponse>(clients.volumes, clients.volumes.openVolume, { url })).volume!.volumeId;
+  const open = async (url: string) => (await grpcOpenVolume(clients, { url })).volume!.volumeId;
   imageId = await open(await writePrecomputedArray(dir, "image", "uint8", image.data, [Z, Y, X]));
   sdfId = await open(await writePrecomputedArray(dir, "sdf", "float32", sdf.data, [Z, Y, X]));
 }, 60_000);

@@ -10,7 +10,6 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { ComputeSdfResponse } from "#proto/spatial_sam/v1/sdf.ts";
 import type { SegmentVolumeRequest, SegmentVolumeResponse } from "#proto/spatial_sam/v1/segmentation.ts";
-import type { OpenVolumeRequest, OpenVolumeResponse } from "#proto/spatial_sam/v1/volume.ts";
 import type { Vec3 } from "#src/volume/types.ts";
 import { silentLogger } from "#server/log.ts";
 import { openOutput } from "#server/engine/auto/output.ts";
@@ -23,7 +22,7 @@ import { startTestServer } from "#test/helpers/test_server.ts";
 import { openVolume } from "#server/volume/open_volume.ts";
 import { PrecomputedWriter } from "#server/volume/precomputed_writer.ts";
 import { FileStore } from "#server/volume/stores.ts";
-import { call, collect, connect, grpcError, type Clients } from "#test/helpers/grpc_clients.ts";
+import { collect, connect, grpcError, type Clients, grpcOpenVolume } from "#test/helpers/grpc_clients.ts";
 import { readNpy } from "#test/helpers/npy.ts";
 import { writePrecomputedArray } from "#test/helpers/precomputed_array.ts";
 
@@ -52,7 +51,7 @@ beforeAll(async () => {
   server = await startTestServer(dir, { propagation: { dir: join(golden, "model") } });
   clients = connect(server.grpc.address);
   imageUrl = `precomputed://file://${join(dir, "image")}`;
-  const opened = await call<OpenVolumeRequest, OpenVolumeResponse>(clients.volumes, clients.volumes.openVolume, { url: imageUrl });
+  const opened = await grpcOpenVolume(clients, { url: imageUrl });
   imageId = opened.volume!.volumeId;
 }, 60_000);
 
@@ -164,7 +163,7 @@ describe("SegmentVolume", () => {
       expect(e.details.startsWith(`${field}: `), e.details).toBe(true);
     }
     // The volume itself (uint8, not an SDF) on the right grid is accepted; a label volume is not.
-    const labels = await call<OpenVolumeRequest, OpenVolumeResponse>(clients.volumes, clients.volumes.openVolume, { url: `precomputed://file://${join(dir, "out")}` });
+    const labels = await grpcOpenVolume(clients, { url: `precomputed://file://${join(dir, "out")}` });
     const e = await grpcError(collect(clients.segmentation.segmentVolume(request({ sdfVolumeId: labels.volume!.volumeId, outputUrl: `precomputed://file://${join(dir, "bad")}` }))));
     expect(e.code).toBe(status.INVALID_ARGUMENT);
     expect(e.details).toMatch(/^sdf_volume_id: /);
@@ -179,7 +178,7 @@ describe("SegmentVolume", () => {
     const values = (await cached.read({ offsetZyx: [0, 0, 0], shapeZyx: [Z, Y, X] }, 0)) as Float32Array;
     await cached.close();
     await writePrecomputedArray(dir, "sdf_copy", "float32", values, [Z, Y, X]);
-    const copy = await call<OpenVolumeRequest, OpenVolumeResponse>(clients.volumes, clients.volumes.openVolume, { url: `precomputed://file://${join(dir, "sdf_copy")}` });
+    const copy = await grpcOpenVolume(clients, { url: `precomputed://file://${join(dir, "sdf_copy")}` });
 
     const before = server.registry.stats().dispatched;
     const outputUrl = `precomputed://file://${join(dir, "given_sdf")}`;

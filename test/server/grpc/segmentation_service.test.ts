@@ -23,12 +23,12 @@ import {
   type StartSessionRequest,
   type StartSessionResponse,
 } from "#proto/spatial_sam/v1/segmentation.ts";
-import type { OpenVolumeRequest, OpenVolumeResponse } from "#proto/spatial_sam/v1/volume.ts";
+import type { OpenVolumeRequest } from "#proto/spatial_sam/v1/volume.ts";
 import type { DataType, TypedArray } from "#src/dtype.ts";
 import { silentLogger } from "#server/log.ts";
 import { serve, type RunningServer } from "#server/serve.ts";
 import { writePrecomputedArray } from "#test/helpers/precomputed_array.ts";
-import { call, collect, connect, grpcError, type Clients } from "#test/helpers/grpc_clients.ts";
+import { call, collect, connect, grpcError, type Clients, grpcOpenVolume } from "#test/helpers/grpc_clients.ts";
 import { readNpy } from "#test/helpers/npy.ts";
 
 const root = join(import.meta.dirname, "..", "..", "..");
@@ -60,7 +60,7 @@ let imageId: string;
 let sdfId: string;
 
 async function writeVolume(name: string, dtype: DataType, data: TypedArray): Promise<string> {
-  const opened = await call<OpenVolumeRequest, OpenVolumeResponse>(clients.volumes, clients.volumes.openVolume, {
+  const opened = await grpcOpenVolume(clients, {
     url: await writePrecomputedArray(dataDir, name, dtype, data, [Z, Y, X]),
   });
   return opened.volume!.volumeId;
@@ -194,7 +194,7 @@ describe("golden session over gRPC", () => {
   it("a 16-bit volume opened with an intensity window segments exactly as its 8-bit original", async () => {
     const image8 = readNpy(join(golden, "image.npy")).data as Uint8Array;
     const url = await writePrecomputedArray(dataDir, "image16", "uint16", Uint16Array.from(image8, (v) => v * 16 + 1000), [Z, Y, X]);
-    const open = (req: Partial<OpenVolumeRequest>) => call<OpenVolumeRequest, OpenVolumeResponse>(clients.volumes, clients.volumes.openVolume, { url, ...req });
+    const open = (req: Partial<OpenVolumeRequest>) => grpcOpenVolume(clients, { url, ...req });
     const windowed = await open({ intensityWindow: { low: 1000, high: 5080 } });
     expect(windowed.volume!.intensityWindow).toEqual({ low: 1000, high: 5080 });
     const op = session.ops[0]!;

@@ -8,7 +8,6 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DataType as WireDataType } from "#proto/spatial_sam/v1/common.ts";
 import type { ListModelsResponse, RunModelRequest, RunModelResponse } from "#proto/spatial_sam/v1/model.ts";
 import type { StartSessionRequest, StartSessionResponse } from "#proto/spatial_sam/v1/segmentation.ts";
-import type { OpenVolumeRequest, OpenVolumeResponse } from "#proto/spatial_sam/v1/volume.ts";
 import type { ComputeSdfResponse } from "#proto/spatial_sam/v1/sdf.ts";
 import { makeDemoVolume } from "#src/demo_volume.ts";
 import { PrecomputedWriter } from "#server/volume/precomputed_writer.ts";
@@ -16,7 +15,7 @@ import { FileStore } from "#server/volume/stores.ts";
 import { checkHealth } from "#server/grpc/health_client.ts";
 import { silentLogger } from "#server/log.ts";
 import { serve, type RunningServer } from "#server/serve.ts";
-import { call, collect, connect, grpcError, type Clients } from "#test/helpers/grpc_clients.ts";
+import { call, collect, connect, grpcError, type Clients, grpcOpenVolume } from "#test/helpers/grpc_clients.ts";
 import { readNpy } from "#test/helpers/npy.ts";
 
 const root = join(import.meta.dirname, "..", "..", "..");
@@ -195,13 +194,13 @@ describe("errors map to status codes", () => {
 
   it("PERMISSION_DENIED for a volume outside the configured roots", async () => {
     const e = await grpcError(
-      call<OpenVolumeRequest, OpenVolumeResponse>(clients.volumes, clients.volumes.openVolume, { url: "zarr://file:///etc" }),
+      grpcOpenVolume(clients, { url: "zarr://file:///etc" }),
     );
     expect(e.code).toBe(status.PERMISSION_DENIED);
   });
 
   it("INVALID_ARGUMENT naming url for a malformed volume URL", async () => {
-    const e = await grpcError(call<OpenVolumeRequest, OpenVolumeResponse>(clients.volumes, clients.volumes.openVolume, { url: "nonsense" }));
+    const e = await grpcError(grpcOpenVolume(clients, { url: "nonsense" }));
     expect(e.code).toBe(status.INVALID_ARGUMENT);
     expect(e.metadata.get("spatial-sam-field")).toEqual(["url"]);
   });
@@ -239,7 +238,7 @@ describe("ComputeSdf", () => {
       scales: [{ key: "s0", sizeXyz: [40, 40, 12], resolutionXyz: [8, 8, 8], voxelOffsetXyz: [0, 0, 0], chunkSizeXyz: [40, 40, 12], encoding: "raw" }],
     });
     await writer.writeChunk(0, [0, 0, 0], makeDemoVolume(shape, 5, 3).image);
-    const opened = await call<OpenVolumeRequest, OpenVolumeResponse>(clients.volumes, clients.volumes.openVolume, {
+    const opened = await grpcOpenVolume(clients, {
       url: `precomputed://file://${join(dataDir, "em")}`,
     });
     const box = { offset: { z: 0, y: 0, x: 0 }, shape: { z: 12, y: 40, x: 40 } };
@@ -248,7 +247,7 @@ describe("ComputeSdf", () => {
     expect(last.done).toBe(true);
     expect(last.blocksDone).toBe(last.blocksTotal);
     expect(last.resultUrl).toMatch(/^precomputed:\/\/file:\/\//);
-    const sdf = await call<OpenVolumeRequest, OpenVolumeResponse>(clients.volumes, clients.volumes.openVolume, { url: last.resultUrl });
+    const sdf = await grpcOpenVolume(clients, { url: last.resultUrl });
     expect(sdf.volume!.dtype).toBe(WireDataType.DATA_TYPE_FLOAT32);
     expect(sdf.volume!.scales[0]!.shape).toEqual(box.shape);
     // A second request finds every block cached.

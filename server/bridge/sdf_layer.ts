@@ -101,6 +101,9 @@ export class SdfLayer {
     };
     if (manifest === undefined) return skip("model not loaded");
     if (!VOLUME_ID_PATTERN.test(id)) return skip(`${id} is not a valid volume id`);
+    if (image.source.metadata.dtype !== "uint8" && image.intensity === undefined) {
+      return skip(`a ${image.source.metadata.dtype} volume needs an intensityWindow before the SDF model can run on it`);
+    }
     const level = image.source.metadata.scales[0]!;
     // One chunk per SDF block: the engine's block grid starts at the level's offset too.
     const metadata: VolumeMetadata = {

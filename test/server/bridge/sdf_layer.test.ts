@@ -145,4 +145,22 @@ describe("SDF companion layer", () => {
     expect(res.status).toBe(201);
     expect((await get("/volumes/again-sdf/info")).status).toBe(200);
   });
+
+  it("gives a 16-bit volume a companion only with an intensity window, and then the 8-bit original's SDF", async () => {
+    const demo = makeDemoVolume(SHAPE, 3, 6);
+    const url16 = await writePrecomputedArray(dir, "image16", "uint16", Uint16Array.from(demo.image, (v) => v * 16 + 1000), SHAPE, [5, 5, 5], {
+      chunkZyx: [8, 32, 32],
+      offsetZyx: OFFSET,
+    });
+    const register = (body: Record<string, unknown>) =>
+      fetch(`${base}/api/volumes`, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ url: url16, ...body }) });
+    expect((await register({ id: "raw16" })).status).toBe(201);
+    expect((await get("/volumes/raw16-sdf/info")).status).toBe(404); // the models cannot read raw 16-bit values
+    expect((await register({ id: "win16", intensityWindow: { low: 1000, high: 5080 } })).status).toBe(201);
+    const chunk = nameOf(blockBox([1, 0, 1]));
+    const windowed = await get(`/volumes/win16-sdf/sdf/${chunk}`);
+    const original = await get(`/volumes/img-sdf/sdf/${chunk}`);
+    expect([windowed.status, original.status]).toEqual([200, 200]);
+    expect(Buffer.from(windowed.bytes).equals(Buffer.from(original.bytes))).toBe(true);
+  });
 });

@@ -80,7 +80,7 @@ export function registerSegmentCommand(program: Command): void {
       process.once("SIGINT", () => controller.abort());
       const bar = new SingleBar({ format: "segment {stage} [{bar}] {value}/{total} ({objects} objects) {eta_formatted}", stream: process.stderr }, Presets.shades_classic);
       try {
-          modelIntensity(volume.metadata.dtype, o.intensityWindow, "--intensity-window");
+        modelIntensity(volume.metadata.dtype, o.intensityWindow, "--intensity-window");
         const propagator = await loadPropagator(resolve(o.propagator), registryOptions);
         closers.push(() => propagator.close());
         let sdf: Parameters<typeof segmentVolume>[0]["sdf"];

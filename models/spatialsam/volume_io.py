@@ -503,16 +503,7 @@ def _page_array(tf, index: int, path: Path, field: str) -> np.ndarray:
     end = max((o + n for o, n in zip(page.dataoffsets, page.databytecounts)), default=0)
     if end > tf.filehandle.size:
         raise VolumeError(f"{field}: {path}: truncated TIFF: page {index} needs {end} bytes, the file has {tf.filehandle.size}")
-    try:
-        return page.asarray()
-    except ValueError as e:  # compressions tifffile decodes only with imagecodecs (LZW, ...): Pillow's libtiff
-        if "imagecodecs" not in str(e):
-            raise
-        from PIL import Image
-
-        with Image.open(path) as im:
-            im.seek(index)
-            return np.asarray(im)
+    return page.asarray()  # imagecodecs (a dependency) decodes LZW, zstd, JPEG, ... for tifffile
 
 
 def _tiff_voxel(tf, page) -> Voxel | None:

@@ -165,6 +165,19 @@ def test_multipage_tiff(st, name, voxel):
     assert r.voxel_size_nm == (None if voxel is None else pytest.approx(voxel))
 
 
+@pytest.mark.parametrize("compression", ["zstd", "lzw", "lzma", "packbits"])
+def test_tiffs_compressed_by_other_tools(tmp_path, compression):
+    """Lossless compressions other tools write (zstd, LZW, LZMA through imagecodecs; PackBits), read
+    back exactly, whole and as a box."""
+    a = np.random.default_rng(7).integers(0, 4096, (6, 33, 47)).astype(np.uint16)
+    a[:, :10] = 100  # runs, so PackBits has something to pack
+    tifffile.imwrite(tmp_path / "v.tif", a, compression=compression, photometric="minisblack")
+    r = open_volume(f"tiff://{tmp_path / 'v.tif'}")
+    assert r.dtype == np.uint16 and r.shape == a.shape
+    assert np.array_equal(r.read(), a)
+    assert np.array_equal(r.read((slice(2, 5), slice(3, 30), slice(10, 40))), a[2:5, 3:30, 10:40])
+
+
 def test_tiff_and_png_slice_folders(st):
     r = open_volume(f"tiff://file://{st / 'tiff_slices'}/")  # notes.txt is ignored
     check_reads(r, np.load(st / "tiff_slices.npy"))

@@ -6,6 +6,7 @@
 import type { TypedArray } from "#src/dtype.ts";
 import { VOLUME_ID_PATTERN } from "#src/bridge_api.ts";
 import { invalidArgument } from "#src/errors.ts";
+import { modelIntensity } from "#src/intensity.ts";
 import type { Box3, ReadOptions, VolumeMetadata, VolumeSource } from "#src/volume/types.ts";
 import type { SdfEngine } from "#server/engine/sdf_engine.ts";
 import type { Logger } from "#server/log.ts";
@@ -101,8 +102,10 @@ export class SdfLayer {
     };
     if (manifest === undefined) return skip("model not loaded");
     if (!VOLUME_ID_PATTERN.test(id)) return skip(`${id} is not a valid volume id`);
-    if (image.source.metadata.dtype !== "uint8" && image.intensity === undefined) {
-      return skip(`a ${image.source.metadata.dtype} volume needs an intensityWindow before the SDF model can run on it`);
+    try {
+      modelIntensity(image.source.metadata.dtype, image.intensity, "intensityWindow"); // the engine's own rule: uint8 or a window
+    } catch (e) {
+      return skip((e as Error).message);
     }
     const level = image.source.metadata.scales[0]!;
     // One chunk per SDF block: the engine's block grid starts at the level's offset too.

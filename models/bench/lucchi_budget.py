@@ -15,9 +15,11 @@ trains in its own resumable run folder under --work, and a re-run skips what is 
   (a)  Spatial-SAM dual-track (dualtrack.py) with its defaults (three rounds, anchored SDF track), its
        round 0 SDF track being (b)'s run. Scored twice:
        "a" = its final 3D U-Net (the SDF track), "a_auto" = its final propagator (the mask track)
-       in automatic mode (predictor.segment_volume) with seeds and SDF memory from that U-Net.
+       in automatic mode (predictor.segment_volume) with seeds and SDF memory from that U-Net, its
+       propagated masks alone (fill=False: what the mask track itself finds), "a_fill" = the same
+       with the SDF's unclaimed foreground filled, as the server's automatic mode writes it.
   (c)  The same dual-track loop with SAM2's mask memory in the propagator instead of SDF memory
-       (the ablation), scored the same two ways ("c", "c_auto").
+       (the ablation), scored the same three ways ("c", "c_auto", "c_fill").
 
     models/.venv/bin/python models/bench/lucchi_budget.py --quick --work /tmp/bench_quick   # smoke run, minutes
     nice models/.venv/bin/python models/bench/lucchi_budget.py --jobs 2 --work /work/runs/bench  # the 1/64 comparison
@@ -59,14 +61,16 @@ METHODS = ("a", "b", "b_eq", "b2", "c", "d")
 NAMES = {
     "a": "(a) Spatial-SAM dual-track: final 3D U-Net (SDF track)",
     "a_auto": "(a) Spatial-SAM dual-track: final propagator (mask track), automatic mode",
+    "a_fill": "(a) Spatial-SAM dual-track: automatic mode as the server writes it (unclaimed SDF foreground filled)",
     "b": "(b) 3D U-Net, annotated slices only",
     "b_eq": "(b=) 3D U-Net, annotated slices only, as many steps as (a)'s SDF track",
     "b2": "(b2) 2D U-Net, annotated slices only",
     "c": "(c) dual-track with mask memory: final 3D U-Net",
     "c_auto": "(c) dual-track with mask memory: final propagator, automatic mode",
+    "c_fill": "(c) dual-track with mask memory: automatic mode as the server writes it (unclaimed SDF foreground filled)",
     "d": "(d) 3D U-Net, all 165 train slices",
 }
-ROW_ORDER = ("d", "a", "a_auto", "b", "b_eq", "b2", "c", "c_auto")
+ROW_ORDER = ("d", "a", "a_auto", "a_fill", "b", "b_eq", "b2", "c", "c_auto", "c_fill")
 QUICK_BOX = (slice(0, 32), slice(256, 448), slice(256, 448))  # has mitochondria in both splits
 VAL_BOX = (slice(40, 88), slice(None), slice(None))
 VAL_CONTEXT = 16
@@ -339,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         for method, memory in (("a", "sdf"), ("c", "mask")):
             if method not in methods:
                 continue
-            from spatialsam.predictor import segment_volume
+            from spatialsam.predictor import fill_from_sdf, segment_volume
             from spatialsam.train_propagator import load_checkpoint
 
             res = _dualtrack(memory, train, slices, b_run, work / f"{method}_{tag}", a)
@@ -357,8 +361,9 @@ def main(argv: list[str] | None = None) -> int:
             record(method, budget, slices, sdf > 0, clock, spent, extra)
             prop, _ = load_checkpoint(res["propagator"])
             with torch.no_grad():
-                inst = segment_volume(prop, test.image, np.ascontiguousarray(sdf), crop=64 if a.quick else 128)
+                inst = segment_volume(prop, test.image, np.ascontiguousarray(sdf), crop=64 if a.quick else 128, fill=False)
             record(f"{method}_auto", budget, slices, inst > 0, clock, spent, extra)
+            record(f"{method}_fill", budget, slices, fill_from_sdf(inst, sdf) > 0, clock, spent, extra)
 
     if a.train_only:
         print(f"--train-only: run folders under {work} are trained; run again without it to score them", flush=True)

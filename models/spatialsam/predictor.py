@@ -710,8 +710,16 @@ def sdf_seeds(sdf: np.ndarray, min_voxels: int = 64) -> list[tuple[int, float, f
     deepest point there (argmax of the SDF inside the cross-section, first in C order on ties) and the
     cross-section's bounding box (x0, y0, x1, y1). Components are ordered by label (C order of first voxel).
     """
-    comps, _ = ndimage.label(sdf > 0)
+    return _sdf_components(sdf, min_voxels)[1]
+
+
+def _sdf_components(sdf: np.ndarray, min_voxels: int) -> tuple[np.ndarray, list[tuple[int, float, float, np.ndarray]], np.ndarray]:
+    """sdf_seeds, with the components it found: (component labels of sdf > 0 (6-connected, as
+    scipy.ndimage.label numbers them), the seeds, and per component label its seed's id (1-based,
+    in seed order; 0 for components under min_voxels))."""
+    comps, n = ndimage.label(sdf > 0)
     seeds = []
+    seed_of = np.zeros(n + 1, np.uint64)
     for i, sl in enumerate(ndimage.find_objects(comps), start=1):
         sub = comps[sl] == i
         if sub.sum() < min_voxels:
@@ -726,7 +734,8 @@ def sdf_seeds(sdf: np.ndarray, min_voxels: int = 64) -> list[tuple[int, float, f
         ys, xs = np.nonzero(cross)
         box = np.array([xs.min(), ys.min(), xs.max(), ys.max()], np.float32)
         seeds.append((z, float(x), float(y), box))
-    return seeds
+        seed_of[i] = len(seeds)
+    return comps, seeds, seed_of
 
 
 def segment_volume(
@@ -738,6 +747,7 @@ def segment_volume(
     crop: int = 128,
     patience: int = 3,
     batch: int = 64,
+    fill: bool = True,
 ) -> np.ndarray:
     """Automatic mode: uint64 [Z, Y, X] instances (0 background, ids 1.. in seed order).
 
@@ -745,6 +755,12 @@ def segment_volume(
     propagated both ways in its own crop window; every voxel goes to the object with the highest
     logit among those > 0 (ties: the earlier seed). Seeds whose windows have one size are followed
     in lockstep, up to `batch` at a time (as in propagate_volume).
+
+    ``fill``: a voxel inside the SDF (> 0) that no object claims goes to the object seeded in its
+    SDF component, so the output holds all of the SDF's foreground (components of at least
+    min_voxels) and the propagated masks decide instances and add what they find beyond it. Without
+    it the output is the propagated masks alone, which lose what a mask drifts off or out of its
+    window (Lucchi++ 1/64, seed 1: fg-IoU 0.762 alone, 0.906 filled, the U-Net's own 0.906).
     """
     _check_batch(batch)
     pred = _lockstep_predictor(model)
@@ -756,7 +772,7 @@ def segment_volume(
         raise ValueError("sdf: contains NaN or infinite values")
     best = np.full(image.shape, np.float32(0.0))
     out = np.zeros(image.shape, np.uint64)
-    seeds = sdf_seeds(sdf, min_voxels)
+    comps, seeds, seed_of = _sdf_components(sdf, min_voxels)
     starts = [z for z, _, _, _ in seeds]
     windows, prompts = [], []
     for _, x, y, box in seeds:
@@ -774,4 +790,23 @@ def segment_volume(
 
         _propagate_objects(pred, image, sdf, [starts[i] for i in group], [windows[i] for i in group],
                            [prompts[i] for i in group], patience, keep_best)
+    if fill:
+        _fill(out, comps, seed_of)
     return out
+
+
+def fill_from_sdf(inst: np.ndarray, sdf: np.ndarray, min_voxels: int = 64) -> np.ndarray:
+    """segment_volume's fill applied to its fill=False output `inst` (same sdf and min_voxels): the
+    filled instances, as segment_volume(..., fill=True) returns them, without propagating again."""
+    if not isinstance(inst, np.ndarray) or inst.dtype != np.uint64 or inst.shape != getattr(sdf, "shape", None):
+        raise ValueError(f"inst: expected uint64 of the sdf's shape, got {getattr(inst, 'dtype', inst)!r} {getattr(inst, 'shape', '')}")
+    comps, _, seed_of = _sdf_components(sdf, min_voxels)
+    out = inst.copy()
+    _fill(out, comps, seed_of)
+    return out
+
+
+def _fill(out: np.ndarray, comps: np.ndarray, seed_of: np.ndarray) -> None:
+    """Voxels of out that are 0 inside an SDF component take that component's seed id (0 if it has none)."""
+    hole = (out == 0) & (comps > 0)
+    out[hole] = seed_of[comps[hole]]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from spatialsam.predictor import Predictor, propagate_volume, sdf_seeds, segment_volume
+from spatialsam.predictor import Predictor, fill_from_sdf, propagate_volume, sdf_seeds, segment_volume
 from spatialsam.propagator import build_propagator
 
 torch.set_num_threads(1)
@@ -259,8 +259,20 @@ def test_propagate_volume_in_lockstep_batches_matches_one_object_at_a_time(vol, 
             b[take], o[take] = lg[take], k
     assert len(np.unique(ref_inst)) == len(seeds) + 1
     for batch in (64, 2):
-        inst = segment_volume(model, image, auto_sdf, min_voxels=8, crop=24, patience=2, batch=batch)
+        inst = segment_volume(model, image, auto_sdf, min_voxels=8, crop=24, patience=2, batch=batch, fill=False)
         assert np.array_equal(inst, ref_inst)
+    # fill: the blobs' voxels no mask reached go to the blob's own seed (seed k is blob k here, every
+    # blob being one component of >= 8 voxels, numbered like the seeds); all else stays as propagated.
+    comps, n = ndimage.label(blobs)
+    assert n == len(seeds)
+    holes = (ref_inst == 0) & blobs
+    assert holes.any()
+    want = ref_inst.copy()
+    want[holes] = comps[holes]
+    assert np.array_equal(segment_volume(model, image, auto_sdf, min_voxels=8, crop=24, patience=2), want)
+    assert np.array_equal(fill_from_sdf(ref_inst, auto_sdf, min_voxels=8), want)
+    with pytest.raises(ValueError, match="^inst"):
+        fill_from_sdf(ref_inst.astype(np.int64), auto_sdf)
 
 
 def test_evaluate_tracking_scores_a_perfect_and_an_empty_tracker(model, vol):

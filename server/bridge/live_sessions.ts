@@ -315,7 +315,7 @@ export class LiveSession {
         let resultUrl = "";
         const wireBox = { offset: { z: box.offsetZyx[0], y: box.offsetZyx[1], x: box.offsetZyx[2] }, shape: { z: box.shapeZyx[0], y: box.shapeZyx[1], x: box.shapeZyx[2] } };
         const stream = client.segmentVolume(
-          { volumeId: this.#imageServerVolumeId, box: wireBox, scale: 0, model: "", sdfModel: "", sdfVolumeId: this.#sdfServerVolumeId, outputUrl: `precomputed://file://${outDir}` },
+          { volumeId: this.#imageServerVolumeId, box: wireBox, scale: 0, model: "", sdfModel: "", sdfVolumeId: this.#sdfServerVolumeId, outputUrl: `precomputed://file://${outDir}`, propagatedOnly: false },
           abort.signal,
         );
         for await (const p of stream) {

@@ -34,6 +34,7 @@ interface SegmentCliOptions {
   crop: number;
   patience: number;
   zMargin?: number;
+  propagatedOnly?: boolean;
   cacheDir: string;
   roots: string;
   threads: number;
@@ -57,6 +58,7 @@ export function registerSegmentCommand(program: Command): void {
     .option("--crop <px>", "smallest propagation window", positiveInt, 128)
     .option("--patience <n>", "slices without the object before a direction stops", positiveInt, 3)
     .option("--z-margin <n>", "propagate at most this many slices beyond a seed component's z-extent", positiveInt)
+    .option("--propagated-only", "only the propagated masks: SDF voxels no mask reaches stay background (default: they go to their component's object)")
     .addOption(new Option("--cache-dir <dir>", "where SDF results are kept").default(".cache/results").env("SPATIAL_SAM_CACHE_DIR"))
     .addOption(new Option("--roots <dirs>", "comma-separated folders file:// URLs may read and write").default("/").env("SPATIAL_SAM_ROOTS"))
     .addOption(new Option("--threads <n>", "intra-op threads").default(2).argParser((v) => Number.parseInt(v, 10)))
@@ -112,6 +114,7 @@ export function registerSegmentCommand(program: Command): void {
           crop: o.crop,
           patience: o.patience,
           ...(o.zMargin === undefined ? {} : { zMargin: o.zMargin }),
+          ...(o.propagatedOnly === true ? { propagatedOnly: true } : {}),
           signal: controller.signal,
           onProgress: (p) => {
             if (!started) bar.start(p.blocksTotal, p.blocksDone, { stage: p.stage, objects: p.objectsFound });

@@ -87,6 +87,7 @@ export function segmentVolumeCall(deps: SegmentVolumeDeps) {
       propagator,
       embeddings: engine.embeddings,
       out,
+      ...(req.propagatedOnly ? { propagatedOnly: true } : {}),
       signal: ctx.signal,
       client: clientKey(ctx),
       onProgress: (p) => {

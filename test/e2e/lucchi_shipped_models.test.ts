@@ -142,7 +142,7 @@ describe.skipIf(!haveData)("shipped models on a Lucchi++ crop", () => {
   it("SegmentVolume finds the crop's mitochondria as uint64 instances", async () => {
     const out = `precomputed://file://${join(dir, "auto")}`;
     const progress = await collect<SegmentVolumeResponse>(
-      clients.segmentation.segmentVolume({ volumeId: imageId, box: BOX, scale: 0, model: "", sdfModel: "sdf_unet3d_lucchi", sdfVolumeId: "", outputUrl: out }),
+      clients.segmentation.segmentVolume({ volumeId: imageId, box: BOX, scale: 0, model: "", sdfModel: "sdf_unet3d_lucchi", sdfVolumeId: "", outputUrl: out, propagatedOnly: false }),
     );
     const last = progress.at(-1)!;
     expect(last.done).toBe(true);

@@ -1,6 +1,8 @@
 // Automatic segmentation of a box: SDF (given, or computed blockwise by the SdfEngine), seeds from
 // its connected components (blockwise, ids global), one propagation per seed, and the uint64
-// instance volume written chunk by chunk (precomputed compressed_segmentation or OME-Zarr).
+// instance volume written chunk by chunk (precomputed compressed_segmentation or OME-Zarr), the SDF's
+// foreground voxels that no propagated mask claims going to their component's seed (unless
+// `propagatedOnly`).
 // Mirrors models/spatialsam/predictor.py's segment_volume; state for resuming lives in the output
 // store under `segment_work/` (the run's seeds, one file per propagated object), and an output
 // chunk that exists is a finished block.
@@ -18,7 +20,7 @@ import { PropagationSession, type PromptInput, type SliceProvider } from "#serve
 import { PrecomputedWriter } from "#server/volume/precomputed_writer.ts";
 import { ZarrWriter } from "#server/volume/zarr_writer.ts";
 import { lockOutput } from "./output_lock.ts";
-import { findSeeds, type Seed } from "./seeds.ts";
+import { findSeeds, type Seed, type SeedComponents, seedLabelsOfBlock } from "./seeds.ts";
 
 /** Where the SDF comes from: a volume on the image level's grid, or the SdfEngine's cache. */
 export type AutoSdfSource =
@@ -59,6 +61,13 @@ export interface SegmentRequest {
   patience?: number;
   /** Propagate at most this many slices beyond the seed component's z-extent; default: no bound (as Python). */
   zMargin?: number;
+  /**
+   * Only the propagated masks (segment_volume's fill=False). By default a voxel inside the SDF that
+   * no object claims goes to the object seeded in its SDF component, so the output keeps all of the
+   * SDF's foreground (in components of at least minVoxels) and the masks decide instances and add
+   * what they find beyond it.
+   */
+  propagatedOnly?: boolean;
   signal?: AbortSignal;
   /** Who the model runs are for: the ONNX pool and the SDF engine serve clients in turn. */
   client?: string;
@@ -86,6 +95,25 @@ interface ObjectRecord {
 
 const WORK = "segment_work";
 const objectKey = (id: number) => `${WORK}/objects/${id}.bin`;
+const COMPONENTS_KEY = `${WORK}/components.bin`;
+
+/** SeedComponents as a file: uint32 block count, uint32 provisional count, then both arrays (little-endian uint32). */
+function encodeComponents(c: SeedComponents): Uint8Array {
+  const out = new Uint32Array(2 + c.blockBase.length + c.seedOfProv.length);
+  out[0] = c.blockBase.length;
+  out[1] = c.seedOfProv.length;
+  out.set(c.blockBase, 2);
+  out.set(c.seedOfProv, 2 + c.blockBase.length);
+  return new Uint8Array(out.buffer);
+}
+
+function decodeComponents(bytes: Uint8Array, blocks: number): SeedComponents {
+  const words = bytes.length >= 8 && bytes.length % 4 === 0 ? new Uint32Array(bytes.slice().buffer) : undefined;
+  if (words === undefined || words[0] !== blocks || words.length !== 2 + words[0] + words[1]!) {
+    throw failedPrecondition(`${COMPONENTS_KEY}: unreadable (${bytes.length} bytes for ${blocks} blocks); delete ${WORK}/ to start over`, "out");
+  }
+  return { blockBase: words.subarray(2, 2 + blocks), seedOfProv: words.subarray(2 + blocks) };
+}
 
 /** Where an object's logits lie (box-local), kept for every object while its logits stay on disk. */
 interface ObjectExtent {
@@ -287,11 +315,13 @@ async function run(req: SegmentRequest, { blockShape, minVoxels, crop, patience,
       crop,
       patience,
       zMargin: req.zMargin ?? null,
+      fill: req.propagatedOnly !== true,
       blockShapeZyx: blockShape,
       format,
     };
     const runKey = `${WORK}/run.json`;
     let seeds: Seed[] | undefined;
+    let components: SeedComponents | undefined;
     const previous = await store.get(runKey, opts);
     if (previous !== undefined) {
       const run = JSON.parse(new TextDecoder().decode(previous)) as { fingerprint: unknown; seeds: Seed[] };
@@ -306,9 +336,17 @@ async function run(req: SegmentRequest, { blockShape, minVoxels, crop, patience,
       progress.stage = "seeds";
       progress.blocksTotal += outBlocks.length;
       const before = progress.blocksDone;
-      seeds = await findSeeds({ sdf, scale: sdfScale, box, blockShapeZyx: blockShape, minVoxels, ...opts, onBlock: (d) => ((progress.blocksDone = before + d), report()) });
+      const found = await findSeeds({ sdf, scale: sdfScale, box, blockShapeZyx: blockShape, minVoxels, ...opts, onBlock: (d) => ((progress.blocksDone = before + d), report()) });
+      ({ seeds, components } = found);
+      // run.json last: its presence says the seed stage is complete.
+      await put(COMPONENTS_KEY, encodeComponents(found.components));
       await put(runKey, new TextEncoder().encode(JSON.stringify({ fingerprint, seeds })));
     } else {
+      if (fingerprint.fill) {
+        const bytes = await store.get(COMPONENTS_KEY, opts);
+        if (bytes === undefined) throw failedPrecondition(`${COMPONENTS_KEY} is missing; delete ${WORK}/ to start over`, "out");
+        components = decodeComponents(bytes, outBlocks.length);
+      }
       progress.blocksTotal += outBlocks.length;
       progress.blocksDone += outBlocks.length;
     }
@@ -397,12 +435,18 @@ async function run(req: SegmentRequest, { blockShape, minVoxels, crop, patience,
     }
     let chunksWritten = 0;
     let chunksCached = 0;
-    for (const block of outBlocks) {
+    for (const [k, block] of outBlocks.entries()) {
       throwIfAborted(signal);
       if ((await store.get(chunkKey(block.index), opts)) !== undefined) {
         chunksCached++;
       } else {
-        await writeChunk(block.index, await paint(block.writeBox, box, extents, records));
+        const labels = await paint(block.writeBox, box, extents, records);
+        if (fingerprint.fill) {
+          const sdfBlock = (await sdf.read(block.writeBox, sdfScale, opts)) as ArrayLike<number>;
+          const bySeed = seedLabelsOfBlock(sdfBlock, block.writeBox.shapeZyx, k, components!);
+          for (let i = 0; i < labels.length; i++) if (labels[i] === 0n && bySeed[i] !== 0) labels[i] = BigInt(bySeed[i]!);
+        }
+        await writeChunk(block.index, labels);
         chunksWritten++;
       }
       progress.blocksDone++;

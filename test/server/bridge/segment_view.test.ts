@@ -86,6 +86,7 @@ async function reference(box: Box3, name: string): Promise<BigUint64Array> {
     sdfModel: "",
     sdfVolumeId: sdf.volume!.volumeId,
     outputUrl,
+    propagatedOnly: false,
   };
   const done = (await collect<SegmentVolumeResponse>(clients.segmentation.segmentVolume(req))).at(-1)!;
   const v = await openVolume(done.resultUrl, { roots: [dir] });

@@ -54,6 +54,16 @@ beforeAll(async () => {
       propagator,
       out: await openOutput(`precomputed://file://${join(dir, "seg")}`, [dir], "out"),
     });
+    await segmentVolume({
+      volume: volumes[0]!,
+      volumeKey: "image",
+      box: { offsetZyx: [0, 0, 0], shapeZyx: [Z, Y, X] },
+      scale: 0,
+      sdf: { kind: "volume", volume: volumes[1]!, scale: 0, key: "sdf" },
+      propagator,
+      out: await openOutput(`precomputed://file://${join(dir, "seg_masks")}`, [dir], "out"),
+      propagatedOnly: true,
+    });
   } finally {
     for (const v of volumes) await v.close();
     await propagator.close();
@@ -78,6 +88,17 @@ describe("spatial-sam segment", () => {
     const a = await readLabels(out);
     const b = await readLabels(`precomputed://file://${join(dir, "seg")}`);
     expect(Buffer.from(a.buffer).equals(Buffer.from(b.buffer))).toBe(true);
+  }, 120_000);
+
+  it("--propagated-only writes the engine's masks-only labels, which differ from the default's", async () => {
+    const out = `precomputed://file://${join(dir, "cli_masks")}`;
+    const r = cli(image(), "--out", out, "--propagator", join(golden, "model"), "--sdf-volume", `precomputed://file://${join(dir, "sdf")}`, "--roots", dir, "--threads", "1", "--propagated-only");
+    expect(r.status).toBe(0);
+    const a = await readLabels(out);
+    const b = await readLabels(`precomputed://file://${join(dir, "seg_masks")}`);
+    expect(Buffer.from(a.buffer).equals(Buffer.from(b.buffer))).toBe(true);
+    const full = await readLabels(`precomputed://file://${join(dir, "seg")}`);
+    expect(Buffer.from(a.buffer).equals(Buffer.from(full.buffer))).toBe(false);
   }, 120_000);
 
   it("computes the SDF with a model (blockwise SdfEngine) and writes a uint64 volume", async () => {

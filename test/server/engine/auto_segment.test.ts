@@ -3,7 +3,7 @@
 // against the ONNX graphs), one id per object across block borders, output read back by our reader
 // and by tensorstore, resuming after an abort, and bad input.
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -41,6 +41,7 @@ parity = check_parity(model, fx / "model", hw=(48, 64))
 assert max(parity.values()) < 1e-4, parity
 with torch.no_grad():
     seg = segment_volume(model, image, sdf)
+    masks = segment_volume(model, image, sdf, fill=False)
     # Near-ties: voxels where the two highest object logits (> 0) differ by < 1e-4, so float
     # differences between onnxruntime and PyTorch may pick either object.
     pred = Predictor(model)
@@ -53,6 +54,7 @@ with torch.no_grad():
             t[1] = np.maximum(t[1], np.minimum(t[0], lg))
             t[0] = np.maximum(t[0], lg)
 np.save(out, seg)
+np.save(out.replace(".npy", "_masks.npy"), masks)
 np.save(out.replace(".npy", "_ties.npy"), ((top[1] > 0) & (top[0] - top[1] < 1e-4)).astype(np.uint8))
 `;
 
@@ -61,6 +63,7 @@ let propagator: LoadedPropagator;
 let imageVol: VolumeSource;
 let sdfVol: VolumeSource;
 let reference: BigUint64Array;
+let referenceMasks: BigUint64Array;
 let ties: Uint8Array;
 
 async function writeVolume(name: string, dtype: DataType, data: TypedArray): Promise<VolumeSource> {
@@ -72,6 +75,7 @@ beforeAll(async () => {
   writeFileSync(join(dir, "reference.py"), REFERENCE);
   execFileSync(PYTHON, [join(dir, "reference.py"), golden, join(dir, "reference.npy")], { cwd: join(REPO_ROOT, "models"), stdio: "pipe" });
   reference = readNpy(join(dir, "reference.npy")).data as BigUint64Array;
+  referenceMasks = readNpy(join(dir, "reference_masks.npy")).data as BigUint64Array;
   ties = readNpy(join(dir, "reference_ties.npy")).data as Uint8Array;
   propagator = await loadPropagator(join(golden, "model"), { logger: silentLogger(), workers: 1, intraOpThreads: 1 });
   imageVol = await writeVolume("image", "uint8", image.data);
@@ -110,6 +114,21 @@ async function readLabels(url: string): Promise<BigUint64Array> {
   }
 }
 
+/** The reference's labelling outside near-ties, voxel for voxel (on a near-tie: one of the tied objects); returns the exact foreground voxels. */
+function expectReferenceLabels(got: BigUint64Array, want: BigUint64Array): number {
+  let exactForeground = 0;
+  got.forEach((v, i) => {
+    if (ties[i]) {
+      expect(v).not.toBe(0n);
+    } else if (v !== want[i]) {
+      expect.fail(`voxel ${i}: ${v} where the reference has ${want[i]}`);
+    } else if (v !== 0n) {
+      exactForeground++;
+    }
+  });
+  return exactForeground;
+}
+
 /** Voxel sets per nonzero label. */
 function objects(a: BigUint64Array): Map<bigint, Set<number>> {
   const m = new Map<bigint, Set<number>>();
@@ -142,19 +161,9 @@ describe("automatic segmentation", () => {
       expect(inter / (h.size + w.size - inter), `object ${id}`).toBeGreaterThanOrEqual(0.98);
     }
     // Outside near-ties the labelling is the reference's, voxel for voxel; on a near-tie it is one of the tied objects.
-    // (The tiny fixture model gives both objects nearly equal logits on about 1000 of the 1891
+    // (The tiny fixture model gives both objects nearly equal logits on about 1000 of the 2208
     // foreground voxels; the rest, and all of the background, must agree exactly.)
-    let exactForeground = 0;
-    got.forEach((v, i) => {
-      if (ties[i]) {
-        expect(v).not.toBe(0n);
-      } else if (v !== reference[i]) {
-        expect.fail(`voxel ${i}: ${v} where the reference has ${reference[i]}`);
-      } else if (v !== 0n) {
-        exactForeground++;
-      }
-    });
-    expect(exactForeground).toBeGreaterThan(500);
+    expect(expectReferenceLabels(got, reference)).toBeGreaterThan(500);
     let fgInter = 0;
     let fgUnion = 0;
     got.forEach((v, i) => {
@@ -168,6 +177,34 @@ describe("automatic segmentation", () => {
       expect(blocks.size).toBeGreaterThan(1);
     }
     expect(res.chunksWritten).toBe(3 * 4 * 4);
+  }, 60_000);
+
+  it("fills SDF voxels no mask reaches with their component's object; propagatedOnly leaves them out, as fill=False", async () => {
+    // The fixture's masks leave 317 of the SDF's 2128 voxels unclaimed (both objects): the fill is
+    // what the default run above matched; here the masks alone match the reference without it.
+    let filled = 0;
+    reference.forEach((v, i) => {
+      if (v !== referenceMasks[i]) {
+        expect(referenceMasks[i]).toBe(0n);
+        filled++;
+      }
+    });
+    expect(filled).toBeGreaterThan(100);
+    const url = `precomputed://file://${join(dir, "masks_only")}`;
+    await run(url, { propagatedOnly: true });
+    const got = await readLabels(url);
+    expect(expectReferenceLabels(got, referenceMasks)).toBeGreaterThan(500);
+    const full = await readLabels(firstUrl);
+    let onlyInFull = 0;
+    full.forEach((v, i) => {
+      if (got[i] !== v) {
+        expect(got[i]).toBe(0n);
+        onlyInFull++;
+      }
+    });
+    expect(onlyInFull).toBe(filled);
+    // The two settings are different runs: one output does not take the other's.
+    await expect(run(url)).rejects.toMatchObject({ _tag: "FailedPrecondition", field: "out" });
   }, 60_000);
 
   it("writes precomputed that tensorstore reads as the same labels", async () => {
@@ -191,6 +228,14 @@ describe("automatic segmentation", () => {
     const computed: number[] = [];
     await expect(run(url, { signal: controller.signal, onObject: (id, c) => (c && computed.push(id), controller.abort()) })).rejects.toMatchObject({ _tag: "Cancelled" });
     expect(computed).toEqual([1]);
+    // The seed stage's component table is part of the saved state: without it the run stops, naming the output.
+    const table = join(dir, "resumed", "segment_work", "components.bin");
+    const saved = readFileSync(table);
+    rmSync(table);
+    await expect(run(url)).rejects.toMatchObject({ _tag: "FailedPrecondition", field: "out" });
+    writeFileSync(table, saved.subarray(0, 6));
+    await expect(run(url)).rejects.toMatchObject({ _tag: "FailedPrecondition", field: "out", message: expect.stringMatching(/components\.bin: unreadable/) });
+    writeFileSync(table, saved);
     // Second attempt: object 1 is read back, object 2 computed; aborted after 5 chunks are written.
     const second = new AbortController();
     const seen: [number, boolean][] = [];

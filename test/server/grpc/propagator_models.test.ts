@@ -143,7 +143,7 @@ describe("StartSession's model", () => {
     expect(e.details).toContain('"propagator_compact", "propagator_tiny"');
     const s = await grpcError(
       collect<SegmentVolumeResponse>(
-        clients.segmentation.segmentVolume({ volumeId: imageId, box, scale: 0, model: "no_such_propagator", sdfModel: "", sdfVolumeId: sdfId, outputUrl: `precomputed://file://${join(dir, "seg")}` }),
+        clients.segmentation.segmentVolume({ volumeId: imageId, box, scale: 0, model: "no_such_propagator", sdfModel: "", sdfVolumeId: sdfId, outputUrl: `precomputed://file://${join(dir, "seg")}`, propagatedOnly: false }),
       ),
     );
     expect(s.code).toBe(status.NOT_FOUND);

@@ -69,6 +69,7 @@ const request = (req: Partial<SegmentVolumeRequest>): SegmentVolumeRequest => ({
   sdfModel: "tiny_conv3d",
   sdfVolumeId: "",
   outputUrl: `precomputed://file://${join(dir, "out")}`,
+  propagatedOnly: false,
   ...req,
 });
 
@@ -119,6 +120,21 @@ describe("SegmentVolume", () => {
       await propagator.close();
       await registry.close();
     }
+  }, 120_000);
+
+  it("propagated_only writes the propagated masks alone: the default output less the SDF voxels no mask reached", async () => {
+    const full = await readLabels((await collect<SegmentVolumeResponse>(clients.segmentation.segmentVolume(request({})))).at(-1)!.resultUrl);
+    const outputUrl = `precomputed://file://${join(dir, "masks_only")}`;
+    const final = (await collect<SegmentVolumeResponse>(clients.segmentation.segmentVolume(request({ outputUrl, propagatedOnly: true })))).at(-1)!;
+    const masks = await readLabels(final.resultUrl);
+    let filled = 0;
+    full.forEach((v, i) => {
+      if (masks[i] !== v) {
+        expect(masks[i]).toBe(0n);
+        filled++;
+      }
+    });
+    expect(filled).toBeGreaterThan(0);
   }, 120_000);
 
   it("a cancelled call leaves a resumable output: the same request again finishes it with the same labels", async () => {

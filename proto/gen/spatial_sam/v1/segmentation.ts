@@ -232,6 +232,11 @@ export interface SegmentVolumeRequest {
    * grid as volume_id's level `scale`; when set no SDF model runs and sdf_model is not used.
    */
   sdfVolumeId: string;
+  /**
+   * Only the propagated masks. By default a voxel inside the SDF that no propagated mask claims goes
+   * to the object seeded in its SDF component, so the output keeps all of the SDF's foreground.
+   */
+  propagatedOnly: boolean;
 }
 
 export interface SegmentVolumeResponse {
@@ -1747,7 +1752,16 @@ export const CloseSessionResponse: MessageFns<CloseSessionResponse> = {
 };
 
 function createBaseSegmentVolumeRequest(): SegmentVolumeRequest {
-  return { volumeId: "", box: undefined, scale: 0, model: "", sdfModel: "", outputUrl: "", sdfVolumeId: "" };
+  return {
+    volumeId: "",
+    box: undefined,
+    scale: 0,
+    model: "",
+    sdfModel: "",
+    outputUrl: "",
+    sdfVolumeId: "",
+    propagatedOnly: false,
+  };
 }
 
 export const SegmentVolumeRequest: MessageFns<SegmentVolumeRequest> = {
@@ -1772,6 +1786,9 @@ export const SegmentVolumeRequest: MessageFns<SegmentVolumeRequest> = {
     }
     if (message.sdfVolumeId !== "") {
       writer.uint32(58).string(message.sdfVolumeId);
+    }
+    if (message.propagatedOnly !== false) {
+      writer.uint32(64).bool(message.propagatedOnly);
     }
     return writer;
   },
@@ -1845,6 +1862,14 @@ export const SegmentVolumeRequest: MessageFns<SegmentVolumeRequest> = {
             message.sdfVolumeId = reader.string();
             continue;
           }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.propagatedOnly = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1882,6 +1907,11 @@ export const SegmentVolumeRequest: MessageFns<SegmentVolumeRequest> = {
         : isSet(object.sdf_volume_id)
         ? globalThis.String(object.sdf_volume_id)
         : "",
+      propagatedOnly: isSet(object.propagatedOnly)
+        ? globalThis.Boolean(object.propagatedOnly)
+        : isSet(object.propagated_only)
+        ? globalThis.Boolean(object.propagated_only)
+        : false,
     };
   },
 
@@ -1908,6 +1938,9 @@ export const SegmentVolumeRequest: MessageFns<SegmentVolumeRequest> = {
     if (message.sdfVolumeId !== "") {
       obj.sdfVolumeId = message.sdfVolumeId;
     }
+    if (message.propagatedOnly !== false) {
+      obj.propagatedOnly = message.propagatedOnly;
+    }
     return obj;
   },
 
@@ -1923,6 +1956,7 @@ export const SegmentVolumeRequest: MessageFns<SegmentVolumeRequest> = {
     message.sdfModel = object.sdfModel ?? "";
     message.outputUrl = object.outputUrl ?? "";
     message.sdfVolumeId = object.sdfVolumeId ?? "";
+    message.propagatedOnly = object.propagatedOnly ?? false;
     return message;
   },
 };

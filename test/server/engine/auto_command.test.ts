@@ -40,30 +40,23 @@ beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), "auto-command-"));
   await writeVolume("image", "uint8", imageNpy.data);
   await writeVolume("sdf", "float32", readNpy(join(golden, "sdf.npy")).data);
-  // The engine's own run, for comparison.
+  // The engine's own runs, for comparison: the default (filled) and the masks alone.
   const propagator = await loadPropagator(join(golden, "model"), { logger: silentLogger(), workers: 1, intraOpThreads: 1 });
   const volumes: VolumeSource[] = [];
   try {
     for (const name of ["image", "sdf"]) volumes.push(await openVolume(`precomputed://file://${join(dir, name)}`, { roots: [dir] }));
-    await segmentVolume({
-      volume: volumes[0]!,
-      volumeKey: "image",
-      box: { offsetZyx: [0, 0, 0], shapeZyx: [Z, Y, X] },
-      scale: 0,
-      sdf: { kind: "volume", volume: volumes[1]!, scale: 0, key: "sdf" },
-      propagator,
-      out: await openOutput(`precomputed://file://${join(dir, "seg")}`, [dir], "out"),
-    });
-    await segmentVolume({
-      volume: volumes[0]!,
-      volumeKey: "image",
-      box: { offsetZyx: [0, 0, 0], shapeZyx: [Z, Y, X] },
-      scale: 0,
-      sdf: { kind: "volume", volume: volumes[1]!, scale: 0, key: "sdf" },
-      propagator,
-      out: await openOutput(`precomputed://file://${join(dir, "seg_masks")}`, [dir], "out"),
-      propagatedOnly: true,
-    });
+    for (const [name, propagatedOnly] of [["seg", false], ["seg_masks", true]] as const) {
+      await segmentVolume({
+        volume: volumes[0]!,
+        volumeKey: "image",
+        box: { offsetZyx: [0, 0, 0], shapeZyx: [Z, Y, X] },
+        scale: 0,
+        sdf: { kind: "volume", volume: volumes[1]!, scale: 0, key: "sdf" },
+        propagator,
+        out: await openOutput(`precomputed://file://${join(dir, name)}`, [dir], "out"),
+        propagatedOnly,
+      });
+    }
   } finally {
     for (const v of volumes) await v.close();
     await propagator.close();

@@ -49,6 +49,8 @@ export class BlockwiseComponents {
   private labelsSeen = 0;
   /** Provisional id of each run of the last block added (0: background or masked). */
   runProv = new Uint32Array(256);
+  /** Local component c (runs.comp, 1-based) of the last block added has provisional id lastBlockBase + c. */
+  lastBlockBase = 0;
 
   constructor(
     readonly shapeZyx: Vec3,
@@ -101,6 +103,7 @@ export class BlockwiseComponents {
     const n = runs.count;
     if (this.runProv.length < n) this.runProv = new Uint32Array(runs.start.length);
     const base = this.uf.add(runs.compCount) - 1;
+    this.lastBlockBase = base;
     const need = this.uf.size;
     if (need > this.rawLo.length) {
       let cap = this.rawLo.length;

@@ -120,9 +120,8 @@ export async function findSeeds(o: SeedOptions): Promise<{ seeds: Seed[]; compon
     const [nz, ny, nx] = wb.shapeZyx;
     sdfRuns(data, wb.shapeZyx, runs, scratch);
     const origin = [0, 1, 2].map((d) => wb.offsetZyx[d]! - o.box.offsetZyx[d]!) as Vec3;
-    // The block's components get provisional ids provisionalCount .. (BlockwiseComponents.assignProvisional).
-    blockBase[k] = cc.provisionalCount - 1;
     cc.addBlock(runs, origin);
+    blockBase[k] = cc.lastBlockBase;
     for (let r = 0; r < nz * ny; r++) {
       const lz = Math.floor(r / ny);
       const ly = r % ny;

@@ -232,7 +232,7 @@ describe("automatic segmentation", () => {
     const table = join(dir, "resumed", "segment_work", "components.bin");
     const saved = readFileSync(table);
     rmSync(table);
-    await expect(run(url)).rejects.toMatchObject({ _tag: "FailedPrecondition", field: "out" });
+    await expect(run(url)).rejects.toMatchObject({ _tag: "FailedPrecondition", field: "out", message: expect.stringMatching(/components\.bin is missing/) });
     writeFileSync(table, saved.subarray(0, 6));
     await expect(run(url)).rejects.toMatchObject({ _tag: "FailedPrecondition", field: "out", message: expect.stringMatching(/components\.bin: unreadable/) });
     writeFileSync(table, saved);

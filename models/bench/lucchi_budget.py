@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from spatialsam.atomic_files import replace_with
-from spatialsam.cli import add_anchoring_args, apply_device_args
+from spatialsam.cli import add_anchoring_args, anchoring_overrides, apply_device_args
 from spatialsam.config import load_train_config
 from spatialsam.data import Volume, budget_slices, load_lucchi
 from spatialsam.dualtrack import DualTrackConfig, record_run, run_dualtrack
@@ -169,8 +169,9 @@ def dualtrack_config(memory: str, a: argparse.Namespace) -> DualTrackConfig:
     if a.quick:
         kw.update(rounds=1, unet_steps=a.quick_steps, mask_steps=a.quick_steps, bootstrap_mask_steps=a.quick_steps,
                   unet_overrides={"crop_zyx": (16, 64, 64)}, mask_crop=64, mask_batch_size=2, min_object_voxels=100)
-    if a.loader_threads:
-        kw["unet_overrides"] = {**kw.get("unet_overrides", {}), "loader_threads": a.loader_threads}
+    over = {**({"loader_threads": a.loader_threads} if a.loader_threads else {}), **anchoring_overrides(a)}
+    if over:
+        kw["unet_overrides"] = {**kw.get("unet_overrides", {}), **over}
     return DualTrackConfig(**kw)
 
 
@@ -284,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
             val = ValData(v.image, v.mask, VAL_CONTEXT)
     rows: list[dict] = []
     run = {"command": " ".join(sys.argv), "machine": machine(torch.get_default_device()), "quick": a.quick, "threads": a.threads, "min_size": a.min_size,
-           "seed": a.seed, "unet_config": a.unet_config, "pseudo_loss_weight": a.pseudo_loss_weight, "pseudo_band_nm": a.pseudo_band_nm}
+           "seed": a.seed, "unet_config": a.unet_config, "pseudo_loss_weight": a.pseudo_loss_weight, "pseudo_band_nm": a.pseudo_band_nm,
+           "lr_schedule": a.lr_schedule}
     results_path = out / "results.json"
 
     def record(method: str, budget: str, slices, pred: np.ndarray, clock: Clock, train: tuple[float, float], extra: dict) -> None:

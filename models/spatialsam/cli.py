@@ -174,6 +174,14 @@ def add_anchoring_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pseudo-band-nm", type=float, default=d["pseudo_band_nm"].default,
                    help="SDF track, rounds >= 1: pseudo-labelled voxels nearer than this to the pseudo mask's boundary "
                         "get weight 0; 0 = off (default %(default)s)")
+    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                   help="SDF track, every round it trains: the U-Net's learning rate held constant (default) or decayed "
+                        "over the round's steps on a cosine to 0")
+
+
+def anchoring_overrides(a: argparse.Namespace) -> dict:
+    """The U-Net config overrides add_anchoring_args' options ask for (none for the defaults)."""
+    return {"lr_schedule": a.lr_schedule} if a.lr_schedule != "constant" else {}
 
 
 def _write_json(path: Path, doc: dict) -> None:
@@ -464,7 +472,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
 def cmd_adapt(a: argparse.Namespace) -> int:
     from .dualtrack import DualTrackConfig, record_run, run_dualtrack
 
-    over = apply_device_args(a)
+    over = {**apply_device_args(a), **anchoring_overrides(a)}
     for flag in ("pretrained_unet", "pretrained_propagator"):
         if getattr(a, flag) is not None and not Path(getattr(a, flag)).is_file():
             raise ValueError(f"--{flag.replace('_', '-')}: {getattr(a, flag)} not found")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import signal
 import threading
 import time
@@ -86,6 +87,11 @@ class TrainConfig:
     # come from their own stream, seeded (seed, k): the same crops for any number of threads and
     # after a resume, but other crops than with 0.
     loader_threads: int = 0
+    # Learning rate over the run: "constant" (lr throughout, every run before 2026-12-05) or "cosine"
+    # (lr * (1 + cos(pi * step / max_steps)) / 2, from lr at step 0 to 0 at max_steps), so that the
+    # weights a run ends on are not one noisy point of a constant-rate walk. A function of the step
+    # alone, so a resumed run follows the same schedule.
+    lr_schedule: str = "constant"
 
     def __post_init__(self) -> None:
         if self.model not in ("unet3d", "unet2d"):
@@ -94,6 +100,8 @@ class TrainConfig:
             raise ValueError(f"ema_decay: must be in [0, 1), got {self.ema_decay}")
         if self.amp not in ("none", "bf16"):
             raise ValueError(f"amp: must be 'none' or 'bf16', got {self.amp!r}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule: must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         self.crop_zyx = tuple(int(c) for c in self.crop_zyx)  # type: ignore[assignment]
         for name in ("batch_size", "max_steps", "checkpoint_every", "val_every", "patience", "threads"):
             if int(getattr(self, name)) < 1:
@@ -490,6 +498,8 @@ def train_unet(
             loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
             if torch.isfinite(loss) and torch.isfinite(norm):
+                for g in opt.param_groups:
+                    g["lr"] = scheduled_lr(cfg, state["step"])
                 opt.step()
                 if ema is not None:
                     _ema_update(ema, model, cfg.ema_decay, state["step"])
@@ -569,6 +579,13 @@ def _ema_update(ema: UNet, model: UNet, decay: float, step: int) -> None:
             v.mul_(d).add_(target[k].detach(), alpha=1 - d)
         else:
             v.copy_(target[k])
+
+
+def scheduled_lr(cfg: TrainConfig, step: int) -> float:
+    """The learning rate of optimizer step ``step`` (0-based) under ``cfg.lr_schedule``."""
+    if cfg.lr_schedule == "cosine":
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(step, cfg.max_steps) / cfg.max_steps))
+    return cfg.lr
 
 
 def load_unet(path: Path | str) -> UNet:

@@ -19,7 +19,7 @@ _spec.loader.exec_module(bench)
 def _args(**kw) -> argparse.Namespace:
     base = dict(seed=0, threads=1, quick=True, quick_steps=2, no_progress=True, b_steps=1500, rounds=1, unet_steps=2400,
                 unet_config="unet3d_lucchi", mask_steps=400, bootstrap_mask_steps=800,
-                pseudo_loss_weight=None, pseudo_band_nm=0.0, loader_threads=0)
+                pseudo_loss_weight=None, pseudo_band_nm=0.0, loader_threads=0, lr_schedule="constant")
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -98,6 +98,13 @@ def test_unet_config_reaches_every_3d_unet(tmp_path):
     anchored = bench.dualtrack_config("sdf", _args(quick=False, pseudo_loss_weight=0.5, pseudo_band_nm=20.0))
     assert (anchored.pseudo_loss_weight, anchored.pseudo_band_nm) == (0.5, 20.0)
     assert bench.dualtrack_config("mask", _args(quick=False)).pseudo_loss_weight is None
+    # --lr-schedule reaches the SDF track's U-Net of every round of (a) and (c), beside --loader-threads.
+    assert "lr_schedule" not in bench.dualtrack_config("sdf", _args(quick=False)).unet_overrides
+    assert bench.dualtrack_config("sdf", _args(quick=False)).unet_train_config(2).lr_schedule == "constant"
+    for memory in ("sdf", "mask"):
+        cos = bench.dualtrack_config(memory, _args(quick=False, lr_schedule="cosine", loader_threads=2))
+        assert cos.unet_overrides == {"lr_schedule": "cosine", "loader_threads": 2}
+        assert all(cos.unet_train_config(r).lr_schedule == "cosine" for r in (0, 1, 3))
 
 
 def test_a_run_folder_of_another_network_is_refused(tmp_path):

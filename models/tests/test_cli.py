@@ -51,6 +51,11 @@ def test_adapt_defaults_are_the_anchored_learned_stem_loop(capsys):
     off = build_parser().parse_args(["adapt", "--out", "x", "--pseudo-loss-weight", "off", "--pseudo-band-nm", "0"])
     assert off.pseudo_loss_weight is None and off.pseudo_band_nm == 0.0
     assert DualTrackConfig(pseudo_loss_weight=off.pseudo_loss_weight, pseudo_band_nm=0.0).pseudo_loss_weight is None
+    assert a.lr_schedule == "constant"
+    assert build_parser().parse_args(["adapt", "--out", "x", "--lr-schedule", "cosine"]).lr_schedule == "cosine"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["adapt", "--out", "x", "--lr-schedule", "linear"])
+    assert "--lr-schedule" in capsys.readouterr().err
     for bad in ("0", "1.5", "-0.1", "half"):
         with pytest.raises(SystemExit) as e:
             build_parser().parse_args(["adapt", "--out", "x", "--pseudo-loss-weight", bad])
@@ -116,8 +121,11 @@ def test_eval_scores_an_adapt_folders_rounds(tmp_path, capsys):
     out = tmp_path / "adapt"
     assert main(["adapt", *box, "--budget", "1/8", "--unet-config", "unet3d_lucchi", "--bootstrap-unet", str(boot),
                  "--rounds", "1", "--unet-steps", "2", "--bootstrap-mask-steps", "2", "--mask-steps", "2",
-                 "--out", str(out), "--no-progress"]) == 0
+                 "--lr-schedule", "cosine", "--out", str(out), "--no-progress"]) == 0
     capsys.readouterr()
+    # --lr-schedule is declared in the loop's config and reaches the round's U-Net training.
+    assert json.loads((out / "config.json").read_text())["unet_overrides"] == {"lr_schedule": "cosine"}
+    assert json.loads((out / "round_1" / "unet" / "config.json").read_text())["lr_schedule"] == "cosine"
 
     def scores(*args: str) -> dict:
         assert main(["eval", *args, *box, "--min-size", "0"]) == 0

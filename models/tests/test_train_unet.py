@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from spatialsam.data import make_demo_volume
-from spatialsam.train_unet import TrainConfig, TrainData, ValData, load_unet, make_train_data, train_unet
+from spatialsam.train_unet import (
+    TrainConfig,
+    TrainData,
+    ValData,
+    load_unet,
+    make_train_data,
+    scheduled_lr,
+    train_unet,
+)
 
 TINY = {"channels": [4, 8], "pool": [[2, 2, 2]]}
 
@@ -145,6 +153,32 @@ def test_ema_and_bf16_resume_matches_uninterrupted_run(demo, tmp_path):
         _cfg(ema_decay=1.0)
     with pytest.raises(ValueError, match="amp"):
         _cfg(amp="fp16")
+
+
+def test_cosine_schedule_decays_to_zero_and_resumes_on_it(demo, tmp_path):
+    """lr_schedule "cosine": lr * (1 + cos(pi t / T)) / 2 at step t; the optimizer steps with it
+    (a run ends on other weights than a constant-rate run from the same crops) and a killed run
+    resumes on the same curve."""
+    cfg = _cfg(max_steps=8, lr_schedule="cosine")
+    assert scheduled_lr(cfg, 0) == pytest.approx(5e-3)
+    assert scheduled_lr(cfg, 4) == pytest.approx(2.5e-3)
+    assert scheduled_lr(cfg, 6) == pytest.approx(5e-3 * (1 - np.sqrt(0.5)) / 2)
+    assert scheduled_lr(cfg, 8) == pytest.approx(0.0, abs=1e-12)
+    assert scheduled_lr(_cfg(max_steps=8), 6) == 5e-3
+    img, mask = demo
+    data = make_train_data(img, mask, (5, 5, 5), [4, 11])
+    train_unet(data, cfg, tmp_path / "cos", progress=False)
+    train_unet(data, _cfg(max_steps=8), tmp_path / "const", progress=False)
+    train_unet(data, cfg, tmp_path / "killed", progress=False, _kill_at_step=5)
+    train_unet(data, cfg, tmp_path / "killed", progress=False)
+    cos, const, killed = (torch.load(tmp_path / n / "checkpoint.pt", weights_only=False) for n in ("cos", "const", "killed"))
+    assert cos["optimizer"]["param_groups"][0]["lr"] == pytest.approx(scheduled_lr(cfg, 7))
+    assert const["optimizer"]["param_groups"][0]["lr"] == 5e-3
+    assert any(not torch.equal(cos["model"][k], const["model"][k]) for k in cos["model"])
+    for k in cos["model"]:
+        torch.testing.assert_close(cos["model"][k], killed["model"][k], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        _cfg(lr_schedule="step")
 
 
 def test_border_crops_overhang_the_volume_with_zero_weight(demo):

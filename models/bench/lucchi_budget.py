@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from spatialsam.atomic_files import replace_with
-from spatialsam.cli import add_anchoring_args, anchoring_overrides, apply_device_args
+from spatialsam.cli import add_sdf_track_args, apply_device_args, device_overrides, sdf_track_overrides
 from spatialsam.config import load_train_config
 from spatialsam.data import Volume, budget_slices, load_lucchi
 from spatialsam.dualtrack import DualTrackConfig, record_run, run_dualtrack
@@ -107,9 +107,7 @@ def _unet(kind: str, vol: Volume, slices: list[int] | None, run: Path, a: argpar
     """Train (or resume) one U-Net run; return (model, mean, std, summary). With --quick the run
     takes ``quick_steps`` steps (default --quick-steps) instead of ``steps``."""
     name = a.unet_config if kind == "unet3d" else "unet2d_lucchi"
-    over: dict = {"seed": a.seed, "threads": a.threads, "max_cpu_s": minutes * 60, "max_steps": steps}
-    if a.loader_threads:
-        over["loader_threads"] = a.loader_threads
+    over: dict = {"seed": a.seed, "threads": a.threads, "max_cpu_s": minutes * 60, "max_steps": steps, **device_overrides(a)}
     if a.quick:
         over.update(max_steps=quick_steps or a.quick_steps, val_every=max(1, a.quick_steps // 2), checkpoint_every=5)
         over["crop_zyx"] = (16, 64, 64) if kind == "unet3d" else (1, 96, 96)
@@ -169,7 +167,7 @@ def dualtrack_config(memory: str, a: argparse.Namespace) -> DualTrackConfig:
     if a.quick:
         kw.update(rounds=1, unet_steps=a.quick_steps, mask_steps=a.quick_steps, bootstrap_mask_steps=a.quick_steps,
                   unet_overrides={"crop_zyx": (16, 64, 64)}, mask_crop=64, mask_batch_size=2, min_object_voxels=100)
-    over = {**({"loader_threads": a.loader_threads} if a.loader_threads else {}), **anchoring_overrides(a)}
+    over = {**device_overrides(a), **sdf_track_overrides(a)}
     if over:
         kw["unet_overrides"] = {**kw.get("unet_overrides", {}), **over}
     return DualTrackConfig(**kw)
@@ -221,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unet-config", default=DualTrackConfig.unet_config,
                    help="config of every 3D U-Net ((b), (b=), (d) and the SDF track of (a), (c)); default %(default)s, "
                         "unet3d_lucchi for the earlier 10 nm average-pool stem")
-    add_anchoring_args(p)  # (a), (c): --pseudo-loss-weight, --pseudo-band-nm (anchoring; 'off' / 0 for the unanchored loop)
+    add_sdf_track_args(p)  # (a), (c): --pseudo-loss-weight, --pseudo-band-nm (anchoring; 'off' / 0 for the unanchored loop), --lr-schedule
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data-root")

@@ -162,8 +162,9 @@ def parse_pseudo_loss_weight(text: str) -> float | None:
     return w
 
 
-def add_anchoring_args(p: argparse.ArgumentParser) -> None:
-    """The SDF track's anchoring options (dual-track rounds >= 1), shared by `adapt` and the benchmark."""
+def add_sdf_track_args(p: argparse.ArgumentParser) -> None:
+    """The dual-track SDF track's options (anchoring in rounds >= 1, the learning-rate schedule), shared by
+    `adapt` and the benchmark."""
     from .dualtrack import DualTrackConfig
 
     d = DualTrackConfig.__dataclass_fields__
@@ -179,8 +180,8 @@ def add_anchoring_args(p: argparse.ArgumentParser) -> None:
                         "over the round's steps on a cosine to 0")
 
 
-def anchoring_overrides(a: argparse.Namespace) -> dict:
-    """The U-Net config overrides add_anchoring_args' options ask for (none for the defaults)."""
+def sdf_track_overrides(a: argparse.Namespace) -> dict:
+    """The U-Net config overrides add_sdf_track_args' options ask for (none for the defaults)."""
     return {"lr_schedule": a.lr_schedule} if a.lr_schedule != "constant" else {}
 
 
@@ -198,6 +199,11 @@ def add_device_args(q: argparse.ArgumentParser) -> None:
                         "on a GPU a few keep it busy); with > 0 the crops come from per-step random streams")
 
 
+def device_overrides(a: argparse.Namespace) -> dict:
+    """The U-Net config overrides add_device_args' options ask for (none for the defaults)."""
+    return {"loader_threads": a.loader_threads} if a.loader_threads else {}
+
+
 def apply_device_args(a: argparse.Namespace) -> dict:
     """Select --device (ValueError naming it if unusable) and return the U-Net config overrides."""
     from .device import use_device
@@ -205,7 +211,7 @@ def apply_device_args(a: argparse.Namespace) -> dict:
     if a.loader_threads < 0:
         raise ValueError(f"--loader-threads: must be >= 0, got {a.loader_threads}")
     use_device(a.device, "--device")
-    return {"loader_threads": a.loader_threads} if a.loader_threads else {}
+    return device_overrides(a)
 
 
 def cmd_train_unet(a: argparse.Namespace) -> int:
@@ -472,7 +478,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
 def cmd_adapt(a: argparse.Namespace) -> int:
     from .dualtrack import DualTrackConfig, record_run, run_dualtrack
 
-    over = {**apply_device_args(a), **anchoring_overrides(a)}
+    over = {**apply_device_args(a), **sdf_track_overrides(a)}
     for flag in ("pretrained_unet", "pretrained_propagator"):
         if getattr(a, flag) is not None and not Path(getattr(a, flag)).is_file():
             raise ValueError(f"--{flag.replace('_', '-')}: {getattr(a, flag)} not found")
@@ -590,7 +596,7 @@ def build_parser() -> argparse.ArgumentParser:
                                              "declared in config.json and the exported manifests")
     d.add_argument("--pretrained-propagator", help="start round 0's mask track from this train_propagator checkpoint "
                                                    "(same --memory); declared likewise")
-    add_anchoring_args(d)
+    add_sdf_track_args(d)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--threads", type=int, default=1)
     add_device_args(d)

@@ -242,3 +242,39 @@ def test_a_benchmark_dual_track_folder_exports_like_an_adapt_folder(tmp_path):
     assert sorted(rows) == ["a", "a_auto", "a_fill"]
     masks, filled = rows["a_auto"]["errors"], rows["a_fill"]["errors"]
     assert filled["tp"] > masks["tp"] and filled["fn"] < masks["fn"] and filled["fp"] >= masks["fp"]
+
+
+def _load_step_cost():
+    spec = importlib.util.spec_from_file_location("unet_step_cost", Path(__file__).parents[1] / "bench" / "unet_step_cost.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_step_cost_bench_prints_its_table_and_rejects_bad_variants(capsys):
+    mod = _load_step_cost()
+    assert mod.main(["--config", "unet3d_compact", "--variants", "bf16,fp32-cl", "--steps", "1", "--reps", "1",
+                     "--warmup", "0", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "logical CPUs" in out and "| bf16 |" in out and "| fp32-cl |" in out and "1.00x" in out
+    for bad in (["--variants", "bf16,nope"], ["--variants", "bf16,bf16"], ["--steps", "0"], ["--device", "tpu"]):
+        with pytest.raises(SystemExit):
+            mod.main(["--config", "unet3d_compact", *bad])
+
+
+def test_step_cost_variants_compute_the_same_step():
+    # The benchmark compares costs, so a variant must change how a step runs, not what it computes:
+    # channels-last weights and input give the float32 step's gradients. Not to 1e-5: on this CPU
+    # oneDNN's channels-last fp32 convolutions are less exact (forward 2.5e-4 from float64 against
+    # 1.6e-5 contiguous), so every parameter's gradient must point the same way (cosine > 0.999; a
+    # different seed's net gives at most 0.65).
+    mod = _load_step_cost()
+    torch.set_num_threads(1)
+    plain, cl = mod._Arm("fp32", "unet3d_compact", 0), mod._Arm("fp32-cl", "unet3d_compact", 0)
+    w_plain, w_cl = plain.model.down[1][0].weight, cl.model.down[1][0].weight  # [16, 8, 3, 3, 3]
+    assert w_cl.is_contiguous(memory_format=torch.channels_last_3d) and not w_plain.is_contiguous(memory_format=torch.channels_last_3d)
+    assert torch.equal(w_plain, w_cl) and torch.equal(plain.x, cl.x)
+    plain.step()
+    cl.step()
+    for (name, a), (_, b) in zip(plain.model.named_parameters(), cl.model.named_parameters()):
+        assert float(torch.nn.functional.cosine_similarity(a.grad.flatten(), b.grad.flatten(), dim=0)) > 0.999, name

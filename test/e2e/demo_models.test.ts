@@ -146,5 +146,6 @@ describe.skipIf(!haveModels)("demo models on the demo volume", () => {
     process.stdout.write(`e2e demo: object ${target.id} clicked at z ${target.z}: 3D IoU ${s.iou.toFixed(3)}, share on other objects ${s.onOthers.toFixed(3)}\n`);
     expect(s.iou).toBeGreaterThan(0.8);
     expect(s.onOthers).toBeLessThan(0.1);
-  }, 120_000);
+    // About 40 s alone on 2 cores; 120 s was not enough beside a training run (the machines are shared).
+  }, 300_000);
 });

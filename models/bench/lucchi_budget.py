@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -53,6 +52,7 @@ from spatialsam.atomic_files import replace_with
 from spatialsam.cli import add_sdf_track_args, apply_device_args, device_overrides, sdf_track_overrides
 from spatialsam.config import load_train_config
 from spatialsam.data import Volume, budget_slices, load_lucchi
+from spatialsam.device import machine
 from spatialsam.dualtrack import DualTrackConfig, record_run, run_dualtrack
 from spatialsam.metrics import evaluate
 from spatialsam.train_unet import ValData, load_unet, make_train_data, predict, train_unet
@@ -419,13 +419,6 @@ def run_lanes(a: argparse.Namespace, methods: list[str], work: Path, out: Path, 
         print(f"lanes failed: {failed} (see their log.txt)", file=sys.stderr)
         return 1
     return 0
-
-
-def machine(device: torch.device | None = None) -> str:
-    text = f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}"
-    if device is not None and device.type == "cuda":
-        text += f", {torch.cuda.get_device_name(device)}"
-    return text
 
 
 def table(rows: list[dict], runs: list[dict]) -> str:

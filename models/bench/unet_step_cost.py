@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
 from spatialsam.config import load_train_config
-from spatialsam.device import use_device
+from spatialsam.device import machine, use_device
 from spatialsam.losses import unet_loss
 from spatialsam.train_unet import build_model
 
@@ -109,12 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(a.reps):
         for arm in arms:
             arm.timed(a.steps)
-    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = cpuinfo.read_text() if cpuinfo.exists() else ""
     isa = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
-    gpu = f", {torch.cuda.get_device_name(dev)}" if dev.type == "cuda" else ""
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs "
-          f"({', '.join(isa) or 'no bf16 ISA flags'}){gpu}, load average {os.getloadavg()[0]:.1f}, "
-          f"torch {torch.__version__}, {a.threads} threads, device {dev}")
+    print(f"machine: {machine(dev)} ({', '.join(isa) or 'no bf16 ISA flags'}), load average "
+          f"{os.getloadavg()[0]:.1f}, {a.threads} threads, device {dev}")
     cfg = arms[0].cfg
     print(f"step: {cfg.batch_size} x {tuple(cfg.crop_zyx)} crops ({a.config}), {a.steps} steps x {a.reps} rounds per variant")
     print("| variant | CPU s per step (median) | wall s per step (median) | first steps, CPU s | speed-up (CPU) | speed-up (wall) |")

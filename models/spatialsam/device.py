@@ -10,6 +10,8 @@ checkpointed); budgets stay steps, so what a run learns does not depend on the m
 
 from __future__ import annotations
 
+import os
+import platform
 import re
 
 import numpy as np
@@ -42,3 +44,12 @@ def to_device(a: np.ndarray | torch.Tensor) -> torch.Tensor:
 def to_numpy(t: torch.Tensor) -> np.ndarray:
     """A tensor's values as a numpy array, wherever it lives."""
     return t.detach().cpu().numpy()
+
+
+def machine(device: torch.device | None = None) -> str:
+    """One line naming the machine a benchmark ran on: CPU, logical CPUs, torch, and the GPU where
+    ``device`` is a CUDA one."""
+    text = f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}"
+    if device is not None and device.type == "cuda":
+        text += f", {torch.cuda.get_device_name(device)}"
+    return text

@@ -166,6 +166,7 @@ def add_sdf_track_args(p: argparse.ArgumentParser) -> None:
     """The dual-track SDF track's options (anchoring in rounds >= 1, the learning-rate schedule), shared by
     `adapt` and the benchmark."""
     from .dualtrack import DualTrackConfig
+    from .train_unet import LR_SCHEDULES, TrainConfig
 
     d = DualTrackConfig.__dataclass_fields__
     p.add_argument("--pseudo-loss-weight", type=parse_pseudo_loss_weight, default=d["pseudo_loss_weight"].default,
@@ -175,14 +176,16 @@ def add_sdf_track_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pseudo-band-nm", type=float, default=d["pseudo_band_nm"].default,
                    help="SDF track, rounds >= 1: pseudo-labelled voxels nearer than this to the pseudo mask's boundary "
                         "get weight 0; 0 = off (default %(default)s)")
-    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=TrainConfig.lr_schedule,
                    help="SDF track, every round it trains: the U-Net's learning rate held constant (default) or decayed "
                         "over the round's steps on a cosine to 0")
 
 
 def sdf_track_overrides(a: argparse.Namespace) -> dict:
     """The U-Net config overrides add_sdf_track_args' options ask for (none for the defaults)."""
-    return {"lr_schedule": a.lr_schedule} if a.lr_schedule != "constant" else {}
+    from .train_unet import TrainConfig
+
+    return {"lr_schedule": a.lr_schedule} if a.lr_schedule != TrainConfig.lr_schedule else {}
 
 
 def _write_json(path: Path, doc: dict) -> None:

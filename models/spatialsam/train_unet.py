@@ -33,6 +33,9 @@ from .unet2d import build_unet2d, predict_slices
 from .unet3d import UNet, UNetConfig, build_unet3d, check_input_shape, predict_volume
 
 
+LR_SCHEDULES = ("constant", "cosine")  # TrainConfig.lr_schedule; scheduled_lr says what each does
+
+
 @dataclass
 class TrainConfig:
     """Training as data. Budget: at most ``max_steps`` optimizer steps, ``max_time_s`` wall seconds
@@ -100,8 +103,8 @@ class TrainConfig:
             raise ValueError(f"ema_decay: must be in [0, 1), got {self.ema_decay}")
         if self.amp not in ("none", "bf16"):
             raise ValueError(f"amp: must be 'none' or 'bf16', got {self.amp!r}")
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise ValueError(f"lr_schedule: must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule: must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         self.crop_zyx = tuple(int(c) for c in self.crop_zyx)  # type: ignore[assignment]
         for name in ("batch_size", "max_steps", "checkpoint_every", "val_every", "patience", "threads"):
             if int(getattr(self, name)) < 1:

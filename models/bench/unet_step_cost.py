@@ -14,12 +14,14 @@ Variants: `fp32`; `bf16` (autocast, what every Lucchi config trains with); `-cl`
 channels-last 3D memory format to weights and input; `-compile` wraps the network in torch.compile
 (its compile time is reported apart, as "first steps"). The input values do not change the cost of
 a dense network, so the crops are random; the loss is train_unet's (`losses.unet_loss`).
-`--profile` also prints the operators that take the time in the first variant.
+`--crops 32x192x192,32x128x128` times every variant at each crop size (default: the config's), the
+first crop the baseline. `--profile` also prints the operators that take the time in the first variant.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import time
@@ -38,9 +40,11 @@ VARIANTS = ("fp32", "bf16", "fp32-cl", "bf16-cl", "fp32-compile", "bf16-compile"
 class _Arm:
     """One variant's network, optimiser and batch, ready to step."""
 
-    def __init__(self, name: str, config: str, seed: int):
+    def __init__(self, name: str, config: str, seed: int, crop_zyx: tuple[int, int, int] | None = None):
         self.name = name
         cfg = load_train_config(config)
+        if crop_zyx is not None:
+            cfg = dataclasses.replace(cfg, crop_zyx=crop_zyx)
         torch.manual_seed(seed)
         self.model = build_model(cfg)
         self.x = torch.randn(cfg.batch_size, self.model.cfg.in_channels, *cfg.crop_zyx)
@@ -81,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=3, help="interleaved rounds")
     p.add_argument("--warmup", type=int, default=2, help="untimed first steps per variant (compilation, allocator)")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    p.add_argument("--crops", help="comma-separated ZxYxX crop sizes, each timed with every variant; the first is the "
+                                   "baseline (default: the config's crop)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--profile", action="store_true", help="print the top operators of the first variant")
     a = p.parse_args(argv)
@@ -95,12 +101,23 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--{name}: must be >= 1")
     if a.warmup < 0:
         p.error("--warmup: must be >= 0")
+    crops: list[tuple[int, int, int] | None] = [None]
+    if a.crops:
+        try:
+            crops = [tuple(int(n) for n in c.strip().lower().split("x")) for c in a.crops.split(",") if c.strip()]
+        except ValueError:
+            crops = []
+        if not crops or any(len(c) != 3 or min(c) < 1 for c in crops) or len(set(crops)) != len(crops):
+            p.error(f"--crops: want distinct ZxYxX sizes of positive integers, e.g. 32x192x192,32x128x128; got {a.crops!r}")
     try:
         dev = use_device(a.device, "--device")
     except ValueError as e:
         p.error(str(e))
     torch.set_num_threads(a.threads)
-    arms = [_Arm(n, a.config, 0) for n in names]
+    arms = [_Arm(n, a.config, 0, c) for c in crops for n in names]
+    if len(crops) > 1:
+        for arm in arms:
+            arm.name += f" {'x'.join(map(str, arm.cfg.crop_zyx))}"
     for arm in arms:
         c = time.process_time()
         for _ in range(a.warmup):
@@ -115,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine(dev)} ({', '.join(isa) or 'no bf16 ISA flags'}), load average "
           f"{os.getloadavg()[0]:.1f}, {a.threads} threads, device {dev}")
     cfg = arms[0].cfg
-    print(f"step: {cfg.batch_size} x {tuple(cfg.crop_zyx)} crops ({a.config}), {a.steps} steps x {a.reps} rounds per variant")
+    sizes = ", ".join(str(tuple(arm.cfg.crop_zyx)) for arm in arms[::len(names)])
+    print(f"step: {cfg.batch_size} x {sizes} crops ({a.config}), {a.steps} steps x {a.reps} rounds per variant")
     print("| variant | CPU s per step (median) | wall s per step (median) | first steps, CPU s | speed-up (CPU) | speed-up (wall) |")
     print("|---|---|---|---|---|---|")
     base_c = statistics.median(s[0] for s in arms[0].steps)

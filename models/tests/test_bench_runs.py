@@ -257,7 +257,13 @@ def test_step_cost_bench_prints_its_table_and_rejects_bad_variants(capsys):
                      "--warmup", "0", "--threads", "1"]) == 0
     out = capsys.readouterr().out
     assert "logical CPUs" in out and "| bf16 |" in out and "| fp32-cl |" in out and "1.00x" in out
-    for bad in (["--variants", "bf16,nope"], ["--variants", "bf16,bf16"], ["--steps", "0"], ["--device", "tpu"]):
+    # Each crop size is timed with every variant, named in its row.
+    assert mod.main(["--config", "unet3d_compact", "--variants", "fp32", "--crops", "16x64x64,16x32x32", "--steps", "1",
+                     "--reps", "1", "--warmup", "0", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| fp32 16x64x64 |" in out and "| fp32 16x32x32 |" in out and "(16, 32, 32)" in out
+    for bad in (["--variants", "bf16,nope"], ["--variants", "bf16,bf16"], ["--steps", "0"], ["--device", "tpu"],
+                ["--crops", "16x64"], ["--crops", "16x64x64,16x64x64"], ["--crops", "0x64x64"], ["--crops", "axbxc"]):
         with pytest.raises(SystemExit):
             mod.main(["--config", "unet3d_compact", *bad])
 

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from spatialsam.atomic_files import replace_with
-from spatialsam.cli import add_sdf_track_args, apply_device_args, device_overrides, sdf_track_overrides
+from spatialsam.cli import add_sdf_track_args, apply_device_args, crop_overrides, device_overrides, sdf_track_overrides
 from spatialsam.config import load_train_config
 from spatialsam.data import Volume, budget_slices, load_lucchi
 from spatialsam.device import machine
@@ -111,11 +111,17 @@ def _unet(kind: str, vol: Volume, slices: list[int] | None, run: Path, a: argpar
     if a.quick:
         over.update(max_steps=quick_steps or a.quick_steps, val_every=max(1, a.quick_steps // 2), checkpoint_every=5)
         over["crop_zyx"] = (16, 64, 64) if kind == "unet3d" else (1, 96, 96)
+    if kind == "unet3d":  # (b), (b=) and (d) train on the crops (a)'s and (c)'s SDF track trains on
+        over.update(crop_overrides(a))
     cfg = load_train_config(name, **over)
-    if (run / "config.json").exists():  # a re-run resumes or reuses this folder: only with the same network
+    if (run / "config.json").exists():  # a re-run resumes or reuses this folder: only with the same network and crops
         saved = json.loads((run / "config.json").read_text())
-        if saved.get("unet") != json.loads(json.dumps(asdict(cfg)))["unet"]:
+        mine = json.loads(json.dumps(asdict(cfg)))
+        if saved.get("unet") != mine["unet"]:
             raise ValueError(f"--unet-config: {run} holds a run of another network than {name!r}; use another --work")
+        if saved.get("crop_zyx") != mine["crop_zyx"]:
+            raise ValueError(f"--crop-zyx: {run} holds a run on {saved.get('crop_zyx')} crops, not {mine['crop_zyx']}; "
+                             "use another --work")
     if (run / "summary.json").exists():  # finished earlier: a re-run skips it
         summary = json.loads((run / "summary.json").read_text())
         return load_unet(run / "best.pt"), summary["mean"], summary["std"], summary

@@ -19,7 +19,7 @@ _spec.loader.exec_module(bench)
 def _args(**kw) -> argparse.Namespace:
     base = dict(seed=0, threads=1, quick=True, quick_steps=2, no_progress=True, b_steps=1500, rounds=1, unet_steps=2400,
                 unet_config="unet3d_lucchi", mask_steps=400, bootstrap_mask_steps=800,
-                pseudo_loss_weight=None, pseudo_band_nm=0.0, loader_threads=0, lr_schedule="constant")
+                pseudo_loss_weight=None, pseudo_band_nm=0.0, loader_threads=0, lr_schedule="constant", crop_zyx=None)
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -116,6 +116,28 @@ def test_a_run_folder_of_another_network_is_refused(tmp_path):
         bench._unet("unet3d", vol, [4, 15], tmp_path / "b", _args(unet_config="unet3d_lucchi_learned"), None, 60.0, None)
     _, _, _, again = bench._unet("unet3d", vol, [4, 15], tmp_path / "b", _args(), None, 60.0, None)
     assert again["step"] == 2
+
+
+def test_crop_zyx_reaches_every_3d_unet_and_a_folder_of_other_crops_is_refused(tmp_path):
+    # --crop-zyx: (b) (and so (b=), which continues it, and (d)) and every round of (a)'s and (c)'s
+    # SDF track train on the same crops; the 2D U-Net of (b2) keeps its own.
+    img, lab = make_demo_volume((20, 96, 96), seed=1)
+    vol = Volume(img, lab > 0, (5.0, 5.0, 5.0))
+    crop = (16, 32, 48)
+    bench._unet("unet3d", vol, [4, 15], tmp_path / "b", _args(crop_zyx=crop), None, 60.0, None)
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["crop_zyx"] == list(crop)
+    bench._unet("unet2d", vol, [4, 15], tmp_path / "b2", _args(crop_zyx=crop), None, 60.0, None)
+    assert json.loads((tmp_path / "b2" / "config.json").read_text())["crop_zyx"] == [1, 96, 96]
+    for memory in ("sdf", "mask"):
+        cfg = bench.dualtrack_config(memory, _args(quick=False, crop_zyx=crop))
+        assert all(cfg.unet_train_config(r).crop_zyx == crop for r in (0, 1, 3))
+    assert bench.dualtrack_config("sdf", _args(quick=False)).unet_train_config(1).crop_zyx == (32, 192, 192)
+    # A re-run with other crops must not reuse (b) trained on these as its bootstrap.
+    with pytest.raises(ValueError, match=r"--crop-zyx: .* holds a run on \[16, 32, 48\] crops"):
+        bench._unet("unet3d", vol, [4, 15], tmp_path / "b", _args(crop_zyx=(16, 48, 48)), None, 60.0, None)
+    with pytest.raises(ValueError, match="--crop-zyx: 16,40,48 is not a valid crop of 'unet3d_lucchi'.*multiple of"):
+        bench._unet("unet3d", vol, [4, 15], tmp_path / "b3", _args(crop_zyx=(16, 40, 48)), None, 60.0, None)
+    assert not (tmp_path / "b3").exists()
 
 
 @pytest.mark.skipif(not (default_data_root() / "lucchi_pp").exists(), reason="../shared/data not present")

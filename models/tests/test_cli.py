@@ -61,6 +61,13 @@ def test_adapt_defaults_are_the_anchored_learned_stem_loop(capsys):
             build_parser().parse_args(["adapt", "--out", "x", "--pseudo-loss-weight", bad])
         assert e.value.code == 2
         assert "--pseudo-loss-weight" in capsys.readouterr().err
+    assert a.crop_zyx is None
+    assert build_parser().parse_args(["adapt", "--out", "x", "--crop-zyx", "32,128,128"]).crop_zyx == (32, 128, 128)
+    for bad in ("32,128", "32,0,128", "a,b,c", "-16,128,128"):
+        with pytest.raises(SystemExit) as e:
+            build_parser().parse_args(["adapt", "--out", "x", "--crop-zyx", bad])
+        assert e.value.code == 2
+        assert "--crop-zyx" in capsys.readouterr().err
 
 
 def test_run_summary_merges_the_benchmarks_run_json(tmp_path):

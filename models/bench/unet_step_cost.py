@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from spatialsam.cli import parse_zyx
 from spatialsam.config import load_train_config
 from spatialsam.device import machine, use_device
 from spatialsam.losses import unet_loss
@@ -104,10 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     crops: list[tuple[int, int, int] | None] = [None]
     if a.crops:
         try:
-            crops = [tuple(int(n) for n in c.strip().lower().split("x")) for c in a.crops.split(",") if c.strip()]
+            crops = [parse_zyx(c.strip().lower().replace("x", ","), "--crops") for c in a.crops.split(",") if c.strip()]
         except ValueError:
             crops = []
-        if not crops or any(len(c) != 3 or min(c) < 1 for c in crops) or len(set(crops)) != len(crops):
+        if not crops or any(min(c) < 1 for c in crops) or len(set(crops)) != len(crops):
             p.error(f"--crops: want distinct ZxYxX sizes of positive integers, e.g. 32x192x192,32x128x128; got {a.crops!r}")
     try:
         dev = use_device(a.device, "--device")

@@ -202,10 +202,9 @@ def crop_overrides(a: argparse.Namespace) -> dict:
     if a.crop_zyx is None:
         return {}
     from .config import load_train_config
-    from .train_unet import build_model
-    from .unet3d import check_input_shape
+    from .unet3d import UNetConfig, check_input_shape
 
-    net = build_model(load_train_config(a.unet_config)).cfg
+    net = UNetConfig(**load_train_config(a.unet_config).unet)  # the network's config, without building its weights
     try:
         check_input_shape(net, a.crop_zyx)
     except ValueError:

@@ -40,6 +40,23 @@ async function readOwner(path: string): Promise<LockOwner | undefined> {
   }
 }
 
+/**
+ * Resolves when our own run `run` is cancelled or lets go of its lock, or after `ms`, whichever
+ * comes first.
+ */
+function cancelOrRelease(run: { signal: AbortSignal | undefined; released: Promise<void> }, ms: number): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      run.signal?.removeEventListener("abort", done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    run.signal?.addEventListener("abort", done, { once: true });
+    void run.released.then(done);
+  });
+}
+
 function abortable(p: Promise<void>, signal: AbortSignal | undefined): Promise<void> {
   if (signal === undefined) return p;
   throwIfAborted(signal);
@@ -72,11 +89,20 @@ async function create(path: string, owner: LockOwner): Promise<boolean> {
  * Takes the lock at `path` for `what` (the output URL) or fails with FailedPrecondition naming
  * `field`. A lock left by a process that no longer runs on this host is stale and is taken over; a
  * lock from another host is never broken (its pid means nothing here): delete it by hand if that
- * run is gone. A lock of this process whose run was cancelled (its `signal` aborted) is waited for.
+ * run is gone. A lock of this process whose run was cancelled (its `signal` aborted) is waited for;
+ * one whose run still goes on is given `ownRunGraceMs` to be cancelled before the refusal, because a client that cancels a call and at once sends it again can be served before the server
+ * has handled the cancel (it comes on the same connection, but its event fires later).
  * Returns the release function (it removes the file only while it is still ours).
  */
-export async function lockOutput(path: string, what: string, field: string, signal?: AbortSignal): Promise<() => Promise<void>> {
+export async function lockOutput(
+  path: string,
+  what: string,
+  field: string,
+  signal?: AbortSignal,
+  ownRunGraceMs = 3000,
+): Promise<() => Promise<void>> {
   const owner: LockOwner = { pid: process.pid, host: hostname(), startedAt: new Date().toISOString(), token: randomUUID() };
+  let graceGiven = false;
   for (let attempt = 0; attempt < 3; attempt++) {
     if (await create(path, owner)) {
       let done!: () => void;
@@ -95,6 +121,16 @@ export async function lockOutput(path: string, what: string, field: string, sign
       await abortable(mine.released, signal);
       attempt--;
       continue;
+    }
+    if (mine !== undefined && mine.token === other?.token && !graceGiven) {
+      // Our own run, not (yet) cancelled: its cancel may be on its way. Only a cancel frees the
+      // output for this call; a run that goes on (or ends meanwhile) was a concurrent one.
+      graceGiven = true;
+      await abortable(cancelOrRelease(mine, ownRunGraceMs), signal);
+      if (mine.signal?.aborted) {
+        attempt--;
+        continue;
+      }
     }
     if (other === undefined || other.host !== owner.host || alive(other.pid)) {
       const who = other === undefined ? "another run" : `pid ${other.pid} on ${other.host} since ${other.startedAt}`;

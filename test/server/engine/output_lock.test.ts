@@ -38,7 +38,7 @@ describe("lockOutput", () => {
     expect(owner.pid).toBe(process.pid);
     expect(owner.host).toBe(hostname());
     expect(Number.isNaN(Date.parse(owner.startedAt))).toBe(false);
-    const e = await refusal(lockOutput(path, "precomputed://out", "out"));
+    const e = await refusal(lockOutput(path, "precomputed://out", "out", undefined, 50));
     expect(e._tag).toBe("FailedPrecondition");
     expect(e.field).toBe("out");
     expect(e.message).toContain(`pid ${process.pid} on ${hostname()}`);
@@ -90,5 +90,30 @@ describe("lockOutput", () => {
     await release();
     await (await next)();
     expect(got).toBe(true);
+  });
+
+  it("gives a run of this process a moment to be cancelled: a cancel that arrives late is waited for, a run that goes on is refused", async () => {
+    const path = join(dir, "e.lock");
+    const run = new AbortController();
+    const release = await lockOutput(path, "x", "out", run.signal);
+    // The cancel arrives after the new call asked for the lock, within the grace.
+    let got = false;
+    const next = lockOutput(path, "x", "out", undefined, 10_000).then((r) => ((got = true), r));
+    await new Promise((r) => setTimeout(r, 50));
+    expect(got).toBe(false);
+    run.abort();
+    await new Promise((r) => setTimeout(r, 50));
+    expect(got).toBe(false); // cancelled, but it still holds the lock until its model run ends
+    await release();
+    const releaseNext = await next;
+    expect(got).toBe(true);
+    // A run that is not cancelled keeps the output: the refusal comes once the grace has passed.
+    let refused = false;
+    const refusing = refusal(lockOutput(path, "x", "out", undefined, 300)).then((e) => ((refused = true), e));
+    await new Promise((r) => setTimeout(r, 50));
+    expect(refused).toBe(false);
+    expect((await refusing)._tag).toBe("FailedPrecondition");
+    await releaseNext();
+    expect(existsSync(path)).toBe(false);
   });
 });

@@ -85,6 +85,41 @@ def instance_ap(pred: np.ndarray, gt: np.ndarray, thresholds: tuple[float, ...] 
     return out
 
 
+def _matched_coverage(pred: np.ndarray, gt: np.ndarray, match_iou: float, cover: float):
+    """Per GT component matched as ``flicker`` matches them: (0-based index, its bounding box,
+    float [z] share of its cross-section the prediction covers (nan where it has none), bool [z]
+    covered), z local to the box."""
+    p, g = _pair(pred, gt)
+    pl, n_p = connected_components(p)
+    gl, n_g = connected_components(g)
+    sel = gl > 0
+    inter = np.bincount(gl[sel].astype(np.int64) * (n_p + 1) + pl[sel], minlength=(n_g + 1) * (n_p + 1))
+    inter = inter.reshape(n_g + 1, n_p + 1)[1:, 1:]
+    size_g = np.bincount(gl.ravel(), minlength=n_g + 1)[1:]
+    size_p = np.bincount(pl.ravel(), minlength=n_p + 1)[1:]
+    boxes = ndimage.find_objects(gl)
+    for gi in range(n_g):
+        touching = inter[gi] > 0
+        i = inter[gi, touching].sum()
+        if i == 0 or i / (size_g[gi] + size_p[touching].sum() - i) < match_iou:
+            continue
+        box = boxes[gi]
+        obj = gl[box] == gi + 1
+        covered_px = np.count_nonzero(obj & p[box], axis=(1, 2))
+        area = np.count_nonzero(obj, axis=(1, 2))
+        share = np.where(area > 0, covered_px / np.maximum(area, 1), np.nan)
+        yield gi, box, share, (area > 0) & (covered_px >= cover * np.maximum(area, 1))
+
+
+def _gaps(covered: np.ndarray, share: np.ndarray) -> np.ndarray:
+    """Box-local z of the flicker slices: with a cross-section, uncovered, between covered slices."""
+    zs = np.flatnonzero(covered)
+    if len(zs) < 2:
+        return zs[:0]
+    inner = np.arange(zs[0], zs[-1] + 1)
+    return inner[~np.isnan(share[inner]) & ~covered[inner]]
+
+
 def flicker(pred: np.ndarray, gt: np.ndarray, match_iou: float = 0.5, cover: float = 0.5) -> dict[str, int]:
     """z-consistency of predictions for ground-truth objects matched at IoU >= ``match_iou``.
 
@@ -96,36 +131,28 @@ def flicker(pred: np.ndarray, gt: np.ndarray, match_iou: float = 0.5, cover: flo
     Returns {"flicker_slices": total over objects, "flicker_objects": objects with >= 1 flicker
     slice, "matched": matched objects}.
     """
-    p, g = _pair(pred, gt)
-    pl, n_p = connected_components(p)
-    gl, n_g = connected_components(g)
-    sel = gl > 0
-    inter = np.bincount(gl[sel].astype(np.int64) * (n_p + 1) + pl[sel], minlength=(n_g + 1) * (n_p + 1))
-    inter = inter.reshape(n_g + 1, n_p + 1)[1:, 1:]
-    size_g = np.bincount(gl.ravel(), minlength=n_g + 1)[1:]
-    size_p = np.bincount(pl.ravel(), minlength=n_p + 1)[1:]
-    boxes = ndimage.find_objects(gl)
     total, objects, matched = 0, 0, 0
-    for gi in range(n_g):
-        touching = inter[gi] > 0
-        i = inter[gi, touching].sum()
-        if i == 0 or i / (size_g[gi] + size_p[touching].sum() - i) < match_iou:
-            continue
+    for _, _, share, covered in _matched_coverage(pred, gt, match_iou, cover):
         matched += 1
-        box = boxes[gi]
-        obj = gl[box] == gi + 1
-        covered_px = np.count_nonzero(obj & p[box], axis=(1, 2))
-        area = np.count_nonzero(obj, axis=(1, 2))
-        present = area > 0
-        covered = present & (covered_px >= cover * np.maximum(area, 1))
-        zs = np.flatnonzero(covered)
-        if len(zs) < 2:
-            continue
-        inner = slice(zs[0], zs[-1] + 1)
-        n = int(np.count_nonzero(present[inner] & ~covered[inner]))
+        n = len(_gaps(covered, share))
         total += n
         objects += n > 0
     return {"flicker_slices": total, "flicker_objects": int(objects), "matched": matched}
+
+
+def flicker_gaps(pred: np.ndarray, gt: np.ndarray, match_iou: float = 0.5, cover: float = 0.5) -> list[dict]:
+    """Where ``flicker`` counts its slices: per matched GT object with at least one flicker slice,
+    {"object": its 1-based component number (``connected_components`` order), "box": [z0, z1, y0,
+    y1, x0, x1] (stop exclusive), "slices": the flicker slices (volume z), "cover": the share of
+    the object's cross-section the prediction covers on each of them}."""
+    out = []
+    for gi, box, share, covered in _matched_coverage(pred, gt, match_iou, cover):
+        gaps = _gaps(covered, share)
+        if len(gaps):
+            z0 = box[0].start
+            out.append({"object": gi + 1, "box": [v for sl in box for v in (sl.start, sl.stop)],
+                        "slices": [int(z0 + z) for z in gaps], "cover": [round(float(share[z]), 4) for z in gaps]})
+    return out
 
 
 def error_breakdown(pred: np.ndarray, gt: np.ndarray) -> dict:

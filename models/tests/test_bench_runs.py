@@ -6,10 +6,13 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from spatialsam.data import Volume, default_data_root, make_demo_volume
+from spatialsam.data import Volume, default_data_root, load_lucchi, make_demo_volume
+from spatialsam.metrics import flicker
+from spatialsam.predictor import sdf_seeds
 
 _spec = importlib.util.spec_from_file_location("lucchi_budget_runs", Path(__file__).parents[1] / "bench" / "lucchi_budget.py")
 bench = importlib.util.module_from_spec(_spec)
@@ -188,9 +191,7 @@ def test_loader_threads_reach_every_unet(tmp_path):
 
 @pytest.mark.skipif(not (default_data_root() / "lucchi_pp").exists(), reason="../shared/data not present")
 def test_loader_throughput_bench_prints_its_table(capsys):
-    spec = importlib.util.spec_from_file_location("unet_loader_throughput", Path(__file__).parents[1] / "bench" / "unet_loader_throughput.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _load_bench("unet_loader_throughput")
     assert mod.main(["--threads", "0,2", "--batches", "2", "--reps", "1"]) == 0
     out = capsys.readouterr().out
     assert "logical CPUs" in out and "| 0 |" in out and "| 2 |" in out and "1.00x" in out
@@ -206,9 +207,7 @@ def test_propagate_batch_bench_prints_its_table(tmp_path, capsys):
 
     ck = tmp_path / "prop.pt"
     save_checkpoint(ck, build_propagator("tiny"), None, 0, PropTrainConfig(), [])
-    spec = importlib.util.spec_from_file_location("propagate_batch", Path(__file__).parents[1] / "bench" / "propagate_batch.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _load_bench("propagate_batch")
     assert mod.main(["--propagator", str(ck), "--batch", "1,8", "--reps", "1", "--box", "0:64,300:500,300:560",
                      "--crop", "64", "--threads", "1"]) == 0
     out = capsys.readouterr().out
@@ -264,13 +263,37 @@ def test_a_benchmark_dual_track_folder_exports_like_an_adapt_folder(tmp_path):
     assert sorted(rows) == ["a", "a_auto", "a_fill"]
     masks, filled = rows["a_auto"]["errors"], rows["a_fill"]["errors"]
     assert filled["tp"] > masks["tp"] and filled["fn"] < masks["fn"] and filled["fp"] >= masks["fp"]
+    # Where the masks lose objects (models/bench/automatic_mode_gaps.py) reads the same folder; its
+    # flicker counts are the metrics' on the arrays it keeps.
+    gaps = _load_bench("automatic_mode_gaps")
+    cache, out = tmp_path / "gaps", tmp_path / "gaps.json"
+    assert gaps.main(["--run", str(work / "a_1_64"), "--box", "0:24,0:160,0:160", "--min-size", "0", "--cache", str(cache),
+                      "--json", str(out)]) == 0
+    got = json.loads(out.read_text())
+    sdf, inst = np.load(cache / "sdf.npy"), np.load(cache / "inst.npy")
+    truth = load_lucchi("test").mask[:24, :160, :160]
+    assert got["round"] == 1 and sdf.shape == inst.shape == (24, 160, 160)
+    assert got["flicker_masks"] == flicker(inst > 0, truth) and got["flicker_unet"] == flicker(sdf > 0, truth)
+    assert len(got["seeds"]) == len(sdf_seeds(sdf))
+    for row in got["seeds"]:
+        lo, hi = row["component_z"]
+        assert 0 <= lo <= row["start"] <= hi < 24 and 0 <= row["not_reached"] <= hi - lo + 1
+    for bad in (["--box", "0:24,0:160"], ["--box", "5:5,0:9,0:9"], ["--box", "0:2,9000:9100,0:9"], ["--box", "a:b,:,:"]):
+        with pytest.raises(SystemExit, match="--box"):
+            gaps.main(["--run", str(work / "a_1_64"), *bad])
+    with pytest.raises(SystemExit, match="--run"):
+        gaps.main(["--run", str(work / "b_1_64")])
 
 
-def _load_step_cost():
-    spec = importlib.util.spec_from_file_location("unet_step_cost", Path(__file__).parents[1] / "bench" / "unet_step_cost.py")
+def _load_bench(name: str):
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "bench" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def _load_step_cost():
+    return _load_bench("unet_step_cost")
 
 
 def test_step_cost_bench_prints_its_table_and_rejects_bad_variants(capsys):

@@ -3,7 +3,16 @@
 import numpy as np
 import pytest
 
-from spatialsam.metrics import dice, error_breakdown, evaluate, flicker, foreground_iou, instance_ap, remove_small_components
+from spatialsam.metrics import (
+    dice,
+    error_breakdown,
+    evaluate,
+    flicker,
+    flicker_gaps,
+    foreground_iou,
+    instance_ap,
+    remove_small_components,
+)
 
 
 def _cubes(shape, boxes):
@@ -50,6 +59,19 @@ def test_flicker_counts_gaps_between_covered_slices():
     fl = flicker(pred, gt)
     assert fl == {"flicker_slices": 2, "flicker_objects": 1, "matched": 1}
     assert flicker(gt, gt)["flicker_slices"] == 0
+
+
+def test_flicker_gaps_say_which_object_and_slices_and_how_much_is_covered():
+    shape = (10, 20, 40)
+    gt = _cubes(shape, [np.s_[0:10, 5:15, 5:15], np.s_[2:8, 5:15, 25:35]])
+    pred = gt.copy()
+    pred[3, :, :20] = False
+    pred[6, 5:15, 5:12] = False  # 30% of that cross-section covered
+    pred[4, 5:15, 25:30] = True  # the second object untouched
+    gaps = flicker_gaps(pred, gt)
+    assert gaps == [{"object": 1, "box": [0, 10, 5, 15, 5, 15], "slices": [3, 6], "cover": [0.0, 0.3]}]
+    assert sum(len(g["slices"]) for g in gaps) == flicker(pred, gt)["flicker_slices"]
+    assert flicker_gaps(gt, gt) == []
 
 
 def test_evaluate_perfect():

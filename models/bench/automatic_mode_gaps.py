@@ -1,0 +1,162 @@
+"""Where automatic mode's propagated masks lose an object that the U-Net's SDF keeps.
+
+On Lucchi++ the dual-track propagator's masks alone (``segment_volume(..., fill=False)``) flicker
+(47-65 slices on the three seeds of (a)) while the final U-Net does not (0). This takes one
+dual-track folder (``adapt`` or the benchmark's (a)/(c)), predicts the round's SDF on a Lucchi++
+split, runs automatic mode with that round's propagator, and prints two tables:
+
+- per flicker gap of the masks (``metrics.flicker_gaps``, after dropping components under
+  --min-size on both sides as the benchmark does): the gap's slices, how much of the true
+  cross-section the masks and the U-Net cover there, the seeds whose masks touch the object (start
+  slice, how far the gap is from it) and how much of the gap lies inside their crop windows;
+- per seed: its SDF component's z-range against the z-range its mask reached, i.e. how many of the
+  component's slices the propagation never covered (it stops after `patience` slices without a mask).
+
+    models/.venv/bin/python models/bench/automatic_mode_gaps.py --run runs/bench/a_1_64 --data-root ../shared/data
+
+--cache DIR keeps the SDF and the masks as .npy there and reuses them on the next call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from spatialsam.cli import adapt_round, parse_box, round_weights
+from spatialsam.data import load_lucchi
+from spatialsam.metrics import flicker, flicker_gaps, remove_small_components
+from spatialsam.predictor import _seed_prompt, sdf_seeds, segment_volume
+from spatialsam.train_propagator import load_checkpoint
+from spatialsam.train_unet import load_unet, predict
+
+
+def _ranges(zs: list[int]) -> str:
+    """[3, 4, 5, 9] -> "3-5, 9"."""
+    out, start = [], None
+    for i, z in enumerate(zs):
+        if start is None:
+            start = z
+        if i + 1 == len(zs) or zs[i + 1] != z + 1:
+            out.append(f"{start}-{z}" if z != start else f"{z}")
+            start = None
+    return ", ".join(out)
+
+
+def predictions(run: Path, r: int, image: np.ndarray, crop: int, cache: Path | None) -> tuple[np.ndarray, np.ndarray, object]:
+    """(SDF of round r's U-Net, automatic-mode masks alone, the round's propagator) on `image`."""
+    prop, _ = load_checkpoint(run / f"round_{r}" / "propagator" / "propagator_last.pt")
+    if cache is not None and (cache / "sdf.npy").exists() and (cache / "inst.npy").exists():
+        return np.load(cache / "sdf.npy"), np.load(cache / "inst.npy"), prop
+    weights, mean, std = round_weights(run, r)
+    sdf, _ = predict(load_unet(weights), image, mean, std)
+    with torch.no_grad():
+        inst = segment_volume(prop, image, np.ascontiguousarray(sdf), crop=crop, fill=False)
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        np.save(cache / "sdf.npy", sdf)
+        np.save(cache / "inst.npy", inst)
+    return sdf, inst, prop
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, help="a dual-track folder (adapt, or the benchmark's a_1_64 / c_1_64)")
+    p.add_argument("--round", type=int, default=None, help="the round to look at (default: the last finished)")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--split", choices=("train", "test"), default="test")
+    p.add_argument("--box", default=None, help="z0:z1,y0:y1,x0:x1: only this sub-volume (default: the whole split)")
+    p.add_argument("--min-size", type=int, default=1000, help="components under this many voxels dropped (both sides)")
+    p.add_argument("--crop", type=int, default=128, help="automatic mode's crop window (the benchmark's 128)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--cache", type=Path, default=None)
+    p.add_argument("--json", type=Path, default=None, help="also write both tables as JSON here")
+    a = p.parse_args(argv)
+    run = Path(a.run)
+    try:
+        r = adapt_round(run, a.round)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    if r is None:
+        raise SystemExit(f"--run: {run} is not a dual-track folder (no state.json)")
+    try:
+        box = parse_box(a.box)
+    except ValueError as e:
+        raise SystemExit(f"--{e}") from None
+    torch.set_num_threads(a.threads)
+    vol = load_lucchi(a.split, a.data_root)
+    image, truth = vol.image[box], vol.mask[box]
+    if 0 in image.shape:
+        raise SystemExit(f"--box: {a.box} holds no voxel of the {a.split} volume {vol.image.shape}")
+    sdf, inst, prop = predictions(run, r, np.ascontiguousarray(image), a.crop, a.cache)
+
+    gt = remove_small_components(truth > 0, a.min_size)
+    masks = remove_small_components(inst > 0, a.min_size)
+    unet = remove_small_components(sdf > 0, a.min_size)
+    seeds = sdf_seeds(sdf)
+    comps, _ = ndimage.label(sdf > 0)
+    windows = [_seed_prompt(box, x, y, sdf.shape[1:], a.crop, prop.stride)[0] for _, x, y, box in seeds]
+    gl, _ = ndimage.label(gt)
+
+    print(f"# {run} round {r}, Lucchi++ {a.split}{'' if a.box is None else f' box {a.box}'}; components under {a.min_size} voxels dropped on both sides")
+    fm, fu = flicker(masks, gt), flicker(unet, gt)
+    print(f"flicker slices (objects / matched): masks alone {fm['flicker_slices']} ({fm['flicker_objects']} / {fm['matched']}), "
+          f"U-Net {fu['flicker_slices']} ({fu['flicker_objects']} / {fu['matched']})\n")
+    print("| GT object (z range) | flicker slices | masks cover | U-Net covers | seeds on the object (start z) | "
+          "slices from the nearest start | inside their windows |")
+    print("|---|---|---|---|---|---|---|")
+    gap_rows = []
+    for g in flicker_gaps(masks, gt):
+        z0, z1, y0, y1, x0, x1 = g["box"]
+        obj = gl[z0:z1, y0:y1, x0:x1] == g["object"]
+        ids = sorted(int(i) for i in np.unique(inst[z0:z1, y0:y1, x0:x1][obj]) if i)
+        starts = [seeds[i - 1][0] for i in ids]
+        u_cover, inside = [], []
+        for z in g["slices"]:
+            cross = np.zeros(sdf.shape[1:], bool)
+            cross[y0:y1, x0:x1] = obj[z - z0]
+            area = cross.sum()
+            u_cover.append(float((cross & unet[z]).sum() / area))
+            win = np.zeros_like(cross)
+            for i in ids:
+                win[windows[i - 1]] = True
+            inside.append(float((cross & win).sum() / area))
+        dist = [min(abs(z - s) for s in starts) for z in g["slices"]] if starts else []
+        row = {"object": g["object"], "z": [z0, z1 - 1], "slices": g["slices"], "masks_cover": float(np.mean(g["cover"])),
+               "unet_cover": float(np.mean(u_cover)), "seeds": dict(zip(ids, starts)), "distance": [min(dist), max(dist)] if dist else None,
+               "inside_windows": float(np.mean(inside))}
+        gap_rows.append(row)
+        print(f"| {g['object']} ({z0}-{z1 - 1}) | {_ranges(g['slices'])} ({len(g['slices'])}) | {row['masks_cover']:.2f} | "
+              f"{row['unet_cover']:.2f} | {', '.join(f'{i} ({s})' for i, s in zip(ids, starts)) or '-'} | "
+              f"{'-' if not dist else f'{min(dist)}-{max(dist)}'} | {row['inside_windows']:.2f} |")
+
+    print("\n| seed | start z | its SDF component's z range | z range its mask reached | component slices not reached |")
+    print("|---|---|---|---|---|")
+    seed_rows, short_total, comp_total = [], 0, 0
+    for k, (z, x, y, _) in enumerate(seeds, start=1):
+        lab = comps[z, int(y), int(x)]
+        cz = np.flatnonzero((comps == lab).any(axis=(1, 2)))
+        mz = np.flatnonzero((inst == k).any(axis=(1, 2)))
+        reached = set(range(int(mz[0]), int(mz[-1]) + 1)) if len(mz) else set()
+        short = int(sum(1 for zz in cz if zz not in reached))
+        short_total += short
+        comp_total += len(cz)
+        seed_rows.append({"seed": k, "start": z, "component_z": [int(cz[0]), int(cz[-1])],
+                          "mask_z": [int(mz[0]), int(mz[-1])] if len(mz) else None, "not_reached": short})
+        if short:
+            print(f"| {k} | {z} | {cz[0]}-{cz[-1]} | {'-' if not len(mz) else f'{mz[0]}-{mz[-1]}'} | {short} |")
+    print(f"\n{len(seeds)} seeds; {sum(1 for s in seed_rows if s['not_reached'])} stop short of their SDF component: "
+          f"{short_total} of its {comp_total} component-slices never reached by the mask.")
+    if a.json is not None:
+        a.json.write_text(json.dumps({"run": str(run), "round": r, "split": a.split, "flicker_masks": fm, "flicker_unet": fu,
+                                      "gaps": gap_rows, "seeds": seed_rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -15,6 +15,14 @@ split, runs automatic mode with that round's propagator, and prints two tables:
     models/.venv/bin/python models/bench/automatic_mode_gaps.py --run runs/bench/a_1_64 --data-root ../shared/data
 
 --cache DIR keeps the SDF and the masks as .npy there and reuses them on the next call.
+
+--reprompt COVER tries one remedy and scores it (masks alone, against segment_volume's masks alone):
+each seed propagates on its own (as segment_volume's one-object path), and on a slice where its mask
+covers less than COVER of the 2D parts of its SDF component's cross-section that touch its last
+mask, it is prompted again there with the deepest point of those parts (and their box unless
+--reprompt-prompt point), the automatic counterpart of a correction click. Not used by
+segment_volume or the server: an experiment (models/README.md, "Where automatic mode's masks lose
+objects").
 """
 
 from __future__ import annotations
@@ -30,8 +38,8 @@ from scipy import ndimage
 
 from spatialsam.cli import adapt_round, parse_box, round_weights
 from spatialsam.data import load_lucchi
-from spatialsam.metrics import flicker, flicker_gaps, remove_small_components
-from spatialsam.predictor import _seed_prompt, sdf_seeds, segment_volume
+from spatialsam.metrics import evaluate, flicker, flicker_gaps, remove_small_components
+from spatialsam.predictor import Predictor, _seed_prompt, sdf_seeds, segment_volume
 from spatialsam.train_propagator import load_checkpoint
 from spatialsam.train_unet import load_unet, predict
 
@@ -64,6 +72,52 @@ def predictions(run: Path, r: int, image: np.ndarray, crop: int, cache: Path | N
     return sdf, inst, prop
 
 
+def reprompted(prop, image: np.ndarray, sdf: np.ndarray, comps: np.ndarray, seeds: list, crop: int, cover: float,
+               box: bool, patience: int = 3, min_px: int = 200) -> tuple[np.ndarray, dict]:
+    """Automatic mode's masks alone with SDF-guided re-prompts (see --reprompt): uint64 instances
+    (highest logit wins, as segment_volume) and {"reprompts", "region_cover", "outside_component"}
+    (medians over the re-prompts: share of the prompted parts the new mask covers, share of the new
+    mask outside the SDF component)."""
+    pred = Predictor(prop)
+    best = np.zeros(sdf.shape, np.float32)
+    out = np.zeros(sdf.shape, np.uint64)
+    after = []
+    for k, (z0, x, y, seed_box) in enumerate(seeds, start=1):
+        win, prompt = _seed_prompt(seed_box, x, y, sdf.shape[1:], crop, prop.stride)
+        lab = comps[z0, int(y), int(x)]
+        st = pred.init_state(np.ascontiguousarray(image[:, win[0], win[1]]), np.ascontiguousarray(sdf[:, win[0], win[1]]))
+        first = pred.add_prompts(st, z0, 1, **prompt)[1]
+        for direction in ("forward", "backward"):
+            misses, last = 0, first
+            for z, masks in pred.propagate(st, start_z=z0, direction=direction):
+                m = masks[1]
+                cross = comps[z, win[0], win[1]] == lab
+                if z != z0 and last.any() and cross.sum() >= min_px:
+                    parts, _ = ndimage.label(cross)
+                    touch = np.unique(parts[last & (parts > 0)])
+                    region = np.isin(parts, touch[touch > 0])
+                    if region.sum() >= min_px and (m & region).sum() < cover * region.sum():
+                        ys, xs = np.nonzero(region)
+                        yy, xx = np.unravel_index(int(np.argmax(np.where(region, sdf[z, win[0], win[1]], -np.inf))), region.shape)
+                        kw: dict = {"points": [[float(xx), float(yy)]], "labels": [1]}
+                        if box and xs.max() > xs.min() and ys.max() > ys.min():
+                            kw["box"] = [float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())]
+                        m = pred.add_prompts(st, z, 1, **kw)[1]
+                        after.append(((m & region).sum() / region.sum(), (m & ~cross).sum() / max(1, m.sum())))
+                lg = pred.mask_logits(st, 1, z)
+                b, o = best[z, win[0], win[1]], out[z, win[0], win[1]]
+                take = (lg > b) | ((lg == b) & (o > k))
+                b[take] = lg[take]
+                o[take] = k
+                if m.any():
+                    last = m
+                misses = 0 if m.any() else misses + 1
+                if misses >= patience:
+                    break
+    a = np.array(after) if after else np.full((1, 2), np.nan)
+    return out, {"reprompts": len(after), "region_cover": float(np.median(a[:, 0])), "outside_component": float(np.median(a[:, 1]))}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="a dual-track folder (adapt, or the benchmark's a_1_64 / c_1_64)")
@@ -75,8 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--crop", type=int, default=128, help="automatic mode's crop window (the benchmark's 128)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cache", type=Path, default=None)
+    p.add_argument("--reprompt", type=float, default=None, metavar="COVER",
+                   help="also try SDF-guided re-prompts below this cover (0 < COVER <= 1) and score them")
+    p.add_argument("--reprompt-prompt", choices=("box", "point"), default="box")
     p.add_argument("--json", type=Path, default=None, help="also write both tables as JSON here")
     a = p.parse_args(argv)
+    if a.reprompt is not None and not 0 < a.reprompt <= 1:
+        raise SystemExit(f"--reprompt: expected a cover in (0, 1], got {a.reprompt}")
     run = Path(a.run)
     try:
         r = adapt_round(run, a.round)
@@ -152,9 +211,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {k} | {z} | {cz[0]}-{cz[-1]} | {'-' if not len(mz) else f'{mz[0]}-{mz[-1]}'} | {short} |")
     print(f"\n{len(seeds)} seeds; {sum(1 for s in seed_rows if s['not_reached'])} stop short of their SDF component: "
           f"{short_total} of its {comp_total} component-slices never reached by the mask.")
+    result = {"run": str(run), "round": r, "split": a.split, "flicker_masks": fm, "flicker_unet": fu, "gaps": gap_rows,
+              "seeds": seed_rows}
+    if a.reprompt is not None:
+        inst2, stats = reprompted(prop, np.ascontiguousarray(image), sdf, comps, seeds, a.crop, a.reprompt, a.reprompt_prompt == "box")
+        print(f"\nRe-prompts below cover {a.reprompt} ({a.reprompt_prompt}): {stats['reprompts']}; after one the mask covers a median "
+              f"{stats['region_cover']:.2f} of the prompted parts, {stats['outside_component']:.2f} of it outside the SDF component.")
+        print("| masks alone | fg-IoU | Dice | AP@0.5 | AP@0.75 | flicker (objects / matched) |\n|---|---|---|---|---|---|")
+        for name, v in (("segment_volume", inst), ("with re-prompts", inst2)):
+            e = evaluate(v > 0, truth > 0, a.min_size)
+            stats[name] = {key: e[key] for key in ("fg_iou", "dice", "ap50", "ap75", "flicker_slices", "flicker_objects", "matched")}
+            print(f"| {name} | {e['fg_iou']:.3f} | {e['dice']:.3f} | {e['ap50']:.3f} | {e['ap75']:.3f} | "
+                  f"{e['flicker_slices']} ({e['flicker_objects']} / {e['matched']}) |")
+        result["reprompt"] = {"cover": a.reprompt, "prompt": a.reprompt_prompt, **stats}
     if a.json is not None:
-        a.json.write_text(json.dumps({"run": str(run), "round": r, "split": a.split, "flicker_masks": fm, "flicker_unet": fu,
-                                      "gaps": gap_rows, "seeds": seed_rows}, indent=1))
+        a.json.write_text(json.dumps(result, indent=1))
     return 0
 
 

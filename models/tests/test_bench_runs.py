@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from spatialsam.data import Volume, default_data_root, load_lucchi, make_demo_volume
-from spatialsam.metrics import flicker
+from spatialsam.metrics import flicker, foreground_iou
 from spatialsam.predictor import sdf_seeds
 
 _spec = importlib.util.spec_from_file_location("lucchi_budget_runs", Path(__file__).parents[1] / "bench" / "lucchi_budget.py")
@@ -268,7 +268,7 @@ def test_a_benchmark_dual_track_folder_exports_like_an_adapt_folder(tmp_path):
     gaps = _load_bench("automatic_mode_gaps")
     cache, out = tmp_path / "gaps", tmp_path / "gaps.json"
     assert gaps.main(["--run", str(work / "a_1_64"), "--box", "0:24,0:160,0:160", "--min-size", "0", "--cache", str(cache),
-                      "--json", str(out)]) == 0
+                      "--json", str(out), "--reprompt", "0.5"]) == 0
     got = json.loads(out.read_text())
     sdf, inst = np.load(cache / "sdf.npy"), np.load(cache / "inst.npy")
     truth = load_lucchi("test").mask[:24, :160, :160]
@@ -278,8 +278,13 @@ def test_a_benchmark_dual_track_folder_exports_like_an_adapt_folder(tmp_path):
     for row in got["seeds"]:
         lo, hi = row["component_z"]
         assert 0 <= lo <= row["start"] <= hi < 24 and 0 <= row["not_reached"] <= hi - lo + 1
-    for bad in (["--box", "0:24,0:160"], ["--box", "5:5,0:9,0:9"], ["--box", "0:2,9000:9100,0:9"], ["--box", "a:b,:,:"]):
-        with pytest.raises(SystemExit, match="--box"):
+    # The re-prompt experiment scores segment_volume's masks as the metrics do, and its own.
+    rp = got["reprompt"]
+    assert rp["segment_volume"]["fg_iou"] == pytest.approx(foreground_iou(inst > 0, truth))
+    assert rp["reprompts"] >= 0 and 0 <= rp["with re-prompts"]["fg_iou"] <= 1
+    for bad in (["--reprompt", "0"], ["--reprompt", "1.5"], ["--box", "0:24,0:160"], ["--box", "5:5,0:9,0:9"],
+                ["--box", "0:2,9000:9100,0:9"], ["--box", "a:b,:,:"]):
+        with pytest.raises(SystemExit, match=bad[0]):
             gaps.main(["--run", str(work / "a_1_64"), *bad])
     with pytest.raises(SystemExit, match="--run"):
         gaps.main(["--run", str(work / "b_1_64")])

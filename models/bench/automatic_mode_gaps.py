@@ -175,15 +175,15 @@ def main(argv: list[str] | None = None) -> int:
         obj = gl[z0:z1, y0:y1, x0:x1] == g["object"]
         ids = sorted(int(i) for i in np.unique(inst[z0:z1, y0:y1, x0:x1][obj]) if i)
         starts = [seeds[i - 1][0] for i in ids]
+        win = np.zeros(sdf.shape[1:], bool)
+        for i in ids:
+            win[windows[i - 1]] = True
         u_cover, inside = [], []
         for z in g["slices"]:
             cross = np.zeros(sdf.shape[1:], bool)
             cross[y0:y1, x0:x1] = obj[z - z0]
             area = cross.sum()
             u_cover.append(float((cross & unet[z]).sum() / area))
-            win = np.zeros_like(cross)
-            for i in ids:
-                win[windows[i - 1]] = True
             inside.append(float((cross & win).sum() / area))
         dist = [min(abs(z - s) for s in starts) for z in g["slices"]] if starts else []
         row = {"object": g["object"], "z": [z0, z1 - 1], "slices": g["slices"], "masks_cover": float(np.mean(g["cover"])),
@@ -197,10 +197,14 @@ def main(argv: list[str] | None = None) -> int:
     print("\n| seed | start z | its SDF component's z range | z range its mask reached | component slices not reached |")
     print("|---|---|---|---|---|")
     seed_rows, short_total, comp_total = [], 0, 0
+    # z extents from one pass each (a component is connected, so its slices are one run)
+    comp_boxes = ndimage.find_objects(comps)
+    mask_boxes = ndimage.find_objects(inst.astype(np.int32))
     for k, (z, x, y, _) in enumerate(seeds, start=1):
-        lab = comps[z, int(y), int(x)]
-        cz = np.flatnonzero((comps == lab).any(axis=(1, 2)))
-        mz = np.flatnonzero((inst == k).any(axis=(1, 2)))
+        cb = comp_boxes[comps[z, int(y), int(x)] - 1][0]
+        cz = np.arange(cb.start, cb.stop)
+        mb = mask_boxes[k - 1] if k <= len(mask_boxes) else None
+        mz = np.arange(mb[0].start, mb[0].stop) if mb is not None else np.arange(0)
         reached = set(range(int(mz[0]), int(mz[-1]) + 1)) if len(mz) else set()
         short = int(sum(1 for zz in cz if zz not in reached))
         short_total += short

@@ -332,7 +332,7 @@ def run_summary(run: Path) -> dict:
 
 
 def cmd_export_unet(a: argparse.Namespace) -> int:
-    from .export_unet import export_unet, onnx_parity
+    from .export_unet import export_unet, onnx_parity, server_blocks
     from .train_unet import load_unet
 
     run = Path(a.run)
@@ -370,9 +370,17 @@ def cmd_export_unet(a: argparse.Namespace) -> int:
         m = evaluate(s > 0, v.mask)
         training["metrics"].update({f"{a.eval_split}_{k}": v_ for k, v_ in m.items()})
         training["metrics"]["evaluated_on"] = f"lucchi_pp/{a.eval_split}[{a.eval_box or ':,:,:'}]"
-    patch = parse_zyx(a.patch, "patch") if a.patch else tuple(cfg["crop_zyx"])
     context = parse_zyx(a.context, "context") if a.context else None
-    if context is not None:
+    if a.patch:
+        patch = parse_zyx(a.patch, "patch")
+    elif context is None and model.cfg.spatial_dims == 3:
+        # The server runs the graph on inputs of the patch's shape: by default the blocks every
+        # evaluation here uses (train_unet.predict: 16-slice blocks, halo FAST_HALO_ZYX), since a
+        # U-Net trained on thin crops scores worse on deeper inputs (models/bench/unet_blocks.py).
+        context, patch = server_blocks(model.cfg)
+    else:
+        patch = tuple(cfg["crop_zyx"])
+    if a.context:
         from .export_unet import blockwise_deviation
         from .train_unet import normalise_image
 
@@ -587,9 +595,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-root")
     e.add_argument("--eval-split", choices=["train", "test"], help="also evaluate on this split and record the metrics")
     e.add_argument("--eval-box", help="sub-volume of the evaluation split")
-    e.add_argument("--patch", help="patch_shape_zyx for the server's blocks, e.g. 96,256,256 (default: the training crop)")
-    e.add_argument("--context", help="halo per side, e.g. 32,48,48 (default: half the receptive field); the deviation "
-                                     "from whole-volume inference is measured on a test slab and recorded")
+    e.add_argument("--patch", help="patch_shape_zyx, the input shape the server runs the graph on, e.g. 48,320,320 (default: with "
+                   "no --context either, a 16x256x256 block plus the evaluation halo 16,32,32, rounded up to the size multiple, "
+                   "as train_unet.predict scores; else the training crop)")
+    e.add_argument("--context", help="halo per side, e.g. 16,32,32 (default: with no --patch either, the evaluation halo above; "
+                                     "with --patch, half the receptive field); when given, the deviation from whole-volume "
+                                     "inference is measured on a Lucchi++ test slab and recorded")
     e.set_defaults(func=cmd_export_unet)
 
     x = sub.add_parser("export-propagator", help="export a propagator (an adapt folder's mask track) to ONNX + manifests")

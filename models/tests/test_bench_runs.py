@@ -334,3 +334,38 @@ def test_step_cost_variants_compute_the_same_step():
     cl.step()
     for (name, a), (_, b) in zip(plain.model.named_parameters(), cl.model.named_parameters()):
         assert float(torch.nn.functional.cosine_similarity(a.grad.flatten(), b.grad.flatten(), dim=0)) > 0.999, name
+
+
+def test_unet_blocks_bench_tiles_like_the_server():
+    ub = _load_bench("unet_blocks")
+    # SdfEngine.blockShape's rule (the TS test's cases): patch - 2 * context rounded down to the
+    # multiple; the default block where there is no patch or it leaves less than one multiple.
+    dflt = (8, 16, 32)
+    m = {"size_multiple_zyx": [1, 1, 1], "context_zyx": [48, 48, 48], "patch_shape_zyx": [32, 96, 96]}
+    assert ub.server_block_shape(m, dflt) == dflt
+    assert ub.server_block_shape({**m, "patch_shape_zyx": None, "context_zyx": [4, 4, 4]}, dflt) == dflt
+    assert ub.server_block_shape({**m, "patch_shape_zyx": [64, 160, 160], "context_zyx": [8, 8, 8]}, dflt) == (48, 144, 144)
+    m16 = {"size_multiple_zyx": [16, 16, 16], "context_zyx": [16, 48, 48]}
+    assert ub.server_block_shape({**m16, "patch_shape_zyx": [50, 360, 360]}, dflt) == (16, 256, 256)
+    assert ub.server_block_shape({**m16, "patch_shape_zyx": [48, 100, 352]}, dflt) == (16, 16, 256)
+    # The shipped Lucchi++ U-Net's manifest asks for 48-slice inputs (the bench's table in models/README).
+    shipped = json.loads((Path(__file__).parents[1] / "sdf_unet3d_lucchi" / "model.json").read_text())
+    blk = ub.server_block_shape(shipped)
+    assert [b + 2 * c for b, c in zip(blk, shipped["context_zyx"])] == shipped["patch_shape_zyx"]
+    assert shipped["patch_shape_zyx"][0] == 48
+
+    # Block by block with a halo of the receptive field's half is the whole-volume result (zero
+    # padding outside the volume is the conv's own), on blocks that do not divide the volume;
+    # without the halo it is not.
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(1, 1, 3, padding=1)
+    run = lambda a: conv(torch.from_numpy(a)[None, None]).detach().numpy()[0, 0]  # noqa: E731
+    x = np.random.default_rng(0).normal(size=(11, 13, 17)).astype(np.float32)
+    whole = run(x)
+    np.testing.assert_allclose(ub.run_blocks(run, x, (4, 5, 6), (1, 1, 1)), whole, atol=1e-5)
+    assert np.abs(ub.run_blocks(run, x, (4, 5, 6), (0, 0, 0)) - whole).max() > 0.1
+
+    assert ub.parse_configs("32x160x160/32x48x48, 16x256x256/16x48x48") == [((32, 160, 160), (32, 48, 48)), ((16, 256, 256), (16, 48, 48))]
+    for bad in ("32x160/32x48x48", "16x256x256", "0x16x16/0x0x0", "axbxc/1x1x1"):
+        with pytest.raises(ValueError, match="configs"):
+            ub.parse_configs(bad)

@@ -210,6 +210,11 @@ def test_adapt_on_your_own_volume_then_export_both_tracks(own_volume, tmp_path, 
     assert main(["export-unet", "--run", str(out), "--out", str(tmp_path / "unet"), "--name", "sdf_own"]) == 0
     man = json.loads((tmp_path / "unet" / "model.json").read_text())
     assert man["voxel_size_nm"] == [8.0, 8.0, 8.0]
+    # By default the server runs the graph on the blocks the evaluation uses (export_unet.server_blocks).
+    from spatialsam.export_unet import server_blocks
+    from spatialsam.unet3d import UNetConfig
+    ctx, patch = server_blocks(UNetConfig(**man["training"]["unet"]))
+    assert (man["context_zyx"], man["patch_shape_zyx"]) == (list(ctx), list(patch)) and patch[0] - 2 * ctx[0] == 16
     t = man["training"]
     assert t["annotated_slices"] == [5, 17] and t["data"] == run["data"] and t["dual_track"]["round"] == 1
     assert t["steps"] == 4 and t["command"].startswith("python -m spatialsam adapt")

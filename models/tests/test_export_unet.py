@@ -2,13 +2,14 @@
 
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
 
-from spatialsam.export_unet import export_unet, onnx_parity
+from spatialsam.export_unet import export_unet, onnx_parity, server_blocks
 from spatialsam.unet3d import UNetConfig, build_unet3d, context_zyx
 
 # The keys src/manifest.ts accepts (it rejects unknown ones).
@@ -102,3 +103,16 @@ def test_smaller_context_is_checked_and_recorded(tmp_path):
     assert full["max_abs_sdf"] < 1e-5  # the theoretical halo: blockwise equals one pass
     small = blockwise_deviation(model, x, (8, 16, 16), (4, 4, 4))
     assert small["max_abs_sdf"] > full["max_abs_sdf"]
+
+
+def test_default_server_blocks_are_the_evaluation_blocks():
+    # The shipped Lucchi++ U-Net (learned 2x2x2 stem, three 2x poolings: multiple 16): 16,32,32 halo
+    # around 16x256x256 blocks, i.e. 48x320x320 inputs, as its manifest says.
+    lucchi = UNetConfig(channels=(16, 32, 64, 128), pool=((2, 2, 2),) * 3, stem=(2, 2, 2), stem_mode="learned")
+    assert server_blocks(lucchi) == ((16, 32, 32), (48, 320, 320))
+    shipped = json.loads((Path(__file__).parents[1] / "sdf_unet3d_lucchi" / "model.json").read_text())
+    assert [shipped["context_zyx"], shipped["patch_shape_zyx"]] == [[16, 32, 32], [48, 320, 320]]
+    # Anisotropic pooling: multiples (4, 8, 8) keep the same shapes; a coarser multiple rounds both up.
+    assert server_blocks(UNetConfig(channels=(4, 8, 16, 32), pool=((1, 2, 2), (2, 2, 2), (2, 2, 2)))) == ((16, 32, 32), (48, 320, 320))
+    deep = UNetConfig(channels=(4, 8, 16, 32, 64, 128), pool=((2, 2, 2),) * 5)
+    assert server_blocks(deep) == ((32, 32, 32), (96, 320, 320))

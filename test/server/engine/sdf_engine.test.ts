@@ -173,12 +173,20 @@ describe("SdfEngine", () => {
 });
 
 describe("SdfEngine.blockShape", () => {
-  it("never writes less than the default block, even when patch minus context is tiny", async () => {
+  it("runs the model on inputs of the manifest's patch; the default block only where the patch holds none", async () => {
     const engine = await freshEngine("cache-f");
     const manifest = registry.get("tiny_conv3d")!.manifest;
     // A U-Net trained on 32x96x96 crops with a 48-voxel context: patch - 2*context is negative.
     expect(engine.blockShape({ ...manifest, patchShapeZyx: [32, 96, 96], contextZyx: [48, 48, 48] })).toEqual(BLOCK);
+    // No patch: the default block.
+    expect(engine.blockShape({ ...manifest, patchShapeZyx: undefined, contextZyx: [4, 4, 4] })).toEqual(BLOCK);
     // A large patch gives a larger block.
     expect(engine.blockShape({ ...manifest, patchShapeZyx: [64, 160, 160], contextZyx: [8, 8, 8] })).toEqual([48, 144, 144]);
+    // A thin patch is honoured, smaller than the default block (the shipped Lucchi++ U-Net: 48-slice
+    // inputs score better than deeper ones), and rounded down to the pooling multiple.
+    expect(engine.blockShape({ ...manifest, patchShapeZyx: [48, 352, 352], contextZyx: [16, 48, 48], sizeMultipleZyx: [16, 16, 16] })).toEqual([16, 256, 256]);
+    expect(engine.blockShape({ ...manifest, patchShapeZyx: [50, 360, 360], contextZyx: [16, 48, 48], sizeMultipleZyx: [16, 16, 16] })).toEqual([16, 256, 256]);
+    // Left with less than one multiple on an axis: that axis falls back to the default block.
+    expect(engine.blockShape({ ...manifest, patchShapeZyx: [48, 100, 352], contextZyx: [16, 48, 48], sizeMultipleZyx: [16, 16, 16] })).toEqual([16, BLOCK[1], 256]);
   });
 });

@@ -1,5 +1,6 @@
 """How an exported 3D U-Net scores when run block by block the way the server runs it, for several
-block shapes and halos, side by side on one Lucchi++ split.
+block shapes and halos, side by side on one Lucchi++ split (or, with --demo-data, one volume of the
+demo generator, for the demo U-Net).
 
 The server (server/engine/sdf_engine.ts) tiles a volume into write blocks of the model's
 ``patch_shape_zyx - 2 * context_zyx`` (``server_block_shape``) and runs the ONNX graph on each block
@@ -103,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, default=REPO / "models" / "sdf_unet3d_lucchi", help="exported U-Net folder (model.json + ONNX)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--split", choices=("train", "test"), default="test")
+    p.add_argument("--demo-data", type=Path, default=None,
+                   help="instead of Lucchi++: a folder written by server/bin/write_demo_training.ts (for the demo U-Net)")
+    p.add_argument("--demo-seed", type=int, default=None, help="with --demo-data: the seed to score (default: the first listed)")
     p.add_argument("--box", default=None, help="z0:z1,y0:y1,x0:x1: only this sub-volume (default: the whole split)")
     p.add_argument("--configs", default="", help="BLOCK/CONTEXT pairs, comma separated, e.g. 32x160x160/32x48x48,16x256x256/16x48x48 "
                    "(the manifest's own pair, as the server derives it, is always scored first)")
@@ -132,12 +136,21 @@ def main(argv: list[str] | None = None) -> int:
         bad = [f"{n} {v}" for n, v in (("block", blk), ("context", ctx)) if any(x % m for x, m in zip(v, mult))]
         if bad:
             raise SystemExit(f"--configs: {', '.join(bad)} not a multiple of the model's size multiple {mult}")
-    vol = load_lucchi(a.split, a.data_root)
-    image, truth = vol.image[box], vol.mask[box] > 0
+    if a.demo_data is not None:
+        from spatialsam.data import load_demo_volumes
+
+        try:
+            demo = load_demo_volumes(a.demo_data, None if a.demo_seed is None else [a.demo_seed])[0]
+        except (FileNotFoundError, ValueError) as e:
+            raise SystemExit(f"--demo-data: {e}") from None
+        image, truth, where = demo.image[box], demo.labels[box] > 0, demo.name
+    else:
+        vol = load_lucchi(a.split, a.data_root)
+        image, truth, where = vol.image[box], vol.mask[box] > 0, f"Lucchi++ {a.split}"
     norm = man.get("normalization") or {"mean": 0.0, "std": 1.0}
     x = ((image.astype(np.float32) / 255.0 - norm["mean"]) / norm["std"]).astype(np.float32)
 
-    print(f"# {a.model.name} on Lucchi++ {a.split}{'' if a.box is None else f' box {a.box}'} {image.shape}; "
+    print(f"# {a.model.name} on {where}{'' if a.box is None else f' box {a.box}'} {image.shape}; "
           f"onnxruntime, {a.threads} threads; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"Python {platform.python_version()}")
     print("| write block (z, y, x) | context | input read | read / written | fg-IoU | Dice | AP@0.5 | AP@0.75 | flicker (objects / matched) | seconds |")
@@ -159,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{e['fg_iou']:.3f} | {e['dice']:.3f} | {e['ap50']:.3f} | {e['ap75']:.3f} | "
               f"{e['flicker_slices']} ({e['flicker_objects']} / {e['matched']}) | {secs:.0f} |", flush=True)
     if a.json is not None:
-        a.json.write_text(json.dumps({"model": str(a.model), "split": a.split, "box": a.box, "rows": rows}, indent=2) + "\n")
+        a.json.write_text(json.dumps({"model": str(a.model), "data": where, "box": a.box, "rows": rows}, indent=2) + "\n")
     return 0
 
 

@@ -369,3 +369,29 @@ def test_unet_blocks_bench_tiles_like_the_server():
     for bad in ("32x160/32x48x48", "16x256x256", "0x16x16/0x0x0", "axbxc/1x1x1"):
         with pytest.raises(ValueError, match="configs"):
             ub.parse_configs(bad)
+
+
+def test_unet_blocks_bench_prints_its_table(tmp_path, capsys):
+    ub = _load_bench("unet_blocks")
+    from spatialsam.export_unet import export_unet
+    from spatialsam.unet3d import UNetConfig, build_unet3d
+
+    image, labels = make_demo_volume((24, 48, 48), seed=3)
+    (tmp_path / "demo" / "seed_7").mkdir(parents=True)
+    np.save(tmp_path / "demo" / "seed_7" / "image.npy", image)
+    np.save(tmp_path / "demo" / "seed_7" / "labels.npy", labels)
+    (tmp_path / "demo" / "meta.json").write_text(json.dumps({"seeds": [7], "voxel_size_nm_zyx": [8, 8, 8]}))
+    torch.manual_seed(0)
+    model = build_unet3d(UNetConfig(channels=(4, 8), pool=((2, 2, 2),), norm="none")).eval()
+    export_unet(model, tmp_path / "unet", "tiny", 0.5, 0.2, (8.0, 8.0, 8.0), (16, 32, 32), {}, context=(4, 8, 8))
+    args = ["--model", str(tmp_path / "unet"), "--demo-data", str(tmp_path / "demo"), "--configs", "8x16x16/4x4x4",
+            "--min-size", "10", "--threads", "1", "--json", str(tmp_path / "rows.json")]
+    assert ub.main(args) == 0
+    out = capsys.readouterr().out
+    assert "demo seed 7" in out and "| 8x16x16 (the manifest's) | 4x8x8 | 16x32x32 | 8.0 |" in out and "| 8x16x16 | 4x4x4 |" in out
+    rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
+    assert [r["manifest"] for r in rows] == [True, False] and all(0 <= r["fg_iou"] <= 1 for r in rows)
+    with pytest.raises(SystemExit, match="size multiple"):
+        ub.main([*args[:4], "--configs", "8x16x16/3x4x4"])
+    with pytest.raises(SystemExit, match="--demo-data"):
+        ub.main(["--model", str(tmp_path / "unet"), "--demo-data", str(tmp_path / "nowhere")])

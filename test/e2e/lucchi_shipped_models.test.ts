@@ -3,7 +3,8 @@
 // memory, one click segments a mitochondrion, propagation follows it through z, and SegmentVolume
 // finds the mitochondria of the crop. Ground truth and the click come from scipy (a spawned Python).
 // Thresholds sit below what the shipped models reach (2026-12-03, learned-stem sdf_unet3d_lucchi trained to its
-// stopping rule, whole-test fg-IoU 0.903: click 0.960, per-slice mean 0.964, SegmentVolume 0.964; its 4351-step
+// stopping rule, whole-test fg-IoU 0.903: click 0.960, per-slice mean 0.964, SegmentVolume 0.964, and 0.968 since its
+// manifest asks for 48x320x320 inputs (2026-12-06); its 4351-step
 // snapshot, 0.901: 0.958 / 0.963 / 0.963; the average-stem U-Net before it, fg-IoU
 // 0.862: click 0.959, per-slice mean 0.963, SegmentVolume 0.964; the 0.855 and 0.786 U-Nets before
 // it gave 0.955 / 0.961 / 0.962 and 0.953 / 0.961 / 0.961, an older 351k-parameter one 0.67-0.69) and far

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from spatialsam.unet3d import block_boxes
+
 REPO = Path(__file__).resolve().parents[2]
 SERVER_DEFAULT_BLOCK_ZYX = (32, 64, 64)  # SdfEngineOptions.defaultBlockShapeZyx's default in sdf_engine.ts
 
@@ -62,21 +64,14 @@ def parse_configs(text: str) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
 def run_blocks(run, image: np.ndarray, block: tuple[int, ...], ctx: tuple[int, ...]) -> np.ndarray:
     """``run(input [Z, Y, X] float32) -> output [Z, Y, X]`` on every block of a grid anchored at
     the origin, each read as block + 2 * ctx (one input shape throughout; zeros outside the volume),
-    the centre written: the server's BlockGrid and SdfEngine.computeBlock."""
-    shape = image.shape
+    the centre written: the server's BlockGrid and SdfEngine.computeBlock (``unet3d.block_boxes``,
+    without predict_volume's shrinking of the block to the volume: the server does not)."""
     read = tuple(b + 2 * c for b, c in zip(block, ctx))
-    out = np.zeros(shape, np.float32)
-    for z0 in range(0, shape[0], block[0]):
-        for y0 in range(0, shape[1], block[1]):
-            for x0 in range(0, shape[2], block[2]):
-                start = (z0, y0, x0)
-                lo = [s - c for s, c in zip(start, ctx)]
-                inp = np.zeros(read, np.float32)
-                src = tuple(slice(max(a, 0), min(a + r, n)) for a, r, n in zip(lo, read, shape))
-                inp[tuple(slice(s.start - a, s.stop - a) for s, a in zip(src, lo))] = image[src]
-                res = run(inp)
-                end = [min(s + b, n) for s, b, n in zip(start, block, shape)]
-                out[z0:end[0], y0:end[1], x0:end[2]] = res[tuple(slice(c, c + e - s) for s, e, c in zip(start, end, ctx))]
+    out = np.zeros(image.shape, np.float32)
+    for src, dst, w, c in block_boxes(image.shape, block, ctx):
+        inp = np.zeros(read, np.float32)
+        inp[dst] = image[src]
+        out[w] = run(inp)[c]
     return out
 
 

@@ -222,7 +222,7 @@ def predict_volume(
     image: float32 [Z, Y, X], already normalised. Returns (sdf, fg_logit), each float32 [Z, Y, X].
     ``halo_zyx`` overrides the halo (multiples of the pooling factor): a smaller one is cheaper and
     nearly identical, but no longer independent of the block size. Training-time validation and
-    the benchmark use (16, 32, 32) to save CPU; the server uses the full context.
+    the benchmark use (16, 32, 32) to save CPU; the server uses its manifest's ``context_zyx``.
     """
     cfg = model.cfg
     if image.ndim != 3:
@@ -241,19 +241,29 @@ def predict_volume(
     dev = next(model.parameters()).device
     sdf = torch.empty(shape, dtype=torch.float32, device=image.device)
     fg = torch.empty(shape, dtype=torch.float32, device=image.device)
+    size = [b + 2 * c for b, c in zip(block, ctx)]
+    for src, dst, w, c in block_boxes(shape, block, ctx):
+        buf = torch.zeros([1, 1, *size], dtype=torch.float32, device=dev)
+        buf[(0, 0, *dst)] = image[src]
+        s_out, f_out = model(buf)
+        sdf[w] = s_out[(0, 0, *c)]
+        fg[w] = f_out[(0, 0, *c)]
+    return sdf, fg
+
+
+def block_boxes(shape: Sequence[int], block: Sequence[int], ctx: Sequence[int]):
+    """The blocks of a grid anchored at the origin over a volume of ``shape``, each read as
+    block + 2 * ctx (one input shape throughout, as the server's BlockGrid): per block, the slices
+    (volume part it reads, where that part goes in the zero-filled input, volume part it writes,
+    where that part is in the output)."""
+    size = [b + 2 * c for b, c in zip(block, ctx)]
     for z0 in range(0, shape[0], block[0]):
         for y0 in range(0, shape[1], block[1]):
             for x0 in range(0, shape[2], block[2]):
                 start = (z0, y0, x0)
                 read0 = [s - c for s, c in zip(start, ctx)]
-                size = [b + 2 * c for b, c in zip(block, ctx)]
-                buf = torch.zeros([1, 1, *size], dtype=torch.float32, device=dev)
-                src = [slice(max(r, 0), min(r + n, d)) for r, n, d in zip(read0, size, shape)]
-                dst = [slice(s.start - r, s.stop - r) for s, r in zip(src, read0)]
-                buf[(0, 0, *dst)] = image[tuple(src)]
-                s_out, f_out = model(buf)
-                w = [slice(st, min(st + b, d)) for st, b, d in zip(start, block, shape)]
+                src = tuple(slice(max(r, 0), min(r + n, d)) for r, n, d in zip(read0, size, shape))
+                dst = tuple(slice(s.start - r, s.stop - r) for s, r in zip(src, read0))
+                w = tuple(slice(st, min(st + b, d)) for st, b, d in zip(start, block, shape))
                 c = tuple(slice(cc, cc + (ww.stop - ww.start)) for cc, ww in zip(ctx, w))
-                sdf[tuple(w)] = s_out[(0, 0, *c)]
-                fg[tuple(w)] = f_out[(0, 0, *c)]
-    return sdf, fg
+                yield src, dst, w, c

@@ -10,7 +10,8 @@ CPU seconds (process time) and wall seconds per step, and each variant's speed-u
     models/.venv/bin/python models/bench/unet_step_cost.py --variants bf16,bf16-cl,fp32 --threads 2
     models/.venv/bin/python models/bench/unet_step_cost.py --device cuda --variants bf16,bf16-cl,fp32
 
-Variants: `fp32`; `bf16` (autocast, what every Lucchi config trains with); `-cl` adds the
+Variants: `fp32`; `bf16` (autocast; what every Lucchi config trains with where the CPU has AVX512-BF16
+or AMX, `amp: auto`, else fp32); `-cl` adds the
 channels-last 3D memory format to weights and input; `-compile` wraps the network in torch.compile
 (its compile time is reported apart, as "first steps"). The input values do not change the cost of
 a dense network, so the crops are random; the loss is train_unet's (`losses.unet_loss`).
@@ -31,7 +32,7 @@ import torch
 
 from spatialsam.cli import parse_zyx
 from spatialsam.config import load_train_config
-from spatialsam.device import machine, use_device
+from spatialsam.device import machine, resolve_amp, use_device
 from spatialsam.losses import unet_loss
 from spatialsam.train_unet import build_model
 
@@ -130,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     cpuinfo = Path("/proc/cpuinfo")
     flags = cpuinfo.read_text() if cpuinfo.exists() else ""
     isa = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
-    print(f"machine: {machine(dev)} ({', '.join(isa) or 'no bf16 ISA flags'}), load average "
+    print(f"machine: {machine(dev)} ({', '.join(isa) or 'no bf16 ISA flags'}; amp auto trains in "
+          f"{'bf16' if resolve_amp('auto', dev) == 'bf16' else 'fp32'}), load average "
           f"{os.getloadavg()[0]:.1f}, {a.threads} threads, device {dev}")
     cfg = arms[0].cfg
     sizes = ", ".join(str(tuple(arm.cfg.crop_zyx)) for arm in arms[::len(names)])

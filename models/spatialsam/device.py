@@ -46,10 +46,46 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy()
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 in hardware: on a CPU, AVX512-BF16 or AMX tiles (without
+    them oneDNN emulates bf16 with float32 instructions, slower than float32 itself); on CUDA, what
+    torch reports (Ampere and newer)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    cpu = torch.cpu
+    return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
+
+
+AMP_MODES = ("none", "bf16", "auto")
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """The precision a run with ``amp`` trains in on ``device``: "bf16" or "none". "auto" is bf16
+    where the device has it in hardware (``native_bf16``), else float32."""
+    if amp not in AMP_MODES:
+        raise ValueError(f"amp: must be one of {', '.join(AMP_MODES)}, got {amp!r}")
+    if amp == "auto":
+        return "bf16" if native_bf16(device) else "none"
+    return amp
+
+
 def machine(device: torch.device | None = None) -> str:
     """One line naming the machine a benchmark ran on: CPU, logical CPUs, torch, and the GPU where
     ``device`` is a CUDA one."""
-    text = f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}"
+    text = f"{_cpu_model()}, {os.cpu_count()} logical CPUs, "
+    text += f"{'bf16' if native_bf16(torch.device('cpu')) else 'no bf16'} in hardware, torch {torch.__version__}"
     if device is not None and device.type == "cuda":
         text += f", {torch.cuda.get_device_name(device)}"
     return text
+
+
+def _cpu_model() -> str:
+    """The CPU's model name where /proc/cpuinfo gives one (Linux), else the architecture."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and ":" in line:
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from .atomic_files import torch_save, write_text
-from .device import to_device, to_numpy
+from .device import AMP_MODES, resolve_amp, to_device, to_numpy
 from .data import annotation_weights, check_slices, check_volume, sample_crop_origins
 from .losses import unet_loss
 from .metrics import foreground_iou
@@ -65,8 +65,10 @@ class TrainConfig:
     # uniform batch-1 crops taught the net to predict background everywhere.
     fg_crop_fraction: float = 0.5
     # "bf16": forward and backward under autocast to bfloat16 on the device the crops are on (weights,
-    # optimizer and losses stay float32). 2.5-3x faster per step on CPUs with AVX512-BF16; inference
-    # stays float32.
+    # optimizer and losses stay float32). 2.5-3x faster per step on CPUs with AVX512-BF16 or AMX, but
+    # 1.8x slower than float32 on a CPU without them (oneDNN emulates it: unet3d_lucchi_learned, 2
+    # threads, 8.0 against 4.5 CPU-s per step). "auto": bf16 where the device has it in hardware,
+    # else float32 (device.resolve_amp; the summary's "amp" says which). Inference stays float32.
     amp: str = "none"
     # Exponential moving average of the weights (0 = off), used for validation, best.pt and the
     # result: batch-1 crops make consecutive weights noisy (validation fg-IoU swung 0.3-0.5 between
@@ -101,8 +103,8 @@ class TrainConfig:
             raise ValueError(f"model: must be 'unet3d' or 'unet2d', got {self.model!r}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay: must be in [0, 1), got {self.ema_decay}")
-        if self.amp not in ("none", "bf16"):
-            raise ValueError(f"amp: must be 'none' or 'bf16', got {self.amp!r}")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp: must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule: must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         self.crop_zyx = tuple(int(c) for c in self.crop_zyx)  # type: ignore[assignment]
@@ -411,6 +413,7 @@ def train_unet(
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)  # before building: the initial weights depend on it
     model = build_model(cfg)
+    amp = resolve_amp(cfg.amp, next(model.parameters()).device)
     spatial = cfg.crop_zyx if cfg.model == "unet3d" else cfg.crop_zyx[1:]
     check_input_shape(model.cfg, spatial)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -491,7 +494,7 @@ def train_unet(
             # A crop can miss every labelled voxel after all (weights inside a slice); skip it.
             loss_parts = None
         else:
-            with torch.autocast(img.device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16"):
+            with torch.autocast(img.device.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
                 sdf, fg = model(img)
             if anchor:
                 loss, loss_parts = _anchored_loss(sdf.float(), fg.float(), tgt, w, anchor[0], cfg, data.pseudo_loss_weight)
@@ -565,6 +568,7 @@ def train_unet(
         "cpu_s": round(state.get("cpu_s", 0.0), 1),
         "skipped_steps": state.get("skipped_steps", 0),
         "device": str(next(model.parameters()).device),
+        "amp": amp,
         "mean": data.mean,
         "std": data.std,
     }

@@ -41,3 +41,21 @@ def test_cuda_round_trip():
             use_device(f"cuda:{torch.cuda.device_count()}")
     finally:
         use_device("cpu")
+
+
+def test_machine_line_names_the_cpu_and_its_bf16(monkeypatch):
+    """Benchmarks record the machine: the CPU's model (where /proc/cpuinfo has it), its logical CPUs
+    and whether it has bf16 in hardware, which decides what `amp: auto` trains in."""
+    from spatialsam import device
+
+    for native in (True, False):
+        monkeypatch.setattr(device, "native_bf16", lambda dev, n=native: n)
+        line = device.machine()
+        assert f", {'bf16' if native else 'no bf16'} in hardware, torch {torch.__version__}" in line
+        assert f"{__import__('os').cpu_count()} logical CPUs" in line
+    try:
+        models = [ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")]
+    except OSError:
+        models = []
+    if models:
+        assert line.startswith(models[0] + ",")

@@ -7,7 +7,8 @@ import torch
 
 import spatialsam.train_unet as tu
 from spatialsam.data import make_demo_volume
-from spatialsam.device import use_device
+from spatialsam import device as devmod
+from spatialsam.device import resolve_amp, use_device
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
 
@@ -20,8 +21,12 @@ def on_device(request):
 
 
 @pytest.mark.parametrize("on_device", DEVICES, indirect=True)
-@pytest.mark.parametrize("amp", ["none", "bf16"])
+@pytest.mark.parametrize("amp", ["none", "bf16", "auto-native", "auto-emulated"])
 def test_unet_training_autocasts_on_the_device_it_runs_on(on_device, amp, tmp_path, monkeypatch):
+    """bf16 autocast where asked; "auto" asks for it only where the device has bf16 in hardware
+    (forced both ways here: the CPU this runs on may have it or not), and the summary says which."""
+    if amp.startswith("auto"):
+        monkeypatch.setattr(devmod, "native_bf16", lambda dev: amp == "auto-native")
     img, lab = make_demo_volume((16, 48, 48), seed=0)
     seen = []
     real = tu.build_model
@@ -34,11 +39,25 @@ def test_unet_training_autocasts_on_the_device_it_runs_on(on_device, amp, tmp_pa
 
     monkeypatch.setattr(tu, "build_model", build)
     cfg = tu.TrainConfig(unet={"channels": [4, 8], "pool": [[2, 2, 2]]}, crop_zyx=(8, 32, 32), batch_size=1,
-                         max_steps=3, checkpoint_every=3, threads=1, amp=amp)
+                         max_steps=3, checkpoint_every=3, threads=1, amp=amp.split("-")[0])
     out = tu.train_unet(tu.make_train_data(img, lab > 0, (5, 5, 5)), cfg, tmp_path, progress=False)
     assert out["step"] == 3 and out["device"] == str(on_device)
-    want = torch.bfloat16 if amp == "bf16" else torch.float32
-    assert seen and set(seen) == {(on_device.type, want)}
+    bf16 = amp in ("bf16", "auto-native")
+    assert out["amp"] == ("bf16" if bf16 else "none")
+    assert seen and set(seen) == {(on_device.type, torch.bfloat16 if bf16 else torch.float32)}
+
+
+def test_resolve_amp_follows_the_hardware_flags(monkeypatch):
+    """"auto" is bf16 exactly where the CPU reports AVX512-BF16 or AMX tiles; "none" and "bf16" are
+    what they say on any machine; anything else is refused naming the field."""
+    cpu = torch.device("cpu")
+    for avx, amx, want in ((False, False, "none"), (True, False, "bf16"), (False, True, "bf16"), (True, True, "bf16")):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert resolve_amp("auto", cpu) == want
+        assert resolve_amp("none", cpu) == "none" and resolve_amp("bf16", cpu) == "bf16"
+    with pytest.raises(ValueError, match="amp: must be one of none, bf16, auto"):
+        resolve_amp("fp16", cpu)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

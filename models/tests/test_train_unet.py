@@ -45,14 +45,16 @@ def test_tiny_training_lowers_the_loss(demo, tmp_path):
     assert model.cfg.channels == (4, 8)
 
 
-@pytest.mark.parametrize("threads, killed_threads", [(0, 0), (2, 1)])  # loader threads: crops per step, any count
-def test_resume_after_kill_matches_uninterrupted_run(demo, tmp_path, threads, killed_threads):
+# loader threads: crops per step, any count; channels-last weights survive the checkpoint
+@pytest.mark.parametrize("threads, killed_threads, channels_last", [(0, 0, False), (2, 1, False), (0, 0, True)])
+def test_resume_after_kill_matches_uninterrupted_run(demo, tmp_path, threads, killed_threads, channels_last):
     img, mask = demo
     slices = [4, 11]
     data = make_train_data(img, mask, (5, 5, 5), slices)
-    cfg = _cfg(max_steps=8, loader_threads=threads)
+    cfg = _cfg(max_steps=8, loader_threads=threads, channels_last=channels_last)
     train_unet(data, cfg, tmp_path / "a", progress=False)
-    killed = train_unet(data, _cfg(max_steps=8, loader_threads=killed_threads), tmp_path / "b", progress=False, _kill_at_step=5)
+    killed = train_unet(data, _cfg(max_steps=8, loader_threads=killed_threads, channels_last=channels_last), tmp_path / "b",
+                        progress=False, _kill_at_step=5)
     assert killed["stopped"] == "killed"
     assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["state"]["step"] == 3
     train_unet(data, cfg, tmp_path / "b", progress=False)
@@ -309,3 +311,45 @@ def test_loader_threads_cut_the_same_crops_for_any_thread_count(demo):
     with pytest.raises(ValueError, match="loader_threads: must be an integer >= 0"):
         _cfg(loader_threads=-1)
 
+
+
+@pytest.mark.parametrize("model, unet, crop", [("unet3d", TINY, (8, 32, 32)),
+                                               ("unet2d", {"channels": [4, 8], "pool": [[2, 2]]}, (1, 32, 32))])
+def test_channels_last_trains_in_that_layout_and_learns_the_same(demo, tmp_path, monkeypatch, model, unet, crop):
+    """channels_last: the convolutions' weights are channels-last while the net trains (oneDNN then
+    keeps its activations so on inputs as large as the Lucchi crops); the run follows the contiguous
+    run of the same seed to rounding (the same arithmetic in another order), and its best.pt loads
+    into a plain model that predicts what the trained weights do."""
+    import spatialsam.train_unet as tu
+
+    img, mask = demo
+    data = make_train_data(img, mask, (5, 5, 5), [4, 11])
+    fmt = torch.channels_last_3d if model == "unet3d" else torch.channels_last
+    layouts = []
+    real = tu.build_model
+
+    def build(cfg):
+        m = real(cfg)
+        conv = [mod for mod in m.modules() if isinstance(mod, (torch.nn.Conv3d, torch.nn.Conv2d)) and mod.in_channels > 1][0]
+        conv.register_forward_hook(lambda _m, _i, _o: layouts.append(_m.weight.is_contiguous(memory_format=fmt))
+                                   if _m.training else None)
+        return m
+
+    monkeypatch.setattr(tu, "build_model", build)
+    runs = {}
+    for cl in (False, True):
+        layouts.clear()
+        cfg = _cfg(model=model, unet=unet, crop_zyx=crop, max_steps=6, channels_last=cl, ema_decay=0.5)
+        out = train_unet(data, cfg, tmp_path / str(cl), progress=False)
+        assert out["step"] == 6 and len(layouts) == 6 and set(layouts) == {cl}
+        runs[cl] = torch.load(tmp_path / str(cl) / "checkpoint.pt", weights_only=False)
+    for k, v in runs[False]["model"].items():
+        torch.testing.assert_close(runs[True]["model"][k], v, rtol=1e-3, atol=1e-4)
+    net = load_unet(tmp_path / "True" / "best.pt").eval()
+    ref = real(TrainConfig(model=model, unet=unet)).to(memory_format=fmt)
+    ref.load_state_dict(runs[True]["ema"])
+    x = torch.randn(1, 1, *(crop if model == "unet3d" else crop[1:]))
+    with torch.no_grad():
+        torch.testing.assert_close(net(x)[0], ref.eval()(x.contiguous(memory_format=fmt))[0], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="channels_last: must be true or false"):
+        _cfg(channels_last="yes")

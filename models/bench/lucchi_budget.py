@@ -123,7 +123,7 @@ def _unet(kind: str, vol: Volume, slices: list[int] | None, run: Path, a: argpar
             raise ValueError(f"--crop-zyx: {run} holds a run on {saved.get('crop_zyx')} crops, not {mine['crop_zyx']}; "
                              "use another --work")
     if (run / "summary.json").exists():  # finished earlier: a re-run skips it
-        summary = json.loads((run / "summary.json").read_text())
+        summary = {**json.loads((run / "summary.json").read_text()), "max_steps": cfg.max_steps}
         return load_unet(run / "best.pt"), summary["mean"], summary["std"], summary
     data = make_train_data(vol.image, vol.mask, vol.voxel_size_nm, slices, cfg.truncation_nm)
     # Provenance in the train-unet CLI's format, so `python -m spatialsam export-unet --run` can ship it.
@@ -140,6 +140,7 @@ def _unet(kind: str, vol: Volume, slices: list[int] | None, run: Path, a: argpar
     summary = train_unet(data, cfg, run, val=val, progress=not a.no_progress)
     if summary["stopped"] != "sigterm":  # stopped at a deadline, not finished: a re-run resumes it
         _write(run / "summary.json", json.dumps(summary, indent=1))
+    summary["max_steps"] = cfg.max_steps
     return load_unet(run / "best.pt"), data.mean, data.std, summary
 
 
@@ -313,8 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     if "d" in methods and not a.train_only:
         clock = Clock()
         sdf, _ = predict(model, test.image, mean, std)
-        record("d", "1", "all", sdf > 0, clock, _spent(summ), {"steps": summ["step"], "best_step": summ["best_step"],
-                                                               "best_val_iou": summ.get("best_val_iou"), "stopped": summ["stopped"]})
+        record("d", "1", "all", sdf > 0, clock, _spent(summ), {**_stop(summ), "best_step": summ["best_step"],
+                                                               "best_val_iou": summ.get("best_val_iou")})
 
     for budget in a.budgets.split(","):
         slices = budget_slices(train.image.shape[0], budget)
@@ -329,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
             if "b" in methods and not a.train_only:
                 clock = Clock()
                 b_sdf, _ = predict(b_model, test.image, mean, std)
-                record("b", budget, slices, b_sdf > 0, clock, _spent(b_summ), {"steps": b_summ["step"]})
+                record("b", budget, slices, b_sdf > 0, clock, _spent(b_summ), _stop(b_summ))
         if "b_eq" in methods:
             eq_run = work / f"b_eq_{tag}"
             continue_run(b_run, eq_run)
@@ -339,13 +340,13 @@ def main(argv: list[str] | None = None) -> int:
             if not a.train_only:
                 clock = Clock()
                 s_eq, _ = predict(m_eq, test.image, mean, std)
-                record("b_eq", budget, slices, s_eq > 0, clock, _spent(summ), {"steps": summ["step"]})
+                record("b_eq", budget, slices, s_eq > 0, clock, _spent(summ), _stop(summ))
         if "b2" in methods:
             m2, mean, std, summ = _unet("unet2d", train, slices, work / f"b2_{tag}", a, None, a.minutes, a.b2_steps)
             if not a.train_only:
                 clock = Clock()
                 s2, _ = predict(m2, test.image, mean, std)
-                record("b2", budget, slices, s2 > 0, clock, _spent(summ), {"steps": summ["step"]})
+                record("b2", budget, slices, s2 > 0, clock, _spent(summ), _stop(summ))
         for method, memory in (("a", "sdf"), ("c", "mask")):
             if method not in methods:
                 continue
@@ -377,6 +378,32 @@ def main(argv: list[str] | None = None) -> int:
     _write(out / "results.md", table(rows, [run]))
     print((out / "results.md").read_text())
     return 0
+
+
+def _stop(summary: dict) -> dict:
+    """A U-Net row's steps and why its run ended (``table`` footnotes runs a budget cut short)."""
+    return {"steps": summary["step"], "stopped": summary.get("stopped"), "max_steps": summary.get("max_steps")}
+
+
+_CUT = {"max_cpu": "its CPU budget", "max_time": "its time budget", "sigterm": "SIGTERM"}
+
+
+def cut_short(rows: list[dict]) -> list[str]:
+    """Markdown lines naming the rows whose training a CPU or time budget (or SIGTERM) ended before
+    its step count or, for (d), before its early stopping: their scores are of a shorter run than the
+    method asks for (the CPU caps were set on faster CPUs than some machines the benchmark runs on)."""
+    notes = []
+    for r in rows:
+        why = _CUT.get(r.get("stopped") or "")
+        if why is None:
+            continue
+        if r["method"] == "d":
+            notes.append(f"{r['name']} ({r['budget']}) stopped by {why} at step {r['steps']}, before its validation "
+                         "score stopped improving (raise --d-minutes)")
+        elif r.get("max_steps") and r["steps"] < r["max_steps"]:
+            flag = "--b-eq-minutes" if r["method"] == "b_eq" else "--minutes"
+            notes.append(f"{r['name']} ({r['budget']}) stopped by {why} at step {r['steps']} of {r['max_steps']} (raise {flag})")
+    return ["", "**Cut short:** " + "; ".join(notes) + "."] if notes else []
 
 
 def _spent(summary: dict) -> tuple[float, float]:
@@ -450,6 +477,7 @@ def table(rows: list[dict], runs: list[dict]) -> str:
             f"| {r['name']} | {r['budget']} | {sl} | {r['fg_iou']:.3f} | {r['dice']:.3f} | {r['ap50']:.3f} | {r['ap75']:.3f} "
             f"| {r['flicker_slices']} ({r['flicker_objects']} / {r['matched']}) | {r['cpu_min']} ({r['wall_min']}) |"
         )
+    lines += cut_short(rows)
     lines += errors_table(rows)
     return "\n".join(lines) + "\n"
 

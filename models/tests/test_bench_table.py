@@ -73,3 +73,24 @@ def test_run_seed_from_the_record_or_the_command():
     assert bench.run_seed({"command": "x --threads 2 --seed 3 --no-progress"}) == 3
     assert bench.run_seed({"command": "x --seed=4"}) == 4
     assert bench.run_seed({"command": "x --threads 2"}) == 0
+
+
+def test_rows_a_budget_cut_short_are_named_under_the_table():
+    """A U-Net row whose run a CPU or time cap ended before its step count (or, for (d), before early
+    stopping) gets a footnote with the step it reached and the flag to raise; finished runs get none."""
+    gt = np.zeros((4, 20, 20), bool)
+    gt[:, 2:8, 2:8] = True
+    run = {"command": "x", "machine": "m", "quick": False, "threads": 1, "min_size": 0}
+    rows = [{**_row("b", gt, gt), "steps": 1231, "stopped": "max_cpu", "max_steps": 1500},
+            {**_row("b2", gt, gt), "steps": 2000, "stopped": "max_steps", "max_steps": 2000},
+            {**_row("b_eq", gt, gt), "steps": 8000, "stopped": "max_time", "max_steps": 8700},
+            {**_row("d", gt, gt), "budget": "1", "steps": 4000, "stopped": "max_cpu", "max_steps": 20000},
+            _row("a", gt, gt)]  # no run summary of its own: never footnoted
+    text = bench.table(rows, [run])
+    note = next(ln for ln in text.splitlines() if ln.startswith("**Cut short:**"))
+    assert f"{bench.NAMES['b']} (1/64) stopped by its CPU budget at step 1231 of 1500 (raise --minutes)" in note
+    assert f"{bench.NAMES['b_eq']} (1/64) stopped by its time budget at step 8000 of 8700 (raise --b-eq-minutes)" in note
+    assert f"{bench.NAMES['d']} (1) stopped by its CPU budget at step 4000, before its validation score" in note
+    assert bench.NAMES["b2"] not in note and bench.NAMES["a"] not in note
+    finished = [{**r, "stopped": "max_steps", "steps": r.get("max_steps")} for r in rows[:3]]
+    assert "Cut short" not in bench.table(finished, [run])

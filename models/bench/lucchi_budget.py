@@ -27,10 +27,12 @@ trains in its own resumable run folder under --work, and a re-run skips what is 
 ``--jobs 2`` runs the methods in two worker processes (one thread each) along ``--lanes`` (default
 "b,a,c:d,b2,b_eq": (a) and (c) start from (b)'s run; (d), the longest, runs beside them) and merges
 their results. With the defaults the 1/64 comparison costs about 1050 training CPU-minutes on a
-2-core x86 CPU (2026-12-03/04: (b) 49, (a) 257 more, (c) about as much, (b=) about 235 more than (b),
-(d) 253, (b2) 10), so about 9-10 h wall in two lanes there.
+2-core x86 CPU with bf16 in hardware (2026-12-03/04: (b) 49, (a) 257 more, (c) about as much, (b=)
+about 235 more than (b), (d) 253, (b2) 10), so about 9-10 h wall in two lanes there; on a CPU without
+bf16 (float32, channels-last) a step costs about twice as much.
 Budgets are steps and CPU minutes of the training process, never wall time, so a busy machine
-changes how long a run takes but not what it learns.
+changes how long a run takes but not what it learns; the CPU minutes are caps, and a row whose run
+a cap ended before its steps is footnoted under the table ("Cut short").
 """
 
 from __future__ import annotations

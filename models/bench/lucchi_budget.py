@@ -203,19 +203,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="worker processes; > 1 runs the methods along --lanes in parallel")
     p.add_argument("--lanes", default=DEFAULT_LANES,
                    help=f"with --jobs > 1: colon-separated lanes of methods, each run in order by one worker (default {DEFAULT_LANES})")
-    p.add_argument("--minutes", type=float, default=75.0,
+    p.add_argument("--minutes", type=float, default=150.0,
                    help="(b), (b2): CPU-minute cap of each U-Net's training, a safety ceiling: their budget is steps. "
                         "CPU time per step rises about 15%% when both cores are busy (a 45-minute cap once stopped "
-                        "(b) at step 1439 of 1500; the learned stem's (b) takes about 49 CPU-min with 2 threads)")
+                        "(b) at step 1439 of 1500; the learned stem's (b) takes about 49 CPU-min with 2 threads on a CPU "
+                        "with bf16 in hardware, 69 in float32 on one without, where the old cap of 75 stopped a float32 "
+                        "run without channels-last at step 1231)")
     p.add_argument("--b-steps", type=int, default=1500, help="(b): training steps (no validation: fixed budget)")
-    p.add_argument("--b-eq-minutes", type=float, default=270.0,
+    p.add_argument("--b-eq-minutes", type=float, default=540.0,
                    help="(b=): CPU minutes it may spend beyond --minutes (it continues (b)'s run, whose CPU counts), a safety "
-                        "ceiling: its budget is steps (8700 with the defaults, about 1.9 CPU-s each with the learned stem)")
+                        "ceiling: its budget is steps (8700 with the defaults, about 1.9 CPU-s each with the learned stem on a CPU "
+                        "with bf16 in hardware, about twice that without)")
     p.add_argument("--b2-steps", type=int, default=2000, help="(b2): training steps (no validation: fixed budget)")
-    p.add_argument("--d-minutes", type=float, default=300.0,
+    p.add_argument("--d-minutes", type=float, default=600.0,
                    help="(d): CPU-minute cap; it stops earlier once validation fg-IoU stops improving (patience in its config; "
                         "on 2026-12-03 after 224 CPU-min, best at step 5063 of 6150; with unet3d_lucchi_learned after 253 CPU-min, "
-                        "best at 5550 of 6750)")
+                        "best at 5550 of 6750, on CPUs with bf16 in hardware; about twice that without)")
     p.add_argument("--rounds", type=int, default=DualTrackConfig.rounds,
                    help="(a), (c): dual-track rounds after the bootstrap (default %(default)s). Anchored, learned stem "
                         "(2026-12-03): a second round moved the train pseudo-labels 0.899 -> 0.909 and test fg-IoU "

@@ -52,8 +52,9 @@ def native_bf16(device: torch.device) -> bool:
     torch reports (Ampere and newer)."""
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
-    cpu = torch.cpu
-    return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
+    # Private helpers of torch.cpu (torch >= 2.3); a torch without them is taken to have neither.
+    flags = (getattr(torch.cpu, name, lambda: False) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return any(bool(f()) for f in flags)
 
 
 AMP_MODES = ("none", "bf16", "auto")

@@ -58,6 +58,10 @@ def test_resolve_amp_follows_the_hardware_flags(monkeypatch):
         assert resolve_amp("none", cpu) == "none" and resolve_amp("bf16", cpu) == "bf16"
     with pytest.raises(ValueError, match="amp: must be one of none, bf16, auto"):
         resolve_amp("fp16", cpu)
+    # a torch without the private helpers: taken as no bf16, not an error
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert resolve_amp("auto", cpu) == "none"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import time
@@ -28,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from spatialsam.atomic_files import write_text
+from spatialsam.device import machine
 from spatialsam.unet3d import block_boxes
 
 REPO = Path(__file__).resolve().parents[2]
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     x = ((image.astype(np.float32) / 255.0 - norm["mean"]) / norm["std"]).astype(np.float32)
 
     print(f"# {a.model.name} on {where}{'' if a.box is None else f' box {a.box}'} {image.shape}; "
-          f"onnxruntime, {a.threads} threads; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"onnxruntime, {a.threads} threads; {machine()}, "
           f"Python {platform.python_version()}")
     print("| write block (z, y, x) | context | input read | read / written | fg-IoU | Dice | AP@0.5 | AP@0.75 | flicker (objects / matched) | seconds |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -157,17 +158,17 @@ def main(argv: list[str] | None = None) -> int:
         secs = time.time() - t
         e = evaluate(sdf > 0, truth, a.min_size)
         read = [b + 2 * c for b, c in zip(blk, ctx)]
-        amp = float(np.prod(read) / np.prod(blk))
-        row = {"block": list(blk), "context": list(ctx), "input": read, "read_per_written": round(amp, 2),
+        ratio = float(np.prod(read) / np.prod(blk))
+        row = {"block": list(blk), "context": list(ctx), "input": read, "read_per_written": round(ratio, 2),
                "manifest": i == 0, "seconds": round(secs, 1),
                **{k: e[k] for k in ("fg_iou", "dice", "ap50", "ap75", "flicker_slices", "flicker_objects", "matched")}}
         rows.append(row)
         tag = " (the manifest's)" if i == 0 else ""
-        print(f"| {'x'.join(map(str, blk))}{tag} | {'x'.join(map(str, ctx))} | {'x'.join(map(str, read))} | {amp:.1f} | "
+        print(f"| {'x'.join(map(str, blk))}{tag} | {'x'.join(map(str, ctx))} | {'x'.join(map(str, read))} | {ratio:.1f} | "
               f"{e['fg_iou']:.3f} | {e['dice']:.3f} | {e['ap50']:.3f} | {e['ap75']:.3f} | "
               f"{e['flicker_slices']} ({e['flicker_objects']} / {e['matched']}) | {secs:.0f} |", flush=True)
     if a.json is not None:
-        a.json.write_text(json.dumps({"model": str(a.model), "data": where, "box": a.box, "rows": rows}, indent=2) + "\n")
+        write_text(a.json, json.dumps({"model": str(a.model), "data": where, "box": a.box, "rows": rows}, indent=2) + "\n")
     return 0
 
 

@@ -26,7 +26,6 @@ import dataclasses
 import os
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
@@ -128,11 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(a.reps):
         for arm in arms:
             arm.timed(a.steps)
-    cpuinfo = Path("/proc/cpuinfo")
-    flags = cpuinfo.read_text() if cpuinfo.exists() else ""
-    isa = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
-    print(f"machine: {machine(dev)} ({', '.join(isa) or 'no bf16 ISA flags'}; amp auto trains in "
-          f"{'bf16' if resolve_amp('auto', dev) == 'bf16' else 'fp32'}), load average "
+    print(f"machine: {machine(dev)} (amp auto trains in {'bf16' if resolve_amp('auto', dev) == 'bf16' else 'fp32'}), load average "
           f"{os.getloadavg()[0]:.1f}, {a.threads} threads, device {dev}")
     cfg = arms[0].cfg
     sizes = ", ".join(str(tuple(arm.cfg.crop_zyx)) for arm in arms[::len(names)])

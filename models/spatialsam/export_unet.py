@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .atomic_files import sha256_file
-from .unet3d import UNet, UNetConfig, context_zyx, predict_volume, receptive_field
+from .unet3d import UNet, UNetConfig, context_zyx, predict_volume, receptive_field, round_up
 
 OPSET = 17
 VERSION = "1.0.0"
@@ -66,11 +66,10 @@ def server_blocks(cfg: UNetConfig) -> tuple[tuple[int, ...], tuple[int, ...]]:
     the server runs the graph on inputs as deep as the ones every score here was measured on. A
     U-Net trained on 32-slice crops scores worse on deeper inputs: the shipped Lucchi++ U-Net gives
     test fg-IoU 0.903 on 48x320x320 inputs and 0.892 on 96x256x256 (models/bench/unet_blocks.py)."""
-    from .train_unet import FAST_HALO_ZYX
+    from .train_unet import fast_halo
 
-    mult = cfg.size_multiple()
-    ctx = tuple(-(-h // m) * m for h, m in zip(FAST_HALO_ZYX, mult))
-    block = tuple(-(-b // m) * m for b, m in zip(SERVER_BLOCK_ZYX, mult))
+    ctx = fast_halo(cfg)
+    block = round_up(SERVER_BLOCK_ZYX, cfg.size_multiple())
     return ctx, tuple(b + 2 * c for b, c in zip(block, ctx))
 
 
@@ -166,7 +165,7 @@ def blockwise_deviation(model: UNet, image: np.ndarray, block_zyx: tuple[int, ..
     sign (the mask) differs. Recorded in the manifest when the halo is smaller than the theoretical one."""
     x = torch.from_numpy(np.ascontiguousarray(image, np.float32))
     mult = model.cfg.size_multiple()
-    whole = [-(-s // m) * m for s, m in zip(x.shape, mult)]
+    whole = round_up(x.shape, mult)
     a, _ = predict_volume(model, x, block_zyx, context)
     b, _ = predict_volume(model, x, whole, context)
     return {"block_zyx": list(block_zyx), "context_zyx": list(context), "shape_zyx": list(x.shape),

@@ -30,7 +30,7 @@ from .losses import unet_loss
 from .metrics import foreground_iou
 from .sdf import sdf_target, sdf_target_per_slice
 from .unet2d import build_unet2d, predict_slices
-from .unet3d import UNet, UNetConfig, build_unet3d, check_input_shape, predict_volume
+from .unet3d import UNet, UNetConfig, build_unet3d, check_input_shape, predict_volume, round_up
 
 
 LR_SCHEDULES = ("constant", "cosine")  # TrainConfig.lr_schedule; scheduled_lr says what each does
@@ -239,6 +239,11 @@ FAST_HALO_ZYX = (16, 32, 32)
 FAST_BLOCK_ZYX = (16, 384, 512)
 
 
+def fast_halo(cfg: UNetConfig) -> tuple[int, ...]:
+    """The halo every evaluation here uses (FAST_HALO_ZYX, rounded up to the network's size multiple)."""
+    return round_up(FAST_HALO_ZYX, cfg.size_multiple())
+
+
 @torch.no_grad()
 def predict(model: UNet, image: np.ndarray, mean: float, std: float, fast: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Whole-volume prediction with either kind of U-Net: (sdf, fg_logit), float32 [Z, Y, X].
@@ -247,9 +252,7 @@ def predict(model: UNet, image: np.ndarray, mean: float, std: float, fast: bool 
     x = normalise_image(image, mean, std)
     if model.cfg.spatial_dims == 3:
         if fast:
-            mult = model.cfg.size_multiple()
-            halo = tuple(-(-h // m) * m for h, m in zip(FAST_HALO_ZYX, mult))
-            s, f = predict_volume(model, x, FAST_BLOCK_ZYX, halo)
+            s, f = predict_volume(model, x, FAST_BLOCK_ZYX, fast_halo(model.cfg))
         else:
             s, f = predict_volume(model, x)
     else:

@@ -120,11 +120,16 @@ def receptive_field(cfg: UNetConfig) -> tuple[int, ...]:
     return tuple(rf)
 
 
+def round_up(sizes: Sequence[int], mult: Sequence[int]) -> tuple[int, ...]:
+    """Each size rounded up to a multiple of its axis' ``mult`` (the network's size multiple)."""
+    return tuple(-(-s // m) * m for s, m in zip(sizes, mult))
+
+
 def context_zyx(cfg: UNetConfig) -> tuple[int, ...]:
     """Halo per axis the server must read around each block: half the receptive field, rounded up
     to a multiple of the pooling factor so that read boxes stay valid input sizes."""
     mult = cfg.size_multiple()
-    return tuple(-(-(r // 2) // m) * m for r, m in zip(receptive_field(cfg), mult))
+    return round_up([r // 2 for r in receptive_field(cfg)], mult)
 
 
 class _Block(nn.Sequential):
@@ -236,7 +241,7 @@ def predict_volume(
         raise ValueError(f"halo_zyx: {ctx} must be 3 non-negative multiples of {mult}")
     shape = image.shape
     block = [min(b, -(-s // m) * m) for b, s, m in zip(block_zyx, shape, mult)]
-    block = [-(-b // m) * m for b, m in zip(block, mult)]
+    block = round_up(block, mult)
     # Results where the image is (the CPU, for a volume read from disk); blocks where the model is.
     dev = next(model.parameters()).device
     sdf = torch.empty(shape, dtype=torch.float32, device=image.device)

@@ -1,5 +1,7 @@
 """spatialsam.device: choosing where the networks run."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -52,7 +54,7 @@ def test_machine_line_names_the_cpu_and_its_bf16(monkeypatch):
         monkeypatch.setattr(device, "native_bf16", lambda dev, n=native: n)
         line = device.machine()
         assert f", {'bf16' if native else 'no bf16'} in hardware, torch {torch.__version__}" in line
-        assert f"{__import__('os').cpu_count()} logical CPUs" in line
+        assert f"{os.cpu_count()} logical CPUs" in line
     try:
         models = [ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")]
     except OSError:

@@ -125,8 +125,8 @@ def _unet(kind: str, vol: Volume, slices: list[int] | None, run: Path, a: argpar
             raise ValueError(f"--crop-zyx: {run} holds a run on {saved.get('crop_zyx')} crops, not {mine['crop_zyx']}; "
                              "use another --work")
     if (run / "summary.json").exists():  # finished earlier: a re-run skips it
-        summary = {**json.loads((run / "summary.json").read_text()), "max_steps": cfg.max_steps}
-        return load_unet(run / "best.pt"), summary["mean"], summary["std"], summary
+        summary = json.loads((run / "summary.json").read_text())
+        return load_unet(run / "best.pt"), summary["mean"], summary["std"], {**summary, "max_steps": cfg.max_steps}
     data = make_train_data(vol.image, vol.mask, vol.voxel_size_nm, slices, cfg.truncation_nm)
     # Provenance in the train-unet CLI's format, so `python -m spatialsam export-unet --run` can ship it.
     run.mkdir(parents=True, exist_ok=True)
@@ -142,8 +142,7 @@ def _unet(kind: str, vol: Volume, slices: list[int] | None, run: Path, a: argpar
     summary = train_unet(data, cfg, run, val=val, progress=not a.no_progress)
     if summary["stopped"] != "sigterm":  # stopped at a deadline, not finished: a re-run resumes it
         _write(run / "summary.json", json.dumps(summary, indent=1))
-    summary["max_steps"] = cfg.max_steps
-    return load_unet(run / "best.pt"), data.mean, data.std, summary
+    return load_unet(run / "best.pt"), data.mean, data.std, {**summary, "max_steps": cfg.max_steps}
 
 
 def equal_compute_steps(a: argparse.Namespace) -> tuple[int, int]:
@@ -390,21 +389,23 @@ def _stop(summary: dict) -> dict:
     return {"steps": summary["step"], "stopped": summary.get("stopped"), "max_steps": summary.get("max_steps")}
 
 
-_CUT = {"max_cpu": "its CPU budget", "max_time": "its time budget", "sigterm": "SIGTERM"}
+_CUT = {"max_cpu": "its CPU budget", "max_time": "its time budget", "sigterm": "SIGTERM", "max_steps": "its step ceiling"}
 
 
 def cut_short(rows: list[dict]) -> list[str]:
     """Markdown lines naming the rows whose training a CPU or time budget (or SIGTERM) ended before
-    its step count or, for (d), before its early stopping: their scores are of a shorter run than the
-    method asks for (the CPU caps were set on faster CPUs than some machines the benchmark runs on)."""
+    its step count or, for (d), anything but early stopping ended: their scores are of a shorter run
+    than the method asks for (the CPU caps were set on faster CPUs than some machines the benchmark
+    runs on; a config's max_steps can end (d) before its validation score stops improving)."""
     notes = []
     for r in rows:
         why = _CUT.get(r.get("stopped") or "")
         if why is None:
             continue
         if r["method"] == "d":
+            flag = "max_steps in --unet-config" if r["stopped"] == "max_steps" else "--d-minutes"
             notes.append(f"{r['name']} ({r['budget']}) stopped by {why} at step {r['steps']}, before its validation "
-                         "score stopped improving (raise --d-minutes)")
+                         f"score stopped improving (raise {flag})")
         elif r.get("max_steps") and r["steps"] < r["max_steps"]:
             flag = "--b-eq-minutes" if r["method"] == "b_eq" else "--minutes"
             notes.append(f"{r['name']} ({r['budget']}) stopped by {why} at step {r['steps']} of {r['max_steps']} (raise {flag})")

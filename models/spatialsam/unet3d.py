@@ -240,8 +240,7 @@ def predict_volume(
     if len(ctx) != 3 or any(c < 0 or c % m for c, m in zip(ctx, mult)):
         raise ValueError(f"halo_zyx: {ctx} must be 3 non-negative multiples of {mult}")
     shape = image.shape
-    block = [min(b, -(-s // m) * m) for b, s, m in zip(block_zyx, shape, mult)]
-    block = round_up(block, mult)
+    block = round_up([min(b, s) for b, s in zip(block_zyx, round_up(shape, mult))], mult)
     # Results where the image is (the CPU, for a volume read from disk); blocks where the model is.
     dev = next(model.parameters()).device
     sdf = torch.empty(shape, dtype=torch.float32, device=image.device)

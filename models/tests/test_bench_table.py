@@ -92,5 +92,11 @@ def test_rows_a_budget_cut_short_are_named_under_the_table():
     assert f"{bench.NAMES['b_eq']} (1/64) stopped by its time budget at step 8000 of 8700 (raise --b-eq-minutes)" in note
     assert f"{bench.NAMES['d']} (1) stopped by its CPU budget at step 4000, before its validation score" in note
     assert bench.NAMES["b2"] not in note and bench.NAMES["a"] not in note
+    # (d) ended by its config's step ceiling has not met its stopping rule either; early stopping is its end
+    d_rows = [{**_row("d", gt, gt), "budget": "1", "steps": 2500, "stopped": s, "max_steps": 2500}
+              for s in ("max_steps", "early_stopping")]
+    assert ("stopped by its step ceiling at step 2500, before its validation score stopped improving "
+            "(raise max_steps in --unet-config)") in bench.table(d_rows[:1], [run])
+    assert "Cut short" not in bench.table(d_rows[1:], [run])
     finished = [{**r, "stopped": "max_steps", "steps": r.get("max_steps")} for r in rows[:3]]
     assert "Cut short" not in bench.table(finished, [run])

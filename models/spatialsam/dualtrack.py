@@ -198,6 +198,12 @@ def sdf_track_weight(weight: np.ndarray, target: np.ndarray, annotated_slices: l
     return np.where(near, 0.0, weight).astype(np.float32)
 
 
+def mask_track_crop(crop: int, shape_zyx: tuple[int, ...]) -> int:
+    """The mask track's square crop side on a volume of ``shape_zyx``: ``crop`` (DualTrackConfig.mask_crop),
+    shrunk to the slice's smaller side rounded down to the propagator's stride (16)."""
+    return min(crop, min(shape_zyx[1:]) // 16 * 16)
+
+
 def _unet_probability(model, image: np.ndarray, mean: float, std: float) -> tuple[np.ndarray, np.ndarray]:
     """(normalised SDF float32 [Z, Y, X], foreground probability float32 [Z, Y, X])."""
     sdf, logit = predict(model, image, mean, std)
@@ -252,7 +258,7 @@ def run_dualtrack(
     if any(c > n for c, n in zip(unet_crop, image.shape)):
         raise ValueError(f"image: shape {image.shape} is smaller than the SDF track's training crop {unet_crop} "
                          f"({cfg.unet_config}); use a larger box or a U-Net config whose crop_zyx fits")
-    mask_crop = min(cfg.mask_crop, min(image.shape[1:]) // 16 * 16)
+    mask_crop = mask_track_crop(cfg.mask_crop, image.shape)
     if mask_crop < 32:
         raise ValueError(f"image: slices {image.shape[1]} x {image.shape[2]} are too small for the mask track "
                          "(at least 32 x 32)")

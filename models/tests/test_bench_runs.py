@@ -289,6 +289,44 @@ def test_a_benchmark_dual_track_folder_exports_like_an_adapt_folder(tmp_path):
     with pytest.raises(SystemExit, match="--run"):
         gaps.main(["--run", str(work / "b_1_64")])
 
+    # What each track put into a round's pseudo-labels (models/bench/pseudo_label_sources.py): on the
+    # train crop the run trained on, its cells are the metrics' on the maps it keeps.
+    src = _load_bench("pseudo_label_sources")
+    cache, out = tmp_path / "sources", tmp_path / "sources.json"
+    quick = "0:32,256:448,256:448"
+    assert src.main(["--run", str(work / "a_1_64"), "--round", "0", "--box", quick, "--cache", str(cache), "--json", str(out)]) == 0
+    got = json.loads(out.read_text())
+    slices = run["annotated_slices"]
+    truth = load_lucchi("train").mask[:32, 256:448, 256:448] > 0
+    p_u, p_p = np.load(cache / "p_u.npy"), np.load(cache / "p_p.npy")
+    with np.load(work / "a_1_64" / "round_0" / "pseudo.npz") as f:
+        pseudo = f["mask"]
+    assert p_u.shape == p_p.shape == pseudo.shape == (32, 192, 192) and got["annotated_slices"] == slices
+    dist, near = src.nearest_annotated(32, slices)
+    assert (dist[slices] == 0).all() and all(abs(z - near[z]) == dist[z] == min(abs(z - s) for s in slices) for z in range(32))
+    one = dist == 1
+    table = got["by_distance"]
+    assert table["U-Net (P_u > 0.5)"]["1"]["iou"] == pytest.approx(foreground_iou(p_u[one] > 0.5, truth[one]))
+    assert table["propagated (P_p > 0.5)"]["all"]["iou"] == pytest.approx(foreground_iou(p_p[dist > 0] > 0.5, truth[dist > 0]))
+    assert table["nearest annotated slice, copied"]["1"]["iou"] == pytest.approx(foreground_iou(truth[near][one], truth[one]))
+    off = dist > 0
+    u = p_u[off] > 0.5
+    ch = got["changes"]
+    assert ch["unet_fp"] == np.count_nonzero(u & ~truth[off]) and ch["removed"] == np.count_nonzero(u & ~pseudo[off])
+    assert 0 <= ch["removed_truly_background"] <= ch["removed"] and 0 <= ch["added_truly_foreground"] <= ch["added"]
+    # The loop's rule recomputed from the kept maps scores as the pseudo mask the loop stored; a
+    # stricter share of propagated voxels keeps a subset of its components.
+    rules = got["rules"]
+    loop, strict = rules["the loop's (a component any propagated voxel reaches)"], rules["components at least 30% propagated"]
+    assert loop["iou"] == pytest.approx(foreground_iou(pseudo, truth), abs=0.02)
+    assert strict["fp"] <= loop["fp"] and strict["fn"] >= loop["fn"]
+    for bad, flag in (([], "--box"), (["--box", "0:31,256:448,256:448"], "--box"), (["--box", quick, "--round", "5"], "--round"),
+                      (["--box", "a:b,:,:"], "--box")):
+        with pytest.raises(SystemExit, match=flag):
+            src.main(["--run", str(work / "a_1_64"), *bad])
+    with pytest.raises(SystemExit, match="--run"):
+        src.main(["--run", str(work / "b_1_64")])
+
 
 def _load_bench(name: str):
     spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "bench" / f"{name}.py")

@@ -6,7 +6,7 @@ U-Net draws every boundary. This takes one finished round of a dual-track folder
 benchmark's a_1_64 / c_1_64), recomputes the round's two maps on the Lucchi++ train volume (or the
 ``--box`` of it that the run trained on: the benchmark's ``--quick`` runs train on
 ``0:32,256:448,256:448``), reads the round's pseudo mask (``round_<r>/pseudo.npz``, what the next
-round's SDF track learns from) and prints two tables:
+round's SDF track learns from) and prints three tables:
 
 - per distance from the nearest annotated slice: fg-IoU, precision and recall of the U-Net's mask,
   the propagated masks (``P_p > 0.5``), the pseudo mask, and the nearest annotated slice's true mask
@@ -20,7 +20,7 @@ round's SDF track learns from) and prints two tables:
     models/.venv/bin/python models/bench/pseudo_label_sources.py --run runs/bench/a_1_64 --round 0 --data-root ../shared/data
 
 The true labels are read for scoring only, as the loop's own per-round metrics do. --cache DIR keeps
-the two maps as .npy there and reuses them.
+the two maps as .npy there and reuses them (for a box of the same shape).
 """
 
 from __future__ import annotations
@@ -53,7 +53,9 @@ def maps(run: Path, r: int, image: np.ndarray, slices: list[int], annotated: np.
     """(P_u, P_p): round r's U-Net foreground probability and its propagator's propagated masks
     from the annotated slices (max over objects), float32 [Z, Y, X], as ``run_dualtrack`` makes them."""
     if cache is not None and (cache / "p_u.npy").exists() and (cache / "p_p.npy").exists():
-        return np.load(cache / "p_u.npy"), np.load(cache / "p_p.npy")
+        p_u, p_p = np.load(cache / "p_u.npy"), np.load(cache / "p_p.npy")
+        if p_u.shape == p_p.shape == image.shape:
+            return p_u, p_p
     weights, mean, std = round_weights(run, r)
     sdf, logit = predict(load_unet(weights), image, mean, std)
     p_u = expit(logit).astype(np.float32)
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--box", default=None, help="z0:z1,y0:y1,x0:x1 of the train volume the run trained on (default: all)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cache", type=Path, default=None)
-    p.add_argument("--json", type=Path, default=None, help="also write both tables as JSON here")
+    p.add_argument("--json", type=Path, default=None, help="also write the tables as JSON here")
     a = p.parse_args(argv)
     run = Path(a.run)
     try:
@@ -154,18 +156,19 @@ def main(argv: list[str] | None = None) -> int:
     dist, near = nearest_annotated(image.shape[0], slices)
     sources = {"U-Net (P_u > 0.5)": unet, "propagated (P_p > 0.5)": prop, "pseudo mask (the loop's)": pseudo,
                "nearest annotated slice, copied": truth[near]}
-    bins = [(lo, hi) for lo, hi in BINS if ((dist >= lo) & (dist < hi)).any()]
+    in_bin = {(lo, hi): (dist >= lo) & (dist < hi) for lo, hi in BINS}
+    bins = [b for b in BINS if in_bin[b].any()]
     off = dist > 0
 
     print(f"# {run} round {r}, Lucchi++ train{'' if a.box is None else f' box {a.box}'}; annotated slices {slices}")
     print("fg-IoU (precision / recall) by distance from the nearest annotated slice\n")
     names = [f"{lo}" if hi == lo + 1 else (f"{lo}+" if hi >= 10**9 else f"{lo}-{hi - 1}") for lo, hi in bins]
-    print("| source | " + " | ".join(f"{n} ({int(((dist >= lo) & (dist < hi)).sum())} slices)" for n, (lo, hi) in zip(names, bins))
+    print("| source | " + " | ".join(f"{n} ({int(in_bin[b].sum())} slices)" for n, b in zip(names, bins))
           + " | all unannotated slices |")
     print("|---|" + "---|" * (len(bins) + 1))
     table = {}
     for name, m in sources.items():
-        cells = [scores(m[(dist >= lo) & (dist < hi)], truth[(dist >= lo) & (dist < hi)]) for lo, hi in bins]
+        cells = [scores(m[in_bin[b]], truth[in_bin[b]]) for b in bins]
         cells.append(scores(m[off], truth[off]))
         table[name] = dict(zip([*names, "all"], cells))
         print(f"| {name} | " + " | ".join(_cell(c) for c in cells) + " |")

@@ -318,7 +318,7 @@ def test_a_benchmark_dual_track_folder_exports_like_an_adapt_folder(tmp_path):
     # stricter share of propagated voxels keeps a subset of its components.
     rules = got["rules"]
     loop, strict = rules["the loop's (a component any propagated voxel reaches)"], rules["components at least 30% propagated"]
-    assert loop["iou"] == pytest.approx(foreground_iou(pseudo, truth), abs=0.02)
+    assert loop["iou"] == pytest.approx(foreground_iou(pseudo, truth))
     assert strict["fp"] <= loop["fp"] and strict["fn"] >= loop["fn"]
     for bad, flag in (([], "--box"), (["--box", "0:31,256:448,256:448"], "--box"), (["--box", quick, "--round", "5"], "--round"),
                       (["--box", "a:b,:,:"], "--box")):

@@ -21,6 +21,13 @@ round's SDF track learns from) and prints three tables:
 
 The true labels are read for scoring only, as the loop's own per-round metrics do. --cache DIR keeps
 the two maps as .npy there and reuses them (for a box of the same shape).
+
+--truth-steps N adds one row that the loop can never have: a mask track of the run's kind (its memory,
+crop, run length, seed) trained from scratch for N steps on the true labels of every slice of the
+volume (weight 1), with the round's U-Net SDF as memory, then propagated from the annotated slices as
+the round's was. It asks whether perfect labels would make the mask track a better source of
+boundaries than the U-Net it reads (an oracle for this question only; with --cache its masks are
+kept there too, as ``p_truth_<N>.npy``, and the SDF as ``sdf.npy``).
 """
 
 from __future__ import annotations
@@ -41,24 +48,40 @@ from spatialsam.data import load_lucchi
 from spatialsam.dualtrack import fuse_pseudo_labels, mask_track_crop
 from spatialsam.metrics import error_breakdown
 from spatialsam.predictor import propagate_volume
-from spatialsam.train_propagator import load_checkpoint
+from spatialsam.propagator import build_propagator, load_propagator_config
+from spatialsam.train_propagator import TrainConfig as MaskTrainConfig
+from spatialsam.train_propagator import load_checkpoint, train_mask_track
 from spatialsam.train_unet import load_unet, predict
 
 # Distance bins (slices from the nearest annotated slice), lower bound inclusive, upper exclusive.
 BINS = ((1, 2), (2, 4), (4, 8), (8, 16), (16, 32), (32, 10**9))
 
 
+def round_sdf(run: Path, r: int, image: np.ndarray, cache: Path | None, keep_sdf: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(normalised SDF, P_u) of round r's U-Net on ``image``, float32 [Z, Y, X]; the SDF comes from --cache
+    when it holds one of this shape, and goes there when ``keep_sdf``."""
+    if cache is not None and (cache / "sdf.npy").exists() and (cache / "p_u.npy").exists():
+        sdf, p_u = np.load(cache / "sdf.npy"), np.load(cache / "p_u.npy")
+        if sdf.shape == p_u.shape == image.shape:
+            return sdf, p_u
+    weights, mean, std = round_weights(run, r)
+    sdf, logit = predict(load_unet(weights), image, mean, std)
+    if cache is not None and keep_sdf:
+        cache.mkdir(parents=True, exist_ok=True)
+        np.save(cache / "sdf.npy", sdf)
+    return sdf, expit(logit).astype(np.float32)
+
+
 def maps(run: Path, r: int, image: np.ndarray, slices: list[int], annotated: np.ndarray, crop: int,
-         cache: Path | None) -> tuple[np.ndarray, np.ndarray]:
-    """(P_u, P_p): round r's U-Net foreground probability and its propagator's propagated masks
-    from the annotated slices (max over objects), float32 [Z, Y, X], as ``run_dualtrack`` makes them."""
+         cache: Path | None, keep_sdf: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(P_u, P_p, SDF or None): round r's U-Net foreground probability, its propagator's propagated masks
+    from the annotated slices (max over objects), float32 [Z, Y, X], as ``run_dualtrack`` makes them,
+    and the U-Net's normalised SDF when ``keep_sdf``."""
     if cache is not None and (cache / "p_u.npy").exists() and (cache / "p_p.npy").exists():
         p_u, p_p = np.load(cache / "p_u.npy"), np.load(cache / "p_p.npy")
         if p_u.shape == p_p.shape == image.shape:
-            return p_u, p_p
-    weights, mean, std = round_weights(run, r)
-    sdf, logit = predict(load_unet(weights), image, mean, std)
-    p_u = expit(logit).astype(np.float32)
+            return p_u, p_p, round_sdf(run, r, image, cache, True)[0] if keep_sdf else None
+    sdf, p_u = round_sdf(run, r, image, cache, keep_sdf)
     prop, _ = load_checkpoint(run / f"round_{r}" / "propagator" / "propagator_last.pt")
     prop.eval()
     with torch.no_grad():
@@ -67,7 +90,29 @@ def maps(run: Path, r: int, image: np.ndarray, slices: list[int], annotated: np.
         cache.mkdir(parents=True, exist_ok=True)
         np.save(cache / "p_u.npy", p_u)
         np.save(cache / "p_p.npy", p_p)
-    return p_u, p_p
+    return p_u, p_p, sdf if keep_sdf else None
+
+
+def truth_trained(cfg: dict, image: np.ndarray, sdf: np.ndarray, truth: np.ndarray, slices: list[int],
+                  annotated: np.ndarray, crop: int, steps: int, cache: Path | None) -> np.ndarray:
+    """Propagated masks (float32 [Z, Y, X]) of a mask track of the run's kind trained from scratch for
+    ``steps`` steps on ``truth`` everywhere (weight 1), with ``sdf`` as memory (see --truth-steps)."""
+    name = f"p_truth_{steps}.npy"
+    if cache is not None and (cache / name).exists():
+        p = np.load(cache / name)
+        if p.shape == image.shape:
+            return p
+    prop = build_propagator(load_propagator_config(cfg["propagator"], memory=cfg["propagator_memory"], seed=int(cfg["seed"])))
+    mcfg = MaskTrainConfig(steps=steps, batch_size=int(cfg["mask_batch_size"]), crop=crop,
+                           run_length=int(cfg["mask_run_length"]), seed=int(cfg["seed"]) * 1000)
+    train_mask_track(prop, image, sdf, truth.astype(np.uint8), np.ones(truth.shape, np.float32), mcfg)
+    prop.eval()
+    with torch.no_grad():
+        p = propagate_volume(prop, image, sdf, slices, annotated, crop=crop)
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        np.save(cache / name, p)
+    return p
 
 
 def scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float | None]:
@@ -130,7 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cache", type=Path, default=None)
     p.add_argument("--json", type=Path, default=None, help="also write the tables as JSON here")
+    p.add_argument("--truth-steps", type=int, default=None,
+                   help="also train a mask track this many steps on the true labels (an oracle row; see above)")
     a = p.parse_args(argv)
+    if a.truth_steps is not None and a.truth_steps < 1:
+        raise SystemExit(f"--truth-steps: must be at least 1, got {a.truth_steps}")
     run = Path(a.run)
     try:
         r = adapt_round(run, a.round)
@@ -151,11 +200,16 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(a.threads)
     annotated = np.zeros(image.shape, np.uint8)
     annotated[slices] = truth[slices]
-    p_u, p_p = maps(run, r, image, slices, annotated, mask_track_crop(int(cfg["mask_crop"]), image.shape), a.cache)
+    crop = mask_track_crop(int(cfg["mask_crop"]), image.shape)
+    p_u, p_p, sdf = maps(run, r, image, slices, annotated, crop, a.cache, keep_sdf=a.truth_steps is not None)
     unet, prop = p_u > 0.5, p_p > 0.5
     dist, near = nearest_annotated(image.shape[0], slices)
     sources = {"U-Net (P_u > 0.5)": unet, "propagated (P_p > 0.5)": prop, "pseudo mask (the loop's)": pseudo,
                "nearest annotated slice, copied": truth[near]}
+    if a.truth_steps is not None:
+        p_t = truth_trained(cfg, image, sdf, truth, slices, annotated, crop, a.truth_steps, a.cache)
+        sources[f"propagated, mask track trained on the true labels ({a.truth_steps} steps)"] = p_t > 0.5
+    sdf = None
     in_bin = {(lo, hi): (dist >= lo) & (dist < hi) for lo, hi in BINS}
     bins = [b for b in BINS if in_bin[b].any()]
     off = dist > 0

@@ -320,8 +320,27 @@ def test_a_benchmark_dual_track_folder_exports_like_an_adapt_folder(tmp_path):
     loop, strict = rules["the loop's (a component any propagated voxel reaches)"], rules["components at least 30% propagated"]
     assert loop["iou"] == pytest.approx(foreground_iou(pseudo, truth))
     assert strict["fp"] <= loop["fp"] and strict["fn"] >= loop["fn"]
+    # --truth-steps: a mask track of the run's kind trained on the true labels of every slice (weight 1)
+    # with the round's SDF as memory; its row scores the masks it propagated (kept in the cache).
+    seen = {}
+
+    def recording(prop, image, sdf, labels, weights, mcfg, **kw):
+        seen.update(labels=labels.copy(), weights=weights.copy(), sdf=sdf.copy(), steps=mcfg.steps, memory=prop.cfg.memory)
+        return real(prop, image, sdf, labels, weights, mcfg, **kw)
+
+    real, src.train_mask_track = src.train_mask_track, recording
+    try:
+        assert src.main(["--run", str(work / "a_1_64"), "--round", "0", "--box", quick, "--cache", str(cache), "--json", str(out),
+                         "--truth-steps", "2"]) == 0
+    finally:
+        src.train_mask_track = real
+    assert seen["steps"] == 2 and seen["memory"] == "sdf" and (seen["labels"] == truth).all() and (seen["weights"] == 1).all()
+    assert np.array_equal(seen["sdf"], np.load(cache / "sdf.npy"))
+    p_t = np.load(cache / "p_truth_2.npy")
+    row = json.loads(out.read_text())["by_distance"]["propagated, mask track trained on the true labels (2 steps)"]
+    assert p_t.shape == truth.shape and row["all"]["iou"] == pytest.approx(foreground_iou(p_t[off] > 0.5, truth[off]))
     for bad, flag in (([], "--box"), (["--box", "0:31,256:448,256:448"], "--box"), (["--box", quick, "--round", "5"], "--round"),
-                      (["--box", "a:b,:,:"], "--box")):
+                      (["--box", "a:b,:,:"], "--box"), (["--box", quick, "--truth-steps", "0"], "--truth-steps")):
         with pytest.raises(SystemExit, match=flag):
             src.main(["--run", str(work / "a_1_64"), *bad])
     with pytest.raises(SystemExit, match="--run"):

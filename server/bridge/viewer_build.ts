@@ -3,12 +3,15 @@
 // ensureViewerBuilt(); `npm run build:viewer` runs this file, which always builds.
 //
 // A build goes to a fresh folder under .cache/ and is renamed into place, so a server never serves
-// a half-written bundle and two processes building at once do not write into each other's output.
+// a half-written bundle. Builds of one dist take turns under a lock file beside it (`<dist>.lock`,
+// holding the builder's pid; a lock whose process is gone is taken over), and a process that waited
+// uses the bundle the other one put in place instead of replacing it: replacing it removed the files
+// of a bundle another test process's page was loading (CI, 2026-12-06: the viewer never got ready).
 
 import { createHash } from "node:crypto";
 import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { mkdir, readFile, rename, rm, writeFile } from "node:fs/promises";
-import { join, relative } from "node:path";
+import { dirname, join, relative } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 
 const REPO = fileURLToPath(new URL("../../", import.meta.url));
@@ -55,30 +58,67 @@ export interface BuildResult {
   ms: number;
 }
 
-/** Builds the viewer into `dist` (always when `force`, else only when missing or stale). */
-export async function ensureViewerBuilt(options: { force?: boolean; dist?: string } = {}): Promise<BuildResult> {
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+/** Runs `fn` holding `<dist>.lock` (created exclusively, holding this pid); waits while a live process holds it. */
+export async function withBuildLock<T>(dist: string, fn: () => Promise<T>, pollMs = 200): Promise<T> {
+  const lock = `${dist}.lock`;
+  await mkdir(dirname(dist), { recursive: true });
+  for (;;) {
+    try {
+      await writeFile(lock, String(process.pid), { flag: "wx" });
+      break;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
+      const owner = Number.parseInt(await readFile(lock, "utf8").catch(() => ""), 10);
+      // An empty lock is one being written: wait. One whose process is gone was left by a killed build.
+      if (Number.isInteger(owner) && owner > 0 && !alive(owner)) await rm(lock, { force: true });
+      else await new Promise((r) => setTimeout(r, pollMs));
+    }
+  }
+  try {
+    return await fn();
+  } finally {
+    await rm(lock, { force: true });
+  }
+}
+
+async function viteBuild(outDir: string): Promise<void> {
+  // Vite is a dev dependency, needed only here.
+  const { build } = await import("vite");
+  await build({ configFile: join(LAYER_DIR, "vite.config.ts"), logLevel: "warn", build: { outDir, emptyOutDir: true } });
+}
+
+/** Builds the viewer into `dist` (always when `force`, else only when missing or stale); `build` writes a bundle into its folder (Vite). */
+export async function ensureViewerBuilt(
+  options: { force?: boolean; dist?: string; build?: (outDir: string) => Promise<void> } = {},
+): Promise<BuildResult> {
   const dist = options.dist ?? VIEWER_DIST;
   const t0 = performance.now();
   if (!options.force && viewerIsCurrent(dist)) return { built: false, ms: performance.now() - t0 };
-  const hash = viewerInputsHash();
-  const tmp = join(REPO, ".cache", `viewer-build-${process.pid}-${Date.now()}`);
-  await mkdir(tmp, { recursive: true });
-  try {
-    // Vite is a dev dependency, needed only here.
-    const { build } = await import("vite");
-    await build({ configFile: join(LAYER_DIR, "vite.config.ts"), logLevel: "warn", build: { outDir: tmp, emptyOutDir: true } });
-    await writeFile(join(tmp, STAMP), hash);
-    await rm(dist, { recursive: true, force: true });
+  return withBuildLock(dist, async () => {
+    // Another process may have built it while this one waited: keep that bundle, its pages may be loading.
+    if (!options.force && viewerIsCurrent(dist)) return { built: false, ms: performance.now() - t0 };
+    const hash = viewerInputsHash();
+    const tmp = join(REPO, ".cache", `viewer-build-${process.pid}-${Date.now()}`);
+    await mkdir(tmp, { recursive: true });
     try {
+      await (options.build ?? viteBuild)(tmp);
+      await writeFile(join(tmp, STAMP), hash);
+      await rm(dist, { recursive: true, force: true });
       await rename(tmp, dist);
-    } catch (e) {
-      // Another process put its build of the same inputs in place first.
-      if (!(existsSync(join(dist, STAMP)) && (await readFile(join(dist, STAMP), "utf8")) === hash)) throw e;
+    } finally {
+      await rm(tmp, { recursive: true, force: true });
     }
-  } finally {
-    await rm(tmp, { recursive: true, force: true });
-  }
-  return { built: true, ms: performance.now() - t0 };
+    return { built: true, ms: performance.now() - t0 };
+  });
 }
 
 // `npm run build:viewer`

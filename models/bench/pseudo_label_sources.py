@@ -57,39 +57,27 @@ from spatialsam.train_unet import load_unet, predict
 BINS = ((1, 2), (2, 4), (4, 8), (8, 16), (16, 32), (32, 10**9))
 
 
-def round_sdf(run: Path, r: int, image: np.ndarray, cache: Path | None, keep_sdf: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(normalised SDF, P_u) of round r's U-Net on ``image``, float32 [Z, Y, X]; the SDF comes from --cache
-    when it holds one of this shape, and goes there when ``keep_sdf``."""
-    if cache is not None and (cache / "sdf.npy").exists() and (cache / "p_u.npy").exists():
-        sdf, p_u = np.load(cache / "sdf.npy"), np.load(cache / "p_u.npy")
-        if sdf.shape == p_u.shape == image.shape:
-            return sdf, p_u
-    weights, mean, std = round_weights(run, r)
-    sdf, logit = predict(load_unet(weights), image, mean, std)
-    if cache is not None and keep_sdf:
-        cache.mkdir(parents=True, exist_ok=True)
-        np.save(cache / "sdf.npy", sdf)
-    return sdf, expit(logit).astype(np.float32)
-
-
 def maps(run: Path, r: int, image: np.ndarray, slices: list[int], annotated: np.ndarray, crop: int,
          cache: Path | None, keep_sdf: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(P_u, P_p, SDF or None): round r's U-Net foreground probability, its propagator's propagated masks
     from the annotated slices (max over objects), float32 [Z, Y, X], as ``run_dualtrack`` makes them,
-    and the U-Net's normalised SDF when ``keep_sdf``."""
-    if cache is not None and (cache / "p_u.npy").exists() and (cache / "p_p.npy").exists():
-        p_u, p_p = np.load(cache / "p_u.npy"), np.load(cache / "p_p.npy")
-        if p_u.shape == p_p.shape == image.shape:
-            return p_u, p_p, round_sdf(run, r, image, cache, True)[0] if keep_sdf else None
-    sdf, p_u = round_sdf(run, r, image, cache, keep_sdf)
+    and the U-Net's normalised SDF when ``keep_sdf`` (cached as sdf.npy beside the two maps)."""
+    names = ("p_u", "p_p", "sdf") if keep_sdf else ("p_u", "p_p")
+    if cache is not None and all((cache / f"{n}.npy").exists() for n in names):
+        got = [np.load(cache / f"{n}.npy") for n in names]
+        if all(g.shape == image.shape for g in got):
+            return got[0], got[1], got[2] if keep_sdf else None
+    weights, mean, std = round_weights(run, r)
+    sdf, logit = predict(load_unet(weights), image, mean, std)
+    p_u = expit(logit).astype(np.float32)
     prop, _ = load_checkpoint(run / f"round_{r}" / "propagator" / "propagator_last.pt")
     prop.eval()
     with torch.no_grad():
         p_p = propagate_volume(prop, image, sdf, slices, annotated, crop=crop)
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
-        np.save(cache / "p_u.npy", p_u)
-        np.save(cache / "p_p.npy", p_p)
+        for n, m in zip(names, (p_u, p_p, sdf)):
+            np.save(cache / f"{n}.npy", m)
     return p_u, p_p, sdf if keep_sdf else None
 
 

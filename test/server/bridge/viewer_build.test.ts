@@ -36,15 +36,15 @@ describe("viewerIsCurrent", () => {
 describe("ensureViewerBuilt", () => {
   it("builds once when two callers race; the second keeps the first's bundle instead of replacing it", async () => {
     const dist = join(repoDir, "race", "dist");
-    const builds: string[] = [];
+    let builds = 0;
     const build = async (outDir: string) => {
-      builds.push(outDir);
+      builds++;
       await new Promise((r) => setTimeout(r, 300));
-      writeFileSync(join(outDir, "index.html"), `<!doctype html><!-- ${builds.length} -->`);
+      writeFileSync(join(outDir, "index.html"), `<!doctype html><!-- ${builds} -->`);
       writeFileSync(join(outDir, "main.js"), "");
     };
     const [a, b] = await Promise.all([ensureViewerBuilt({ dist, build }), ensureViewerBuilt({ dist, build })]);
-    expect(builds).toHaveLength(1);
+    expect(builds).toBe(1);
     expect([a.built, b.built].sort()).toEqual([false, true]);
     expect(viewerIsCurrent(dist)).toBe(true);
     expect(readFileSync(join(dist, "index.html"), "utf8")).toContain("<!-- 1 -->");
@@ -52,26 +52,30 @@ describe("ensureViewerBuilt", () => {
     // Current: no build, no lock taken. Forced: built again, in place of the old one.
     expect((await ensureViewerBuilt({ dist, build })).built).toBe(false);
     expect((await ensureViewerBuilt({ dist, build, force: true })).built).toBe(true);
-    expect(builds).toHaveLength(2);
+    expect(builds).toBe(2);
     expect(readFileSync(join(dist, "index.html"), "utf8")).toContain("<!-- 2 -->");
-    // A failed build leaves the bundle in place and no lock or temporary folder behind.
-    const before = readdirSync(cacheDir).length;
+    // A failed build leaves the bundle in place and no lock or temporary folder behind (this process's:
+    // other test processes build into .cache/ at the same time).
+    const ours = () => readdirSync(cacheDir).filter((n) => n.startsWith(`viewer-build-${process.pid}-`));
     await expect(ensureViewerBuilt({ dist, force: true, build: async () => { throw new Error("vite: boom"); } })).rejects.toThrow("boom");
     expect(viewerIsCurrent(dist)).toBe(true);
     expect(existsSync(`${dist}.lock`)).toBe(false);
-    expect(readdirSync(cacheDir).length).toBe(before);
+    expect(ours()).toEqual([]);
   });
 
   it("waits for a live lock holder and takes over the lock of a process that is gone", async () => {
     const dist = join(repoDir, "lock", "dist");
     mkdirSync(join(repoDir, "lock"));
     const order: string[] = [];
+    let entered!: () => void;
+    const inside = new Promise<void>((r) => (entered = r));
     const first = withBuildLock(dist, async () => {
       order.push("first in");
+      entered();
       await new Promise((r) => setTimeout(r, 300));
       order.push("first out");
     }, 20);
-    await new Promise((r) => setTimeout(r, 50));
+    await inside;
     await withBuildLock(dist, async () => void order.push("second"), 20);
     await first;
     expect(order).toEqual(["first in", "first out", "second"]);

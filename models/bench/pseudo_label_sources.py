@@ -23,11 +23,12 @@ The true labels are read for scoring only, as the loop's own per-round metrics d
 the two maps as .npy there and reuses them (for a box of the same shape).
 
 --truth-steps N adds one row that the loop can never have: a mask track of the run's kind (its memory,
-crop, run length, seed) trained from scratch for N steps on the true labels of every slice of the
+crop, run length, seed; from scratch, or from the pretrained propagator its config.json declares, as
+its round 0 started) trained for N steps on the true labels of every slice of the
 volume (weight 1), with the round's U-Net SDF as memory, then propagated from the annotated slices as
 the round's was. It asks whether perfect labels would make the mask track a better source of
 boundaries than the U-Net it reads (an oracle for this question only; with --cache its masks are
-kept there too, as ``p_truth_<N>.npy``, and the SDF as ``sdf.npy``).
+kept there too, as ``p_truth_<N>.npy`` (``p_truth_<N>_pretrained.npy``), and the SDF as ``sdf.npy``).
 """
 
 from __future__ import annotations
@@ -81,16 +82,37 @@ def maps(run: Path, r: int, image: np.ndarray, slices: list[int], annotated: np.
     return p_u, p_p, sdf if keep_sdf else None
 
 
+def pretrained_propagator(cfg: dict) -> Path | None:
+    """The propagator checkpoint a run's config.json declares it started from (adapt
+    --pretrained-propagator), checked against the sha256 it recorded; None if it declares none."""
+    from spatialsam.atomic_files import sha256_file
+
+    pre = (cfg.get("pretrained") or {}).get("propagator")
+    if not pre:
+        return None
+    path = Path(pre["path"])
+    if not path.is_file() or sha256_file(path) != pre["sha256"]:
+        raise SystemExit(f"--truth-steps: the run started from the pretrained propagator {path}, which is "
+                         f"{'not there' if not path.is_file() else 'no longer the file it recorded (sha256 differs)'}")
+    return path
+
+
 def truth_trained(cfg: dict, image: np.ndarray, sdf: np.ndarray, truth: np.ndarray, slices: list[int],
                   annotated: np.ndarray, crop: int, steps: int, cache: Path | None) -> np.ndarray:
-    """Propagated masks (float32 [Z, Y, X]) of a mask track of the run's kind trained from scratch for
-    ``steps`` steps on ``truth`` everywhere (weight 1), with ``sdf`` as memory (see --truth-steps)."""
-    name = f"p_truth_{steps}.npy"
+    """Propagated masks (float32 [Z, Y, X]) of a mask track of the run's kind trained for ``steps`` steps
+    on ``truth`` everywhere (weight 1), with ``sdf`` as memory (see --truth-steps): from scratch, or from
+    the pretrained propagator the run declares, as its round 0 started."""
+    pre = pretrained_propagator(cfg)
+    name = f"p_truth_{steps}{'_pretrained' if pre else ''}.npy"
     if cache is not None and (cache / name).exists():
         p = np.load(cache / name)
         if p.shape == image.shape:
             return p
-    prop = build_propagator(load_propagator_config(cfg["propagator"], memory=cfg["propagator_memory"], seed=int(cfg["seed"])))
+    if pre:
+        prop, _ = load_checkpoint(pre)
+    else:
+        prop = build_propagator(load_propagator_config(cfg["propagator"], memory=cfg["propagator_memory"],
+                                                       seed=int(cfg["seed"])))
     mcfg = MaskTrainConfig(steps=steps, batch_size=int(cfg["mask_batch_size"]), crop=crop,
                            run_length=int(cfg["mask_run_length"]), seed=int(cfg["seed"]) * 1000)
     train_mask_track(prop, image, sdf, truth.astype(np.uint8), np.ones(truth.shape, np.float32), mcfg)
@@ -177,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     if r is None:
         raise SystemExit(f"--run: {run} is not a dual-track folder (no state.json)")
     cfg = json.loads((run / "config.json").read_text())
+    if a.truth_steps is not None:
+        pretrained_propagator(cfg)  # refused before anything is computed
     slices = [int(z) for z in cfg["annotated_slices"]]
     vol = load_lucchi("train", a.data_root)
     image, truth = np.ascontiguousarray(vol.image[box]), vol.mask[box] > 0
@@ -196,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
                "nearest annotated slice, copied": truth[near]}
     if a.truth_steps is not None:
         p_t = truth_trained(cfg, image, sdf, truth, slices, annotated, crop, a.truth_steps, a.cache)
-        sources[f"propagated, mask track trained on the true labels ({a.truth_steps} steps)"] = p_t > 0.5
+        start = ", from its pretrained propagator" if pretrained_propagator(cfg) else ""
+        sources[f"propagated, mask track trained on the true labels ({a.truth_steps} steps{start})"] = p_t > 0.5
     sdf = None
     in_bin = {(lo, hi): (dist >= lo) & (dist < hi) for lo, hi in BINS}
     bins = [b for b in BINS if in_bin[b].any()]

@@ -71,13 +71,49 @@ def load_lucchi(split: str, root: Path | str | None = None, z: slice = slice(Non
     voxel size from meta.json."""
     if split not in ("train", "test"):
         raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
+    return load_dataset("lucchi_pp", split, root, z)
+
+
+def load_dataset(name: str, split: str, root: Path | str | None = None, z: slice = slice(None)) -> Volume:
+    """Load ``split`` of the labelled dataset ``<root>/<name>`` in the shared data layout
+    (``<split>/image/*.png``, ``<split>/label/*.png``, ``meta.json`` with ``voxel_size_nm_zyx`` and
+    ``splits``), slices ``z`` only. Names and splits that are not there are refused, naming them."""
     base = Path(root) if root is not None else default_data_root()
-    d = base / "lucchi_pp"
+    if not name or "/" in name or "\\" in name or name in (".", ".."):
+        raise ValueError(f"dataset: {name!r} is not a dataset folder name")
+    d = base / name
+    if not (d / "meta.json").is_file():
+        have = sorted(p.name for p in base.iterdir() if (p / "meta.json").is_file()) if base.is_dir() else []
+        raise ValueError(f"dataset: {name!r} has no meta.json under {base} (datasets there: {', '.join(have) or 'none'})")
     meta = json.loads((d / "meta.json").read_text())
+    splits = sorted(meta.get("splits", {}))
+    if split not in splits:
+        raise ValueError(f"split: {name} has splits {', '.join(splits) or 'none'}, not {split!r}")
     vs = tuple(float(v) for v in meta["voxel_size_nm_zyx"])
+    if len(vs) != 3 or not all(v > 0 for v in vs):
+        raise ValueError(f"voxel_size_nm_zyx: {d / 'meta.json'} gives {meta['voxel_size_nm_zyx']!r}, not three positive sizes")
     image = load_stack(d / split / "image", z)
     mask = load_stack(d / split / "label", z) > 0
+    if mask.shape != image.shape:
+        raise ValueError(f"label: {d / split / 'label'} holds shape {mask.shape}, the images {image.shape}")
     return Volume(image, mask, vs)  # type: ignore[arg-type]
+
+
+def resample_xy(vol: Volume, xy_nm: float) -> Volume:
+    """``vol`` with each slice resampled to ``xy_nm`` pixels (linear for the image, nearest for the
+    mask); z is untouched. The voxel size records the pixel size the rounded shape gives."""
+    if not xy_nm > 0:
+        raise ValueError(f"xy_nm: expected a positive pixel size, got {xy_nm}")
+    z_n, y_n, x_n = vol.image.shape
+    vz, vy, vx = vol.voxel_size_nm
+    ny, nx = max(1, round(y_n * vy / xy_nm)), max(1, round(x_n * vx / xy_nm))
+    if (ny, nx) == (y_n, x_n):
+        return vol
+    f = (1.0, ny / y_n, nx / x_n)
+    image = np.clip(np.rint(ndimage.zoom(vol.image.astype(np.float32), f, order=1, grid_mode=True, mode="nearest")),
+                    0, 255).astype(np.uint8)
+    mask = ndimage.zoom(vol.mask.astype(np.uint8), f, order=0, grid_mode=True, mode="nearest") > 0
+    return Volume(image, mask, (vz, y_n * vy / ny, x_n * vx / nx))
 
 
 def parse_budget(budget: str | float | Fraction) -> Fraction:

@@ -445,7 +445,7 @@ def train_mask_track(
 
 # ---- CLI: the shipped default propagator --------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> None:
-    from spatialsam.data import load_lucchi
+    from spatialsam.data import load_dataset, load_lucchi, resample_xy
     from spatialsam.export_propagator import check_parity, export_propagator
     from spatialsam.propagator import load_propagator_config
     from spatialsam.sdf import DEFAULT_TRUNCATION_NM, sdf_target
@@ -476,7 +476,21 @@ def main(argv: list[str] | None = None) -> None:
                     help="with --demo-data --finalize: a train-unet run whose SDF is also evaluated as the memory")
     ap.add_argument("--p-neg-other", type=float, default=0.0, help="TrainConfig.p_neg_other")
     ap.add_argument("--init", default=None, help="start from this checkpoint's weights (fine-tuning); same config")
+    ap.add_argument("--dataset", default=None,
+                    help="train on this dataset of the data root instead of Lucchi++ train (the shared layout: "
+                         "<name>/<split>/image|label, meta.json), e.g. cdeep3m_mito_sbem: pretraining for "
+                         "adapt --pretrained-propagator")
+    ap.add_argument("--split", default="train", help="with --dataset: the split (default train)")
+    ap.add_argument("--xy-nm", type=float, default=None,
+                    help="with --dataset: resample each slice to this pixel size in nm first (linear for the image, "
+                         "nearest for the labels), e.g. 5 for Lucchi++'s")
     args = ap.parse_args(argv)
+    if args.dataset and args.demo_data:
+        ap.error("--dataset: not with --demo-data (one training set)")
+    if args.xy_nm is not None and not args.dataset:
+        ap.error("--xy-nm: only with --dataset")
+    if args.xy_nm is not None and not (0 < args.xy_nm < 1000):
+        ap.error(f"--xy-nm: expected a pixel size in nm in (0, 1000), got {args.xy_nm}")
     torch.set_num_threads(args.threads)
     if args.finalize and args.demo_data:
         finalize_demo(Path(args.ckpt_dir) / CHECKPOINT_NAME, args.export, args.demo_data, args.val_demo_seeds,
@@ -498,6 +512,16 @@ def main(argv: list[str] | None = None) -> None:
         data_desc = (f"demo generator (src/demo_volume.ts makeDemoVolume, 64x256x256 at 8 nm) seeds {args.demo_seeds}, "
                      "stacked along z; instances = the generator's label ids")
         budget = "1/1 (generated labels)"
+    elif args.dataset:
+        vol = load_dataset(args.dataset, args.split, args.data)
+        if args.xy_nm is not None:
+            vol = resample_xy(vol, args.xy_nm)
+        image, labels, vs = vol.image, vol.mask, vol.voxel_size_nm
+        sdf = sdf_target(vol.mask, vol.voxel_size_nm)
+        data_desc = (f"{args.dataset}/{args.split} (shared data layout), all {image.shape[0]} labelled slices at "
+                     f"{list(vs)} nm{' (resampled in-plane)' if args.xy_nm is not None else ''}, "
+                     "instances = 3D connected components of the GT mask")
+        budget = f"1/1 of {args.dataset} (pretraining on another dataset; no Lucchi++ label is read)"
     else:
         vol = load_lucchi("train", args.data)
         image, labels, vs = vol.image, vol.mask, vol.voxel_size_nm
@@ -539,7 +563,7 @@ def finalize(ckpt: Path, export_dir: str | None, data: str | None, seed: int,
              train_wall_minutes: float | None = None) -> dict[str, Any]:
     """Evaluate a checkpoint on Lucchi++ test (interactive tracking with the GT SDF, a degraded GT SDF
     and a zero SDF as the memory input) and export it with its training metadata."""
-    from spatialsam.data import load_lucchi
+    from spatialsam.data import load_dataset, load_lucchi, resample_xy
     from spatialsam.export_propagator import check_parity, export_propagator
     from spatialsam.predictor import evaluate_tracking
     from spatialsam.sdf import sdf_target

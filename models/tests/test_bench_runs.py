@@ -339,6 +339,35 @@ def test_a_benchmark_dual_track_folder_exports_like_an_adapt_folder(tmp_path):
     p_t = np.load(cache / "p_truth_2.npy")
     row = json.loads(out.read_text())["by_distance"]["propagated, mask track trained on the true labels (2 steps)"]
     assert p_t.shape == truth.shape and row["all"]["iou"] == pytest.approx(foreground_iou(p_t[off] > 0.5, truth[off]))
+    # A run that declares a pretrained propagator (adapt --pretrained-propagator): the oracle starts
+    # from those weights, as the run's round 0 did; a checkpoint that changed since is refused.
+    from spatialsam.atomic_files import sha256_file
+    from spatialsam.train_propagator import load_checkpoint
+
+    conf = work / "a_1_64" / "config.json"
+    kept = conf.read_text()
+    pre = work / "a_1_64" / "round_0" / "propagator" / "propagator_last.pt"
+    conf.write_text(json.dumps({**json.loads(kept), "pretrained": {"propagator": {"path": str(pre), "sha256": sha256_file(pre)}}}))
+
+    def first_weights(prop, image, sdf, labels, weights, mcfg, **kw):
+        seen["start"] = {k: v.clone() for k, v in prop.state_dict().items()}
+        return real(prop, image, sdf, labels, weights, mcfg, **kw)
+
+    src.train_mask_track = first_weights
+    try:
+        assert src.main(["--run", str(work / "a_1_64"), "--round", "0", "--box", quick, "--cache", str(cache), "--json", str(out),
+                         "--truth-steps", "2"]) == 0
+        start = load_checkpoint(pre)[0].state_dict()
+        assert all(torch.equal(seen["start"][k], v) for k, v in start.items())
+        assert (cache / "p_truth_2_pretrained.npy").exists()
+        assert "propagated, mask track trained on the true labels (2 steps, from its pretrained propagator)" in \
+            json.loads(out.read_text())["by_distance"]
+        conf.write_text(json.dumps({**json.loads(kept), "pretrained": {"propagator": {"path": str(pre), "sha256": "0" * 64}}}))
+        with pytest.raises(SystemExit, match="--truth-steps: .* no longer the file it recorded"):
+            src.main(["--run", str(work / "a_1_64"), "--round", "0", "--box", quick, "--truth-steps", "2"])
+    finally:
+        src.train_mask_track = real
+        conf.write_text(kept)
     for bad, flag in (([], "--box"), (["--box", "0:31,256:448,256:448"], "--box"), (["--box", quick, "--round", "5"], "--round"),
                       (["--box", "a:b,:,:"], "--box"), (["--box", quick, "--truth-steps", "0"], "--truth-steps")):
         with pytest.raises(SystemExit, match=flag):

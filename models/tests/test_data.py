@@ -10,9 +10,11 @@ from spatialsam.data import (
     annotation_weights,
     budget_slices,
     default_data_root,
+    load_dataset,
     load_lucchi,
     make_demo_volume,
     parse_budget,
+    resample_xy,
     sample_crop_origins,
 )
 
@@ -107,3 +109,57 @@ def test_demo_volumes_load_and_stack_with_distinct_ids(tmp_path):
         load_demo_volumes(tmp_path, [7])
     with pytest.raises(FileNotFoundError, match="meta.json"):
         load_demo_volumes(tmp_path / "nowhere")
+
+
+from conftest import write_dataset  # noqa: E402
+
+
+def test_load_dataset_reads_the_shared_layout_and_refuses_what_is_not_there(tmp_path):
+    image = np.arange(3 * 5 * 6, dtype=np.uint8).reshape(3, 5, 6)
+    label = np.zeros((3, 5, 6), np.uint8)
+    label[1, 2:4, 1:3] = 255
+    write_dataset(tmp_path, "sbem", image, label, (40, 5.9, 5.9))
+    v = load_dataset("sbem", "train", tmp_path)
+    np.testing.assert_array_equal(v.image, image)
+    np.testing.assert_array_equal(v.mask, label > 0)
+    assert v.voxel_size_nm == (40.0, 5.9, 5.9)
+    assert load_dataset("sbem", "train", tmp_path, z=slice(1, 2)).mask.sum() == 4
+    with pytest.raises(ValueError, match="split: sbem has splits train, not 'val'"):
+        load_dataset("sbem", "val", tmp_path)
+    with pytest.raises(ValueError, match="dataset: 'nope' has no meta.json .*datasets there: sbem"):
+        load_dataset("nope", "train", tmp_path)
+    for bad in ("../sbem", "", "..", "a/b"):
+        with pytest.raises(ValueError, match="dataset: "):
+            load_dataset(bad, "train", tmp_path)
+    write_dataset(tmp_path, "odd", image, label, (40, 0, 5.9))
+    with pytest.raises(ValueError, match="voxel_size_nm_zyx"):
+        load_dataset("odd", "train", tmp_path)
+
+
+def test_resample_xy_scales_objects_by_the_pixel_size_ratio():
+    # A disc of radius 40 px at 5.9 nm is a disc of radius 40 * 5.9 / 5 = 47.2 px at 5 nm: its area
+    # scales by (5.9 / 5)^2 = 1.3924 (analytic), to within the pixel rounding of two discs.
+    yy, xx = np.mgrid[:200, :200]
+    disc = (yy - 100.0) ** 2 + (xx - 100.0) ** 2 <= 40.0 ** 2
+    image = np.where(disc, 60, 200).astype(np.uint8)
+    vol = Volume(np.stack([image, image]), np.stack([disc, disc]), (40.0, 5.9, 5.9))
+    r = resample_xy(vol, 5.0)
+    assert r.image.shape == (2, 236, 236) and r.mask.shape == r.image.shape
+    assert r.voxel_size_nm[0] == 40.0 and r.voxel_size_nm[1:] == pytest.approx((5.0, 5.0), abs=0.01)
+    assert r.mask[0].sum() / disc.sum() == pytest.approx(1.3924, rel=0.02)
+    from scipy import ndimage
+
+    inner = ndimage.binary_erosion(r.mask[0], iterations=2)
+    assert inner.sum() > 6000 and (r.image[0][inner] == 60).all() and (r.image[1] == r.image[0]).all()
+    assert resample_xy(vol, 5.9) is vol
+    with pytest.raises(ValueError, match="xy_nm"):
+        resample_xy(vol, 0)
+
+
+@pytest.mark.skipif(not (default_data_root() / "cdeep3m_mito_sbem").exists(), reason="../shared/data not present")
+def test_load_cdeep3m_sbem_split():
+    v = load_dataset("cdeep3m_mito_sbem", "train", z=slice(0, 2))
+    assert v.image.shape == (2, 1024, 1024) and v.voxel_size_nm == (40.0, 5.9, 5.9)
+    assert 0.02 < v.mask.mean() < 0.2
+    # Mitochondria darker than their surroundings, as in Lucchi++ (meta.json: contrast ~64 grey levels).
+    assert v.image[~v.mask].mean() - v.image[v.mask].mean() > 20

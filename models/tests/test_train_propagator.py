@@ -167,3 +167,33 @@ def test_crops_hold_objects_whose_centre_of_mass_is_outside_them():
         batch = sample_batch(np.random.default_rng(k), image, np.zeros(image.shape, np.float32), objs,
                              np.ones(image.shape, np.float32), tcfg, model)
         assert bool((batch.gt[:, 0].flatten(1).sum(1) > 0).all())
+
+
+def test_pretraining_on_another_dataset_of_the_shared_layout(tmp_path):
+    """train_propagator --dataset: the CDeep3M-style pretraining adapt --pretrained-propagator starts
+    from; a real (tiny) run on PNG slices at 40 x 5.9 x 5.9 nm resampled to 5 nm pixels."""
+    from conftest import write_dataset
+
+    from spatialsam.dualtrack import DualTrackConfig, _load_pretrained
+    from spatialsam.train_propagator import main
+
+    image, labels = make_demo_volume((8, 80, 80), seed=3, n_objects=3)
+    write_dataset(tmp_path / "data", "sbem", image, ((labels > 0) * 255).astype(np.uint8), (40, 5.9, 5.9))
+    ck = tmp_path / "pre"
+    main(["--dataset", "sbem", "--data", str(tmp_path / "data"), "--xy-nm", "5", "--memory", "sdf", "--steps", "3",
+          "--crop", "64", "--batch-size", "2", "--ckpt-dir", str(ck)])
+    model, meta = load_checkpoint(ck / CHECKPOINT_NAME)
+    assert meta["step"] == 3 and model.cfg.memory == "sdf"
+    assert meta["data"].startswith("sbem/train") and "resampled in-plane" in meta["data"]
+    assert "[40.0, 5.0" in meta["data"] and "no Lucchi++ label" in meta["annotation_budget"]
+    # adapt --pretrained-propagator takes it (same compact config, SDF memory) and declares it.
+    declared, _, prop = _load_pretrained(None, ck / CHECKPOINT_NAME, DualTrackConfig())
+    assert prop is not None and declared["propagator"]["path"].endswith(CHECKPOINT_NAME)
+    assert declared["propagator"]["trained_on"] == meta["data"]
+    for argv, msg in ((["--xy-nm", "5"], "--xy-nm: only with --dataset"),
+                      (["--dataset", "sbem", "--demo-data", str(tmp_path)], "--dataset: not with --demo-data"),
+                      (["--dataset", "sbem", "--xy-nm", "-1"], "--xy-nm: expected")):
+        with pytest.raises(SystemExit):
+            main(argv + ["--ckpt-dir", str(tmp_path / "x")])
+    with pytest.raises(ValueError, match="split: sbem has splits train"):
+        main(["--dataset", "sbem", "--split", "val", "--data", str(tmp_path / "data"), "--ckpt-dir", str(tmp_path / "y")])

@@ -55,7 +55,7 @@ from spatialsam.cli import add_sdf_track_args, apply_device_args, crop_overrides
 from spatialsam.config import load_train_config
 from spatialsam.data import Volume, budget_slices, load_lucchi
 from spatialsam.device import machine
-from spatialsam.dualtrack import DualTrackConfig, record_run, run_dualtrack
+from spatialsam.dualtrack import DualTrackConfig, _load_pretrained, record_run, run_dualtrack
 from spatialsam.metrics import evaluate
 from spatialsam.train_unet import ValData, load_unet, make_train_data, predict, train_unet
 
@@ -190,7 +190,22 @@ def _dualtrack(memory: str, train: Volume, slices: list[int], b_run: Path, run: 
                      "command": " ".join(sys.argv)}, "--work")
     # The train labels of the unannotated slices are read only to log the pseudo-labels' quality.
     return run_dualtrack(train.image, labels, slices, train.voxel_size_nm, dualtrack_config(memory, a), run,
-                         progress=not a.no_progress, eval_mask=train.mask, bootstrap_unet=b_run)
+                         progress=not a.no_progress, eval_mask=train.mask, bootstrap_unet=b_run,
+                         pretrained_propagator=pretrained_propagator(memory, a))
+
+
+def pretrained_propagator(memory: str, a: argparse.Namespace) -> str | None:
+    """The checkpoint (a) (memory "sdf") or (c) (memory "mask") starts its mask track from, if given."""
+    return a.pretrained_propagator_sdf if memory == "sdf" else a.pretrained_propagator_mask
+
+
+def pretrained_name(run: Path) -> str:
+    """' (propagator pretrained on <dataset/split>)' when the dual-track folder declares one, else ''."""
+    pre = (json.loads((run / "config.json").read_text()).get("pretrained") or {}).get("propagator")
+    if not pre:
+        return ""
+    # What its training recorded ("cdeep3m_mito_sbem/train (shared data layout), ..."), else the file.
+    return f" (propagator pretrained on {pre['trained_on'].split(' ')[0] if pre.get('trained_on') else pre['path']})"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -252,6 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "(the test volume is read only for (d)'s validation). A later run with the same --work, on any "
                         "machine, skips the finished training and only predicts and scores (for a GPU machine without the "
                         "test volume, or a CPU one without the GPU)")
+    p.add_argument("--pretrained-propagator-sdf", metavar="CKPT",
+                   help="(a): start round 0's mask track from this train_propagator checkpoint (SDF memory), e.g. one "
+                        "pretrained on other EM data (train_propagator --dataset cdeep3m_mito_sbem --xy-nm 5); declared in "
+                        "the run folder, and the rows' names say so. No checkpoint that saw Lucchi++ labels belongs here")
+    p.add_argument("--pretrained-propagator-mask", metavar="CKPT",
+                   help="(c): the same for the mask-memory propagator (train_propagator --memory mask)")
     p.add_argument("--lane-worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--merge", nargs="+", metavar="RESULTS_JSON", help="only write one table (to --out/results.md) from these runs")
     return p
@@ -270,6 +291,12 @@ def main(argv: list[str] | None = None) -> int:
         apply_device_args(a)  # --device, --loader-threads: checked before anything is written
     except ValueError as e:
         p.error(str(e))
+    for memory, flag in (("sdf", "--pretrained-propagator-sdf"), ("mask", "--pretrained-propagator-mask")):
+        if pretrained_propagator(memory, a) is not None:
+            try:  # the checks adapt makes (a checkpoint, this memory kind), before anything trains
+                _load_pretrained(None, pretrained_propagator(memory, a), DualTrackConfig(propagator_memory=memory))
+            except ValueError as e:
+                p.error(f"{flag}: {str(e).removeprefix('pretrained_propagator: ')}")
     work = Path(a.work)
     out = Path(a.out) if a.out else work
     work.mkdir(parents=True, exist_ok=True)
@@ -302,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         """``clock``: started before this method's test-volume prediction; ``train``: (CPU s, wall s)
         of its training as its run folders record them (so a resumed or skipped run counts in full)."""
         m = evaluate(pred, test.mask, a.min_size)
-        row = {"method": method, "name": NAMES[method], "budget": budget, "annotated_slices": slices,
+        row = {"method": method, "name": NAMES[method] + extra.get("name_suffix", ""), "budget": budget, "annotated_slices": slices,
                "cpu_min": round((train[0] + clock.cpu()) / 60, 1), "wall_min": round((train[1] + clock.wall()) / 60, 1),
                "train_cpu_min": round(train[0] / 60, 1), **m, **extra}
         rows.append(row)
@@ -367,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
             b_cpu, b_wall = _spent(b_summ)
             dt_cpu = res.get("cpu_s") if res.get("cpu_s") is not None else res["time_s"]
             extra = {"rounds": res["rounds"], "round_metrics": res["metrics"], "dualtrack_time_s": res["time_s"],
-                     "dualtrack_cpu_s": res.get("cpu_s"), "b_train_cpu_min": round(b_cpu / 60, 1)}
+                     "dualtrack_cpu_s": res.get("cpu_s"), "b_train_cpu_min": round(b_cpu / 60, 1),
+                     "name_suffix": pretrained_name(work / f"{method}_{tag}")}
             spent = (b_cpu + dt_cpu, b_wall + res["time_s"])
             record(method, budget, slices, sdf > 0, clock, spent, extra)
             prop, _ = load_checkpoint(res["propagator"])
@@ -529,9 +557,9 @@ def run_seed(run: dict) -> int:
 def spread_table(rows: list[dict]) -> list[str]:
     """Markdown lines: for each method and budget with more than one row (other seeds or repeats),
     the mean and range of its scores; [] when every method has one row. Rows carry "seed" (merge)."""
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["method"], r["budget"]), []).append(r)
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for r in rows:  # a pretrained propagator's (a) or (c) is another method than the same without it
+        groups.setdefault((r["method"], r.get("name_suffix", ""), r["budget"]), []).append(r)
     many = [(k, g) for k, g in groups.items() if len(g) > 1]
     if not many:
         return []
@@ -542,9 +570,9 @@ def spread_table(rows: list[dict]) -> list[str]:
 
     lines = ["", "Across runs (mean, and the range between the lowest and highest run):", "",
              "| method | budget | runs (seeds) | fg-IoU | Dice | AP@0.5 | AP@0.75 | flicker slices |", "|" + "---|" * 8]
-    for (method, budget), g in many:
+    for (method, suffix, budget), g in many:
         seeds = ", ".join(str(r["seed"]) for r in g)
-        lines.append(f"| {NAMES[method]} | {budget} | {len(g)} ({seeds}) | {stat(g, 'fg_iou', '.3f')} | {stat(g, 'dice', '.3f')} "
+        lines.append(f"| {NAMES[method]}{suffix} | {budget} | {len(g)} ({seeds}) | {stat(g, 'fg_iou', '.3f')} | {stat(g, 'dice', '.3f')} "
                      f"| {stat(g, 'ap50', '.3f')} | {stat(g, 'ap75', '.3f')} | {stat(g, 'flicker_slices', '.1f')} |")
     return lines
 
@@ -562,7 +590,7 @@ def merge(paths: list[str], out: Path) -> str:
     if len({r["seed"] for r in rows}) > 1:
         rows = [{**r, "name": f"{r['name']}, seed {r['seed']}"} for r in rows]
     order = {m: i for i, m in enumerate(ROW_ORDER)}
-    rows.sort(key=lambda r: (r["budget"] != "1", r["budget"], order[r["method"]], r["seed"]))
+    rows.sort(key=lambda r: (r["budget"] != "1", r["budget"], order[r["method"]], r.get("name_suffix", ""), r["seed"]))
     text = table(rows, runs)
     spread = spread_table(rows)
     if spread:

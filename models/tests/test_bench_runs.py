@@ -4,6 +4,7 @@
 import argparse
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -239,7 +240,7 @@ def test_a_run_stopped_by_sigterm_resumes_instead_of_counting_as_finished(tmp_pa
     assert done["step"] == 4  # a finished run is still skipped
 
 
-def test_a_benchmark_dual_track_folder_exports_like_an_adapt_folder(tmp_path):
+def test_a_benchmark_dual_track_folder_exports_like_an_adapt_folder(tmp_path, capsys):
     """The benchmark's (a) folder records adapt's provenance (run.json), so its final SDF and mask
     tracks export to the server's models with the CLI."""
     from spatialsam.cli import main as cli
@@ -263,6 +264,28 @@ def test_a_benchmark_dual_track_folder_exports_like_an_adapt_folder(tmp_path):
     assert sorted(rows) == ["a", "a_auto", "a_fill"]
     masks, filled = rows["a_auto"]["errors"], rows["a_fill"]["errors"]
     assert filled["tp"] > masks["tp"] and filled["fn"] < masks["fn"] and filled["fp"] >= masks["fp"]
+    # --pretrained-propagator-sdf: (a)'s round 0 mask track starts from a checkpoint (here the first
+    # run's own); the folder declares it and the rows' names say so; a checkpoint of the other memory
+    # kind, or none at all, is refused naming the flag before anything trains.
+    from spatialsam.atomic_files import sha256_file
+
+    ck = work / "a_1_64" / "round_0" / "propagator" / "propagator_last.pt"
+    pre_work = tmp_path / "pre"
+    shutil.copytree(work / "b_1_64", pre_work / "b_1_64")
+    assert bench.main(["--quick", "--quick-steps", "2", "--methods", "a", "--work", str(pre_work), "--no-progress",
+                       "--pretrained-propagator-sdf", str(ck)]) == 0
+    declared = json.loads((pre_work / "a_1_64" / "config.json").read_text())["pretrained"]["propagator"]
+    assert declared["path"] == str(ck) and declared["sha256"] == sha256_file(ck)
+    names = [r["name"] for r in json.loads((pre_work / "results.json").read_text())["rows"]]
+    assert len(names) == 3 and all(n.endswith(f" (propagator pretrained on {ck})") for n in names)  # no "data" in it
+    for flag, path, msg in (("--pretrained-propagator-mask", ck, "has 'sdf' memory"),
+                            ("--pretrained-propagator-sdf", tmp_path / "none.pt", "not found")):
+        capsys.readouterr()
+        with pytest.raises(SystemExit):
+            bench.main(["--quick", "--methods", "c", "--work", str(tmp_path / "refused"), flag, str(path)])
+        err = capsys.readouterr().err
+        assert f"{flag}: " in err and msg in err
+        assert not (tmp_path / "refused" / "c_1_64").exists()
     # Where the masks lose objects (models/bench/automatic_mode_gaps.py) reads the same folder; its
     # flicker counts are the metrics' on the arrays it keeps.
     gaps = _load_bench("automatic_mode_gaps")

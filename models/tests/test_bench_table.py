@@ -100,3 +100,24 @@ def test_rows_a_budget_cut_short_are_named_under_the_table():
     assert "Cut short" not in bench.table(d_rows[1:], [run])
     finished = [{**r, "stopped": "max_steps", "steps": r.get("max_steps")} for r in rows[:3]]
     assert "Cut short" not in bench.table(finished, [run])
+
+
+def test_a_pretrained_propagators_rows_are_another_method_in_the_spread(tmp_path):
+    gt = np.zeros((4, 20, 20), bool)
+    gt[:, 2:8, 2:8] = True
+    worse = gt.copy()
+    worse[:, 2:8, 2:4] = False
+    suffix = " (propagator pretrained on cdeep3m_mito_sbem/train)"
+    pre = lambda pred: {**_row("a", pred, gt), "name": bench.NAMES["a"] + suffix, "name_suffix": suffix}  # noqa: E731
+    base = {"machine": "m", "quick": False, "threads": 1, "min_size": 0}
+    paths = []
+    for seed, rows in ((0, [_row("a", gt, gt), pre(gt)]), (1, [_row("a", worse, gt), pre(worse)]), (2, [pre(gt)])):
+        p = tmp_path / f"r{seed}.json"
+        p.write_text(json.dumps({"run": {**base, "command": "x", "seed": seed}, "rows": rows}))
+        paths.append(str(p))
+    text = bench.merge([str(p) for p in paths], tmp_path / "results.md")
+    main, spread = text.split("Across runs")
+    assert main.index(f"| {bench.NAMES['a']}, seed 1 |") < main.index(f"| {bench.NAMES['a']}{suffix}, seed 0 |")
+    lines = [ln for ln in spread.splitlines() if ln.startswith("| (")]
+    assert lines[0].startswith(f"| {bench.NAMES['a']} | 1/64 | 2 (0, 1) | 0.833 (0.667-1.000) |")
+    assert lines[1].startswith(f"| {bench.NAMES['a']}{suffix} | 1/64 | 3 (0, 1, 2) | 0.889 (0.667-1.000) |")

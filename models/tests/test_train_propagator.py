@@ -197,3 +197,22 @@ def test_pretraining_on_another_dataset_of_the_shared_layout(tmp_path):
             main(argv + ["--ckpt-dir", str(tmp_path / "x")])
     with pytest.raises(ValueError, match="split: sbem has splits train"):
         main(["--dataset", "sbem", "--split", "val", "--data", str(tmp_path / "data"), "--ckpt-dir", str(tmp_path / "y")])
+
+
+def test_shipped_pretrained_propagators_are_what_their_readme_says():
+    """models/pretrained/: each checkpoint listed in its README is there with that sha256, memory and
+    step count, loads as a propagator, and was trained on CDeep3M, not on Lucchi++."""
+    import re
+    from pathlib import Path
+
+    from spatialsam.atomic_files import sha256_file
+
+    d = Path(__file__).parents[1] / "pretrained"
+    rows = re.findall(r"^\| `([^`]+\.pt)` \| (\w+) \| (\d+) \| `([0-9a-f]{64})` \|", (d / "README.md").read_text(), re.M)
+    assert rows and sorted(r[0] for r in rows) == sorted(p.name for p in d.glob("*.pt"))
+    for name, memory, steps, sha in rows:
+        assert sha256_file(d / name) == sha
+        model, meta = load_checkpoint(d / name)
+        assert model.cfg.memory == memory and model.cfg.name == "compact" and meta["step"] == int(steps)
+        assert meta["data"].startswith("cdeep3m_mito_sbem/train") and "lucchi" not in meta["data"].lower()
+        assert f"--memory {memory}" in meta["command"] and "--dataset cdeep3m_mito_sbem" in meta["command"]

@@ -292,9 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         p.error(str(e))
     for memory, flag in (("sdf", "--pretrained-propagator-sdf"), ("mask", "--pretrained-propagator-mask")):
-        if pretrained_propagator(memory, a) is not None:
+        if (path := pretrained_propagator(memory, a)) is not None:
             try:  # the checks adapt makes (a checkpoint, this memory kind), before anything trains
-                _load_pretrained(None, pretrained_propagator(memory, a), DualTrackConfig(propagator_memory=memory))
+                _load_pretrained(None, path, DualTrackConfig(propagator_memory=memory))
             except ValueError as e:
                 p.error(f"{flag}: {str(e).removeprefix('pretrained_propagator: ')}")
     work = Path(a.work)

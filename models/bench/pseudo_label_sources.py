@@ -98,11 +98,10 @@ def pretrained_propagator(cfg: dict) -> Path | None:
 
 
 def truth_trained(cfg: dict, image: np.ndarray, sdf: np.ndarray, truth: np.ndarray, slices: list[int],
-                  annotated: np.ndarray, crop: int, steps: int, cache: Path | None) -> np.ndarray:
+                  annotated: np.ndarray, crop: int, steps: int, cache: Path | None, pre: Path | None) -> np.ndarray:
     """Propagated masks (float32 [Z, Y, X]) of a mask track of the run's kind trained for ``steps`` steps
     on ``truth`` everywhere (weight 1), with ``sdf`` as memory (see --truth-steps): from scratch, or from
-    the pretrained propagator the run declares, as its round 0 started."""
-    pre = pretrained_propagator(cfg)
+    ``pre`` (``pretrained_propagator(cfg)``), as the run's round 0 started."""
     name = f"p_truth_{steps}{'_pretrained' if pre else ''}.npy"
     if cache is not None and (cache / name).exists():
         p = np.load(cache / name)
@@ -199,8 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     if r is None:
         raise SystemExit(f"--run: {run} is not a dual-track folder (no state.json)")
     cfg = json.loads((run / "config.json").read_text())
-    if a.truth_steps is not None:
-        pretrained_propagator(cfg)  # refused before anything is computed
+    # Checked (sha256 of the file) once, before anything is computed.
+    pre = pretrained_propagator(cfg) if a.truth_steps is not None else None
     slices = [int(z) for z in cfg["annotated_slices"]]
     vol = load_lucchi("train", a.data_root)
     image, truth = np.ascontiguousarray(vol.image[box]), vol.mask[box] > 0
@@ -219,8 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     sources = {"U-Net (P_u > 0.5)": unet, "propagated (P_p > 0.5)": prop, "pseudo mask (the loop's)": pseudo,
                "nearest annotated slice, copied": truth[near]}
     if a.truth_steps is not None:
-        p_t = truth_trained(cfg, image, sdf, truth, slices, annotated, crop, a.truth_steps, a.cache)
-        start = ", from its pretrained propagator" if pretrained_propagator(cfg) else ""
+        p_t = truth_trained(cfg, image, sdf, truth, slices, annotated, crop, a.truth_steps, a.cache, pre)
+        start = ", from its pretrained propagator" if pre else ""
         sources[f"propagated, mask track trained on the true labels ({a.truth_steps} steps{start})"] = p_t > 0.5
     sdf = None
     in_bin = {(lo, hi): (dist >= lo) & (dist < hi) for lo, hi in BINS}

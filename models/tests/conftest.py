@@ -1,7 +1,5 @@
 """Helpers shared by the tests."""
 
-import numpy as np  # noqa: F401
-
 
 def write_dataset(root, name, image, label, voxel_size_nm, split="train"):
     """A dataset in the shared data layout (``../shared/data/README.md``): PNG slices + meta.json."""

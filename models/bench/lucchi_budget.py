@@ -55,7 +55,7 @@ from spatialsam.cli import add_sdf_track_args, apply_device_args, crop_overrides
 from spatialsam.config import load_train_config
 from spatialsam.data import Volume, budget_slices, load_lucchi
 from spatialsam.device import machine
-from spatialsam.dualtrack import DualTrackConfig, _load_pretrained, record_run, run_dualtrack
+from spatialsam.dualtrack import DualTrackConfig, load_pretrained, record_run, run_dualtrack
 from spatialsam.metrics import evaluate
 from spatialsam.train_unet import ValData, load_unet, make_train_data, predict, train_unet
 
@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     for memory, flag in (("sdf", "--pretrained-propagator-sdf"), ("mask", "--pretrained-propagator-mask")):
         if (path := pretrained_propagator(memory, a)) is not None:
             try:  # the checks adapt makes (a checkpoint, this memory kind), before anything trains
-                _load_pretrained(None, path, DualTrackConfig(propagator_memory=memory))
+                load_pretrained(None, path, DualTrackConfig(propagator_memory=memory))
             except ValueError as e:
                 p.error(f"{flag}: {str(e).removeprefix('pretrained_propagator: ')}")
     work = Path(a.work)

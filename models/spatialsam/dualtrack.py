@@ -269,7 +269,7 @@ def run_dualtrack(
         raise ValueError(f"bootstrap_unet: {boot / 'best.pt'} not found")
     if boot is not None and pretrained_unet is not None:
         raise ValueError("pretrained_unet: not with bootstrap_unet (round 0's SDF track is then the bootstrap run)")
-    pretrained, unet_init, prop_init = _load_pretrained(pretrained_unet, pretrained_propagator, cfg)
+    pretrained, unet_init, prop_init = load_pretrained(pretrained_unet, pretrained_propagator, cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
@@ -424,7 +424,7 @@ def record_run(out: Path, run: dict, field: str = "out_dir") -> dict:
     return run
 
 
-def _load_pretrained(unet: Path | str | None, propagator: Path | str | None, cfg: DualTrackConfig
+def load_pretrained(unet: Path | str | None, propagator: Path | str | None, cfg: DualTrackConfig
                      ) -> tuple[dict, dict | None, object | None]:
     """(declaration for config.json, U-Net state_dict or None, propagator module or None); checks that
     the U-Net weights fit the SDF track's architecture and the propagator has the run's memory kind."""

@@ -174,7 +174,7 @@ def test_pretraining_on_another_dataset_of_the_shared_layout(tmp_path):
     from; a real (tiny) run on PNG slices at 40 x 5.9 x 5.9 nm resampled to 5 nm pixels."""
     from conftest import write_dataset
 
-    from spatialsam.dualtrack import DualTrackConfig, _load_pretrained
+    from spatialsam.dualtrack import DualTrackConfig, load_pretrained
     from spatialsam.train_propagator import main
 
     image, labels = make_demo_volume((8, 80, 80), seed=3, n_objects=3)
@@ -187,7 +187,7 @@ def test_pretraining_on_another_dataset_of_the_shared_layout(tmp_path):
     assert meta["data"].startswith("sbem/train") and "resampled in-plane" in meta["data"]
     assert "[40.0, 5.0" in meta["data"] and "no Lucchi++ label" in meta["annotation_budget"]
     # adapt --pretrained-propagator takes it (same compact config, SDF memory) and declares it.
-    declared, _, prop = _load_pretrained(None, ck / CHECKPOINT_NAME, DualTrackConfig())
+    declared, _, prop = load_pretrained(None, ck / CHECKPOINT_NAME, DualTrackConfig())
     assert prop is not None and declared["propagator"]["path"].endswith(CHECKPOINT_NAME)
     assert declared["propagator"]["trained_on"] == meta["data"]
     for argv, msg in ((["--xy-nm", "5"], "--xy-nm: only with --dataset"),

@@ -511,11 +511,30 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
     if a.min_size < 0:
         raise ValueError(f"--min-size: must be >= 0, got {a.min_size}")
-    weights, mean, std = eval_weights(Path(a.run), a.round)
+    run = Path(a.run)
+    if a.auto and adapt_round(run, a.round) is None:
+        raise ValueError(f"--auto: {run} is not an adapt folder (no state.json): it holds no propagator")
+    weights, mean, std = eval_weights(run, a.round)
     model = load_unet(weights)
     v = input_volume(a, sparse=False)
     s, _ = predict(model, v.image, mean, std)
-    print(json.dumps(evaluate(s > 0, v.mask, a.min_size)))
+    scores = evaluate(s > 0, v.mask, a.min_size)
+    if a.auto:  # the round's propagator in automatic mode, as the benchmark's "(a) auto" / "(a) filled" rows
+        import torch
+
+        from .dualtrack import mask_track_crop
+        from .predictor import fill_from_sdf, segment_volume
+        from .train_propagator import load_checkpoint
+
+        r = adapt_round(run, a.round)
+        prop, _ = load_checkpoint(run / f"round_{r}" / "propagator" / "propagator_last.pt")
+        prop.eval()
+        crop = mask_track_crop(int(json.loads((run / "config.json").read_text())["mask_crop"]), s.shape)
+        with torch.no_grad():
+            inst = segment_volume(prop, v.image, np.ascontiguousarray(s), crop=crop, fill=False)
+        scores["auto"] = evaluate(inst > 0, v.mask, a.min_size)
+        scores["fill"] = evaluate(fill_from_sdf(inst, s) > 0, v.mask, a.min_size)
+    print(json.dumps(scores))
     return 0
 
 
@@ -617,6 +636,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--round", type=int, help="adapt folder only: the round whose U-Net to score (default: the last finished)")
     v.add_argument("--min-size", type=int, default=0,
                    help="also score with 3D components under this many voxels removed (the benchmark's 1000)")
+    v.add_argument("--auto", action="store_true",
+                   help="adapt folder only: also score the round's propagator in automatic mode (seeds and SDF memory "
+                        "from the round's U-Net): its masks alone (\"auto\") and with the SDF's unclaimed foreground filled (\"fill\")")
     v.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("adapt", help="dual-track training from sparse slice annotations")

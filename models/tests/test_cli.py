@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,6 +148,35 @@ def test_eval_scores_an_adapt_folders_rounds(tmp_path, capsys):
     (copy / "best.pt").write_bytes((out / "round_1" / "unet" / "best.pt").read_bytes())
     (copy / "summary.json").write_text((boot / "summary.json").read_text())
     assert scores("--run", str(copy)) == last
+    # --auto: the round's propagator in automatic mode on the round's U-Net SDF, beside the U-Net's own scores.
+    import torch
+
+    from spatialsam.cli import eval_weights
+    from spatialsam.data import load_lucchi
+    from spatialsam.metrics import evaluate
+    from spatialsam.predictor import fill_from_sdf, segment_volume
+    from spatialsam.train_propagator import load_checkpoint
+    from spatialsam.train_unet import load_unet, predict
+
+    # Round 0's propagator made one that finds objects (two training steps find none): the shipped
+    # CDeep3M-pretrained checkpoint (its seeds and memory here come from a two-step U-Net, so it finds few).
+    pre = Path(__file__).resolve().parents[1] / "pretrained" / "propagator_cdeep3m_sdf.pt"
+    (out / "round_0" / "propagator" / "propagator_last.pt").write_bytes(pre.read_bytes())
+    auto0 = scores("--run", str(out), "--round", "0", "--auto")
+    assert {k: v for k, v in auto0.items() if k not in ("auto", "fill")} == first
+    vol = load_lucchi("test").crop(slice(0, 40), slice(0, 224), slice(0, 224))
+    w, mean, std = eval_weights(out, 0)
+    sdf, _ = predict(load_unet(w), vol.image, mean, std)
+    prop, _ = load_checkpoint(out / "round_0" / "propagator" / "propagator_last.pt")
+    prop.eval()
+    with torch.no_grad():
+        inst = segment_volume(prop, vol.image, np.ascontiguousarray(sdf), crop=128, fill=False)
+    assert auto0["auto"] == evaluate(inst > 0, vol.mask, 0)
+    assert auto0["fill"] == evaluate(fill_from_sdf(inst, sdf) > 0, vol.mask, 0)
+    assert auto0["auto"]["fg_iou"] > 0.05  # objects found (the two-step propagators find none): its checkpoint was read
+    assert scores("--run", str(out), "--round", "1", "--auto")["auto"] != auto0["auto"]
+    assert main(["eval", "--run", str(boot), "--auto", *box]) == 2
+    assert "--auto" in capsys.readouterr().err
     assert main(["eval", "--run", str(out), "--round", "2", *box]) == 2
     assert "--round" in capsys.readouterr().err
     assert main(["eval", "--run", str(boot), "--round", "0", *box]) == 2

@@ -512,7 +512,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
     if a.min_size < 0:
         raise ValueError(f"--min-size: must be >= 0, got {a.min_size}")
     run = Path(a.run)
-    if a.auto and adapt_round(run, a.round) is None:
+    r = adapt_round(run, a.round)
+    if a.auto and r is None:
         raise ValueError(f"--auto: {run} is not an adapt folder (no state.json): it holds no propagator")
     weights, mean, std = eval_weights(run, a.round)
     model = load_unet(weights)
@@ -526,7 +527,6 @@ def cmd_eval(a: argparse.Namespace) -> int:
         from .predictor import fill_from_sdf, segment_volume
         from .train_propagator import load_checkpoint
 
-        r = adapt_round(run, a.round)
         prop, _ = load_checkpoint(run / f"round_{r}" / "propagator" / "propagator_last.pt")
         prop.eval()
         crop = mask_track_crop(int(json.loads((run / "config.json").read_text())["mask_crop"]), s.shape)

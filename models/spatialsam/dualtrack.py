@@ -425,7 +425,7 @@ def record_run(out: Path, run: dict, field: str = "out_dir") -> dict:
 
 
 def load_pretrained(unet: Path | str | None, propagator: Path | str | None, cfg: DualTrackConfig
-                     ) -> tuple[dict, dict | None, object | None]:
+                    ) -> tuple[dict, dict | None, object | None]:
     """(declaration for config.json, U-Net state_dict or None, propagator module or None); checks that
     the U-Net weights fit the SDF track's architecture and the propagator has the run's memory kind."""
     from .atomic_files import sha256_file

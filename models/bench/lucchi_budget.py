@@ -381,9 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         for method, memory in (("a", "sdf"), ("c", "mask")):
             if method not in methods:
                 continue
-            from spatialsam.dualtrack import mask_track_crop
-            from spatialsam.predictor import fill_from_sdf, segment_volume
-            from spatialsam.train_propagator import load_checkpoint
+            from spatialsam.dualtrack import segment_with_round
+            from spatialsam.predictor import fill_from_sdf
 
             res = _dualtrack(memory, train, slices, b_run, work / f"{method}_{tag}", a)
             if a.train_only:
@@ -399,10 +398,7 @@ def main(argv: list[str] | None = None) -> int:
                      "name_suffix": pretrained_name(work / f"{method}_{tag}")}
             spent = (b_cpu + dt_cpu, b_wall + res["time_s"])
             record(method, budget, slices, sdf > 0, clock, spent, extra)
-            prop, _ = load_checkpoint(res["propagator"])
-            crop = mask_track_crop(dualtrack_config(memory, a).mask_crop, test.image.shape)  # the crop its mask track trained on
-            with torch.no_grad():
-                inst = segment_volume(prop, test.image, np.ascontiguousarray(sdf), crop=crop, fill=False)
+            inst = segment_with_round(work / f"{method}_{tag}", res["propagator"], test.image, sdf)
             record(f"{method}_auto", budget, slices, inst > 0, clock, spent, extra)
             record(f"{method}_fill", budget, slices, fill_from_sdf(inst, sdf) > 0, clock, spent, extra)
 

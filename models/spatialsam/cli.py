@@ -521,17 +521,10 @@ def cmd_eval(a: argparse.Namespace) -> int:
     s, _ = predict(model, v.image, mean, std)
     scores = evaluate(s > 0, v.mask, a.min_size)
     if a.auto:  # the round's propagator in automatic mode, as the benchmark's "(a) auto" / "(a) filled" rows
-        import torch
+        from .dualtrack import segment_with_round
+        from .predictor import fill_from_sdf
 
-        from .dualtrack import mask_track_crop
-        from .predictor import fill_from_sdf, segment_volume
-        from .train_propagator import load_checkpoint
-
-        prop, _ = load_checkpoint(run / f"round_{r}" / "propagator" / "propagator_last.pt")
-        prop.eval()
-        crop = mask_track_crop(int(json.loads((run / "config.json").read_text())["mask_crop"]), s.shape)
-        with torch.no_grad():
-            inst = segment_volume(prop, v.image, np.ascontiguousarray(s), crop=crop, fill=False)
+        inst = segment_with_round(run, run / f"round_{r}" / "propagator" / "propagator_last.pt", v.image, s)
         scores["auto"] = evaluate(inst > 0, v.mask, a.min_size)
         scores["fill"] = evaluate(fill_from_sdf(inst, s) > 0, v.mask, a.min_size)
     print(json.dumps(scores))

@@ -204,6 +204,20 @@ def mask_track_crop(crop: int, shape_zyx: tuple[int, ...]) -> int:
     return min(crop, min(shape_zyx[1:]) // 16 * 16)
 
 
+def segment_with_round(run: str | Path, propagator: str | Path, image: np.ndarray, sdf: np.ndarray) -> np.ndarray:
+    """A dual-track run's propagator checkpoint ``propagator`` in automatic mode on ``image``, seeds and SDF
+    memory from ``sdf`` (normalised, [Z, Y, X]), at the crop its mask track trained on (``run``'s
+    config.json): the uint64 instance volume of the propagated masks alone (``fill=False``; the
+    benchmark's "auto" row, ``predictor.fill_from_sdf`` of it the "filled" one)."""
+    from .predictor import segment_volume
+    from .train_propagator import load_checkpoint
+
+    prop, _ = load_checkpoint(propagator)
+    crop = mask_track_crop(int(json.loads((Path(run) / "config.json").read_text())["mask_crop"]), sdf.shape)
+    with torch.no_grad():
+        return segment_volume(prop, image, np.ascontiguousarray(sdf), crop=crop, fill=False)
+
+
 def _unet_probability(model, image: np.ndarray, mean: float, std: float) -> tuple[np.ndarray, np.ndarray]:
     """(normalised SDF float32 [Z, Y, X], foreground probability float32 [Z, Y, X])."""
     sdf, logit = predict(model, image, mean, std)

@@ -10,7 +10,7 @@ import { startTestServer } from "#test/helpers/test_server.ts";
 const ROOT = join(import.meta.dirname, "..", "..");
 const PYTHON = join(ROOT, "models", ".venv", "bin", "python");
 
-/** The demo's normalised SDF (spatialsam.sdf, scipy's EDT) from its labels, read by tensorstore. */
+/** The demo's normalised SDF (spatialsam.sdf: exact EDT, the edt package) from its labels, read by tensorstore. */
 export function writeDemoSdf(labelsDir: string, out: string): void {
   const script = `
 import sys, numpy as np, tensorstore as ts

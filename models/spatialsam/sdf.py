@@ -12,7 +12,7 @@ Convention (used by training, export manifests and the TypeScript server alike):
   EDT is the exact Euclidean distance transform of the ``edt`` package (seung-lab's, float32,
   ``edt.edt(mask, anisotropy=voxel_size_nm)``); it agrees with
   ``scipy.ndimage.distance_transform_edt(mask, sampling=voxel_size_nm)`` to float32 rounding
-  (tested) and is about 7x faster on a Lucchi++ slab (``bench/edt_cost.py``).
+  (tested) and is about 8x faster on a Lucchi++ slab (``bench/edt_cost.py``).
 * ``normalise_sdf(d, T) = clip(d / T, -1, 1)``: truncated at +-T nm, linear inside the band.
   Inverse (exact for |s| < 1; |s| == 1 means "at least T nm away"):
   ``denormalise_sdf(s, T) = T * s``.

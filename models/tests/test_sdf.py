@@ -72,6 +72,14 @@ def test_matches_scipy_edt_on_smooth_anisotropic_shapes(shape, voxel):
                    -(ndimage.distance_transform_edt(~mask, sampling=voxel) - h))
     np.testing.assert_allclose(d, ref, rtol=1e-6, atol=1e-4)
     np.testing.assert_allclose(sdf_target(mask, voxel, 50.0), np.clip(ref / 50.0, -1, 1), atol=1e-6)
+    # Memory layout does not matter (beyond float32 rounding): a Fortran-ordered copy (what a transposed
+    # volume gives) and a strided view keep each voxel side on its own axis.
+    np.testing.assert_allclose(signed_distance_nm(np.asfortranarray(mask), voxel), d, rtol=1e-6, atol=1e-4)
+    if mask.ndim == 3:
+        np.testing.assert_allclose(signed_distance_nm(mask[:, ::2], voxel),
+                                   np.where(mask[:, ::2], ndimage.distance_transform_edt(mask[:, ::2], sampling=voxel) - h,
+                                            -(ndimage.distance_transform_edt(~mask[:, ::2], sampling=voxel) - h)),
+                                   rtol=1e-6, atol=1e-4)
 
 
 def test_anisotropic_distance_along_z_uses_z_spacing():

@@ -1,10 +1,15 @@
 // The demo volume's exact SDF for the live browser tests' propagator memory: computed in Python
 // (spatialsam.sdf) from the demo labels, so the tests do not depend on the SDF U-Net.
 import { execFileSync } from "node:child_process";
-import { mkdirSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
+import type { Browser } from "playwright-core";
+import { afterAll, beforeAll } from "vitest";
+import { ensureViewerBuilt } from "#server/bridge/viewer_build.ts";
 import { demoBridgeVolumes, ensureDemoVolume } from "#server/demo.ts";
 import type { RunningServer } from "#server/serve.ts";
+import { launchChromium, requireChromium } from "#test/helpers/browser.ts";
 import { startTestServer } from "#test/helpers/test_server.ts";
 
 const ROOT = join(import.meta.dirname, "..", "..");
@@ -47,4 +52,46 @@ export async function startLiveDemoServer(dir: string, propagatorDir: string): P
       live: { sdfVolumes: { "demo-image": "demo-sdf" } },
     },
   });
+}
+
+/** What a live browser test works with once its beforeAll has run (useLiveViewer). */
+export interface LiveViewer {
+  server: RunningServer;
+  browser: Browser;
+  /** The viewer's HTTP origin, http://127.0.0.1:<port>. */
+  base: string;
+  dir: string;
+}
+
+/**
+ * Registers a live browser test file's beforeAll and afterAll: the viewer bundle built, the live demo
+ * server (startLiveDemoServer, in a fresh temporary folder named from `tmpPrefix`) with
+ * `propagatorDir`, Debian's Chromium, and the screenshot folder `artifacts`; all closed and removed
+ * after. The returned object is filled in by the beforeAll.
+ */
+export function useLiveViewer(tmpPrefix: string, propagatorDir: string, artifacts: string): LiveViewer {
+  const viewer = {} as LiveViewer;
+  beforeAll(async () => {
+    requireChromium();
+    await ensureViewerBuilt();
+    viewer.dir = mkdtempSync(join(tmpdir(), tmpPrefix));
+    viewer.server = await startLiveDemoServer(viewer.dir, propagatorDir);
+    viewer.base = `http://127.0.0.1:${viewer.server.httpPort!}`;
+    viewer.browser = await launchChromium();
+    mkdirSync(artifacts, { recursive: true });
+  }, 120_000);
+  afterAll(async () => {
+    await viewer.browser?.close();
+    await viewer.server?.close();
+    if (viewer.dir) rmSync(viewer.dir, { recursive: true, force: true });
+  });
+  return viewer;
+}
+
+/** A panel's box in the page, CSS pixels. */
+export interface Rect {
+  left: number;
+  top: number;
+  width: number;
+  height: number;
 }

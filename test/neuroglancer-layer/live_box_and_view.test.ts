@@ -6,17 +6,12 @@
 // (z range from the panel's depth): the server's instances cover the demo's labelled voxels in the
 // box, nothing outside the box, and the 3D panel shows their meshes (pixel check). Screenshots go
 // to test-artifacts/neuroglancer-layer/.
-import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type { Browser, Page } from "playwright-core";
+import type { Page } from "playwright-core";
 import { PNG } from "pngjs";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ensureViewerBuilt } from "#server/bridge/viewer_build.ts";
+import { describe, expect, it } from "vitest";
 import { DEMO_SHAPE_ZYX } from "#server/demo.ts";
-import type { RunningServer } from "#server/serve.ts";
-import { launchChromium, requireChromium } from "#test/helpers/browser.ts";
-import { startLiveDemoServer } from "#test/helpers/demo_sdf.ts";
+import { type Rect, useLiveViewer } from "#test/helpers/demo_sdf.ts";
 
 const ROOT = join(import.meta.dirname, "..", "..");
 const ARTIFACTS = join(ROOT, "test-artifacts", "neuroglancer-layer");
@@ -27,33 +22,7 @@ const REACH = 3;
 const DEPTH = 2;
 const [, Y, X] = DEMO_SHAPE_ZYX;
 
-let server: RunningServer;
-let dir: string;
-let browser: Browser;
-let base: string;
-
-beforeAll(async () => {
-  requireChromium();
-  await ensureViewerBuilt();
-  dir = mkdtempSync(join(tmpdir(), "live-box-view-test-"));
-  server = await startLiveDemoServer(dir, PROPAGATOR);
-  base = `http://127.0.0.1:${server.httpPort!}`;
-  browser = await launchChromium();
-  mkdirSync(ARTIFACTS, { recursive: true });
-}, 120_000);
-
-afterAll(async () => {
-  await browser?.close();
-  await server?.close();
-  if (dir) rmSync(dir, { recursive: true, force: true });
-});
-
-interface Rect {
-  left: number;
-  top: number;
-  width: number;
-  height: number;
-}
+const viewer = useLiveViewer("live-box-view-test-", PROPAGATOR, ARTIFACTS);
 
 /** The xy cross-section panel and the 3D panel. */
 async function panels(page: Page): Promise<{ xy: Rect; perspective: Rect }> {
@@ -148,7 +117,7 @@ const debug = (page: Page) => page.evaluate(() => (window as unknown as { spatia
 describe("box prompts, segment view and live meshes", () => {
   it("a ctrl+shift+drag box segments an object whose mesh shows in 3D; segment view fills the view", async () => {
     const [Zs] = DEMO_SHAPE_ZYX;
-    const labels = (await server.bridge!.volumes.get("demo-labels").source.read({ offsetZyx: [0, 0, 0], shapeZyx: [Zs, Y, X] }, 0)) as BigUint64Array;
+    const labels = (await viewer.server.bridge!.volumes.get("demo-labels").source.read({ offsetZyx: [0, 0, 0], shapeZyx: [Zs, Y, X] }, 0)) as BigUint64Array;
     // The largest demo object on slice Z, and its bounding box there: what a user would drag around.
     const counts = new Map<bigint, number>();
     for (let i = Z * Y * X; i < (Z + 1) * Y * X; i++) if (labels[i] !== 0n) counts.set(labels[i]!, (counts.get(labels[i]!) ?? 0) + 1);
@@ -170,7 +139,7 @@ describe("box prompts, segment view and live meshes", () => {
       showAxisLines: false,
       showDefaultAnnotations: false,
     };
-    const page = await browser.newPage({ viewport: VIEWPORT, deviceScaleFactor: 1 });
+    const page = await viewer.browser.newPage({ viewport: VIEWPORT, deviceScaleFactor: 1 });
     const pageErrors: string[] = [];
     const meshRequests: string[] = [];
     page.on("pageerror", (e) => pageErrors.push(e.message));
@@ -180,7 +149,7 @@ describe("box prompts, segment view and live meshes", () => {
     });
     try {
       const phases: [string, number][] = [["start", Date.now()]];
-      await page.goto(`${base}/#!${encodeURIComponent(JSON.stringify(state))}`);
+      await page.goto(`${viewer.base}/#!${encodeURIComponent(JSON.stringify(state))}`);
       // A ceiling, not a speed check: alone this takes seconds, but with both cores busy (model
       // training beside the suite) software-GL Chromium once needed over 120 s to get ready.
       await page.waitForFunction(() => (window as unknown as { viewer?: { isReady(): boolean } }).viewer?.isReady() === true, null, { timeout: 240_000, polling: 200 });
@@ -209,7 +178,7 @@ describe("box prompts, segment view and live meshes", () => {
       const d1 = await debug(page);
       expect(d1.errors).toEqual([]);
       const { sessionId, liveVolumeId } = d1.session!;
-      const live = server.bridge!.volumes.get(liveVolumeId).source;
+      const live = viewer.server.bridge!.volumes.get(liveVolumeId).source;
       const slice = (await live.read({ offsetZyx: [Z, 0, 0], shapeZyx: [1, Y, X] }, 0)) as BigUint64Array;
       // The box is in the URL (a prompts annotation) where it was dragged, to the voxel.
       await page.waitForFunction(() => decodeURIComponent(window.location.hash).includes('"description":"box+1"'), null, { timeout: 10_000, polling: 100 });
@@ -313,7 +282,7 @@ describe("box prompts, segment view and live meshes", () => {
       phases.push(["hidden", Date.now()]);
       expect(newOnly.lit - empty.lit).toBeGreaterThan(2000);
       expect(pageErrors).toEqual([]);
-      const objects = (await (await fetch(`${base}/api/sessions/${sessionId}/objects`)).json()) as { objectId: string }[];
+      const objects = (await (await fetch(`${viewer.base}/api/sessions/${sessionId}/objects`)).json()) as { objectId: string }[];
       console.log(
         `box prompt: object ${target} (${counts.get(target)} px on z ${Z}), ${inter} px of it in object 1 (${mask} px, ${inBox} in the box); 3D lit ${empty.lit} -> ${boxShot.lit} px; ` +
           `segment view ${JSON.stringify(d3.segmentBox)} in ${segmentSeconds.toFixed(1)} s (${d3.progress.length} progress events): ${newIds.size} objects, ${covered}/${labelled} labelled voxels covered, ${objects.length} objects listed, 3D lit ${viewShot.lit} px (${newOnly.lit} with object 1 hidden); ` +

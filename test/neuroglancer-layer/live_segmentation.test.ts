@@ -6,19 +6,16 @@
 // fetched again. The propagator's memory is the demo's exact SDF (scipy, from the demo labels), so
 // the test takes seconds and does not depend on the SDF U-Net. Screenshots go to
 // test-artifacts/neuroglancer-layer/; the negative-click one is also neuroglancer-layer/screenshot_live.png.
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import type { Browser, Page } from "playwright-core";
+import type { Page } from "playwright-core";
 import { PNG } from "pngjs";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { decodeCompressedSegmentation } from "#src/codecs/compressed_segmentation.ts";
 import type { Vec3 } from "#src/volume/types.ts";
-import { ensureViewerBuilt, LAYER_DIR } from "#server/bridge/viewer_build.ts";
+import { LAYER_DIR } from "#server/bridge/viewer_build.ts";
 import { DEMO_SHAPE_ZYX } from "#server/demo.ts";
-import type { RunningServer } from "#server/serve.ts";
-import { launchChromium, requireChromium } from "#test/helpers/browser.ts";
-import { startLiveDemoServer } from "#test/helpers/demo_sdf.ts";
+import { type Rect, useLiveViewer } from "#test/helpers/demo_sdf.ts";
 
 const ROOT = join(import.meta.dirname, "..", "..");
 const ARTIFACTS = join(ROOT, "test-artifacts", "neuroglancer-layer");
@@ -28,33 +25,7 @@ const Z = 32;
 const REACH = 6;
 const [, Y, X] = DEMO_SHAPE_ZYX;
 
-let server: RunningServer;
-let dir: string;
-let browser: Browser;
-let base: string;
-
-beforeAll(async () => {
-  requireChromium();
-  await ensureViewerBuilt();
-  dir = mkdtempSync(join(tmpdir(), "live-viewer-test-"));
-  server = await startLiveDemoServer(dir, PROPAGATOR);
-  base = `http://127.0.0.1:${server.httpPort!}`;
-  browser = await launchChromium();
-  mkdirSync(ARTIFACTS, { recursive: true });
-}, 120_000);
-
-afterAll(async () => {
-  await browser?.close();
-  await server?.close();
-  if (dir) rmSync(dir, { recursive: true, force: true });
-});
-
-interface Rect {
-  left: number;
-  top: number;
-  width: number;
-  height: number;
-}
+const viewer = useLiveViewer("live-viewer-test-", PROPAGATOR, ARTIFACTS);
 
 async function xyPanel(page: Page): Promise<Rect> {
   const [r] = await page.evaluate(() =>
@@ -94,7 +65,7 @@ async function calibrate(page: Page) {
 
 /** Slice z of a live volume, read through the bridge's precomputed API (chunks decoded here). */
 async function liveSlice(volumeId: string, z: number): Promise<BigUint64Array> {
-  const info = (await (await fetch(`${base}/volumes/${volumeId}/info`)).json()) as { scales: { key: string; chunk_sizes: Vec3[]; size: Vec3; compressed_segmentation_block_size: Vec3 }[] };
+  const info = (await (await fetch(`${viewer.base}/volumes/${volumeId}/info`)).json()) as { scales: { key: string; chunk_sizes: Vec3[]; size: Vec3; compressed_segmentation_block_size: Vec3 }[] };
   const s = info.scales[0]!;
   const [cx, cy, cz] = s.chunk_sizes[0]!;
   const out = new BigUint64Array(Y * X);
@@ -102,7 +73,7 @@ async function liveSlice(volumeId: string, z: number): Promise<BigUint64Array> {
   const dz = Math.min(cz, s.size[2] - z0);
   for (let y0 = 0; y0 < Y; y0 += cy)
     for (let x0 = 0; x0 < X; x0 += cx) {
-      const res = await fetch(`${base}/volumes/${volumeId}/${s.key}/${x0}-${x0 + cx}_${y0}-${y0 + cy}_${z0}-${z0 + dz}`);
+      const res = await fetch(`${viewer.base}/volumes/${volumeId}/${s.key}/${x0}-${x0 + cx}_${y0}-${y0 + cy}_${z0}-${z0 + dz}`);
       const chunk = decodeCompressedSegmentation(new Uint8Array(await res.arrayBuffer()), "uint64", [dz, cy, cx], s.compressed_segmentation_block_size, "chunk") as BigUint64Array;
       for (let y = 0; y < cy; y++) for (let x = 0; x < cx; x++) out[(y0 + y) * X + x0 + x] = chunk[((z - z0) * cy + y) * cx + x]!;
     }
@@ -162,7 +133,7 @@ async function settled(page: Page): Promise<void> {
 describe("live segmentation in the viewer", () => {
   it("a click segments a demo mitochondrion; a shift+click corrects it, refetching only the announced chunks", async () => {
     // The largest demo object on slice Z and its deepest interior voxel: where a user would click.
-    const labelsSource = server.bridge!.volumes.get("demo-labels").source;
+    const labelsSource = viewer.server.bridge!.volumes.get("demo-labels").source;
     const labels = (await labelsSource.read({ offsetZyx: [Z, 0, 0], shapeZyx: [1, Y, X] }, 0)) as BigUint64Array;
     const counts = new Map<bigint, number>();
     for (const v of labels) if (v !== 0n) counts.set(v, (counts.get(v) ?? 0) + 1);
@@ -182,7 +153,7 @@ describe("live segmentation in the viewer", () => {
       layers: [{ type: "image", source: "spatialsam://demo-image", name: "image" }],
       layout: "xy",
     };
-    const context = await browser.newContext({ viewport: VIEWPORT, deviceScaleFactor: 1 });
+    const context = await viewer.browser.newContext({ viewport: VIEWPORT, deviceScaleFactor: 1 });
     const page = await context.newPage();
     const requests: { path: string; status: number }[] = [];
     const pageErrors: string[] = [];
@@ -192,7 +163,7 @@ describe("live segmentation in the viewer", () => {
       if (u.pathname.startsWith("/volumes/live-") && !u.pathname.endsWith("/info")) requests.push({ path: u.pathname, status: r.status() });
     });
     try {
-      await page.goto(`${base}/#!${encodeURIComponent(JSON.stringify(state))}`);
+      await page.goto(`${viewer.base}/#!${encodeURIComponent(JSON.stringify(state))}`);
       await page.waitForFunction(() => (window as unknown as { viewer?: { isReady(): boolean; layerManager: { managedLayers: unknown[] } } }).viewer?.isReady() === true, null, { timeout: 120_000, polling: 200 });
       const cal = await calibrate(page);
       // Clicks propagate 6 slices each way (the panel's "reach"), so the test takes seconds.
@@ -209,7 +180,7 @@ describe("live segmentation in the viewer", () => {
       });
       expect(tool.errors).toEqual([]);
       const { sessionId, liveVolumeId } = tool.session;
-      const objects = (await (await fetch(`${base}/api/sessions/${sessionId}/objects`)).json()) as { objectId: string; voxels: number }[];
+      const objects = (await (await fetch(`${viewer.base}/api/sessions/${sessionId}/objects`)).json()) as { objectId: string; voxels: number }[];
       expect(objects.map((o) => o.objectId)).toEqual(["1"]);
       const first = await liveSlice(liveVolumeId, Z);
       // The click's voxel is in the mask the server holds for object 1.
@@ -303,7 +274,7 @@ describe("live segmentation in the viewer", () => {
       await settled(page);
       const accepted = await page.evaluate(() => (window as unknown as { spatialSam: { debug: { accepted?: string } } }).spatialSam.debug.accepted);
       expect(accepted).toBe(`accepted-${sessionId}`);
-      const acceptedSource = server.bridge!.volumes.get(accepted!).source;
+      const acceptedSource = viewer.server.bridge!.volumes.get(accepted!).source;
       const saved = (await acceptedSource.read({ offsetZyx: [Z, 0, 0], shapeZyx: [1, Y, X] }, 0)) as BigUint64Array;
       expect(saved).toEqual(second);
 

@@ -18,6 +18,8 @@ scores run folders where that structure is not:
    under ``--min-size`` dropped on both sides, as the benchmark), false voxels inside.
    A folder holding model.json (an exported U-Net such as the shipped (d), models/sdf_unet3d_lucchi)
    runs through onnxruntime block by block as the server runs it.
+   With ``--auto``, an adapt folder's last propagator is scored the same way in automatic mode, filled
+   as the server writes it (what the memory kind changes; ``eval --auto``'s "fill" row).
    ``--volume train``: the same runs on the volume their annotated slices came from, which is what
    ``adapt`` delivers on a user's own volume: fg-IoU off the annotated slices (the run's run.json
    names them) and AP@0.5 of the whole volume.
@@ -131,6 +133,21 @@ def predict_run(run: Path, image: np.ndarray, threads: int) -> np.ndarray:
     return predict(load_unet(weights), image, mean, std)[0]
 
 
+def automatic_mode_filled(run: Path, image: np.ndarray, sdf: np.ndarray) -> np.ndarray | None:
+    """An adapt folder's last propagator in automatic mode on ``image`` with ``sdf`` as seeds and memory,
+    the SDF's unclaimed foreground filled as the server writes it (``eval --auto``'s "fill" row), as a
+    bool mask; None for any other folder (no propagator)."""
+    from spatialsam.cli import adapt_round
+    from spatialsam.dualtrack import segment_with_round
+    from spatialsam.predictor import fill_from_sdf
+
+    r = adapt_round(run, None)
+    if r is None:
+        return None
+    inst = segment_with_round(run, run / f"round_{r}" / "propagator" / "propagator_last.pt", image, sdf)
+    return fill_from_sdf(inst, sdf) > 0
+
+
 def annotated_slices(run: Path) -> list[int]:
     """The annotated slices a benchmark or adapt folder trained from (its run.json)."""
     f = run / "run.json"
@@ -154,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", nargs="*", default=[], help="run folders to score (eval --run semantics)")
     p.add_argument("--volume", choices=("test", "train"), default="test", help="where to score the runs")
+    p.add_argument("--auto", action="store_true",
+                   help="--volume test: also score each adapt folder's last propagator in automatic mode, filled "
+                        "as the server writes it (eval --auto's fill row)")
     p.add_argument("--percentile", type=float, default=1.0)
     p.add_argument("--pad", type=float, default=8.0)
     p.add_argument("--min-size", type=int, default=1000)
@@ -164,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--min-size: must be >= 0")
     if a.threads < 1:
         p.error("--threads: must be >= 1")
+    if a.auto and a.volume != "test":
+        p.error("--auto: only with --volume test")
     runs = [Path(r) for r in a.runs]
     for r in runs:
         if not r.is_dir():
@@ -204,11 +226,16 @@ def main(argv: list[str] | None = None) -> int:
         print("\n| run (train volume) | annotated slices | fg-IoU off them | AP@0.5 |\n|---|---|---|---|")
     vol = vols[a.volume]
     for r in runs:
-        pred = predict_run(r, vol.image, a.threads) > 0
+        sdf = predict_run(r, vol.image, a.threads)
+        pred = sdf > 0
         if a.volume == "test":
             s = score_outside(pred, truth, ellipse, a.min_size)
             print(f"| {r} | {s['fg_iou']:.3f} | {s['fg_iou_outside']:.3f} | {s['ap50']:.3f} | {s['ap50_outside']:.3f} | "
                   f"{s['false_voxels_inside']} |", flush=True)
+            if a.auto and (auto := automatic_mode_filled(r, vol.image, sdf)) is not None:
+                s = score_outside(auto, truth, ellipse, a.min_size)
+                print(f"| {r}, its propagator: automatic mode filled | {s['fg_iou']:.3f} | {s['fg_iou_outside']:.3f} | "
+                      f"{s['ap50']:.3f} | {s['ap50_outside']:.3f} | {s['false_voxels_inside']} |", flush=True)
         else:
             s = score_off_slices(pred, vol.mask, slices_of[r], a.min_size)
             print(f"| {r} | {len(slices_of[r])} | {s['fg_iou_off']:.3f} | {s['ap50']:.3f} |", flush=True)

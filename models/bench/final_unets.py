@@ -101,17 +101,18 @@ def axon_cylinder(component: np.ndarray, pad: float, fit_z: tuple[int, int] = FI
     return ellipse, {"centre_yx": [float(cy), float(cx)], "radii_yx": [float(ry), float(rx)], "slices": len(centres)}
 
 
+def _ap50(pred: np.ndarray, truth: np.ndarray, min_size: int) -> float:
+    """AP@0.5 after dropping components under ``min_size`` on both sides, as the benchmark scores it."""
+    return instance_ap(remove_small_components(pred, min_size), remove_small_components(truth, min_size))["ap50"]
+
+
 def score_outside(pred: np.ndarray, truth: np.ndarray, ellipse: np.ndarray, min_size: int) -> dict:
     """fg-IoU and AP@0.5 on the whole volume and outside the cylinder ``ellipse`` (bool [Y, X], every z),
     and the prediction's false voxels inside it."""
     out = ~ellipse[None]
     po, to = pred & out, truth & out
-
-    def ap50(p: np.ndarray, t: np.ndarray) -> float:
-        return instance_ap(remove_small_components(p, min_size), remove_small_components(t, min_size))["ap50"]
-
     return {"fg_iou": foreground_iou(pred, truth), "fg_iou_outside": foreground_iou(po, to),
-            "ap50": ap50(pred, truth), "ap50_outside": ap50(po, to),
+            "ap50": _ap50(pred, truth, min_size), "ap50_outside": _ap50(po, to, min_size),
             "false_voxels_inside": int((pred & ~truth)[:, ellipse].sum())}
 
 
@@ -120,12 +121,10 @@ def predict_run(run: Path, image: np.ndarray, threads: int) -> np.ndarray:
     it, or an exported model folder (model.json; e.g. the shipped (d), models/sdf_unet3d_lucchi) run
     through onnxruntime block by block as the server runs it (bench/unet_blocks.py)."""
     if (run / "model.json").is_file():
-        from unet_blocks import onnx_runner, run_blocks, server_block_shape  # this folder's script
+        from unet_blocks import normalised_input, onnx_runner, run_blocks, server_block_shape  # this folder's script
 
         man, fn = onnx_runner(run, threads)
-        norm = man.get("normalization") or {"mean": 0.0, "std": 1.0}
-        x = ((image.astype(np.float32) / 255.0 - norm["mean"]) / norm["std"]).astype(np.float32)
-        return run_blocks(fn, x, server_block_shape(man), tuple(man["context_zyx"]))
+        return run_blocks(fn, normalised_input(man, image), server_block_shape(man), tuple(man["context_zyx"]))
     from spatialsam.cli import eval_weights
     from spatialsam.train_unet import load_unet, predict
 
@@ -163,8 +162,7 @@ def score_off_slices(pred: np.ndarray, truth: np.ndarray, slices: list[int], min
     """fg-IoU on the slices not in ``slices`` and AP@0.5 of the whole volume."""
     keep = np.ones(pred.shape[0], bool)
     keep[slices] = False
-    ap = instance_ap(remove_small_components(pred, min_size), remove_small_components(truth, min_size))
-    return {"fg_iou_off": foreground_iou(pred[keep], truth[keep]), "ap50": ap["ap50"]}
+    return {"fg_iou_off": foreground_iou(pred[keep], truth[keep]), "ap50": _ap50(pred, truth, min_size)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,15 +198,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine()}")
     print(f"dark: 9x9 mean intensity < {thr:.1f} (percentile {a.percentile} of both volumes)\n")
     print("| volume | darkest 3D structures: voxels, z / y / x box, share of true mitochondrion voxels |\n|---|---|")
-    labels = {}
     for split, sm in smooth.items():
-        labels[split], comps = darkest_components(sm, thr, vols[split].mask)
+        lab, comps = darkest_components(sm, thr, vols[split].mask)
         cells = "; ".join(f"{c['voxels']}, {'/'.join(f'{b0}-{b1}' for b0, b1 in c['box'])}, {c['truth_share']:.2f}"
                           for c in comps)
         print(f"| {split} | {cells} |")
         if split == "test":
-            axon = labels[split] == comps[0]["label"]
-    del smooth, labels
+            axon = lab == comps[0]["label"]
+        del lab
+    del smooth
     ellipse, fit = axon_cylinder(axon, a.pad)
     truth = vols["test"].mask
     inside = truth[:, ellipse]
@@ -229,13 +227,13 @@ def main(argv: list[str] | None = None) -> int:
         sdf = predict_run(r, vol.image, a.threads)
         pred = sdf > 0
         if a.volume == "test":
-            s = score_outside(pred, truth, ellipse, a.min_size)
-            print(f"| {r} | {s['fg_iou']:.3f} | {s['fg_iou_outside']:.3f} | {s['ap50']:.3f} | {s['ap50_outside']:.3f} | "
-                  f"{s['false_voxels_inside']} |", flush=True)
+            rows = [(str(r), pred)]
             if a.auto and (auto := automatic_mode_filled(r, vol.image, sdf)) is not None:
-                s = score_outside(auto, truth, ellipse, a.min_size)
-                print(f"| {r}, its propagator: automatic mode filled | {s['fg_iou']:.3f} | {s['fg_iou_outside']:.3f} | "
-                      f"{s['ap50']:.3f} | {s['ap50_outside']:.3f} | {s['false_voxels_inside']} |", flush=True)
+                rows.append((f"{r}, its propagator: automatic mode filled", auto))
+            for name, mask in rows:
+                s = score_outside(mask, truth, ellipse, a.min_size)
+                print(f"| {name} | {s['fg_iou']:.3f} | {s['fg_iou_outside']:.3f} | {s['ap50']:.3f} | "
+                      f"{s['ap50_outside']:.3f} | {s['false_voxels_inside']} |", flush=True)
         else:
             s = score_off_slices(pred, vol.mask, slices_of[r], a.min_size)
             print(f"| {r} | {len(slices_of[r])} | {s['fg_iou_off']:.3f} | {s['ap50']:.3f} |", flush=True)

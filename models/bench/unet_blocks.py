@@ -95,6 +95,12 @@ def onnx_runner(model_dir: Path, threads: int):
     return man, run
 
 
+def normalised_input(manifest: dict, image: np.ndarray) -> np.ndarray:
+    """uint8 ``image`` as the exported U-Net reads it: scaled to [0, 1], then the manifest's normalisation."""
+    norm = manifest.get("normalization") or {"mean": 0.0, "std": 1.0}
+    return ((image.astype(np.float32) / 255.0 - norm["mean"]) / norm["std"]).astype(np.float32)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, default=REPO / "models" / "sdf_unet3d_lucchi", help="exported U-Net folder (model.json + ONNX)")
@@ -143,8 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         vol = load_lucchi(a.split, a.data_root)
         image, truth, where = vol.image[box], vol.mask[box] > 0, f"Lucchi++ {a.split}"
-    norm = man.get("normalization") or {"mean": 0.0, "std": 1.0}
-    x = ((image.astype(np.float32) / 255.0 - norm["mean"]) / norm["std"]).astype(np.float32)
+    x = normalised_input(man, image)
 
     print(f"# {a.model.name} on {where}{'' if a.box is None else f' box {a.box}'} {image.shape}; "
           f"onnxruntime, {a.threads} threads; {machine()}, "

@@ -88,7 +88,8 @@ def test_train_volume_scores_leave_the_annotated_slices_out(tmp_path):
         bench.annotated_slices(tmp_path / "missing")
 
 
-def test_automatic_mode_is_for_adapt_folders_and_the_test_volume(tmp_path):
+def test_automatic_mode_is_for_adapt_folders_and_the_test_volume(tmp_path, capsys):
     assert bench.automatic_mode_filled(tmp_path, np.zeros((2, 4, 4), np.uint8), np.zeros((2, 4, 4), np.float32)) is None
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as e:
         bench.main(["--volume", "train", "--auto"])
+    assert e.value.code == 2 and "--auto: only with --volume test" in capsys.readouterr().err

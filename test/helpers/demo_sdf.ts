@@ -1,5 +1,6 @@
-// The demo volume's exact SDF for the live browser tests' propagator memory: computed in Python
-// (spatialsam.sdf) from the demo labels, so the tests do not depend on the SDF U-Net.
+// The live browser tests' server and fixture: the demo volume's exact SDF as the propagator's memory,
+// computed in Python (spatialsam.sdf) from the demo labels so the tests do not depend on the SDF U-Net,
+// and useLiveViewer (that server, the viewer bundle, Chromium) for a test file's hooks.
 import { execFileSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -60,7 +61,6 @@ export interface LiveViewer {
   browser: Browser;
   /** The viewer's HTTP origin, http://127.0.0.1:<port>. */
   base: string;
-  dir: string;
 }
 
 /**
@@ -71,11 +71,12 @@ export interface LiveViewer {
  */
 export function useLiveViewer(tmpPrefix: string, propagatorDir: string, artifacts: string): LiveViewer {
   const viewer = {} as LiveViewer;
+  let dir: string | undefined;
   beforeAll(async () => {
     requireChromium();
     await ensureViewerBuilt();
-    viewer.dir = mkdtempSync(join(tmpdir(), tmpPrefix));
-    viewer.server = await startLiveDemoServer(viewer.dir, propagatorDir);
+    dir = mkdtempSync(join(tmpdir(), tmpPrefix));
+    viewer.server = await startLiveDemoServer(dir, propagatorDir);
     viewer.base = `http://127.0.0.1:${viewer.server.httpPort!}`;
     viewer.browser = await launchChromium();
     mkdirSync(artifacts, { recursive: true });
@@ -83,7 +84,7 @@ export function useLiveViewer(tmpPrefix: string, propagatorDir: string, artifact
   afterAll(async () => {
     await viewer.browser?.close();
     await viewer.server?.close();
-    if (viewer.dir) rmSync(viewer.dir, { recursive: true, force: true });
+    if (dir) rmSync(dir, { recursive: true, force: true });
   });
   return viewer;
 }

@@ -13,7 +13,7 @@ scores run folders where that structure is not:
    and median half extents of the darkest test component's cross-sections on z 0-90 (where its
    sheath is darkest), plus ``--pad`` pixels, through every z; the true voxels inside are counted.
 3. ``--volume test``: each run folder given (``eval --run`` semantics: a train-unet folder's best.pt,
-   an adapt folder's last round's U-Net) predicted on the whole test volume and scored on it whole and
+   an adapt folder's last finished round's U-Net, or ``--round N``'s) predicted on the whole test volume and scored on it whole and
    outside the cylinder (prediction and truth both cut to the outside): fg-IoU, AP@0.5 (components
    under ``--min-size`` dropped on both sides, as the benchmark), false voxels inside.
    A folder holding model.json (an exported U-Net such as the shipped (d), models/sdf_unet3d_lucchi)
@@ -116,9 +116,9 @@ def score_outside(pred: np.ndarray, truth: np.ndarray, ellipse: np.ndarray, min_
             "false_voxels_inside": int((pred & ~truth)[:, ellipse].sum())}
 
 
-def predict_run(run: Path, image: np.ndarray, threads: int) -> np.ndarray:
-    """The SDF [Z, Y, X] of ``run`` on ``image``: a train-unet or adapt folder as ``eval --run`` predicts
-    it, or an exported model folder (model.json; e.g. the shipped (d), models/sdf_unet3d_lucchi) run
+def predict_run(run: Path, image: np.ndarray, threads: int, round_index: int | None = None) -> np.ndarray:
+    """The SDF [Z, Y, X] of ``run`` on ``image``: a train-unet or adapt folder as ``eval --run [--round]``
+    predicts it (an adapt folder's round ``round_index``, default its last finished), or an exported model folder (model.json; e.g. the shipped (d), models/sdf_unet3d_lucchi) run
     through onnxruntime block by block as the server runs it (bench/unet_blocks.py)."""
     if (run / "model.json").is_file():
         from unet_blocks import normalised_input, onnx_runner, run_blocks, server_block_shape  # this folder's script
@@ -128,19 +128,20 @@ def predict_run(run: Path, image: np.ndarray, threads: int) -> np.ndarray:
     from spatialsam.cli import eval_weights
     from spatialsam.train_unet import load_unet, predict
 
-    weights, mean, std = eval_weights(run, None)
+    weights, mean, std = eval_weights(run, round_index)
     return predict(load_unet(weights), image, mean, std)[0]
 
 
-def automatic_mode_filled(run: Path, image: np.ndarray, sdf: np.ndarray) -> np.ndarray | None:
-    """An adapt folder's last propagator in automatic mode on ``image`` with ``sdf`` as seeds and memory,
+def automatic_mode_filled(run: Path, image: np.ndarray, sdf: np.ndarray, round_index: int | None = None
+                          ) -> np.ndarray | None:
+    """An adapt folder's propagator of round ``round_index`` (default: the last finished) in automatic mode on ``image`` with ``sdf`` as seeds and memory,
     the SDF's unclaimed foreground filled as the server writes it (``eval --auto``'s "fill" row), as a
     bool mask; None for any other folder (no propagator)."""
     from spatialsam.cli import adapt_round
     from spatialsam.dualtrack import segment_with_round
     from spatialsam.predictor import fill_from_sdf
 
-    r = adapt_round(run, None)
+    r = adapt_round(run, round_index)
     if r is None:
         return None
     inst = segment_with_round(run, run / f"round_{r}" / "propagator" / "propagator_last.pt", image, sdf)
@@ -172,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--auto", action="store_true",
                    help="--volume test: also score each adapt folder's last propagator in automatic mode, filled "
                         "as the server writes it (eval --auto's fill row)")
+    p.add_argument("--round", type=int, default=None,
+                   help="score this finished round of every run (adapt folders only; default: each one's last)")
     p.add_argument("--percentile", type=float, default=1.0)
     p.add_argument("--pad", type=float, default=8.0)
     p.add_argument("--min-size", type=int, default=1000)
@@ -190,6 +193,11 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--runs: {r} is not a folder")
     try:  # a train-volume score leaves out the run's annotated slices: read them all before any work
         slices_of = {r: annotated_slices(r) for r in runs} if a.volume == "train" else {}
+        if a.round is not None:  # every run must hold the round asked for, before any work
+            from spatialsam.cli import adapt_round
+
+            for r in runs:
+                adapt_round(r, a.round)
     except ValueError as e:
         p.error(str(e))
     vols = {split: load_lucchi(split, a.data) for split in ("train", "test")}
@@ -224,19 +232,20 @@ def main(argv: list[str] | None = None) -> int:
         print("\n| run (train volume) | annotated slices | fg-IoU off them | AP@0.5 |\n|---|---|---|---|")
     vol = vols[a.volume]
     for r in runs:
-        sdf = predict_run(r, vol.image, a.threads)
+        name = str(r) + ("" if a.round is None else f" round {a.round}")
+        sdf = predict_run(r, vol.image, a.threads, a.round)
         pred = sdf > 0
         if a.volume == "test":
-            rows = [(str(r), pred)]
-            if a.auto and (auto := automatic_mode_filled(r, vol.image, sdf)) is not None:
-                rows.append((f"{r}, its propagator: automatic mode filled", auto))
+            rows = [(name, pred)]
+            if a.auto and (auto := automatic_mode_filled(r, vol.image, sdf, a.round)) is not None:
+                rows.append((f"{name}, its propagator: automatic mode filled", auto))
             for name, mask in rows:
                 s = score_outside(mask, truth, ellipse, a.min_size)
                 print(f"| {name} | {s['fg_iou']:.3f} | {s['fg_iou_outside']:.3f} | {s['ap50']:.3f} | "
                       f"{s['ap50_outside']:.3f} | {s['false_voxels_inside']} |", flush=True)
         else:
             s = score_off_slices(pred, vol.mask, slices_of[r], a.min_size)
-            print(f"| {r} | {len(slices_of[r])} | {s['fg_iou_off']:.3f} | {s['ap50']:.3f} |", flush=True)
+            print(f"| {name} | {len(slices_of[r])} | {s['fg_iou_off']:.3f} | {s['ap50']:.3f} |", flush=True)
     return 0
 
 

@@ -93,3 +93,18 @@ def test_automatic_mode_is_for_adapt_folders_and_the_test_volume(tmp_path, capsy
     with pytest.raises(SystemExit) as e:
         bench.main(["--volume", "train", "--auto"])
     assert e.value.code == 2 and "--auto: only with --volume test" in capsys.readouterr().err
+
+
+def test_round_is_checked_on_every_run_before_any_work(tmp_path, capsys):
+    train_unet_folder = tmp_path / "b"
+    train_unet_folder.mkdir()
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--runs", str(train_unet_folder), "--round", "1"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--round:" in err and "is not an adapt folder" in err
+    adapt_folder = tmp_path / "a"
+    adapt_folder.mkdir()
+    (adapt_folder / "state.json").write_text('{"done": 1}')
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--runs", str(adapt_folder), "--round", "2"])
+    assert e.value.code == 2 and "has finished rounds 0-1, got 2" in capsys.readouterr().err

@@ -25,3 +25,11 @@ export function launchChromium(): Promise<Browser> {
   requireChromium();
   return chromium.launch({ executablePath: CHROMIUM, args: ARGS });
 }
+
+/** A panel's box in the page, CSS pixels. */
+export interface Rect {
+  left: number;
+  top: number;
+  width: number;
+  height: number;
+}

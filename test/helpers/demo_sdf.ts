@@ -88,11 +88,3 @@ export function useLiveViewer(tmpPrefix: string, propagatorDir: string, artifact
   });
   return viewer;
 }
-
-/** A panel's box in the page, CSS pixels. */
-export interface Rect {
-  left: number;
-  top: number;
-  width: number;
-  height: number;
-}

@@ -11,7 +11,8 @@ import type { Page } from "playwright-core";
 import { PNG } from "pngjs";
 import { describe, expect, it } from "vitest";
 import { DEMO_SHAPE_ZYX } from "#server/demo.ts";
-import { type Rect, useLiveViewer } from "#test/helpers/demo_sdf.ts";
+import type { Rect } from "#test/helpers/browser.ts";
+import { useLiveViewer } from "#test/helpers/demo_sdf.ts";
 
 const ROOT = join(import.meta.dirname, "..", "..");
 const ARTIFACTS = join(ROOT, "test-artifacts", "neuroglancer-layer");

@@ -15,7 +15,8 @@ import { decodeCompressedSegmentation } from "#src/codecs/compressed_segmentatio
 import type { Vec3 } from "#src/volume/types.ts";
 import { LAYER_DIR } from "#server/bridge/viewer_build.ts";
 import { DEMO_SHAPE_ZYX } from "#server/demo.ts";
-import { type Rect, useLiveViewer } from "#test/helpers/demo_sdf.ts";
+import type { Rect } from "#test/helpers/browser.ts";
+import { useLiveViewer } from "#test/helpers/demo_sdf.ts";
 
 const ROOT = join(import.meta.dirname, "..", "..");
 const ARTIFACTS = join(ROOT, "test-artifacts", "neuroglancer-layer");

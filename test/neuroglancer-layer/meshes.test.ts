@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ensureViewerBuilt } from "#server/bridge/viewer_build.ts";
 import { demoBridgeVolumes, DEMO_SHAPE_ZYX, ensureDemoVolume } from "#server/demo.ts";
 import type { RunningServer } from "#server/serve.ts";
-import { launchChromium, requireChromium } from "#test/helpers/browser.ts";
+import { launchChromium, type Rect, requireChromium } from "#test/helpers/browser.ts";
 import { startTestServer } from "#test/helpers/test_server.ts";
 
 const ROOT = join(import.meta.dirname, "..", "..");
@@ -40,7 +40,6 @@ afterAll(async () => {
   if (modelsDir) rmSync(modelsDir, { recursive: true, force: true });
 });
 
-type Rect = { left: number; top: number; width: number; height: number };
 
 /** The 3D (perspective) panel's rectangle in CSS px. */
 function perspectivePanel(page: Page): Promise<Rect> {

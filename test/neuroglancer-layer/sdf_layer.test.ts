@@ -17,7 +17,7 @@ import { demoBridgeVolumes, ensureDemoVolume } from "#server/demo.ts";
 import { SdfEngine } from "#server/engine/sdf_engine.ts";
 import { silentLogger } from "#server/log.ts";
 import { ModelRegistry } from "#server/onnx/model_registry.ts";
-import { launchChromium, requireChromium } from "#test/helpers/browser.ts";
+import { launchChromium, type Rect, requireChromium } from "#test/helpers/browser.ts";
 
 const ROOT = join(import.meta.dirname, "..", "..");
 const ARTIFACTS = join(ROOT, "test-artifacts", "neuroglancer-layer");
@@ -56,7 +56,6 @@ afterAll(async () => {
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
-type Rect = { left: number; top: number; width: number; height: number };
 
 async function ready(page: Page, layers: number): Promise<void> {
   await page.waitForFunction(

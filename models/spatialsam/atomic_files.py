@@ -21,6 +21,12 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def replace_with(path: Path, write: Callable[[Path], None], suffix: str = ".tmp") -> None:
     """Calls ``write(tmp)`` on a fresh temporary path beside ``path``, then renames it to ``path``.
     The temporary file is removed if ``write`` fails. ``suffix`` lets writers that append their own
@@ -32,6 +38,9 @@ def replace_with(path: Path, write: Callable[[Path], None], suffix: str = ".tmp"
     tmp = Path(name)
     try:
         write(tmp)
+        # mkstemp makes the file 0600; the renamed file gets the mode any new file would (0666 less
+        # the umask), so a model exported by one user can be served by another.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

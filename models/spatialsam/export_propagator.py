@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from spatialsam.atomic_files import sha256_file, write_bytes
+from spatialsam.atomic_files import replace_with, sha256_file, write_bytes
 from spatialsam.image_encoder import ImageFeatures
 from spatialsam.memory import MemoryBankTensors
 from spatialsam.propagator import NO_OBJ_LOGIT, Propagator
@@ -142,14 +140,11 @@ def _export_graph(kind: str, model: Propagator, inputs: dict[str, torch.Tensor],
             dyn[name] = axes
     mod = GraphModule(kind, model).eval()
     args = tuple(inputs.values())
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    torch.onnx.export(
-        mod, args, tmp, dynamo=False, opset_version=OPSET,
+    replace_with(path, lambda tmp: torch.onnx.export(
+        mod, args, str(tmp), dynamo=False, opset_version=OPSET,
         input_names=[n for n, _, _ in spec["inputs"]], output_names=[n for n, _, _ in spec["outputs"]],
         dynamic_axes=dyn, do_constant_folding=True,
-    )
-    os.replace(tmp, path)
+    ))
 
 
 def _io_entries(items: list[tuple[str, list[Any], str]]) -> list[dict[str, Any]]:

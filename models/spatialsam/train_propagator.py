@@ -476,6 +476,12 @@ def main(argv: list[str] | None = None) -> None:
                     help="with --demo-data --finalize: a train-unet run whose SDF is also evaluated as the memory")
     ap.add_argument("--p-neg-other", type=float, default=0.0, help="TrainConfig.p_neg_other")
     ap.add_argument("--init", default=None, help="start from this checkpoint's weights (fine-tuning); same config")
+    ap.add_argument("--name", default=None,
+                    help="with --finalize --export: the model's name in its manifest (default propagator_compact; the "
+                         "server tells loaded propagators apart by it)")
+    ap.add_argument("--licence", default=None,
+                    help="with --finalize --export: a licence note recorded in the manifest (training.licence), for "
+                         "weights whose training data restricts their use")
     ap.add_argument("--dataset", default=None,
                     help="train on this dataset of the data root instead of Lucchi++ train (the shared layout: "
                          "<name>/<split>/image|label, meta.json), e.g. cdeep3m_mito_sbem: pretraining for "
@@ -496,8 +502,11 @@ def main(argv: list[str] | None = None) -> None:
         finalize_demo(Path(args.ckpt_dir) / CHECKPOINT_NAME, args.export, args.demo_data, args.val_demo_seeds,
                       args.unet_run, args.train_wall_minutes)
         return
+    if (args.name or args.licence) and not (args.finalize and args.export):
+        ap.error("--name, --licence: only with --finalize --export")
     if args.finalize:
-        finalize(Path(args.ckpt_dir) / CHECKPOINT_NAME, args.export, args.data, args.seed, args.train_wall_minutes)
+        finalize(Path(args.ckpt_dir) / CHECKPOINT_NAME, args.export, args.data, args.seed, args.train_wall_minutes,
+                 name=args.name, licence=args.licence)
         return
     overrides = {"memory": args.memory} if args.memory else {}
     pcfg = load_propagator_config(args.config, seed=args.seed, **overrides)
@@ -547,6 +556,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     if args.init:
         meta["init"] = f"weights of {args.init}"
+        meta["init_training"] = init_meta(args.init)
     hist = train_mask_track(model, image, sdf, labels, None, tcfg, ckpt_dir=args.ckpt_dir, progress=True,
                             meta=meta)
     meta["train_seconds_this_process"] = round(time.time() - t0, 1)
@@ -559,10 +569,20 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(check_parity(model, args.export)))
 
 
+def init_meta(path: str | Path) -> dict[str, Any]:
+    """What a fine-tuning run started from: the data, budget and command its ``--init`` checkpoint
+    recorded (so a manifest says what the weights saw before its own training data)."""
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    m = ck.get("meta") or {}
+    return {k: m[k] for k in ("data", "annotation_budget", "command", "steps") if k in m} | {"step": int(ck["step"])}
+
+
 def finalize(ckpt: Path, export_dir: str | None, data: str | None, seed: int,
-             train_wall_minutes: float | None = None) -> dict[str, Any]:
+             train_wall_minutes: float | None = None, *, name: str | None = None,
+             licence: str | None = None) -> dict[str, Any]:
     """Evaluate a checkpoint on Lucchi++ test (interactive tracking with the GT SDF, a degraded GT SDF
-    and a zero SDF as the memory input) and export it with its training metadata."""
+    and a zero SDF as the memory input) and export it with its training metadata (``name``: the
+    manifest's model name; ``licence``: a note on what the weights may be used for)."""
     from spatialsam.data import load_dataset, load_lucchi, resample_xy
     from spatialsam.export_propagator import check_parity, export_propagator
     from spatialsam.predictor import evaluate_tracking
@@ -574,6 +594,12 @@ def finalize(ckpt: Path, export_dir: str | None, data: str | None, seed: int,
     meta["steps"] = ck["step"]
     if train_wall_minutes is not None:
         meta["train_wall_minutes"] = train_wall_minutes
+    if licence:
+        meta["licence"] = licence
+    if "init" in meta and "init_training" not in meta:  # checkpoints written before init_training was recorded
+        path = meta["init"].removeprefix("weights of ")
+        if Path(path).is_file():
+            meta["init_training"] = init_meta(path)
     meta["final_train_loss_mean_last50"] = float(np.mean([h["loss"] for h in hist[-50:]]))
     # The first 64 test slices (the SDF of the whole stack costs minutes here); components are cut there.
     test = load_lucchi("test", data).crop(slice(0, 64))
@@ -595,7 +621,7 @@ def finalize(ckpt: Path, export_dir: str | None, data: str | None, seed: int,
     print(json.dumps(metrics, indent=2))
     if export_dir:
         vs = list(test.voxel_size_nm)
-        export_propagator(model, export_dir, training=meta, voxel_size_nm=vs)
+        export_propagator(model, export_dir, training=meta, voxel_size_nm=vs, name=name)
         print(json.dumps(check_parity(model, export_dir)))
     return meta
 

@@ -3,6 +3,8 @@ replayed by an onnxruntime-only loop written from propagator.json (what the Type
 
 import hashlib
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +26,12 @@ MANIFEST_KEYS = {"name", "version", "kind", "onnx", "sha256", "inputs", "outputs
 @pytest.mark.parametrize("memory", ["sdf", "mask"])
 def test_parity_and_manifests(tmp_path, memory):
     model = build_propagator(load_propagator_config("tiny", memory=memory))
-    top = export_propagator(model, tmp_path, training={"steps": 0})
+    umask = os.umask(0o027)  # not the usual 022, so the check below cannot pass by accident
+    try:
+        top = export_propagator(model, tmp_path, training={"steps": 0})
+    finally:
+        os.umask(umask)
+    umask = 0o027
     diffs = check_parity(model, tmp_path, hw=(80, 48), n_mem=3)
     assert max(diffs.values()) < 1e-4, diffs
     assert top["memory"] == memory and top["loop"]["num_recent"] == model.cfg.num_recent
@@ -41,6 +48,9 @@ def test_parity_and_manifests(tmp_path, memory):
             for s, r in zip(spec["shape"], real.shape, strict=True):
                 assert (s == -1) == (not isinstance(r, int)) and (s == -1 or s == r)
         assert man["context_zyx"] == [0, 0, 0]
+        # Readable as any new file is (not mkstemp's 0600): a model exported by one user serves for another.
+        for f in (onnx_path, tmp_path / rel, tmp_path / "propagator.json"):
+            assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask, f
     dec = json.loads((tmp_path / "memory_decoder" / "model.json").read_text())
     assert ("sdf_slice" in [i["name"] for i in dec["inputs"]]) == (memory == "sdf")
 

@@ -197,6 +197,19 @@ def test_pretraining_on_another_dataset_of_the_shared_layout(tmp_path):
             main(argv + ["--ckpt-dir", str(tmp_path / "x")])
     with pytest.raises(ValueError, match="split: sbem has splits train"):
         main(["--dataset", "sbem", "--split", "val", "--data", str(tmp_path / "data"), "--ckpt-dir", str(tmp_path / "y")])
+    # Fine-tuning from it (--init) records what the starting weights were trained on, so a model
+    # exported from the run declares its pretraining data (and that data's licence) in its manifest.
+    image2, labels2 = make_demo_volume((8, 80, 80), seed=4, n_objects=3)
+    write_dataset(tmp_path / "data", "other", image2, ((labels2 > 0) * 255).astype(np.uint8), (5, 5, 5))
+    main(["--dataset", "other", "--data", str(tmp_path / "data"), "--init", str(ck / CHECKPOINT_NAME), "--steps", "2",
+          "--crop", "64", "--batch-size", "2", "--ckpt-dir", str(tmp_path / "tuned")])
+    _, tuned = load_checkpoint(tmp_path / "tuned" / CHECKPOINT_NAME)
+    assert tuned["data"].startswith("other/train") and tuned["init"].endswith(CHECKPOINT_NAME)
+    assert tuned["init_training"] == {"data": meta["data"], "annotation_budget": meta["annotation_budget"],
+                                      "command": meta["command"], "step": 3}
+    for flag in (["--name", "x"], ["--licence", "research only"], ["--finalize", "--name", "x"]):
+        with pytest.raises(SystemExit):
+            main(flag + ["--ckpt-dir", str(tmp_path / "tuned")])
 
 
 def test_shipped_pretrained_propagators_are_what_their_readme_says():
@@ -216,3 +229,29 @@ def test_shipped_pretrained_propagators_are_what_their_readme_says():
         assert model.cfg.memory == memory and model.cfg.name == "compact" and meta["step"] == int(steps)
         assert meta["data"].startswith("cdeep3m_mito_sbem/train") and "lucchi" not in meta["data"].lower()
         assert f"--memory {memory}" in meta["command"] and "--dataset cdeep3m_mito_sbem" in meta["command"]
+
+
+def test_shipped_research_propagator_declares_its_pretraining_and_licence():
+    """models/propagator_lucchi_cdeep3m: the propagator fine-tuned on Lucchi++ from the CDeep3M-pretrained
+    checkpoint says so in its manifest (what it started from, that data's use restriction), is named
+    apart from propagator_lucchi (the server tells loaded propagators apart by name), and its graphs
+    are the files their manifests hash."""
+    import json
+    from pathlib import Path
+
+    from spatialsam.atomic_files import sha256_file
+
+    d = Path(__file__).parents[1] / "propagator_lucchi_cdeep3m"
+    top = json.loads((d / "propagator.json").read_text())
+    shipped = json.loads((d.parent / "propagator_lucchi" / "propagator.json").read_text())
+    assert top["name"] == d.name != shipped["name"] and top["memory"] == "sdf"
+    t = top["training"]
+    assert "non-profit use only" in t["licence"] and "CDeep3M" in t["licence"]
+    assert t["init"].endswith("pretrained/propagator_cdeep3m_sdf.pt")
+    assert t["init_training"]["data"].startswith("cdeep3m_mito_sbem/train") and t["init_training"]["step"] == 7547
+    assert t["data"].startswith("Lucchi++ train") and t["steps"] == shipped["training"]["step"]
+    assert "licence" in (d / "README.md").read_text().lower()
+    for rel in top["graphs"].values():
+        man = json.loads((d / rel).read_text())
+        assert sha256_file((d / rel).parent / man["onnx"]) == man["sha256"]
+

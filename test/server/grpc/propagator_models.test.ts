@@ -1,8 +1,8 @@
 // Several propagators on one server, chosen per session by StartSession's `model` (the name in
 // propagator.json): a real server with the shipped propagator as the default and the golden tiny
-// propagator as a second one. The tiny one answers the Python golden masks, the default answers what
-// the shipped graphs give in this process, and an unknown name is NOT_FOUND naming `model`; the CLI's
-// --more-propagators loads the extra folders.
+// propagator and the shipped research-use one (models/propagator_lucchi_cdeep3m) as extras. The tiny one
+// answers the Python golden masks, the shipped ones answer what their graphs give in this process, and
+// an unknown name is NOT_FOUND naming `model`; the CLI's --more-propagators loads the extra folders.
 import { status } from "@grpc/grpc-js";
 import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
@@ -32,6 +32,7 @@ import { writePrecomputedArray } from "#test/helpers/precomputed_array.ts";
 const root = join(import.meta.dirname, "..", "..", "..");
 const golden = join(root, "test", "fixtures", "propagator");
 const shipped = join(root, "models", "propagator_lucchi");
+const research = join(root, "models", "propagator_lucchi_cdeep3m");
 const image = readNpy(join(golden, "image.npy"));
 const sdf = readNpy(join(golden, "sdf.npy"));
 const [Z, Y, X] = image.shape as Vec3;
@@ -47,7 +48,7 @@ let sdfId: string;
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), "propagator-models-"));
-  server = await startTestServer(dir, { propagation: { dir: shipped, extraDirs: [join(golden, "model")] } });
+  server = await startTestServer(dir, { propagation: { dir: shipped, extraDirs: [join(golden, "model"), research] } });
   clients = connect(server.grpc.address);
   const open = async (url: string) => (await grpcOpenVolume(clients, { url })).volume!.volumeId;
   imageId = await open(await writePrecomputedArray(dir, "image", "uint8", image.data, [Z, Y, X]));
@@ -100,9 +101,9 @@ function iou(a: ArrayLike<number>, b: ArrayLike<number>): number {
   return union === 0 ? 1 : inter / union;
 }
 
-/** The same click through the shipped graphs in this process (its own pool and cache). */
-async function shippedInProcess(): Promise<Uint8Array> {
-  const propagator = await loadPropagator(shipped, { logger: silentLogger(), workers: 1, intraOpThreads: 1 });
+/** The same click through a shipped folder's graphs in this process (its own pool and cache). */
+async function inProcess(folder: string): Promise<Uint8Array> {
+  const propagator = await loadPropagator(folder, { logger: silentLogger(), workers: 1, intraOpThreads: 1 });
   try {
     const slice = (a: ArrayLike<number>, z: number) => Array.prototype.slice.call(a, z * Y * X, (z + 1) * Y * X) as number[];
     const session = new PropagationSession({
@@ -127,20 +128,23 @@ describe("StartSession's model", () => {
     const tiny = await clickWith("propagator_tiny");
     expect(iou(tiny, want)).toBeGreaterThanOrEqual(0.999);
 
-    const reference = await shippedInProcess();
+    const reference = await inProcess(shipped);
     const byDefault = await clickWith("");
     const byName = await clickWith("propagator_compact");
     expect(iou(byDefault, reference)).toBeGreaterThanOrEqual(0.999);
     expect(iou(byName, reference)).toBeGreaterThanOrEqual(0.999);
-    // The two models disagree on this click, so the comparisons above tell them apart.
+    const researchRef = await inProcess(research);
+    expect(iou(await clickWith("propagator_lucchi_cdeep3m"), researchRef)).toBeGreaterThanOrEqual(0.999);
+    // The models disagree on this click, so the comparisons above tell them apart.
     expect(iou(tiny, reference)).toBeLessThan(0.9);
+    expect(iou(researchRef, reference)).toBeLessThan(0.99);
   }, 60_000);
 
   it("an unknown name is NOT_FOUND naming model and listing the loaded ones (StartSession and SegmentVolume)", async () => {
     const e = await grpcError(clickWith("no_such_propagator"));
     expect(e.code).toBe(status.NOT_FOUND);
     expect(e.details).toMatch(/^model: /);
-    expect(e.details).toContain('"propagator_compact", "propagator_tiny"');
+    expect(e.details).toContain('"propagator_compact", "propagator_tiny", "propagator_lucchi_cdeep3m"');
     const s = await grpcError(
       collect<SegmentVolumeResponse>(
         clients.segmentation.segmentVolume({ volumeId: imageId, box, scale: 0, model: "no_such_propagator", sdfModel: "", sdfVolumeId: sdfId, outputUrl: `precomputed://file://${join(dir, "seg")}`, propagatedOnly: false }),

@@ -13,7 +13,9 @@ side for every ``--ckpt NAME=PATH`` (a checkpoint as ``train_propagator`` writes
 3. automatic mode on the whole test volume (``predictor.segment_volume``: seeds and memory from the
    U-Net's SDF): the propagated masks alone, and filled as the server writes it (the SDF's unclaimed
    foreground given to the object seeded in its component): fg-IoU, Dice, AP@0.5, AP@0.75, flicker,
-   components under ``--min-size`` voxels dropped on both sides as the budget benchmark does.
+   components under ``--min-size`` voxels dropped on both sides as the budget benchmark does; AP also
+   on the output's own instance ids (``metrics.instance_ap_ids``: what automatic mode delivers, where
+   the mask's components merge touching objects).
 
     cd models && SPATIALSAM_DATA=../../shared/data .venv/bin/python bench/propagators_on_test.py \\
         --ckpt scratch=RUN1/propagator_last.pt --ckpt cdeep3m=RUN2/propagator_last.pt --threads 2
@@ -32,7 +34,7 @@ import torch
 
 from spatialsam.data import load_lucchi
 from spatialsam.device import machine
-from spatialsam.metrics import evaluate
+from spatialsam.metrics import evaluate, instance_ap_ids
 
 HERE = Path(__file__).resolve().parent
 TRACK_SLICES = 64  # train_propagator.finalize's protocol: test slices 0-63
@@ -76,7 +78,8 @@ def unet_sdf(unet_dir: Path, image: np.ndarray, threads: int, cache: Path | None
 
 
 def _row(scores: dict) -> str:
-    return (f"{scores['fg_iou']:.3f} | {scores['dice']:.3f} | {scores['ap50']:.3f} | {scores['ap75']:.3f} | "
+    ids = f"{scores['ap50_ids']:.3f} / {scores['ap75_ids']:.3f}" if "ap50_ids" in scores else "-"
+    return (f"{scores['fg_iou']:.3f} | {scores['dice']:.3f} | {scores['ap50']:.3f} | {scores['ap75']:.3f} | {ids} | "
             f"{scores['flicker_slices']} ({scores['flicker_objects']} / {scores['matched']})")
 
 
@@ -118,18 +121,19 @@ def main(argv: list[str] | None = None) -> int:
         track = evaluate_tracking(model, v.image[:TRACK_SLICES], np.ascontiguousarray(sdf[:TRACK_SLICES]),
                                   v.mask[:TRACK_SLICES], seed=a.seed)
         inst = segment_volume(model, v.image, sdf, fill=False)
+        filled = fill_from_sdf(inst, sdf)
         res["ckpts"][name] = {
             "path": str(path),
             "tracking_unet_sdf": track,
-            "auto": evaluate(inst > 0, v.mask, a.min_size),
-            "filled": evaluate(fill_from_sdf(inst, sdf) > 0, v.mask, a.min_size),
+            "auto": evaluate(inst > 0, v.mask, a.min_size) | instance_ap_ids(inst, v.mask, a.min_size),
+            "filled": evaluate(filled > 0, v.mask, a.min_size) | instance_ap_ids(filled, v.mask, a.min_size),
             "seconds": round(time.time() - t0, 1),
         }
         print(json.dumps({name: res["ckpts"][name]["tracking_unet_sdf"]}), flush=True)
     print(f"\nmachine: {res['machine']}; U-Net {a.unet} (its SDF {res['unet_sdf']})\n")
     print("| propagator | tracking, U-Net SDF memory: 3D IoU / per-slice IoU | automatic mode | fg-IoU | Dice "
-          "| AP@0.5 | AP@0.75 | flicker (objects / matched) |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| AP@0.5 | AP@0.75 | AP@0.5 / AP@0.75 of its instance ids | flicker (objects / matched) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     print(f"| (the U-Net alone, sdf > 0) | - | - | {_row(res['unet_alone'])} |")
     for name, r in res["ckpts"].items():
         t = r["tracking_unet_sdf"]

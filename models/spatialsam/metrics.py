@@ -76,13 +76,41 @@ def instance_ap(pred: np.ndarray, gt: np.ndarray, thresholds: tuple[float, ...] 
     p, g = _pair(pred, gt)
     pl, n_p = connected_components(p)
     gl, n_g = connected_components(g)
-    iou = _iou_matrix(gl, n_g, pl, n_p)
-    out: dict[str, float] = {"n_gt": n_g, "n_pred": n_p}
+    return {"n_gt": n_g, "n_pred": n_p, **_ap_at(_iou_matrix(gl, n_g, pl, n_p), thresholds)}
+
+
+def _ap_at(iou: np.ndarray, thresholds: tuple[float, ...], suffix: str = "") -> dict[str, float]:
+    """TP / (TP + FP + FN) at each threshold for an [n_gt, n_pred] IoU matrix, keyed "ap{100 t}{suffix}"."""
+    n_g, n_p = iou.shape
+    out: dict[str, float] = {}
     for t in thresholds:
         tp = len(match_instances(iou, t))
         denom = n_p + n_g - tp
-        out[f"ap{round(100 * t)}"] = 1.0 if denom == 0 else tp / denom
+        out[f"ap{round(100 * t)}{suffix}"] = 1.0 if denom == 0 else tp / denom
     return out
+
+
+def instance_ap_ids(pred_ids: np.ndarray, gt: np.ndarray, min_size: int = 0,
+                    thresholds: tuple[float, ...] = (0.5, 0.75)) -> dict[str, float]:
+    """``instance_ap`` with the prediction's own instance ids as its instances (automatic mode's
+    uint64 output), not the connected components of its mask: an id is one object whatever its
+    connectivity, so two touching objects the ids keep apart count as two (their mask's components
+    would merge them) and one id with a gap stays one. Ids of fewer than ``min_size`` voxels are
+    dropped; the ground truth is its 3D components less those under ``min_size``, as ``evaluate``
+    has them. Returns {"ap50_ids", "ap75_ids", "n_pred_ids"} (0 is background)."""
+    ids = np.asarray(pred_ids)
+    if ids.shape != np.shape(gt):
+        raise ValueError(f"pred_ids: shape {ids.shape} differs from gt's {np.shape(gt)}")
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"pred_ids: expected integer instance ids, got {ids.dtype}")
+    values, inverse, counts = np.unique(ids.ravel(), return_inverse=True, return_counts=True)
+    keep = (values != 0) & (counts >= max(min_size, 1))
+    new_id = np.zeros(len(values), np.int64)
+    new_id[keep] = np.arange(1, int(keep.sum()) + 1)
+    pl = new_id[inverse].reshape(ids.shape)
+    n_p = int(keep.sum())
+    gl, n_g = connected_components(remove_small_components(gt, min_size))
+    return {"n_pred_ids": n_p, **_ap_at(_iou_matrix(gl, n_g, pl, n_p), thresholds, "_ids")}
 
 
 def _matched_coverage(pred: np.ndarray, gt: np.ndarray, match_iou: float, cover: float):

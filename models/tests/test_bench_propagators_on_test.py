@@ -64,7 +64,7 @@ def test_scores_every_checkpoint_with_the_exported_unets_sdf(setup):
     for r in res["ckpts"].values():
         assert r["tracking_unet_sdf"]["objects"] >= 1
         for k in ("auto", "filled"):
-            assert 0.0 <= r[k]["fg_iou"] <= 1.0 and {"ap50", "ap75", "flicker_slices"} <= set(r[k])
+            assert 0.0 <= r[k]["fg_iou"] <= 1.0 and {"ap50", "ap75", "ap50_ids", "ap75_ids", "flicker_slices"} <= set(r[k])
     # The cache is read, not recomputed: one holding the truth's sign scores the "U-Net" row 1.0.
     np.save(cache, np.where(truth, 0.5, -0.5).astype(np.float32))
     bench.main(["--data", str(d / "data"), "--unet", str(d / "unet"), "--threads", "1", "--min-size", "10",

@@ -114,3 +114,33 @@ def test_error_breakdown_separates_false_objects_from_boundaries():
     assert error_breakdown(gt, gt) == {"tp": 1200, "fp": 0, "fp_false_objects": 0, "fn": 0, "fn_missed_objects": 0,
                                        "largest_false_object": None}
     assert evaluate(pred, gt)["errors"] == e
+
+
+def test_instance_ap_on_ids_counts_the_ids_not_the_mask_components():
+    """Automatic mode's output is instances: two objects its ids keep apart are two even where
+    their voxels touch (the mask's components merge them), one id across a gap is one object."""
+    from spatialsam.metrics import instance_ap_ids
+
+    gt = np.zeros((10, 20, 30), bool)
+    gt[2:8, 5:15, 2:13] = True
+    gt[2:8, 5:15, 14:25] = True  # a one-voxel gap at x = 13: two true objects
+    ids = np.zeros(gt.shape, np.uint64)
+    ids[2:8, 5:15, 2:14] = 7  # each id reaches into the gap, so the mask is one component
+    ids[2:8, 5:15, 14:25] = 2**40
+    ids[0, 0, 0] = 3  # a one-voxel id, dropped by min_size
+    assert instance_ap(ids > 0, gt)["ap50"] == 0.0  # one merged component against two objects
+    got = instance_ap_ids(ids, gt, min_size=2)
+    assert got == {"n_pred_ids": 2, "ap50_ids": 1.0, "ap75_ids": 1.0}
+    assert instance_ap_ids(ids, gt)["ap50_ids"] == 2 / 3  # without min_size the speck is a false object
+    # One id split by an empty slice: two components of the mask, one object of the ids.
+    one = np.zeros(gt.shape, bool)
+    one[1:9, 5:15, 5:20] = True
+    split = one.astype(np.int32) * 5
+    split[4] = 0
+    comps = instance_ap(split > 0, one)  # the larger piece (4 of 8 slices) matches at 0.5, a false object beside it
+    assert (comps["ap50"], comps["ap75"], comps["n_pred"]) == (0.5, 0.0, 2)
+    assert instance_ap_ids(split, one)["ap50_ids"] == 1.0 and instance_ap_ids(split, one)["ap75_ids"] == 1.0
+    with pytest.raises(ValueError, match="pred_ids: shape"):
+        instance_ap_ids(ids[:5], gt)
+    with pytest.raises(ValueError, match="pred_ids: expected integer"):
+        instance_ap_ids(ids.astype(np.float32), gt)

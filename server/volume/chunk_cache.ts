@@ -1,15 +1,12 @@
 // A byte-bounded LRU of decoded chunks, shared by every VolumeSource of the process, that also
 // coalesces concurrent loads of the same chunk into one fetch-and-decode.
 
-import { getMaxListeners, setMaxListeners } from "node:events";
 import { cancelled, throwIfAborted } from "#src/errors.ts";
 import type { DecodedChunk } from "#src/volume/types.ts";
 
 /** What a chunk not stored (fill value) costs in the cache: it is remembered, not materialised. */
 const ABSENT_CHUNK_BYTES = 64;
 const ENTRY_OVERHEAD_BYTES = 128;
-/** Node's default number of listeners per event before it warns of a leak. */
-const DEFAULT_HEADROOM = 10;
 
 export type ChunkLoader = (signal: AbortSignal) => Promise<DecodedChunk | undefined>;
 
@@ -34,10 +31,6 @@ export class ChunkCache {
   // Map iteration order is insertion order: re-inserting on hit makes the first key the LRU one.
   readonly #entries = new Map<string, { chunk: DecodedChunk | undefined; bytes: number }>();
   readonly #inFlight = new Map<string, InFlight>();
-  /** Abort listeners this cache holds on each caller signal (one per chunk wait in flight). */
-  readonly #listening = new WeakMap<AbortSignal, number>();
-  /** Where this cache raised a signal's listener limit: the limit before, and the one it set. */
-  readonly #raised = new WeakMap<AbortSignal, { from: number; to: number }>();
   #bytes = 0;
   #stats = { hits: 0, misses: 0, coalesced: 0, evictions: 0 };
 
@@ -98,16 +91,6 @@ export class ChunkCache {
       }
     }
     let onAbort: (() => void) | undefined;
-    // One read of many chunks waits on one signal from every worker at once (and several reads may
-    // share it): not a leak, since each listener goes when its wait ends, so the limit Node warns at
-    // is raised by what this cache holds, leaving the usual headroom for everyone else's listeners.
-    const live = (this.#listening.get(signal) ?? 0) + 1;
-    this.#listening.set(signal, live);
-    const limit = getMaxListeners(signal);
-    if (limit !== 0 && limit < live + DEFAULT_HEADROOM) {
-      this.#raised.set(signal, { from: this.#raised.get(signal)?.from ?? limit, to: live + DEFAULT_HEADROOM });
-      setMaxListeners(live + DEFAULT_HEADROOM, signal);
-    }
     const aborted = new Promise<never>((_, reject) => {
       onAbort = () => reject(cancelled());
       signal.addEventListener("abort", onAbort, { once: true });
@@ -116,14 +99,6 @@ export class ChunkCache {
       return await Promise.race([flight.promise, aborted]);
     } finally {
       signal.removeEventListener("abort", onAbort!);
-      const left = (this.#listening.get(signal) ?? 1) - 1;
-      this.#listening.set(signal, left);
-      const raised = this.#raised.get(signal);
-      if (left === 0 && raised !== undefined) {
-        // The last wait ended: give the limit back, unless someone else has set another since.
-        if (getMaxListeners(signal) === raised.to) setMaxListeners(raised.from, signal);
-        this.#raised.delete(signal);
-      }
       flight.waiters--;
       if (flight.waiters === 0 && signal.aborted && this.#inFlight.get(key) === flight) {
         // The last interested caller left: stop the shared load and let the next caller start afresh.

@@ -32,9 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from spatialsam.atomic_files import replace_with, write_text
 from spatialsam.data import load_lucchi
 from spatialsam.device import machine
-from spatialsam.metrics import evaluate, instance_ap_ids
+from spatialsam.metrics import evaluate, evaluate_instances
 
 HERE = Path(__file__).resolve().parent
 TRACK_SLICES = 64  # train_propagator.finalize's protocol: test slices 0-63
@@ -57,24 +58,25 @@ def parse_ckpts(items: list[str]) -> list[tuple[str, Path]]:
     return out
 
 
-def unet_sdf(unet_dir: Path, image: np.ndarray, threads: int, cache: Path | None) -> np.ndarray:
-    """The exported U-Net's SDF of ``image`` as the server computes it, read from ``cache`` (.npy)
-    where that holds one of the right shape, else computed (and written there, temp file then rename)."""
+def unet_sdf(unet_dir: Path, image: np.ndarray, threads: int, cache: Path | None) -> tuple[np.ndarray, str]:
+    """(the exported U-Net's SDF of ``image`` as the server computes it, where it came from): read
+    from ``cache`` (.npy) where that holds one of the right shape, else computed (and written there
+    atomically)."""
     if cache is not None and cache.is_file():
         sdf = np.load(cache)
         if sdf.shape == image.shape and sdf.dtype == np.float32:
-            return sdf
+            return sdf, f"read from {cache}"
         raise ValueError(f"--sdf-cache: {cache} holds {sdf.dtype} {sdf.shape}, expected float32 {image.shape}")
+    t0 = time.time()
     sys.path.insert(0, str(HERE))
     from unet_blocks import normalised_input, onnx_runner, run_blocks, server_block_shape  # this folder's script
 
     man, fn = onnx_runner(unet_dir, threads)
     sdf = run_blocks(fn, normalised_input(man, image), server_block_shape(man), tuple(man["context_zyx"]))
+    source = f"computed in {time.time() - t0:.1f} s"
     if cache is not None:
-        tmp = cache.with_name(cache.name + ".tmp.npy")
-        np.save(tmp, sdf)
-        tmp.replace(cache)
-    return sdf
+        replace_with(cache, lambda tmp: np.save(tmp, sdf), suffix=".tmp.npy")
+    return sdf, source
 
 
 def _row(scores: dict) -> str:
@@ -108,25 +110,20 @@ def main(argv: list[str] | None = None) -> int:
     from spatialsam.train_propagator import load_checkpoint
 
     v = load_lucchi("test", a.data)
-    t0 = time.time()
-    cached = bool(a.sdf_cache) and Path(a.sdf_cache).is_file()
-    sdf = unet_sdf(Path(a.unet), v.image, a.threads, Path(a.sdf_cache) if a.sdf_cache else None)
-    res: dict = {"machine": machine(), "unet": str(a.unet),
-                 "unet_sdf": f"read from {a.sdf_cache}" if cached else f"computed in {time.time() - t0:.1f} s",
+    sdf, source = unet_sdf(Path(a.unet), v.image, a.threads, Path(a.sdf_cache) if a.sdf_cache else None)
+    res: dict = {"machine": machine(), "unet": str(a.unet), "unet_sdf": source,
                  "unet_alone": evaluate(sdf > 0, v.mask, a.min_size), "ckpts": {}}
     for name, path in ckpts:
-        model, _ = load_checkpoint(path)
-        model.eval()
+        model, _ = load_checkpoint(path)  # in eval mode
         t0 = time.time()
         track = evaluate_tracking(model, v.image[:TRACK_SLICES], np.ascontiguousarray(sdf[:TRACK_SLICES]),
                                   v.mask[:TRACK_SLICES], seed=a.seed)
         inst = segment_volume(model, v.image, sdf, fill=False)
-        filled = fill_from_sdf(inst, sdf)
         res["ckpts"][name] = {
             "path": str(path),
             "tracking_unet_sdf": track,
-            "auto": evaluate(inst > 0, v.mask, a.min_size) | instance_ap_ids(inst, v.mask, a.min_size),
-            "filled": evaluate(filled > 0, v.mask, a.min_size) | instance_ap_ids(filled, v.mask, a.min_size),
+            "auto": evaluate_instances(inst, v.mask, a.min_size),
+            "filled": evaluate_instances(fill_from_sdf(inst, sdf), v.mask, a.min_size),
             "seconds": round(time.time() - t0, 1),
         }
         print(json.dumps({name: res["ckpts"][name]["tracking_unet_sdf"]}), flush=True)
@@ -140,9 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name} | {t['mean_iou_3d']:.3f} / {t['mean_slice_iou']:.3f} | masks alone | {_row(r['auto'])} |")
         print(f"| {name} | | filled | {_row(r['filled'])} |")
     if a.out:
-        tmp = Path(a.out).with_name(Path(a.out).name + ".tmp")
-        tmp.write_text(json.dumps(res, indent=1, default=float))
-        tmp.replace(a.out)
+        write_text(Path(a.out), json.dumps(res, indent=1, default=float))
     return 0
 
 

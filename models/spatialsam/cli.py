@@ -524,13 +524,11 @@ def cmd_eval(a: argparse.Namespace) -> int:
         from .dualtrack import segment_with_round
         from .predictor import fill_from_sdf
 
-        from .metrics import instance_ap_ids
+        from .metrics import evaluate_instances
 
         inst = segment_with_round(run, run / f"round_{r}" / "propagator" / "propagator_last.pt", v.image, s)
-        filled = fill_from_sdf(inst, s)
-        # AP on the mask's components, as every row; "_ids": on the instances automatic mode outputs.
-        scores["auto"] = evaluate(inst > 0, v.mask, a.min_size) | instance_ap_ids(inst, v.mask, a.min_size)
-        scores["fill"] = evaluate(filled > 0, v.mask, a.min_size) | instance_ap_ids(filled, v.mask, a.min_size)
+        scores["auto"] = evaluate_instances(inst, v.mask, a.min_size)
+        scores["fill"] = evaluate_instances(fill_from_sdf(inst, s), v.mask, a.min_size)
     print(json.dumps(scores))
     return 0
 

@@ -113,6 +113,12 @@ def instance_ap_ids(pred_ids: np.ndarray, gt: np.ndarray, min_size: int = 0,
     return {"n_pred_ids": n_p, **_ap_at(_iou_matrix(gl, n_g, pl, n_p), thresholds, "_ids")}
 
 
+def evaluate_instances(inst: np.ndarray, gt: np.ndarray, min_size: int = 0) -> dict[str, float]:
+    """``evaluate`` of an instance volume's mask (AP on its components, as every benchmark row) plus
+    ``instance_ap_ids`` on its own ids (what automatic mode delivers)."""
+    return evaluate(np.asarray(inst) > 0, gt, min_size) | instance_ap_ids(inst, gt, min_size)
+
+
 def _matched_coverage(pred: np.ndarray, gt: np.ndarray, match_iou: float, cover: float):
     """Per GT component matched as ``flicker`` matches them: (0-based index, its bounding box,
     float [z] share of its cross-section the prediction covers (nan where it has none), bool [z]

@@ -65,12 +65,14 @@ def test_scores_every_checkpoint_with_the_exported_unets_sdf(setup):
         assert r["tracking_unet_sdf"]["objects"] >= 1
         for k in ("auto", "filled"):
             assert 0.0 <= r[k]["fg_iou"] <= 1.0 and {"ap50", "ap75", "ap50_ids", "ap75_ids", "flicker_slices"} <= set(r[k])
-    # The cache is read, not recomputed: one holding the truth's sign scores the "U-Net" row 1.0.
+    # The cache is read, not recomputed: one holding the truth's sign scores the "U-Net" row 1.0, and
+    # the filled output, which holds all of the SDF's foreground, then misses no true voxel.
     np.save(cache, np.where(truth, 0.5, -0.5).astype(np.float32))
     bench.main(["--data", str(d / "data"), "--unet", str(d / "unet"), "--threads", "1", "--min-size", "10",
                 "--sdf-cache", str(cache), "--out", str(d / "res2.json"), "--ckpt", f"one={ckpts[0]}"])
     again = json.loads((d / "res2.json").read_text())
-    assert again["unet_alone"]["fg_iou"] == 1.0 and again["ckpts"]["one"]["filled"]["fg_iou"] >= res["unet_alone"]["fg_iou"]
+    assert again["unet_sdf"] == f"read from {cache}" and again["unet_alone"]["fg_iou"] == 1.0
+    assert again["ckpts"]["one"]["filled"]["errors"]["fn"] == 0
     np.save(d / "bad.npy", np.zeros((3, 4, 5), np.float32))
     with pytest.raises(ValueError, match="--sdf-cache: .*float32 \\(24, 64, 64\\)"):
         bench.main(["--data", str(d / "data"), "--unet", str(d / "unet"), "--sdf-cache", str(d / "bad.npy"),

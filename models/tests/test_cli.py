@@ -171,8 +171,9 @@ def test_eval_scores_an_adapt_folders_rounds(tmp_path, capsys):
     prop.eval()
     with torch.no_grad():
         inst = segment_volume(prop, vol.image, np.ascontiguousarray(sdf), crop=128, fill=False)
+    filled = fill_from_sdf(inst, sdf)
     assert auto0["auto"] == evaluate(inst > 0, vol.mask, 0) | instance_ap_ids(inst, vol.mask, 0)
-    assert auto0["fill"] == evaluate(fill_from_sdf(inst, sdf) > 0, vol.mask, 0) | instance_ap_ids(fill_from_sdf(inst, sdf), vol.mask, 0)
+    assert auto0["fill"] == evaluate(filled > 0, vol.mask, 0) | instance_ap_ids(filled, vol.mask, 0)
     assert auto0["auto"]["fg_iou"] > 0.05  # objects found (the two-step propagators find none): its checkpoint was read
     assert scores("--run", str(out), "--round", "1", "--auto")["auto"] != auto0["auto"]
     assert main(["eval", "--run", str(boot), "--auto", *box]) == 2
